@@ -1,0 +1,74 @@
+"""The documented error set of TheraTwin.
+
+Every error raised on purpose by the package is one of these classes. Each message names the offending file,
+DICOM tag, structure or value and says what the user can do about it, so that the CLI and the Slicer modules
+can show the message as it is (one line), without a traceback.
+
+=====================  =====================================================================================
+Error                  Raised when
+=====================  =====================================================================================
+``TheraTwinError``     Base class; catch this to handle every TheraTwin error.
+``InvalidInputError``  Input data are unusable: missing or contradictory DICOM attributes, bad arrays, unknown
+                       nuclide, unsorted times, negative activities ... (also a ``ValueError``).
+``DicomReadError``     A DICOM file cannot be read or lacks a required attribute (an ``InvalidInputError``).
+``FitError``           A kinetic or twin fit cannot be done with the data given (too few points for the model,
+                       no convergence) and no documented fallback applies.
+``ConfigurationError`` A setting or plug-in is invalid (unknown method name, bad registry entry).
+``PushError``          Sending results to a PACS or FHIR server failed; the objects stay in the outbox.
+=====================  =====================================================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TheraTwinError",
+    "InvalidInputError",
+    "DicomReadError",
+    "FitError",
+    "ConfigurationError",
+    "PushError",
+]
+
+
+class TheraTwinError(Exception):
+    """Base class of every error TheraTwin raises on purpose."""
+
+
+class InvalidInputError(TheraTwinError, ValueError):
+    """Input data are unusable; the message names the file, tag or value and what to do."""
+
+
+class DicomReadError(InvalidInputError):
+    """A DICOM file cannot be read or lacks a required attribute.
+
+    Parameters
+    ----------
+    message
+        What is wrong and what to do.
+    path
+        The file concerned, if any.
+    tag
+        The DICOM keyword concerned (e.g. ``"RadiopharmaceuticalStartDateTime"``), if any.
+    """
+
+    def __init__(self, message: str, *, path: object | None = None, tag: str | None = None) -> None:
+        prefix = ""
+        if path is not None:
+            prefix += f"{path}: "
+        if tag is not None:
+            prefix += f"[{tag}] "
+        super().__init__(prefix + message)
+        self.path = path
+        self.tag = tag
+
+
+class FitError(TheraTwinError):
+    """A fit cannot be done with the data given and no documented fallback applies."""
+
+
+class ConfigurationError(TheraTwinError, ValueError):
+    """A setting or plug-in is invalid."""
+
+
+class PushError(TheraTwinError):
+    """Sending results to a PACS or FHIR server failed; what was not sent stays in the outbox."""

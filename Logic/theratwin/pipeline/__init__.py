@@ -1,0 +1,14 @@
+"""The pipeline: one object that runs the stages (registration, kinetics, dosimetry, radiobiology, twin,
+report, exports) on a :class:`~theratwin.study.Study` and collects :class:`~theratwin.results.Results`."""
+
+from .core import (
+    DEFAULT_STAGES,
+    STAGES,
+    Pipeline,
+    PipelineConfig,
+    PipelineContext,
+    Stage,
+    run_pipeline,
+)
+
+__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline"]

@@ -1,0 +1,197 @@
+"""Pipeline object, stage protocol and stage registry.
+
+A stage is any object with a ``name``, a tuple ``requires`` of stage names whose output it needs, and a
+``run(context)`` method that reads ``context.study`` / ``context.state`` and writes into ``context.results``
+(and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
+group ``theratwin.stages``; the built-in stages register themselves from ``theratwin.<concern>.stage`` modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConfigurationError
+from ..progress import ProgressCallback, report, scaled
+from ..registry import Registry
+from ..results import Results
+from ..study import Study
+
+__all__ = ["Stage", "STAGES", "DEFAULT_STAGES", "PipelineConfig", "PipelineContext", "Pipeline", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """Protocol of a pipeline stage (see the module docstring)."""
+
+    name: str
+    requires: tuple[str, ...]
+
+    def run(self, context: PipelineContext) -> None: ...
+
+
+#: Registry of pipeline stages (entry-point group ``theratwin.stages``).
+STAGES: Registry[Any] = Registry("theratwin.stages", "pipeline stage")
+
+#: Stages run by default, in order. A stage that is not installed is skipped (and reported).
+DEFAULT_STAGES: tuple[str, ...] = (
+    "registration",
+    "kinetics",
+    "dosimetry",
+    "radiobiology",
+    "twin",
+    "report",
+    "dicom_export",
+    "fhir_export",
+)
+
+# Modules whose import registers the built-in stages.
+_BUILTIN_STAGE_MODULES = (
+    "theratwin.registration.stage",
+    "theratwin.kinetics.stage",
+    "theratwin.dosimetry.stage",
+    "theratwin.radiobiology.stage",
+    "theratwin.twin.stage",
+    "theratwin.report.stage",
+    "theratwin.dicom.stage",
+    "theratwin.fhir.stage",
+)
+
+
+def load_builtin_stages() -> None:
+    """Import the built-in stage modules that exist in this installation."""
+    for mod in _BUILTIN_STAGE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # only "this stage is not part of the installation" is tolerated, not a missing dependency
+            if exc.name is not None and (mod == exc.name or mod.startswith(exc.name + ".")):
+                continue
+            raise
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of a run (plain data, JSON-serialisable; the CLI, Slicer and scripts share it).
+
+    Attributes
+    ----------
+    stages
+        Names of the stages to run, in order.
+    stage_options
+        ``{stage name: {option: value}}``; each stage documents its options in its own config dataclass.
+    pacs_url, fhir_url
+        Where to push results (None: do not push). Credentials never go here: they come from the
+        environment (see ``theratwin.dicom.pacs`` and ``theratwin.fhir.client``).
+    """
+
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    stage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pacs_url: str | None = None
+    fhir_url: str | None = None
+    write_outputs: bool = True
+
+    def options(self, stage: str) -> dict[str, Any]:
+        return dict(self.stage_options.get(stage, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigurationError(f"Unknown pipeline settings {sorted(unknown)}; known: {sorted(known)}.")
+        d = dict(d)
+        if "stages" in d:
+            d["stages"] = tuple(d["stages"])
+        return cls(**d)
+
+
+@dataclass
+class PipelineContext:
+    """What stages share during a run.
+
+    ``state`` carries in-memory objects between stages (registration transforms, voxel fits, the twin
+    object ...); only ``results`` is written out.
+    """
+
+    study: Study
+    results: Results
+    config: PipelineConfig
+    out_dir: Path | None = None
+    progress: ProgressCallback | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    completed: list[str] = field(default_factory=list)
+
+    def stage_progress(self, fraction: float, message: str) -> None:
+        """Report progress within the running stage (mapped onto the whole run by the pipeline)."""
+        cb = self.state.get("_stage_progress")
+        if cb is not None:
+            cb(fraction, message)
+
+
+class Pipeline:
+    """Runs stages in order on a study.
+
+    Parameters
+    ----------
+    config
+        Which stages to run and their options.
+    """
+
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        self.config = config or PipelineConfig()
+        load_builtin_stages()
+
+    def available_stages(self) -> list[str]:
+        return [s for s in self.config.stages if s in STAGES]
+
+    def run(self, study: Study, *, out_dir: str | Path | None = None, progress: ProgressCallback | None = None,
+            state: dict[str, Any] | None = None) -> Results:
+        """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
+        results = Results.for_study(study)
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        ctx = PipelineContext(study, results, self.config, out, progress, dict(state or {}))
+        names = list(self.config.stages)
+        for i, name in enumerate(names):
+            if name not in STAGES:
+                results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
+                continue
+            stage = STAGES.get(name)
+            stage = stage() if isinstance(stage, type) else stage
+            missing = [r for r in getattr(stage, "requires", ()) if r not in ctx.completed]
+            if missing:
+                results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
+                continue
+            ctx.state["_stage_progress"] = scaled(progress, i / len(names), (i + 1) / len(names))
+            report(progress, i / len(names), f"{name}")
+            t0 = time.perf_counter()
+            stage.run(ctx)
+            ctx.completed.append(name)
+            results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
+        ctx.state.pop("_stage_progress", None)
+        if out is not None and self.config.write_outputs:
+            results.outputs["results_json"] = "results.json"
+            results.write_json(out / "results.json")
+        report(progress, 1.0, "done")
+        results.extras["completed_stages"] = list(ctx.completed)
+        self.last_context = ctx
+        return results
+
+
+def run_pipeline(study: Study, out_dir: str | Path | None = None, *, config: PipelineConfig | None = None,
+                 progress: ProgressCallback | None = None) -> Results:
+    """Convenience wrapper: ``Pipeline(config).run(study, out_dir=out_dir)``."""
+    return Pipeline(config).run(study, out_dir=out_dir, progress=progress)

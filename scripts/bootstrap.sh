@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Set up everything TheraTwin needs on a fresh Debian machine, idempotently:
+#   - Debian packages: Orthanc + DICOMweb plugin (PACS), dicom3tools/dcmtk/pixelmed (DICOM validators),
+#     plastimatch (independent RT Dose reader), chromium + poppler (report checks), iproute2 (network namespaces)
+#   - .venv with theratwin installed editable plus the test extras
+#   - Testing/fhir_server node_modules (Medplum FHIR engine)
+#   - .venv-slicer with slicer-core for the TheraTwinLib tests
+# Usage: scripts/bootstrap.sh [core|all]   ("core": only the Python package, for the demo)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+what=${1:-all}
+PY=${PYTHON:-python3}
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+apt_packages=(orthanc orthanc-dicomweb dicom3tools dcmtk pixelmed-apps libpixelmed-java plastimatch
+              chromium poppler-utils iproute2 nodejs npm)
+
+if [ "$what" = all ]; then
+  missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # node and npm may come from elsewhere (e.g. the image's own Node): do not ask apt for them then
+  if command -v node >/dev/null && command -v npm >/dev/null; then
+    missing=($(printf '%s\n' "${missing[@]}" | grep -vxE 'nodejs|npm' || true))
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the packaged Orthanc as a service; the tests start their own instances
+    $SUDO service orthanc stop >/dev/null 2>&1 || true
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  $PY -m venv .venv
+fi
+stamp=.venv/.theratwin-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing theratwin into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+
+if [ "$what" = all ]; then
+  if [ -f Testing/fhir_server/package.json ]; then
+    if [ ! -d Testing/fhir_server/node_modules ] || [ Testing/fhir_server/package.json -nt Testing/fhir_server/node_modules ]; then
+      log "installing the FHIR test server (npm)"
+      (cd Testing/fhir_server && { [ -f package-lock.json ] && npm ci --no-audit --no-fund -q || npm install --no-audit --no-fund -q; } >/dev/null)
+      touch Testing/fhir_server/node_modules
+    fi
+  fi
+  if [ -f Testing/slicer/requirements.txt ]; then
+    sstamp=.venv-slicer/.installed
+    if [ ! -f "$sstamp" ] || [ Testing/slicer/requirements.txt -nt "$sstamp" ] || [ pyproject.toml -nt "$sstamp" ]; then
+      log "creating .venv-slicer with slicer-core"
+      [ -x .venv-slicer/bin/python ] || $PY -m venv .venv-slicer
+      .venv-slicer/bin/python -m pip install -q --upgrade pip >/dev/null
+      .venv-slicer/bin/python -m pip install -q -r Testing/slicer/requirements.txt
+      .venv-slicer/bin/python -m pip install -q -e ".[test]"
+      touch "$sstamp"
+    fi
+  fi
+fi
+log "ready"

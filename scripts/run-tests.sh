@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run every test suite; exits non-zero if any fails. Called by `make test` and CI.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+status=0
+echo "== ruff"
+.venv/bin/ruff check Logic Testing Modules || status=1
+echo "== core and integration tests (pytest)"
+.venv/bin/python -m pytest Testing/python -q -p no:cacheprovider "$@" || status=1
+if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then
+  echo "== TheraTwinLib tests on slicer-core"
+  .venv-slicer/bin/python -m pytest Testing/slicer -q -p no:cacheprovider || status=1
+fi
+if [ -d Testing/benchmarks ] && ls Testing/benchmarks/test_*.py >/dev/null 2>&1; then
+  echo "== benchmarks"
+  .venv/bin/python -m pytest Testing/benchmarks -q -s -p no:cacheprovider || status=1
+fi
+exit $status
