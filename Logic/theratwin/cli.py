@@ -56,8 +56,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         path = Path(args.config)
         try:
             cfg = PipelineConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TheraTwinError(f"{path}: cannot read the configuration ({exc}).") from None
+        except (OSError, json.JSONDecodeError, TheraTwinError, TypeError) as exc:
+            raise TheraTwinError(f"{path}: cannot use this configuration: {exc}") from None
     if getattr(args, "stages", None):
         cfg.stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     if getattr(args, "pacs", None):
@@ -93,6 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .dicom import read_study
     from .pipeline import Pipeline
 
+    config = _config_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = _Progress(args.quiet, "demo patient")
@@ -104,7 +105,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     study = read_study(demo.dicom_dir)
     bar = _Progress(args.quiet, "pipeline")
     try:
-        results = Pipeline(_config_from_args(args)).run(study, out_dir=out, progress=bar)
+        results = Pipeline(config).run(study, out_dir=out, progress=bar)
     finally:
         bar.close()
     if not args.quiet:
@@ -113,6 +114,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)  # settings first: a bad config fails before any reading
     from .dicom import read_study, scan
     from .pipeline import Pipeline
 
@@ -122,7 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     bar = _Progress(args.quiet, "pipeline")
     try:
-        results = Pipeline(_config_from_args(args)).run(study, out_dir=out, progress=bar)
+        results = Pipeline(config).run(study, out_dir=out, progress=bar)
     finally:
         bar.close()
     if not args.quiet:
@@ -131,10 +133,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .push import push_directory
-
     if not args.pacs and not args.fhir:
         raise TheraTwinError("Nothing to do: give --pacs URL and/or --fhir URL.")
+    from .push import push_directory
+
     report = push_directory(Path(args.dir), pacs_url=args.pacs, fhir_url=args.fhir)
     print(report.describe())
     return 0 if report.ok else EXIT_BAD_INPUT
