@@ -43,8 +43,8 @@ fi
 stamp=.venv/.theratwin-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing theratwin into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1
+  .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "WARNING: Location" >&2)
   touch "$stamp"
 fi
 

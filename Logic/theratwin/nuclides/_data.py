@@ -159,7 +159,7 @@ def _chain(name: str, parent_half_life_s: float) -> list[tuple[str, float]]:
             rn = rd.Nuclide(nuc)
         except Exception:  # radioactivedecay does not know it: treat as a single nuclide
             continue
-        for daughter, frac in zip(rn.progeny(), rn.branching_fractions()):
+        for daughter, frac in zip(rn.progeny(), rn.branching_fractions(), strict=True):
             try:
                 hl = rd.Nuclide(daughter).half_life("s")
             except Exception:
