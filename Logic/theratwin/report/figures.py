@@ -1,0 +1,313 @@
+"""Figures of the report (matplotlib, Agg canvas, no pyplot global state): time-activity curves, maximum
+intensity projections with structure outlines, and dose-volume histograms.
+
+Figures are returned as PNG bytes so that the HTML can embed them (``data:`` URIs) and stay one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ..study import ImageVolume
+
+__all__ = [
+    "figure_png",
+    "png_data_uri",
+    "tac_figure",
+    "dvh_figure",
+    "mip_figure",
+    "model_curve",
+    "structure_colors",
+]
+
+#: Resolution of embedded figures: sharp on screen and in A4 print, small enough to keep the file light.
+FIGURE_DPI = 110
+
+# Colour cycle readable by people with the common colour-vision deficiencies (Okabe & Ito 2008,
+# "Color Universal Design", https://jfly.uni-koeln.de/color/).
+_OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def structure_colors(names: Sequence[str]) -> dict[str, str]:
+    """One colour per structure from the Okabe-Ito palette, used in every figure of the report.
+
+    The segmentation's own colours are not used: they are often similar for neighbouring organs (e.g. the
+    Slicer kidney and liver colours), and the report must stay readable for colour-vision deficiencies.
+    """
+    return {n: _OKABE_ITO[i % len(_OKABE_ITO)] for i, n in enumerate(names)}
+
+
+def figure_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes with the Agg canvas."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` URI of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _lambda_phys_per_h(nuclide: str | None) -> float | None:
+    if not nuclide:
+        return None
+    try:
+        from .. import nuclides
+
+        return float(nuclides.get(nuclide).decay_constant_per_h)
+    except Exception:  # an unknown nuclide only costs the fitted curve, not the report
+        return None
+
+
+def _theta_from_physical(model: Any, params: Mapping[str, float], time_h: np.ndarray, activity_MBq: np.ndarray,
+                         lambda_phys_per_h: float) -> np.ndarray | None:
+    """Internal parameters ``theta`` whose ``physical_params`` reproduce ``params`` (relative error < 1e-6).
+
+    ``results.json`` keeps the readable parameters (``A0_MBq``, ``lambda_eff_per_h`` ...); the registry's
+    models evaluate ``theta``. Solving for ``theta`` works for every plug-in that implements the protocol.
+    """
+    from scipy.optimize import least_squares
+
+    keys = [k for k, v in params.items() if isinstance(v, (int, float)) and math.isfinite(v) and v != 0.0]
+    if not keys:
+        return None
+    target = np.array([float(params[k]) for k in keys])
+
+    def resid(theta: np.ndarray) -> np.ndarray:
+        got = model.physical_params(theta, lambda_phys_per_h)
+        return np.array([float(got.get(k, np.nan)) for k in keys]) / target - 1.0
+
+    best: np.ndarray | None = None
+    best_cost = np.inf
+    for guess in model.initial_guesses(time_h, activity_MBq, lambda_phys_per_h):
+        try:
+            sol = least_squares(resid, np.asarray(guess, dtype=float), xtol=1e-14, ftol=1e-14, gtol=1e-14)
+        except (ValueError, FloatingPointError):
+            continue
+        if np.all(np.isfinite(sol.fun)) and sol.cost < best_cost:
+            best, best_cost = sol.x, sol.cost
+    if best is None or np.max(np.abs(resid(best))) > 1e-6:
+        return None
+    return best
+
+
+def model_curve(model: str | None, params: Mapping[str, float] | None, time_h: np.ndarray, *,
+                nuclide: str | None = None, measured_time_h: Sequence[float] | None = None,
+                measured_activity_MBq: Sequence[float] | None = None,
+                measured_sd_MBq: Sequence[float] | None = None) -> np.ndarray | None:
+    """Activity (MBq) of a fitted kinetic model at ``time_h``, re-evaluated through the kinetics model registry
+    (:data:`theratwin.kinetics.models.KINETIC_MODELS`) from the parameters stored in the results.
+
+    Least-squares models are evaluated at the internal parameters that reproduce the stored physical
+    parameters; direct models (trapezoidal) are re-run on the measured samples. Returns ``None`` when the
+    kinetics package, the model or the data needed is not available (the report then shows the points only).
+    """
+    if not model or params is None:
+        return None
+    name = model.split(":", 1)[1] if model.startswith("fit:") else model
+    lp = _lambda_phys_per_h(nuclide)
+    if lp is None or measured_time_h is None or measured_activity_MBq is None:
+        return None
+    try:
+        from ..kinetics.models import get_model
+
+        entry = get_model(name)
+    except Exception:  # kinetics not installed, or a model name this installation does not know
+        return None
+    t_meas = np.asarray(measured_time_h, dtype=float)
+    a_meas = np.asarray(measured_activity_MBq, dtype=float)
+    tq = np.asarray(time_h, dtype=float)
+    try:
+        if getattr(entry, "param_names", ()) and hasattr(entry, "physical_params"):
+            theta = _theta_from_physical(entry, params, t_meas, a_meas, lp)
+            if theta is None:
+                return None
+            y = np.asarray(entry.evaluate(theta, tq, lp), dtype=float)
+        elif hasattr(entry, "fit_direct"):
+            sd = None if measured_sd_MBq is None else np.asarray(measured_sd_MBq, dtype=float)
+            y = np.asarray(entry.fit_direct(t_meas, a_meas, sd, lp).predict(tq), dtype=float)
+        else:
+            return None
+    except Exception:  # a plug-in failing to evaluate costs the curve only
+        return None
+    return y if y.shape == tq.shape and np.all(np.isfinite(y)) else None
+
+
+def tac_figure(structure: str, cycles: Sequence[Mapping[str, Any]], *, color: str = "#0072B2") -> Figure | None:
+    """Time-activity curve of one structure: measured points (±1 SD), fitted model and ±1 SD band per cycle.
+
+    Parameters
+    ----------
+    structure
+        Structure name (title).
+    cycles
+        One mapping per cycle with the JSON fields of ``StructureResult`` plus ``"cycle"``: ``time_h``,
+        ``activity_MBq``, ``activity_sd_MBq``, ``kinetic_model``, ``kinetic_params``, ``tia_MBq_h``,
+        ``tia_sd_MBq_h``.
+
+    Returns
+    -------
+    Figure or None
+        ``None`` when no cycle has a measured curve.
+    """
+    usable = [c for c in cycles if c.get("time_h") and c.get("activity_MBq")]
+    if not usable:
+        return None
+    fig = Figure(figsize=(4.6, 3.0))
+    ax = fig.subplots()
+    t_max = max(max(c["time_h"]) for c in usable)
+    for i, c in enumerate(usable):
+        ls = _LINESTYLES[i % len(_LINESTYLES)]
+        t = np.asarray(c["time_h"], dtype=float)
+        a = np.asarray(c["activity_MBq"], dtype=float)
+        sd = c.get("activity_sd_MBq")
+        label = f"cycle {c['cycle']}"
+        marker = "os^Dv"[i % 5]
+        if sd is not None and len(sd) == len(a):
+            ax.errorbar(t, a, yerr=np.asarray(sd, dtype=float), fmt=marker, color=color, ms=4, capsize=2,
+                        alpha=1.0 - 0.25 * min(i, 2), label=f"{label} measured")
+        else:
+            ax.plot(t, a, marker, color=color, ms=4, label=f"{label} measured")
+        tt = np.linspace(0.0, max(t_max * 1.15, 1.0), 240)
+        y = model_curve(c.get("kinetic_model"), c.get("kinetic_params"), tt, nuclide=c.get("nuclide"),
+                        measured_time_h=t, measured_activity_MBq=a, measured_sd_MBq=sd)
+        if y is not None:
+            ax.plot(tt, y, ls, color=color, lw=1.4, label=f"{label} fit: {c.get('kinetic_model')}")
+            tia, tia_sd = c.get("tia_MBq_h"), c.get("tia_sd_MBq_h")
+            if tia and tia_sd is not None and tia > 0:
+                # band: the relative SD of the TIA applied to the curve (the fit's parameter covariance is
+                # not kept in results.json; the TIA SD is its propagated summary)
+                rel = float(tia_sd) / float(tia)
+                ax.fill_between(tt, y * (1 - rel), y * (1 + rel), color=color, alpha=0.15, lw=0,
+                                label=f"{label} ±1 SD")
+    ax.set_xlabel("time since administration (h)")
+    ax.set_ylabel("activity (MBq)")
+    ax.set_xlim(left=0.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_title(structure, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper right", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def dvh_figure(curves: Sequence[tuple[str, int, Mapping[str, Any]]], colors: Mapping[str, str]) -> Figure | None:
+    """Cumulative DVHs: ``curves`` is ``[(structure, cycle, {"dose_Gy": [...], "volume_fraction": [...]})]``."""
+    usable = [(s, c, d) for s, c, d in curves
+              if d and d.get("dose_Gy") and d.get("volume_fraction")
+              and len(d["dose_Gy"]) == len(d["volume_fraction"])]
+    if not usable:
+        return None
+    cyc_order = sorted({c for _, c, _ in usable})
+    fig = Figure(figsize=(6.4, 3.4))
+    ax = fig.subplots()
+    for s, c, d in usable:
+        dose = np.asarray(d["dose_Gy"], dtype=float)
+        vol = np.asarray(d["volume_fraction"], dtype=float)
+        ax.plot(dose, 100.0 * vol, _LINESTYLES[cyc_order.index(c) % len(_LINESTYLES)],
+                color=colors.get(s, "black"), lw=1.4, label=f"{s} (cycle {c})")
+    ax.set_xlabel("absorbed dose (Gy)")
+    ax.set_ylabel("volume (%)")
+    ax.set_xlim(left=0.0)
+    ax.set_ylim(0.0, 102.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def cmap_for(unit: str) -> str:
+    """Colour map of a projection: inverted grey for activity (the nuclear-medicine MIP convention),
+    a perceptually uniform map for dose."""
+    return "Greys" if unit in ("Bq/mL", "BQML", "Bq.h/mL") else "inferno"
+
+
+def _projection_extent(geometry_spacing: Sequence[float], shape: Sequence[int], view: str) -> list[float]:
+    sx, sy, sz = geometry_spacing
+    nz, ny, nx = shape
+    if view == "coronal":  # rows z (superior up), columns x (patient left to the viewer's right)
+        return [0.0, nx * sx, 0.0, nz * sz]
+    return [0.0, nx * sx, ny * sy, 0.0]  # axial: rows y (anterior at the top), columns x
+
+
+def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np.ndarray],
+               colors: Mapping[str, str]) -> Figure | None:
+    """Coronal and axial maximum-intensity projections of each volume, with structure outlines.
+
+    Parameters
+    ----------
+    panels
+        ``[(title, volume)]``, e.g. activity (Bq/mL) and dose (Gy), all on one grid.
+    masks
+        ``{structure: mask (z, y, x)}`` on the grid of the volumes (fractional or boolean); outlined where
+        the projected mask crosses 0.5.
+    colors
+        Outline colour per structure.
+
+    Notes
+    -----
+    Arrays are (z, y, x) in LPS index order. With the usual axis-aligned directions, x increases towards the
+    patient's left (shown to the viewer's right: radiological convention), y towards posterior and z
+    towards superior. Rotated grids are shown in index space.
+    """
+    panels = [(t, v) for t, v in panels if v is not None and np.size(v.array) > 0]
+    if not panels:
+        return None
+    fig = Figure(figsize=(7.2, 2.7 * len(panels)))
+    axes = np.atleast_2d(fig.subplots(len(panels), 2, squeeze=False))
+    for row, (title, vol) in enumerate(panels):
+        arr = np.nan_to_num(np.asarray(vol.array, dtype=np.float32))
+        for col, view in enumerate(("coronal", "axial")):
+            ax = axes[row, col]
+            axis = 1 if view == "coronal" else 0
+            proj = arr.max(axis=axis)
+            extent = _projection_extent(vol.geometry.spacing_mm, arr.shape, view)
+            origin = "lower" if view == "coronal" else "upper"
+            # window to the 99.5th percentile so one hot voxel does not wash out the image
+            vmax = float(np.percentile(proj, 99.5)) if np.any(proj > 0) else 1.0
+            im = ax.imshow(proj, cmap=cmap_for(vol.unit), origin=origin, extent=extent, vmin=0.0,
+                           vmax=vmax if vmax > 0 else 1.0, interpolation="nearest")
+            for name, m in masks.items():
+                if np.shape(m) != arr.shape:
+                    continue
+                mp = (np.asarray(m, dtype=np.float32) >= 0.5).any(axis=axis).astype(np.float32)
+                if mp.any() and not mp.all():
+                    cs = ax.contour(mp, levels=[0.5], colors=[colors.get(name, "#0072B2")], linewidths=1.3,
+                                    origin=origin, extent=extent)
+                    # a thin white halo keeps every outline colour visible on dark and light pixels alike
+                    cs.set(path_effects=[patheffects.Stroke(linewidth=2.6, foreground="white"),
+                                         patheffects.Normal()])
+            ax.set_title(f"{title} — {view} MIP", fontsize=8.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            cb.ax.tick_params(labelsize=6.5)
+            cb.set_label(vol.unit, fontsize=7)
+    handles = [Line2D([0], [0], color=colors.get(name, "#0072B2"), lw=1.5, label=name) for name in masks]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 if handles else 0, 1, 1))
+    return fig
+
+
+def finite_or_none(x: Any) -> float | None:
+    """``float(x)`` when it is a finite number, else ``None``."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

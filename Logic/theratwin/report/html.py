@@ -1,0 +1,552 @@
+"""The HTML report: one self-contained file (CSS inlined, figures embedded as base64 PNG).
+
+All numbers are read from the JSON form of the results (``Results.to_dict()`` after a JSON round trip, i.e.
+exactly what ``results.json`` holds) and shown through :func:`~theratwin.report.format.number_span`, which
+annotates each with its JSON path. Figures are drawn from the in-memory objects (maps, masks).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from ..progress import ProgressCallback, report
+from ..results import RESEARCH_USE_NOTICE, Results
+from ..study import ImageVolume
+from .figures import (
+    dvh_figure,
+    figure_png,
+    mip_figure,
+    png_data_uri,
+    structure_colors,
+    tac_figure,
+)
+from .format import esc, lookup, number_span
+
+__all__ = ["ReportConfig", "render_html", "results_json_data", "limit_status"]
+
+
+@dataclass
+class ReportConfig:
+    """Settings of the report (plain data, JSON-serialisable).
+
+    Attributes
+    ----------
+    title
+        Document title (HTML ``<title>``, heading, DICOM Document Title).
+    institution
+        Shown under the title when set.
+    pdf
+        Also write ``report.pdf`` (WeasyPrint).
+    dicom
+        Also write the Encapsulated PDF DICOM object (needs ``pdf``).
+    show_body_outline
+        Outline the body contour on the projections (off: it frames every image and hides little).
+    """
+
+    title: str = "TheraTwin dosimetry report"
+    institution: str = ""
+    pdf: bool = True
+    dicom: bool = True
+    show_body_outline: bool = False
+
+
+# Columns of the per-structure tables: (JSON field of StructureResult, header, unit).
+_STRUCTURE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("tia_MBq_h", "TIA", "MBq·h"),
+    ("effective_half_life_h", "T<sub>eff</sub>", "h"),
+    ("mean_dose_Gy", "Mean dose", "Gy"),
+    ("dvh_metrics.Dmax_Gy", "D<sub>max</sub>", "Gy"),
+    ("dvh_metrics.D2_Gy", "D<sub>2%</sub>", "Gy"),
+    ("dvh_metrics.D98_Gy", "D<sub>98%</sub>", "Gy"),
+    ("bed_Gy", "BED", "Gy"),
+    ("eqd2_Gy", "EQD2", "Gy"),
+    ("cumulative_dose_Gy", "Cumulative dose", "Gy"),
+    ("cumulative_bed_Gy", "Cumulative BED", "Gy"),
+    ("cumulative_eqd2_Gy", "Cumulative EQD2", "Gy"),
+)
+
+# Which cumulative field a limit on a given quantity is compared with.
+_LIMIT_FIELDS = {
+    "bed": "cumulative_bed_Gy",
+    "eqd2": "cumulative_eqd2_Gy",
+    "dose": "cumulative_dose_Gy",
+    "absorbed_dose": "cumulative_dose_Gy",
+    "absorbed dose": "cumulative_dose_Gy",
+    "mean_dose": "cumulative_dose_Gy",
+    "d": "cumulative_dose_Gy",
+}
+
+
+def results_json_data(results: Results) -> dict[str, Any]:
+    """The results as ``results.json`` holds them (a JSON round trip, so floats are exactly the written ones)."""
+    return json.loads(results.to_json())
+
+
+def _read_package_text(name: str) -> str:
+    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _field_path(cycle_key: str, structure: str, field: str) -> list[str]:
+    return ["cycles", cycle_key, "structures", structure, *field.split(".")]
+
+
+def limit_status(data: dict[str, Any], cycle_key: str, structure: str) -> tuple[str | None, str]:
+    """Compare a structure's cumulative value with its limit.
+
+    Returns
+    -------
+    (field, status)
+        The cumulative JSON field compared (None when the limit or value is missing) and ``"ok"``, ``"over"``
+        or ``"unknown"``.
+    """
+    sr = lookup(data, ["cycles", cycle_key, "structures", structure]) or {}
+    limit = sr.get("limit")
+    if not isinstance(limit, dict) or not isinstance(limit.get("value_Gy"), (int, float)):
+        return None, "unknown"
+    quantity = str(limit.get("quantity", "BED")).strip().lower()
+    field = _LIMIT_FIELDS.get(quantity)
+    if field is None:
+        return None, "unknown"
+    value = sr.get(field)
+    if not isinstance(value, (int, float)):
+        return field, "unknown"
+    return field, "over" if value > limit["value_Gy"] else "ok"
+
+
+def _status_cell(status: str) -> str:
+    text = {"ok": "below limit", "over": "ABOVE LIMIT", "unknown": "no limit / not computed"}[status]
+    return f'<td class="status-{status}">{text}</td>'
+
+
+def _limit_cells(data: dict[str, Any], cycle_key: str, structure: str) -> str:
+    base = ["cycles", cycle_key, "structures", structure, "limit"]
+    limit = lookup(data, base)
+    if not isinstance(limit, dict):
+        return '<td class="missing">–</td><td class="num missing">–</td>'
+    quantity = esc(limit.get("quantity", ""))
+    value = number_span(data, [*base, "value_Gy"], unit="Gy", structure=structure, cycle=cycle_key)
+    ref = limit.get("reference")
+    title = f' title="{esc(ref)}"' if ref else ""
+    return f"<td{title}>{quantity}</td><td class=\"num\">{value}</td>"
+
+
+def _section_summary(data: dict[str, Any], results: Results, config: ReportConfig) -> str:
+    study = data.get("study") or {}
+    patient = results.study.patient if results.study is not None else None
+    items = [
+        ("Patient ID", esc(study.get("patient_id") or (patient.patient_id if patient else "–"))),
+        ("Patient name", esc(str(patient.name).replace("^", " ").strip() if patient and patient.name else "–")),
+        ("Birth date", esc(patient.birth_date.isoformat() if patient and patient.birth_date else "–")),
+        ("Sex", esc(patient.sex if patient and patient.sex else "–")),
+        ("Study UID", f'<span class="uid">{esc(study.get("study_uid") or "–")}</span>'),
+        ("Report created", f'<span data-path=\'["created"]\'>{esc(data.get("created", ""))}</span>'),
+        ("Software", f'TheraTwin <span data-path=\'["software","version"]\'>'
+                     f'{esc((data.get("software") or {}).get("version", ""))}</span>'),
+        ("Cycles analysed", esc(", ".join(str(k) for k in (data.get("cycles") or {})) or "–")),
+    ]
+    dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
+    inst = f'<p class="subtitle">{esc(config.institution)}</p>' if config.institution else ""
+    return (f'<header><h1>{esc(config.title)}</h1>{inst}'
+            f'<p class="subtitle">Dosimetry, radiobiology and digital-twin prediction for radioligand therapy'
+            f'</p><dl class="ids">{dl}</dl></header>')
+
+
+def _section_treatment(data: dict[str, Any]) -> str:
+    rows = []
+    for key, c in (data.get("cycles") or {}).items():
+        base = ["cycles", key]
+        times = ", ".join(
+            number_span(data, [*base, "time_points_h", i], unit="h", cycle=key)
+            for i in range(len(c.get("time_points_h") or []))
+        ) or '<span class="none">none</span>'
+        start = str(c.get("administration_start", ""))
+        rows.append(
+            f'<tr><td class="num">{number_span(data, [*base, "cycle"], cycle=key)}</td>'
+            f'<td><span data-path=\'{esc(json.dumps([*base, "administration_start"]))}\' '
+            f'data-kind="datetime">{esc(start.replace("T", " "))}</span></td>'
+            f'<td>{esc(c.get("radiopharmaceutical", ""))}</td><td>{esc(c.get("nuclide", ""))}</td>'
+            f'<td class="num">{number_span(data, [*base, "administered_MBq"], unit="MBq", cycle=key)}</td>'
+            f"<td>{times}</td></tr>"
+        )
+    if not rows:
+        return '<h2 id="treatment">Treatment</h2><p class="none">No cycle in the results.</p>'
+    return (
+        '<section id="treatment"><h2>Treatment</h2><table class="treatment"><thead><tr><th>Cycle</th>'
+        "<th>Administration start</th><th>Radiopharmaceutical</th><th>Nuclide</th>"
+        '<th class="num">Administered activity (MBq)</th><th>Imaging time points (h after start)</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _latest_cycle_key(data: dict[str, Any]) -> str | None:
+    keys = [k for k, c in (data.get("cycles") or {}).items() if c.get("structures")]
+    return max(keys, key=int) if keys else None
+
+
+def _section_glance(data: dict[str, Any]) -> str:
+    """Organs with a limit, latest cycle: cumulative value against the limit; and the twin's recommendation."""
+    key = _latest_cycle_key(data)
+    parts = []
+    if key is not None:
+        rows = []
+        for name, sr in data["cycles"][key]["structures"].items():
+            if not isinstance(sr.get("limit"), dict):
+                continue
+            field, status = limit_status(data, key, name)
+            val = (number_span(data, _field_path(key, name, field), unit="Gy", structure=name, cycle=key)
+                   if field else "–")
+            rows.append(f'<tr><td>{esc(name)}</td>{_limit_cells(data, key, name)}'
+                        f'<td class="num">{val}</td>{_status_cell(status)}</tr>')
+        if rows:
+            parts.append(
+                f'<div class="card"><h3>Organs at risk after cycle {esc(key)} (cumulative)</h3>'
+                '<table class="glance-limits"><thead><tr><th>Structure</th><th>Limit on</th>'
+                '<th class="num">Limit (Gy)</th><th class="num">Cumulative (Gy)</th><th>Status</th></tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table></div>"
+            )
+    rec = _find_recommendation(data.get("twin"))
+    if rec is not None:
+        path, _ = rec
+        parts.append(
+            '<div class="card"><h3>Twin: recommended next activity</h3>'
+            f'<p class="big">{number_span(data, ["twin", *path], unit="MBq")} MBq</p>'
+            f'<p class="twin-label">Research use: model prediction, not a prescription.</p></div>'
+        )
+    if not parts:
+        return ""
+    return f'<section id="glance"><h2>At a glance</h2><div class="glance">{"".join(parts)}</div></section>'
+
+
+def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[list[str | int], float] | None:
+    """The first numeric field under a key naming a recommended activity in MBq (schema-agnostic)."""
+    if not isinstance(twin, dict):
+        return None
+    for k, v in twin.items():
+        kl = str(k).lower()
+        if "recommend" in kl:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "mbq" in kl:
+                return [*path, k], float(v)
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    if isinstance(vv, (int, float)) and not isinstance(vv, bool) and "mbq" in str(kk).lower() \
+                            and "activity" in str(kk).lower():
+                        return [*path, k, kk], float(vv)
+        if isinstance(v, dict):
+            found = _find_recommendation(v, (*path, k))
+            if found is not None:
+                return found
+    return None
+
+
+def _structure_table(data: dict[str, Any], name: str) -> str:
+    cycles = data.get("cycles") or {}
+    head = "".join(f'<th class="num">{h}<br><span class="unit">({u})</span></th>' for _, h, u in _STRUCTURE_COLUMNS)
+    rows = []
+    for key, c in cycles.items():
+        if name not in (c.get("structures") or {}):
+            continue
+        sr = c["structures"][name]
+        cells = []
+        for field, _, unit in _STRUCTURE_COLUMNS:
+            span = number_span(data, _field_path(key, name, field), unit=unit, structure=name, cycle=key)
+            if field == "tia_MBq_h" and isinstance(sr.get("tia_sd_MBq_h"), (int, float)):
+                span += ' <span class="sd">± ' + number_span(
+                    data, _field_path(key, name, "tia_sd_MBq_h"), unit=unit, structure=name, cycle=key) + "</span>"
+            if field == "mean_dose_Gy" and isinstance(sr.get("mean_dose_sd_Gy"), (int, float)):
+                span += ' <span class="sd">± ' + number_span(
+                    data, _field_path(key, name, "mean_dose_sd_Gy"), unit=unit, structure=name, cycle=key) + "</span>"
+            cells.append(f'<td class="num">{span}</td>')
+        model = sr.get("kinetic_model") or sr.get("tia_method") or "–"
+        twin_note = " (twin estimate)" if sr.get("estimated_by_twin") else ""
+        _, status = limit_status(data, key, name)
+        rows.append(
+            f'<tr><td class="num">{esc(key)}</td><td>{esc(model)}{twin_note}</td>{"".join(cells)}'
+            f"{_limit_cells(data, key, name)}{_status_cell(status)}</tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        f'<table class="structure-table" data-structure="{esc(name)}"><thead><tr><th>Cycle</th><th>Model</th>{head}'
+        '<th>Limit on</th><th class="num">Limit<br><span class="unit">(Gy)</span></th><th>Status</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _section_structures(data: dict[str, Any], colors: dict[str, str], names: list[str]) -> tuple[str, int]:
+    parts = []
+    n_fig = 0
+    for name in names:
+        per_cycle = []
+        for key, c in (data.get("cycles") or {}).items():
+            sr = (c.get("structures") or {}).get(name)
+            if sr:
+                per_cycle.append({"cycle": key, "nuclide": c.get("nuclide"), **sr})
+        fig = tac_figure(name, per_cycle, color=colors.get(name, "#0072B2"))
+        fig_html = ""
+        if fig is not None:
+            n_fig += 1
+            models = ", ".join(f"cycle {c['cycle']}: {c.get('kinetic_model') or c.get('tia_method') or '–'}"
+                               for c in per_cycle)
+            fig_html = (
+                f'<figure class="plot tac" data-figure="tac" data-structure="{esc(name)}">'
+                f'<img alt="Time-activity curve of {esc(name)}" src="{png_data_uri(figure_png(fig))}">'
+                f"<figcaption>Measured activity (±1 SD), fitted model and ±1 SD band (relative TIA "
+                f"uncertainty). Chosen model — {esc(models)}.</figcaption></figure>"
+            )
+        table = _structure_table(data, name)
+        parts.append(
+            f'<div class="structure" id="structure-{esc(name)}"><h3>{esc(name)}</h3>'
+            f'<div class="structure-body">{fig_html}</div>{table}</div>'
+        )
+    if not parts:
+        return "", 0
+    return ('<section id="structures"><h2>Structures: kinetics, dose and radiobiology</h2>'
+            + "".join(parts) + "</section>"), n_fig
+
+
+def _section_images(results: Results, data: dict[str, Any], masks: dict[str, np.ndarray],
+                    activity: ImageVolume | None, colors: dict[str, str]) -> str:
+    key = _latest_cycle_key(data) or (str(min(results.cycles)) if results.cycles else None)
+    panels: list[tuple[str, ImageVolume]] = []
+    if activity is not None:
+        panels.append((f"Activity ({activity.unit})", activity))
+    elif key is not None and f"cycle{key}/tia" in results.maps:
+        panels.append((f"TIA cycle {key}", results.maps[f"cycle{key}/tia"]))
+    if key is not None and f"cycle{key}/dose" in results.maps:
+        panels.append((f"Dose cycle {key}", results.maps[f"cycle{key}/dose"]))
+    if len(results.cycles) > 1 and "cumulative/dose" in results.maps:
+        panels.append(("Cumulative dose", results.maps["cumulative/dose"]))
+    if not panels:
+        return ""
+    shape = panels[0][1].shape
+    panels = [(t, v) for t, v in panels if v.shape == shape]
+    fig = mip_figure(panels, {n: m for n, m in masks.items() if np.shape(m) == shape}, colors)
+    if fig is None:
+        return ""
+    return (
+        '<section id="images"><h2>Activity and dose: maximum-intensity projections</h2>'
+        '<figure class="plot mip" data-figure="mip"><img alt="Coronal and axial maximum-intensity projections" '
+        f'src="{png_data_uri(figure_png(fig))}"><figcaption>Coronal (head up) and axial (anterior up) '
+        "maximum-intensity projections on the reference SPECT grid; patient left on the viewer's right. "
+        "Lines: projected structure outlines.</figcaption></figure></section>"
+    )
+
+
+def _section_dvh(data: dict[str, Any], colors: dict[str, str]) -> str:
+    curves = []
+    for key, c in (data.get("cycles") or {}).items():
+        for name, sr in (c.get("structures") or {}).items():
+            if isinstance(sr.get("dvh"), dict):
+                curves.append((name, int(key), sr["dvh"]))
+    fig = dvh_figure(curves, colors)
+    if fig is None:
+        return ""
+    return (
+        '<section id="dvh"><h2>Dose-volume histograms</h2><figure class="plot dvh" data-figure="dvh">'
+        f'<img alt="Cumulative dose-volume histograms" src="{png_data_uri(figure_png(fig))}">'
+        "<figcaption>Cumulative DVH per structure and cycle (fraction of the structure volume receiving at "
+        "least the dose).</figcaption></figure></section>"
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _scalar_html(data: dict[str, Any], path: list[str | int], value: Any, *, structure: str | None = None) -> str:
+    if _is_number(value):
+        return number_span(data, path, structure=structure)
+    if isinstance(value, list) and all(_is_number(v) for v in value):
+        if len(value) > 12:
+            return '<span class="none">(series not shown)</span>'
+        return ", ".join(number_span(data, [*path, i], structure=structure) for i in range(len(value)))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return esc(value if value is not None else "–")
+
+
+def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, depth: int = 0) -> str:
+    """Render any JSON value (schema unknown in advance): tables for records, nested sections otherwise."""
+    if depth > 6:
+        return '<p class="none">(nested data not shown)</p>'
+    if not isinstance(value, (dict, list)) or (isinstance(value, list) and all(_is_number(v) for v in value)):
+        return f"<p>{_scalar_html(data, path, value)}</p>"
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) and all(_is_scalar(x) or isinstance(x, list) for x in v.values())
+                         for v in value):
+            cols: list[str] = []
+            for v in value:
+                cols += [k for k in v if k not in cols]
+            head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+            body = "".join(
+                "<tr>" + "".join(f'<td class="{"num" if _is_number(v.get(c)) else ""}">'
+                                 f"{_scalar_html(data, [*path, i, c], v.get(c)) if c in v else '–'}</td>"
+                                 for c in cols) + "</tr>"
+                for i, v in enumerate(value))
+            return f'<table class="generic"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        return "".join(_render_generic(data, [*path, i], v, depth + 1) for i, v in enumerate(value))
+    scalars = {k: v for k, v in value.items() if _is_scalar(v) or (isinstance(v, list) and all(
+        _is_number(x) for x in v))}
+    records = {k: v for k, v in value.items() if isinstance(v, dict) and v and all(
+        _is_scalar(x) or (isinstance(x, list) and all(_is_number(y) for y in x)) for x in v.values())}
+    rest = {k: v for k, v in value.items() if k not in scalars and k not in records}
+    out = []
+    if scalars:
+        rows = "".join(
+            f'<tr><th>{esc(k)}</th><td class="{"num" if _is_number(v) else ""}">'
+            f"{_scalar_html(data, [*path, k], v)}</td></tr>" for k, v in scalars.items())
+        out.append(f'<table class="kv">{rows}</table>')
+    if records:
+        cols = []
+        for rec in records.values():
+            cols += [k for k in rec if k not in cols]
+        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{esc(k)}</th>" + "".join(
+                f'<td class="{"num" if _is_number(rec.get(c)) else ""}">'
+                f"{_scalar_html(data, [*path, k, c], rec.get(c), structure=str(k)) if c in rec else '–'}</td>"
+                for c in cols) + "</tr>"
+            for k, rec in records.items())
+        out.append(f'<table class="generic"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>')
+    for k, v in rest.items():
+        h = "h3" if depth == 0 else "h4"
+        out.append(f'<div class="twin-part"><{h}>{esc(k)}</{h}>{_render_generic(data, [*path, k], v, depth + 1)}</div>')
+    return "".join(out)
+
+
+def _section_twin(data: dict[str, Any]) -> str:
+    twin = data.get("twin")
+    body = ('<p class="none">The digital-twin stage did not run or produced no prediction.</p>' if not twin
+            else _render_generic(data, ["twin"], twin))
+    return (
+        '<section id="twin"><h2>Digital twin: next-cycle prediction, recommendation and risk forecasts</h2>'
+        '<p class="twin-label">RESEARCH USE ONLY — model predictions with their intervals; not validated for '
+        "treatment decisions.</p>" + body + "</section>"
+    )
+
+
+def _section_warnings(data: dict[str, Any]) -> str:
+    warnings = data.get("warnings") or []
+    if not warnings:
+        return '<section id="warnings"><h2>Warnings</h2><p class="none">No warning was raised.</p></section>'
+    rows = []
+    for i, w in enumerate(warnings):
+        sev = str(w.get("severity", "warning"))
+        cyc = number_span(data, ["warnings", i, "cycle"]) if _is_number(w.get("cycle")) else ""
+        rows.append(
+            f'<tr><td class="sev-{esc(sev)}">{esc(sev)}</td><td>{esc(w.get("stage", ""))}</td>'
+            f'<td class="num">{cyc}</td><td>{esc(w.get("structure") or "")}</td><td>{esc(w.get("message", ""))}</td></tr>'
+        )
+    return (
+        f'<section id="warnings"><h2>Warnings</h2><table class="warnings"><thead><tr><th>Severity</th><th>Stage'
+        f"</th><th>Cycle</th><th>Structure</th><th>Message</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></section>"
+    )
+
+
+def _section_methods(data: dict[str, Any]) -> str:
+    methods = data.get("methods") or []
+    software = data.get("software") or {}
+    refs: list[str] = []
+    blocks = []
+    for i, m in enumerate(methods):
+        params = m.get("parameters") or {}
+        ptab = _render_generic(data, ["methods", i, "parameters"], params, depth=1) if params else ""
+        for r in m.get("references") or []:
+            if r not in refs:
+                refs.append(r)
+        nums = ", ".join(f"[{refs.index(r) + 1}]" for r in m.get("references") or [])
+        blocks.append(
+            f'<div class="method"><h4>{esc(m.get("stage", ""))}: {esc(m.get("method", ""))} '
+            f'<span class="muted">({esc(m.get("software", "TheraTwin"))} {esc(m.get("version", ""))})</span> '
+            f"{esc(nums)}</h4>{ptab}</div>"
+        )
+    if not blocks:
+        blocks.append('<p class="none">No method was recorded.</p>')
+    ref_html = ("<h3>References</h3><ol class=\"refs\">" + "".join(f"<li>{esc(r)}</li>" for r in refs) + "</ol>"
+                if refs else "")
+    return (
+        '<section id="methods"><h2>Methods, parameters and software</h2>'
+        f'<p>Software: {esc(software.get("name", "TheraTwin"))} '
+        f'<span data-path=\'["software","version"]\'>{esc(software.get("version", ""))}</span>; schema '
+        f'{esc(data.get("schema", ""))}.</p>' + "".join(blocks) + ref_html + "</section>"
+    )
+
+
+def _masks_for(results: Results, masks: dict[str, np.ndarray] | None, shape: tuple[int, int, int] | None,
+               config: ReportConfig) -> dict[str, np.ndarray]:
+    seg = results.study.segmentation if results.study is not None else None
+    body = {s.name for s in seg.structures if s.role.value == "body"} if seg is not None else {"body"}
+    if masks is None and seg is not None and results.maps and shape is not None:
+        geom = next(v.geometry for v in results.maps.values() if v.shape == shape)
+        masks = {s.name: seg.fractional_mask(s.name, geom) for s in seg.structures}
+    masks = dict(masks or {})
+    if not config.show_body_outline:
+        masks = {k: v for k, v in masks.items() if k not in body}
+    return masks
+
+
+def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
+                activity: ImageVolume | None = None, config: ReportConfig | None = None,
+                progress: ProgressCallback | None = None) -> str:
+    """Render the report as one self-contained HTML document.
+
+    Parameters
+    ----------
+    results
+        The run's results (numbers are taken from their JSON form, as in ``results.json``).
+    masks
+        ``{structure: mask (z, y, x)}`` on the grid of the maps (e.g. ``ctx.state["masks"]``); by default the
+        study's segmentation resampled to that grid.
+    activity
+        Activity-concentration volume (Bq/mL) on the grid of the maps for the projections; by default the
+        latest cycle's TIA map.
+    config
+        Report settings.
+    progress
+        Progress callback (fraction, message).
+
+    Returns
+    -------
+    str
+        The HTML text (UTF-8; figures embedded as ``data:image/png;base64`` URIs).
+    """
+    cfg = config or ReportConfig()
+    data = results_json_data(results)
+    report(progress, 0.0, "report: collecting results")
+    names = results.structure_names()
+    seg = results.study.segmentation if results.study is not None else None
+    colors = structure_colors(list(dict.fromkeys([*names, *(seg.names if seg else [])])))
+    shape = activity.shape if activity is not None else (
+        next(iter(results.maps.values())).shape if results.maps else None)
+    mask_map = _masks_for(results, masks, shape, cfg)
+    report(progress, 0.1, "report: time-activity curves")
+    struct_html, _ = _section_structures(data, colors, names)
+    report(progress, 0.6, "report: projections and DVH")
+    parts = [
+        _section_summary(data, results, cfg),
+        _section_glance(data),
+        _section_treatment(data),
+        _section_warnings(data),
+        struct_html,
+        _section_images(results, data, mask_map, activity, colors),
+        _section_dvh(data, colors),
+        _section_twin(data),
+        _section_methods(data),
+    ]
+    page = Template(_read_package_text("report.html")).substitute(
+        title=esc(cfg.title), css=_read_package_text("report.css"), notice=esc(RESEARCH_USE_NOTICE),
+        version=esc(data.get("software", {}).get("version", "")), body="\n".join(p for p in parts if p),
+    )
+    report(progress, 1.0, "report: HTML done")
+    return page

@@ -1,0 +1,470 @@
+"""Tests of theratwin.report: numbers against results.json, figures, PDF, Encapsulated PDF (dciodvfy), and the
+pipeline stage. The rich synthetic results below stand in for the demo patient where the demo is not needed
+(the demo-based checks are in test_report_render.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+import theratwin as tt
+from theratwin.pipeline.core import PipelineConfig, PipelineContext
+from theratwin.report import ReportConfig, format_number, write_report
+from theratwin.report.figures import model_curve
+from theratwin.results import RESEARCH_USE_NOTICE
+
+LU177_HALF_LIFE_H = 6.647 * 24.0  # ICRP-107: 6.647 d (used only to build synthetic curves)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# synthetic rich results (study with two cycles, maps, masks, TAC, DVH, limits, twin, warnings, methods)
+# ----------------------------------------------------------------------------------------------------------
+
+def _blob(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: tuple[float, float, float]
+          ) -> np.ndarray:
+    z, y, x = np.indices(shape, dtype=float)
+    return (((z - centre[0]) / radius[0]) ** 2 + ((y - centre[1]) / radius[1]) ** 2
+            + ((x - centre[2]) / radius[2]) ** 2) <= 1.0
+
+
+def biexp_uptake_MBq(t_h: np.ndarray, a0: float, lam_c: float, lam_u: float) -> np.ndarray:
+    return a0 * (np.exp(-lam_c * t_h) - np.exp(-lam_u * t_h))
+
+
+def build_rich_results() -> tuple[tt.Results, dict[str, np.ndarray]]:
+    geom = tt.Geometry(shape=(24, 30, 36), spacing_mm=(4.8, 4.8, 4.8), origin_mm=(-86.4, -72.0, -57.6))
+    shape = geom.shape
+    masks_bool = {
+        "body": _blob(shape, (12, 15, 18), (11.5, 13.5, 16.5)),
+        "kidneys": _blob(shape, (12, 18, 10), (3, 3, 2.5)) | _blob(shape, (12, 18, 26), (3, 3, 2.5)),
+        "liver": _blob(shape, (15, 13, 12), (4, 5, 6)),
+        "lesion_1": _blob(shape, (7, 12, 21), (2, 2, 2)),
+    }
+    lam_phys = math.log(2) / LU177_HALF_LIFE_H
+    kinetics = {  # A0 per unit administered GBq (MBq), effective and uptake rates (1/h)
+        "kidneys": (28.0, lam_phys + 0.02, 0.9),
+        "liver": (40.0, lam_phys + 0.012, 0.5),
+        "lesion_1": (9.0, lam_phys + 0.002, 0.3),
+    }
+    structures = [tt.Structure("body", 1), tt.Structure("kidneys", 2, color_rgb=(185, 102, 83)),
+                  tt.Structure("liver", 3, color_rgb=(221, 130, 101)), tt.Structure("lesion_1", 4)]
+    seg = tt.Segmentation(geom, structures, {k: v.copy() for k, v in masks_bool.items()})
+    start1 = datetime(2026, 3, 2, 9, 15, 0)
+    start2 = start1 + timedelta(weeks=6)
+    cycles = []
+    times = {1: [4.1, 23.8, 47.5, 167.9], 2: [95.6]}
+    for n, start, act in ((1, start1, 7400.0), (2, start2, 7380.5)):
+        tps = []
+        for h in times[n]:
+            arr = np.zeros(shape, np.float32)
+            arr[masks_bool["body"]] = 20.0 * math.exp(-lam_phys * h)
+            for s, (a0, lc, lu) in kinetics.items():
+                conc = float(biexp_uptake_MBq(np.array(h), a0 * act / 1000.0, lc, lu)) * 1e6 / (
+                    masks_bool[s].sum() * geom.voxel_volume_mL)
+                arr[masks_bool[s]] = conc
+            img = tt.ImageVolume.from_geometry(arr, geom, "Bq/mL")
+            tps.append(tt.TimePoint(img, start + timedelta(hours=h), 1200.0))
+        cycles.append(tt.Cycle(n, tt.Administration("PSMA-617", "Lu-177", act, start), tps))
+    study = tt.Study(tt.Patient("TT-REPORT-1", "Doe^Jane", sex="F"), cycles, seg,
+                     study_uid="1.2.826.0.1.3680043.8.498.1234567890123456789",
+                     description="Lu-177 PSMA dosimetry")
+    res = tt.Results.for_study(study)
+    rng = np.random.default_rng(7)
+    dose_maps = {}
+    for n in (1, 2):
+        cr = res.cycles[n]
+        act = cr.administered_MBq
+        dose = np.zeros(shape, np.float32)
+        for s, (a0, lc, lu) in kinetics.items():
+            sr = cr.structure(s)
+            t = np.array(times[n])
+            a = biexp_uptake_MBq(t, a0 * act / 1000.0, lc, lu)
+            sr.time_h = t.tolist()
+            sr.activity_MBq = a.tolist()
+            sr.activity_sd_MBq = (0.05 * a).tolist()
+            sr.tia_MBq_h = float(a0 * act / 1000.0 * (1 / lc - 1 / lu))
+            sr.tia_sd_MBq_h = 0.061 * sr.tia_MBq_h
+            sr.kinetic_model = "biexp_uptake"
+            sr.tia_method = "fit:biexp_uptake" if n == 1 else "twin"
+            sr.kinetic_params = {"A0_MBq": a0 * act / 1000.0, "lambda_eff_per_h": lc,
+                                 "lambda_bio_per_h": lc - lam_phys, "lambda_uptake_per_h": lu}
+            sr.effective_half_life_h = math.log(2) / lc
+            sr.volume_mL = float(masks_bool[s].sum() * geom.voxel_volume_mL)
+            mean = sr.tia_MBq_h * 0.00055 * (1.0 if s != "lesion_1" else 6.0)
+            vox = mean * (1.0 + 0.12 * rng.standard_normal(int(masks_bool[s].sum())))
+            dose[masks_bool[s]] = vox
+            sr.mean_dose_Gy = float(vox.mean())
+            sr.mean_dose_sd_Gy = 0.1 * sr.mean_dose_Gy
+            d_sorted = np.sort(vox)
+            grid = np.linspace(0.0, float(d_sorted[-1]) * 1.02, 200)
+            sr.dvh = {"dose_Gy": grid.tolist(),
+                      "volume_fraction": (1.0 - np.searchsorted(d_sorted, grid, side="left") / d_sorted.size).tolist()}
+            sr.dvh_metrics = {"Dmax_Gy": float(d_sorted[-1]), "D2_Gy": float(np.percentile(vox, 98)),
+                              "D98_Gy": float(np.percentile(vox, 2)), "D50_Gy": float(np.median(vox))}
+            sr.bed_Gy = sr.mean_dose_Gy * 1.07
+            sr.eqd2_Gy = sr.bed_Gy / (1 + 2 / 2.6)
+            prev = res.cycles[1].structures[s] if n == 2 else None
+            sr.cumulative_dose_Gy = sr.mean_dose_Gy + (prev.mean_dose_Gy if prev else 0.0)
+            sr.cumulative_bed_Gy = sr.bed_Gy + (prev.bed_Gy if prev else 0.0)
+            sr.cumulative_eqd2_Gy = sr.eqd2_Gy + (prev.eqd2_Gy if prev else 0.0)
+            if s == "kidneys":
+                sr.limit = {"quantity": "BED", "value_Gy": 40, "reference": "Bodei et al. 2008, EJNMMI 35:1847"}
+            if n == 2:
+                sr.estimated_by_twin = {"tia_MBq_h": sr.tia_MBq_h, "sd": sr.tia_sd_MBq_h,
+                                        "low": 0.9 * sr.tia_MBq_h, "high": 1.1 * sr.tia_MBq_h}
+        res.maps[f"cycle{n}/dose"] = tt.ImageVolume.from_geometry(dose, geom, "Gy")
+        dose_maps[n] = dose
+    res.maps["cumulative/dose"] = tt.ImageVolume.from_geometry(dose_maps[1] + dose_maps[2], geom, "Gy")
+    res.maps["cycle2/tia"] = tt.ImageVolume.from_geometry(dose_maps[2] * 95.0, geom, "Bq.h/mL")
+    res.twin = {
+        "model": "nlme-laplace",
+        "prediction": {
+            "cycle": 3,
+            "administered_MBq": 7400.0,
+            "structures": {
+                "kidneys": {"mean_dose_Gy": 3.1234, "low_Gy": 2.51, "high_Gy": 3.987, "cumulative_bed_Gy": 11.76},
+                "lesion_1": {"mean_dose_Gy": 17.42, "low_Gy": 12.9, "high_Gy": 23.0},
+            },
+        },
+        "recommendation": {"cycle": 3, "recommended_activity_MBq": 8123.4567, "confidence": 0.9,
+                           "limiting_structure": "kidneys"},
+        "forecasts": [
+            {"kind": "response", "structure": "lesion_1", "probability": 0.6734, "low": 0.41, "high": 0.85},
+            {"kind": "toxicity", "structure": "kidneys", "probability": 0.0123, "low": 0.002, "high": 0.051},
+        ],
+        "draws": list(np.linspace(0, 1, 50)),
+    }
+    res.warn("kinetics", "lesion_1: bi-exponential fit has R² 0.81; trapezoidal model kept for comparison.",
+             structure="lesion_1", cycle=1)
+    res.warn("registration", "Residual misalignment 6.2 mm at time point 4 exceeds 4.8 mm.", cycle=1)
+    res.record_method("kinetics", "NUKFIT-style AICc model selection", {"models": ["mono_exp", "biexp_uptake"],
+                      "calibration_sd_fraction": 0.05}, ["Kletting et al. 2013, Med Phys 40:102504"])
+    res.record_method("dosimetry", "dose voxel kernel", {"voxel_mm": [4.8, 4.8, 4.8], "kernel_radius": 10},
+                      ["Lanconelli et al. 2012, Phys Med Biol 57:517"])
+    masks = {k: v.astype(np.float32) for k, v in masks_bool.items()}
+    return res, masks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parsing helpers
+# ----------------------------------------------------------------------------------------------------------
+
+class _Collector(HTMLParser):
+    """Collects elements carrying data-path (with their text), img sources, table cells and hrefs."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[dict[str, Any]] = []
+        self.annotated: list[tuple[dict[str, str], str]] = []
+        self.cells: list[tuple[str, bool]] = []  # (text, contains an annotated element)
+        self.images: list[dict[str, str]] = []
+        self.urls: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "img":
+            self.images.append(a)
+        for k in ("src", "href"):
+            if k in a:
+                self.urls.append(a[k])
+        if tag in ("img", "meta", "link", "br", "hr", "input"):
+            return
+        self.stack.append({"tag": tag, "attrs": a, "text": [], "annotated": "data-path" in a})
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack:
+            el = self.stack.pop()
+            text = "".join(el["text"])
+            if self.stack:
+                self.stack[-1]["text"].append(text)
+                self.stack[-1]["annotated"] = self.stack[-1]["annotated"] or el["annotated"]
+            if "data-path" in el["attrs"]:
+                self.annotated.append((el["attrs"], text))
+            if el["tag"] in ("td", "th"):
+                self.cells.append((text.strip(), el["annotated"]))
+            if el["tag"] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self.stack:
+            self.stack[-1]["text"].append(data)
+
+
+def parse_report(html: str) -> _Collector:
+    p = _Collector()
+    p.feed(html)
+    p.close()
+    return p
+
+
+def decimals_shown(text: str) -> float:
+    """Half a unit of the last digit shown in a number's text (its display resolution)."""
+    m = re.fullmatch(r"-?(\d+)(?:\.(\d+))?(?:e([+-]\d+))?", text)
+    assert m, f"not a plain number: {text!r}"
+    dec = len(m.group(2) or "")
+    exp = int(m.group(3) or 0)
+    return 0.5 * 10.0 ** (exp - dec)
+
+
+def json_at(data: Any, path: list[Any]) -> Any:
+    for k in path:
+        data = data[k]
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fixtures
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    res, masks = build_rich_results()
+    out = tmp_path_factory.mktemp("report")
+    files = write_report(res, out, masks=masks, activity=res.study.cycles[0].time_points[0].image)
+    res.write_json(out / "results.json")
+    html = files.html.read_text(encoding="utf-8")
+    return {"results": res, "masks": masks, "out": out, "files": files, "html": html,
+            "json": json.loads((out / "results.json").read_text()), "parsed": parse_report(html)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tests
+# ----------------------------------------------------------------------------------------------------------
+
+class TestNumberFormat:
+    def test_three_significant_digits(self) -> None:
+        assert format_number(12.345) == "12.3"
+        assert format_number(0.012345) == "0.0123"
+        assert format_number(3.0) == "3.00"
+        assert format_number(7400.0) == "7400"
+        assert format_number(8123.4567) == "8123"
+        assert format_number(123.45) == "123"
+        assert format_number(7400) == "7400"
+
+    def test_tiny_values_use_exponent_and_zero_is_plain(self) -> None:
+        assert format_number(-0.00012345) == "-1.23e-04"
+        assert format_number(0.0) == "0"
+        assert format_number(-0.0004) == "-4.00e-04"
+        assert format_number(float("nan")) == "–"
+
+    def test_rounding_never_shows_negative_zero(self) -> None:
+        assert format_number(-0.0011) == "-0.00110"
+        assert not format_number(-1e-9).startswith("-0.0")  # scientific, sign kept honestly
+
+
+class TestNumbersMatchResultsJson:
+    def test_every_annotated_number_equals_json_at_displayed_precision(self, written: dict[str, Any]) -> None:
+        data, parsed = written["json"], written["parsed"]
+        n_numbers = 0
+        for attrs, text in parsed.annotated:
+            path = json.loads(attrs["data-path"])
+            value = json_at(data, path)
+            if attrs.get("data-kind") == "datetime":
+                assert text.replace(" ", "T") == value
+                continue
+            if isinstance(value, str):
+                assert text == value, (path, text, value)
+                continue
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (path, value)
+            if isinstance(value, int):  # counts, cycle numbers, integer limits: shown exactly
+                assert text == str(value), (path, text, value)
+                n_numbers += 1
+                continue
+            shown = float(text)
+            tol = decimals_shown(text)
+            assert abs(shown - value) <= tol * (1 + 1e-9), (path, text, value)
+            # and the precision is not absurdly coarse: at least 2 significant digits
+            assert tol <= 0.05 * abs(value) + 1e-12 or value == 0, (path, text, value)
+            if attrs.get("data-structure"):
+                assert attrs["data-structure"] in path
+            if attrs.get("data-cycle"):
+                assert attrs["data-cycle"] in [str(p) for p in path]
+            n_numbers += 1
+        assert n_numbers > 100
+
+    def test_key_quantities_are_shown(self, written: dict[str, Any]) -> None:
+        paths = {tuple(json.loads(a["data-path"])) for a, _ in written["parsed"].annotated}
+        for cyc in ("1", "2"):
+            for s in ("kidneys", "liver", "lesion_1"):
+                for f in (("tia_MBq_h",), ("mean_dose_Gy",), ("dvh_metrics", "Dmax_Gy"), ("dvh_metrics", "D2_Gy"),
+                          ("dvh_metrics", "D98_Gy"), ("bed_Gy",), ("eqd2_Gy",), ("cumulative_bed_Gy",),
+                          ("cumulative_eqd2_Gy",)):
+                    assert ("cycles", cyc, "structures", s, *f) in paths, (cyc, s, f)
+            assert ("cycles", cyc, "administered_MBq") in paths
+            assert ("cycles", cyc, "structures", "kidneys", "limit", "value_Gy") in paths
+        assert ("twin", "recommendation", "recommended_activity_MBq") in paths
+        assert ("twin", "prediction", "structures", "kidneys", "low_Gy") in paths
+        assert ("twin", "forecasts", 1, "probability") in paths
+
+    def test_no_unannotated_number_in_tables(self, written: dict[str, Any]) -> None:
+        number = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]\d+)?$")
+        bare = [t for t, annotated in written["parsed"].cells if number.match(t) and not annotated]
+        # cycle numbers in the first column of the per-structure tables are the table keys themselves
+        assert all(t in {"1", "2"} for t in bare), bare
+
+    def test_limit_status_reads_the_right_quantity(self, written: dict[str, Any]) -> None:
+        html = written["html"]
+        kid = written["json"]["cycles"]["2"]["structures"]["kidneys"]
+        expected = "ABOVE LIMIT" if kid["cumulative_bed_Gy"] > kid["limit"]["value_Gy"] else "below limit"
+        glance = html[html.index('id="glance"'):html.index('id="treatment"')]
+        assert expected in glance
+
+
+class TestContent:
+    def test_notice_warnings_methods_and_patient(self, written: dict[str, Any]) -> None:
+        html = written["html"]
+        text = " ".join(written["parsed"].text)
+        assert html.count("RESEARCH USE ONLY") >= 2
+        assert RESEARCH_USE_NOTICE.split(".")[0] in text
+        for w in written["json"]["warnings"]:
+            assert w["message"] in text
+        assert "Kletting et al. 2013, Med Phys 40:102504" in text
+        assert "TT-REPORT-1" in text and "Doe Jane" in text
+        assert tt.__version__ in text
+        assert "biexp_uptake" in text
+
+    def test_self_contained(self, written: dict[str, Any]) -> None:
+        urls = written["parsed"].urls
+        assert urls and all(u.startswith("data:image/png;base64,") for u in urls), urls[:3]
+        assert "http://" not in written["html"] and "https://" not in written["html"].replace(
+            "https://jfly", "")
+
+    def test_embedded_figures_are_present_and_not_blank(self, written: dict[str, Any]) -> None:
+        from matplotlib.image import imread
+
+        imgs = written["parsed"].images
+        # one TAC per structure with a curve (3), the projections and the DVH
+        assert len(imgs) == 5
+        for im in imgs:
+            png = base64.b64decode(im["src"].split(",", 1)[1])
+            arr = imread(io.BytesIO(png), format="png")[..., :3]
+            assert arr.shape[0] > 150 and arr.shape[1] > 300
+            non_white = np.mean(np.any(arr < 0.9, axis=-1))
+            assert non_white > 0.02, im.get("alt")
+            assert float(arr.std()) > 0.05, im.get("alt")
+
+    def test_fitted_curve_re_evaluated_through_the_registry(self) -> None:
+        pytest.importorskip("theratwin.kinetics.models")
+        lam_phys = tt.nuclides.get("Lu-177").decay_constant_per_h
+        a0, lc, lu = 210.0, lam_phys + 0.02, 0.9
+        t_meas = np.array([4.0, 24.0, 48.0, 168.0])
+        params = {"A0_MBq": a0, "lambda_eff_per_h": lc, "lambda_bio_per_h": lc - lam_phys,
+                  "lambda_uptake_per_h": lu}
+        tq = np.linspace(0, 200, 50)
+        y = model_curve("biexp_uptake", params, tq, nuclide="Lu-177", measured_time_h=t_meas,
+                        measured_activity_MBq=biexp_uptake_MBq(t_meas, a0, lc, lu))
+        assert y is not None
+        np.testing.assert_allclose(y, biexp_uptake_MBq(tq, a0, lc, lu), rtol=1e-5, atol=1e-9)
+        # an unknown model or missing data gives no curve rather than a wrong one
+        assert model_curve("no_such_model", params, tq, nuclide="Lu-177", measured_time_h=t_meas,
+                           measured_activity_MBq=t_meas) is None
+        assert model_curve("biexp_uptake", {"A0_MBq": 1.0}, tq, nuclide="Lu-177") is None
+
+
+class TestPdf:
+    def test_pdf_renders_every_page_with_embedded_fonts(self, written: dict[str, Any], tmp_path: Path) -> None:
+        pdf = written["files"].pdf
+        assert pdf is not None and pdf.read_bytes().startswith(b"%PDF-")
+        info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+        pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
+        assert 2 <= pages <= 12
+        subprocess.run(["pdftoppm", "-r", "20", "-gray", str(pdf), str(tmp_path / "p")], check=True,
+                       capture_output=True, timeout=60)
+        rendered = sorted(tmp_path.glob("p-*.pgm"))
+        assert len(rendered) == pages
+        for page in rendered:
+            raw = page.read_bytes()
+            # binary PGM: header of 3 whitespace-separated fields then the raster
+            header = re.match(rb"P5\s+(\d+)\s+(\d+)\s+(\d+)\s", raw)
+            w, h = int(header.group(1)), int(header.group(2))
+            pix = np.frombuffer(raw[header.end():], np.uint8)[: w * h]
+            assert np.mean(pix < 200) > 0.003, page.name  # every page has visible content
+        fonts = subprocess.run(["pdffonts", str(pdf)], capture_output=True, text=True, check=True).stdout
+        rows = [r.split() for r in fonts.splitlines()[2:] if r.strip()]
+        assert rows and all("yes" in r for r in rows), fonts  # every font embedded (offline, from the system)
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                              check=True).stdout
+        assert "RESEARCH USE ONLY" in text
+        assert "TT-REPORT-1" in text
+        kid = written["json"]["cycles"]["1"]["structures"]["kidneys"]
+        assert format_number(kid["mean_dose_Gy"]) in text
+
+
+class TestEncapsulatedPdf:
+    def test_dciodvfy_has_no_errors(self, written: dict[str, Any]) -> None:
+        dcm = written["files"].dicom
+        assert dcm is not None and dcm.name == "report-pdf.dcm" and dcm.parent.name == "dicom"
+        if shutil.which("dciodvfy") is None:
+            pytest.fail("dciodvfy (dicom3tools) is not installed; scripts/bootstrap.sh installs it")
+        proc = subprocess.run(["dciodvfy", str(dcm)], capture_output=True, text=True, timeout=60)
+        out = proc.stdout + proc.stderr
+        assert "Encapsulated" in out or "PDF" in out, out
+        errors = [line for line in out.splitlines() if line.startswith("Error")]
+        assert not errors, out
+
+    def test_attributes_and_document_round_trip(self, written: dict[str, Any]) -> None:
+        res = written["results"]
+        ds = pydicom.dcmread(written["files"].dicom)
+        assert ds.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage
+        assert ds.Modality == "DOC"
+        assert ds.StudyInstanceUID == res.study.study_uid
+        assert ds.PatientID == "TT-REPORT-1" and str(ds.PatientName) == "Doe^Jane"
+        assert "research use" in ds.SeriesDescription.lower()
+        assert ds.BurnedInAnnotation == "YES"
+        assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+        assert ds.DocumentTitle
+        code = ds.ConceptNameCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator) == ("49118-3", "LN")
+        pdf = written["files"].pdf.read_bytes()
+        assert ds.EncapsulatedDocumentLength == len(pdf)
+        assert bytes(ds.EncapsulatedDocument[: len(pdf)]) == pdf
+        assert ds.SeriesInstanceUID != ds.StudyInstanceUID
+
+
+class TestStage:
+    def test_stage_writes_files_and_records_outputs(self, tmp_path: Path) -> None:
+        from theratwin.report.stage import ReportStage
+
+        res, masks = build_rich_results()
+        ctx = PipelineContext(res.study, res, PipelineConfig(stages=("report",)), tmp_path, None,
+                              {"masks": masks})
+        ReportStage().run(ctx)
+        assert res.outputs["report_html"] == "report.html"
+        assert res.outputs["report_pdf"] == "report.pdf"
+        assert res.outputs["report_dicom"] == "dicom/report-pdf.dcm"
+        for rel in res.outputs.values():
+            assert (tmp_path / rel).stat().st_size > 1000
+
+    def test_pipeline_with_bare_results_still_reports(self, small_study: tt.Study, tmp_path: Path) -> None:
+        res = tt.pipeline.Pipeline(PipelineConfig(stages=("report",),
+                                                  stage_options={"report": {"dicom": False}})).run(
+            small_study, out_dir=tmp_path)
+        assert res.outputs["report_html"] == "report.html" and "report_dicom" not in res.outputs
+        html = (tmp_path / "report.html").read_text()
+        assert "RESEARCH USE ONLY" in html and "did not run" in html
+        assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF-")
+
+    def test_unknown_option_is_a_configuration_error(self, small_study: tt.Study, tmp_path: Path) -> None:
+        cfg = PipelineConfig(stages=("report",), stage_options={"report": {"colour": "red"}})
+        with pytest.raises(tt.ConfigurationError, match="report"):
+            tt.pipeline.Pipeline(cfg).run(small_study, out_dir=tmp_path)
+
+    def test_config_is_plain_data(self) -> None:
+        from dataclasses import asdict
+
+        assert json.loads(json.dumps(asdict(ReportConfig()))) == asdict(ReportConfig())
