@@ -1,0 +1,175 @@
+"""Run the theratwin pipeline on scene nodes and put its results back into the scene.
+
+A Logic calls :func:`runPipelineOnNodes` (nodes -> Study -> ``theratwin.pipeline.Pipeline``) and then
+:func:`showMaps` / the table and plot helpers. The last run is kept per process (keyed by the input nodes,
+their modification times, the stages and options), so that going from the Kinetics to the Dosimetry module
+on the same data does not repeat work it does not need to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .Plots import dvhChartNode, timeActivityChartNode
+from .StudyNodes import studyFromNodes
+from .Tables import dvhMetricsTableNode, structureResultsTableNode
+from .Volumes import UNIT_ATTRIBUTE, markAsDoseVolume, updateVolumeNodeFromImage, volumeNodeFromImage
+
+__all__ = [
+    "PipelineRun",
+    "runPipelineOnNodes",
+    "clearPipelineCache",
+    "mapNodeName",
+    "showMap",
+    "showMaps",
+    "fittedCurves",
+    "DOSE_MAP_KINDS",
+]
+
+#: Map kinds (the part after "/" in ``results.maps`` keys) that are absorbed dose or BED in Gy.
+DOSE_MAP_KINDS = ("dose", "bed", "eqd2")
+
+
+@dataclass
+class PipelineRun:
+    """What one run produced: the study built from the nodes, the results and the pipeline's shared state."""
+
+    study: Any
+    results: Any
+    state: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+_cache: dict[str, PipelineRun] = {}
+
+
+def clearPipelineCache() -> None:
+    """Forget the kept run (e.g. after editing input nodes in a way MTime does not show)."""
+    _cache.clear()
+
+
+def _key(nodes: Sequence[Any], stages: Sequence[str], options: dict[str, Any], outDir: Any) -> str:
+    parts = [(n.GetID(), int(n.GetMTime())) for n in nodes if n is not None]
+    return json.dumps([parts, list(stages), options, str(outDir)], sort_keys=True, default=str)
+
+
+def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,
+                       stages: Sequence[str] | None = None, stageOptions: dict[str, dict[str, Any]] | None = None,
+                       outDir: str | Path | None = None, pacsUrl: str | None = None, fhirUrl: str | None = None,
+                       progress: Callable[[float, str], None] | None = None, useCache: bool = True) -> PipelineRun:
+    """Build a study from the nodes and run the pipeline stages on it.
+
+    Parameters
+    ----------
+    timePointNodes
+        Quantitative SPECT/PET volumes (Bq/mL) with time-point attributes (see :mod:`TheraTwinLib.StudyNodes`).
+    segmentationNode
+        The structures (organs, lesions).
+    stages
+        Stage names, in pipeline order (default: every installed stage). Stages not installed are skipped
+        with an info warning in the results.
+    stageOptions
+        ``{stage: {option: value}}`` (see each stage's config dataclass).
+    outDir
+        Where stages write files (DICOM, FHIR bundle, report); None writes nothing.
+    progress
+        ``f(fraction 0..1, message)``; it may raise ``theratwin.progress.Cancelled`` to stop.
+    """
+    from theratwin.pipeline import DEFAULT_STAGES, Pipeline, PipelineConfig
+
+    stages = tuple(stages or DEFAULT_STAGES)
+    options = dict(stageOptions or {})
+    allNodes = [*timePointNodes, segmentationNode, referenceCtNode]
+    key = _key(allNodes, stages, {"options": options, "pacs": pacsUrl, "fhir": fhirUrl}, outDir)
+    if useCache and key in _cache:
+        return _cache[key]
+    study = studyFromNodes(timePointNodes, segmentationNode=segmentationNode, referenceCtNode=referenceCtNode)
+    config = PipelineConfig(stages=stages, stage_options=options, pacs_url=pacsUrl, fhir_url=fhirUrl,
+                            write_outputs=outDir is not None)
+    pipeline = Pipeline(config)
+    results = pipeline.run(study, out_dir=outDir, progress=progress)
+    context = getattr(pipeline, "last_context", None)
+    state = {k: v for k, v in (context.state if context is not None else {}).items() if not k.startswith("_")}
+    run = PipelineRun(study, results, state, key)
+    _cache.clear()
+    _cache[key] = run
+    return run
+
+
+def mapNodeName(key: str) -> str:
+    """Node name of a results map, e.g. ``cycle1/dose`` -> ``TheraTwin cycle1 dose``."""
+    return "TheraTwin " + key.replace("/", " ")
+
+
+def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None) -> Any:
+    """Put ``results.maps[key]`` into a volume node (reusing ``volumeNode`` or a node of the same name);
+    dose and BED maps are marked as dose volumes (SlicerRT) with the dose colour table."""
+    image = results.maps[key]
+    name = mapNodeName(key)
+    node = volumeNode or scene.GetFirstNodeByName(name)
+    if node is None:
+        node = volumeNodeFromImage(scene, image, name)
+    else:
+        updateVolumeNodeFromImage(node, image)
+    node.SetAttribute("TheraTwin.Role", "Map")
+    node.SetAttribute("TheraTwin.MapKey", key)
+    if key.split("/")[-1] in DOSE_MAP_KINDS:
+        markAsDoseVolume(node, unit=image.unit)
+    else:
+        node.SetAttribute(UNIT_ATTRIBUTE, image.unit)
+    return node
+
+
+def showMaps(scene: Any, results: Any, kinds: Sequence[str]) -> dict[str, Any]:
+    """:func:`showMap` for every map whose kind (``tia``, ``dose``, ``bed`` ...) is in ``kinds``."""
+    return {key: showMap(scene, results, key) for key in results.maps if key.split("/")[-1] in kinds}
+
+
+def fittedCurves(results: Any, cycle: int) -> dict[str, Callable[[Any], Any]]:
+    """Fitted time-activity curves of ``cycle``, refitted with the model the kinetics stage chose
+    (``theratwin.kinetics.fit_tac``); empty when the kinetics package is not installed."""
+    try:
+        from theratwin import kinetics
+    except ImportError:
+        return {}
+    import theratwin as tt
+
+    curves: dict[str, Callable[[Any], Any]] = {}
+    cycleResult = results.cycles[cycle]
+    for s in cycleResult.structures.values():
+        if not s.time_h or not s.activity_MBq or len(s.time_h) < 2:
+            continue
+        model = s.kinetic_model or "auto"
+        try:
+            fit = kinetics.fit_tac(s.time_h, s.activity_MBq, nuclide=cycleResult.nuclide, model=model,
+                                   activity_sd_MBq=s.activity_sd_MBq)
+        except tt.TheraTwinError:
+            continue
+        curves[s.structure] = fit.predict
+    return curves
+
+
+def showKinetics(scene: Any, results: Any, cycle: int) -> dict[str, Any]:
+    """TAC chart (with fits), results table and TIA map of ``cycle``."""
+    return {
+        "chart": timeActivityChartNode(scene, results, cycle, fittedCurves=fittedCurves(results, cycle)),
+        "table": structureResultsTableNode(scene, results, cycles=[cycle], name=f"TheraTwin kinetics cycle {cycle}"),
+        "maps": showMaps(scene, results, ("tia",)),
+    }
+
+
+def showDosimetry(scene: Any, results: Any, cycle: int) -> dict[str, Any]:
+    """Dose/BED maps, DVH chart, DVH metrics and per-structure table (all cycles, with cumulative columns)."""
+    return {
+        "maps": showMaps(scene, results, DOSE_MAP_KINDS),
+        "dvhChart": dvhChartNode(scene, results, cycle),
+        "dvhTable": dvhMetricsTableNode(scene, results, cycle, name=f"TheraTwin DVH metrics cycle {cycle}"),
+        "table": structureResultsTableNode(scene, results, name="TheraTwin dosimetry"),
+    }
+
+
+__all__ += ["showKinetics", "showDosimetry"]

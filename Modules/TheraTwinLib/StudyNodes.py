@@ -1,0 +1,311 @@
+"""Study <-> scene: time-point volumes, acquisition times and administrations as node attributes.
+
+A time-point volume carries what the core needs as node attributes (saved with the scene):
+
+=====================================  ======================================================================
+Attribute                              Meaning
+=====================================  ======================================================================
+``TheraTwin.Role``                     ``TimePoint`` (quantitative SPECT/PET in Bq/mL), ``CT``, ``Map``
+``TheraTwin.Cycle``                    therapy cycle number (1, 2, ...)
+``TheraTwin.AcquisitionStart``         ISO datetime of the acquisition start (AcquisitionDateTime 0008,002A)
+``TheraTwin.AcquisitionDuration_s``    acquisition duration in s (ActualFrameDuration 0018,1242 x frames)
+``TheraTwin.Radiopharmaceutical``      e.g. ``PSMA-617`` (Radiopharmaceutical 0018,0031)
+``TheraTwin.Nuclide``                  e.g. ``Lu-177`` (RadionuclideCodeSequence 0018,0304)
+``TheraTwin.AdministeredActivity_MBq``  RadionuclideTotalDose (0018,1074) / 1e6
+``TheraTwin.AdministrationStart``      ISO datetime (RadiopharmaceuticalStartDateTime 0018,1078)
+=====================================  ======================================================================
+
+The CT of a time point is the node referenced by role ``TheraTwin.CT``. The patient comes from the
+subject-hierarchy subject item above the volume (DICOM.PatientID ... as Slicer's DICOM module sets them).
+Volumes loaded by Slicer's DICOM module have ``DICOM.instanceUIDs`` instead; :func:`annotateFromDicom` reads
+the headers (through ``slicer.dicomDatabase.fileForInstance`` in the application) and sets the attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import slicer
+
+from .Segmentations import segmentationFromSegmentationNode, segmentationNodeFromSegmentation
+from .Volumes import imageFromVolumeNode, volumeNodeFromImage
+
+__all__ = [
+    "ATTRIBUTE_PREFIX",
+    "ROLE",
+    "CYCLE",
+    "ACQUISITION_START",
+    "ACQUISITION_DURATION",
+    "RADIOPHARMACEUTICAL",
+    "NUCLIDE",
+    "ADMINISTERED_ACTIVITY",
+    "ADMINISTRATION_START",
+    "CT_REFERENCE_ROLE",
+    "StudyNodes",
+    "setTimePointAttributes",
+    "timePointNodes",
+    "annotateFromDicom",
+    "nuclideFromCodeMeaning",
+    "studyFromNodes",
+    "addStudyToScene",
+]
+
+ATTRIBUTE_PREFIX = "TheraTwin."
+ROLE = "TheraTwin.Role"
+CYCLE = "TheraTwin.Cycle"
+ACQUISITION_START = "TheraTwin.AcquisitionStart"
+ACQUISITION_DURATION = "TheraTwin.AcquisitionDuration_s"
+RADIOPHARMACEUTICAL = "TheraTwin.Radiopharmaceutical"
+NUCLIDE = "TheraTwin.Nuclide"
+ADMINISTERED_ACTIVITY = "TheraTwin.AdministeredActivity_MBq"
+ADMINISTRATION_START = "TheraTwin.AdministrationStart"
+PATIENT_JSON = "TheraTwin.Patient"
+CT_REFERENCE_ROLE = "TheraTwin.CT"
+
+
+@dataclass
+class StudyNodes:
+    """The nodes that represent one :class:`theratwin.Study` in a scene."""
+
+    timePoints: dict[int, list[Any]] = field(default_factory=dict)  # {cycle: [volume nodes in time order]}
+    cts: list[Any] = field(default_factory=list)
+    segmentation: Any = None
+    subjectItemId: int = 0
+
+    def allTimePoints(self) -> list[Any]:
+        return [n for cycle in sorted(self.timePoints) for n in self.timePoints[cycle]]
+
+
+def setTimePointAttributes(volumeNode: Any, *, cycle: int, acquisitionStart: datetime,
+                           acquisitionDuration_s: float, administration: Any) -> None:
+    """Mark ``volumeNode`` as a time point of ``cycle`` after ``administration`` (a theratwin Administration)."""
+    volumeNode.SetAttribute(ROLE, "TimePoint")
+    volumeNode.SetAttribute(CYCLE, str(int(cycle)))
+    volumeNode.SetAttribute(ACQUISITION_START, acquisitionStart.isoformat())
+    volumeNode.SetAttribute(ACQUISITION_DURATION, repr(float(acquisitionDuration_s)))
+    volumeNode.SetAttribute(RADIOPHARMACEUTICAL, administration.radiopharmaceutical)
+    volumeNode.SetAttribute(NUCLIDE, administration.nuclide)
+    volumeNode.SetAttribute(ADMINISTERED_ACTIVITY, repr(float(administration.activity_MBq)))
+    volumeNode.SetAttribute(ADMINISTRATION_START, administration.start.isoformat())
+
+
+def timePointNodes(scene: Any, *, near: Any = None) -> list[Any]:
+    """Every volume marked as a time point; with ``near``, only those under the same subject-hierarchy subject."""
+    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    nodes = [n for n in nodes if n.GetAttribute(ROLE) == "TimePoint"]
+    if near is not None:
+        subject = _subjectItem(near)
+        if subject:
+            nodes = [n for n in nodes if _subjectItem(n) == subject]
+    return nodes
+
+
+def _subjectItem(node: Any) -> int:
+    scene = node.GetScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.GetItemByDataNode(node)
+    while item and item != sh.GetSceneItemID():
+        if sh.GetItemLevel(item) == slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient():
+            return int(item)
+        item = sh.GetItemParent(item)
+    return 0
+
+
+# Element symbols of the radionuclides used in theranostics, for DICOM CID 18 code meanings ("^177^Lutetium").
+_ELEMENT_SYMBOLS = {"lutetium": "Lu", "yttrium": "Y", "iodine": "I", "terbium": "Tb", "actinium": "Ac",
+                    "gallium": "Ga", "fluorine": "F", "technetium": "Tc", "indium": "In", "radium": "Ra",
+                    "holmium": "Ho", "lead": "Pb", "copper": "Cu", "bismuth": "Bi", "astatine": "At"}
+
+
+def nuclideFromCodeMeaning(meaning: str) -> str:
+    """Nuclide name such as ``Lu-177`` from a DICOM radionuclide code meaning (``^177^Lutetium``, ``Lu-177``)."""
+    parts = [p for p in meaning.replace(" ", "").split("^") if p]
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].lower() in _ELEMENT_SYMBOLS:
+        return f"{_ELEMENT_SYMBOLS[parts[1].lower()]}-{parts[0]}"
+    return meaning
+
+
+def _dicomDatetime(dateText: str, timeText: str) -> datetime:
+    timeText = (timeText or "000000").split(".")[0].ljust(6, "0")
+    return datetime.strptime(dateText + timeText, "%Y%m%d%H%M%S")
+
+
+def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *, cycle: int | None = None) -> bool:
+    """Set the time-point attributes of a volume loaded by Slicer's DICOM module from its DICOM header.
+
+    Parameters
+    ----------
+    volumeNode
+        Volume with the ``DICOM.instanceUIDs`` attribute.
+    fileForInstance
+        Maps a SOPInstanceUID to its file (``slicer.dicomDatabase.fileForInstance`` in the application).
+    cycle
+        Cycle number; by default left for :func:`studyFromNodes` to infer from the administration datetimes.
+
+    Returns
+    -------
+    bool
+        True if the header carried an acquisition datetime and a RadiopharmaceuticalInformationSequence.
+    """
+    import pydicom
+
+    import theratwin as tt
+
+    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids:
+        return False
+    path = fileForInstance(uids[0])
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if "AcquisitionDateTime" in ds:
+        start = datetime.strptime(str(ds.AcquisitionDateTime).split(".")[0][:14], "%Y%m%d%H%M%S")
+    elif "AcquisitionDate" in ds:
+        start = _dicomDatetime(str(ds.AcquisitionDate), str(ds.get("AcquisitionTime", "")))
+    else:
+        return False
+    info = ds.get("RadiopharmaceuticalInformationSequence")
+    if not info:
+        return False
+    item = info[0]
+    if "RadiopharmaceuticalStartDateTime" in item:
+        adminStart = datetime.strptime(str(item.RadiopharmaceuticalStartDateTime).split(".")[0][:14], "%Y%m%d%H%M%S")
+    else:
+        adminStart = _dicomDatetime(str(ds.get("SeriesDate", ds.get("StudyDate", ""))),
+                                    str(item.get("RadiopharmaceuticalStartTime", "")))
+    nuclideCode = item.get("RadionuclideCodeSequence")
+    if not nuclideCode:
+        raise tt.DicomReadError("no RadionuclideCodeSequence; cannot tell the nuclide.", path=path,
+                                tag="RadionuclideCodeSequence")
+    nuclide = nuclideFromCodeMeaning(str(nuclideCode[0].CodeMeaning))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    duration_s = float(ds.get("ActualFrameDuration", 0) or 0) / 1000.0
+    if ds.get("Modality") == "NM":
+        # NM: ActualFrameDuration is per projection; the acquisition lasts for all frames of one detector
+        duration_s *= max(frames // max(int(ds.get("NumberOfDetectors", 1) or 1), 1), 1)
+    activity_Bq = float(item.get("RadionuclideTotalDose", 0) or 0)
+    administration = tt.Administration(str(item.get("Radiopharmaceutical", "")) or "unknown", nuclide,
+                                       activity_Bq / 1e6, adminStart)
+    setTimePointAttributes(volumeNode, cycle=cycle or 0, acquisitionStart=start, acquisitionDuration_s=duration_s,
+                           administration=administration)
+    if cycle is None:
+        volumeNode.RemoveAttribute(CYCLE)
+    volumeNode.SetAttribute("TheraTwin.Unit", "Bq/mL")
+    return True
+
+
+def _administration(node: Any) -> Any:
+    import theratwin as tt
+
+    missing = [a for a in (RADIOPHARMACEUTICAL, NUCLIDE, ADMINISTERED_ACTIVITY, ADMINISTRATION_START, ACQUISITION_START)
+               if not node.GetAttribute(a)]
+    if missing:
+        raise tt.InvalidInputError(
+            f"Volume '{node.GetName()}' lacks {', '.join(missing)}; load it from DICOM with its "
+            "RadiopharmaceuticalInformationSequence or set the administration in the module panel."
+        )
+    return tt.Administration(node.GetAttribute(RADIOPHARMACEUTICAL), node.GetAttribute(NUCLIDE),
+                             float(node.GetAttribute(ADMINISTERED_ACTIVITY)),
+                             datetime.fromisoformat(node.GetAttribute(ADMINISTRATION_START)))
+
+
+def _patient(node: Any) -> Any:
+    import theratwin as tt
+
+    text = node.GetAttribute(PATIENT_JSON)
+    if text:
+        d = json.loads(text)
+        return tt.Patient(d["patient_id"], d.get("name", ""), sex=d.get("sex", ""))
+    scene = node.GetScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    subject = _subjectItem(node)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    if subject:
+        patientId = sh.GetItemAttribute(subject, constants.GetDICOMPatientIDAttributeName())
+        if patientId:
+            return tt.Patient(patientId, sh.GetItemAttribute(subject, constants.GetDICOMPatientNameAttributeName()),
+                              sex=sh.GetItemAttribute(subject, constants.GetDICOMPatientSexAttributeName()) or "")
+    return tt.Patient("ANONYMOUS")
+
+
+def studyFromNodes(timePoints: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None) -> Any:
+    """Build a :class:`theratwin.Study` from time-point volume nodes (see the module docstring).
+
+    Cycles come from ``TheraTwin.Cycle``, or, when absent, from the distinct administration start datetimes
+    (cycle 1 is the earliest). The CT of each time point is its ``TheraTwin.CT`` reference, if any; the
+    segmentation is resampled to the reference CT (or the first time point) grid.
+
+    Raises
+    ------
+    theratwin.InvalidInputError
+        If a node lacks acquisition or administration information, or no time point is given.
+    """
+    import theratwin as tt
+
+    nodes = [n for n in timePoints if n is not None]
+    if not nodes:
+        raise tt.InvalidInputError("No time-point volumes given; select the quantitative SPECT/PET volumes (Bq/mL).")
+    byCycle: dict[int, list[Any]] = {}
+    administrations: dict[int, Any] = {}
+    starts = sorted({_administration(n).start for n in nodes})
+    for node in nodes:
+        administration = _administration(node)
+        cycleText = node.GetAttribute(CYCLE)
+        cycle = int(cycleText) if cycleText and int(cycleText) > 0 else starts.index(administration.start) + 1
+        administrations.setdefault(cycle, administration)
+        ct = node.GetNodeReference(CT_REFERENCE_ROLE)
+        timePoint = tt.TimePoint(
+            imageFromVolumeNode(node, unit="Bq/mL"),
+            datetime.fromisoformat(node.GetAttribute(ACQUISITION_START)),
+            float(node.GetAttribute(ACQUISITION_DURATION) or 0.0),
+            ct=imageFromVolumeNode(ct, unit="HU") if ct is not None else None,
+        )
+        byCycle.setdefault(cycle, []).append(timePoint)
+    cycles = [tt.Cycle(c, administrations[c], byCycle[c]) for c in sorted(byCycle)]
+    referenceCt = imageFromVolumeNode(referenceCtNode, unit="HU") if referenceCtNode is not None else None
+    segmentation = None
+    if segmentationNode is not None:
+        segmentation = segmentationFromSegmentationNode(segmentationNode)
+    return tt.Study(_patient(nodes[0]), cycles, segmentation, reference_ct=referenceCt)
+
+
+def addStudyToScene(scene: Any, study: Any, *, prefix: str = "") -> StudyNodes:
+    """Put a :class:`theratwin.Study` into ``scene``: one volume per time point and CT, the segmentation,
+    all under a subject-hierarchy subject and study item with the patient's DICOM attributes."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    patient = study.patient
+    subject = sh.CreateSubjectItem(sh.GetSceneItemID(), patient.name or patient.patient_id)
+    sh.SetItemAttribute(subject, constants.GetDICOMPatientIDAttributeName(), patient.patient_id)
+    sh.SetItemAttribute(subject, constants.GetDICOMPatientNameAttributeName(), patient.name)
+    sh.SetItemAttribute(subject, constants.GetDICOMPatientSexAttributeName(), patient.sex)
+    studyItem = sh.CreateStudyItem(subject, study.description or "TheraTwin study")
+    if study.study_uid:
+        sh.SetItemUID(studyItem, constants.GetDICOMUIDName(), study.study_uid)
+    result = StudyNodes(subjectItemId=int(subject))
+    ctNodes: dict[int, Any] = {}
+    for cycle in study.cycles:
+        for timePoint in cycle.time_points:
+            hours = timePoint.time_h(cycle.administration)
+            node = volumeNodeFromImage(scene, timePoint.image, f"{prefix}C{cycle.number} SPECT {hours:.0f} h")
+            setTimePointAttributes(node, cycle=cycle.number, acquisitionStart=timePoint.acquisition_start,
+                                   acquisitionDuration_s=timePoint.acquisition_duration_s,
+                                   administration=cycle.administration)
+            sh.CreateItem(studyItem, node)
+            if timePoint.ct is not None:
+                ct = ctNodes.get(id(timePoint.ct))
+                if ct is None:
+                    ct = volumeNodeFromImage(scene, timePoint.ct, f"{prefix}C{cycle.number} CT {hours:.0f} h")
+                    ct.SetAttribute(ROLE, "CT")
+                    sh.CreateItem(studyItem, ct)
+                    ctNodes[id(timePoint.ct)] = ct
+                    result.cts.append(ct)
+                node.SetNodeReferenceID(CT_REFERENCE_ROLE, ct.GetID())
+            result.timePoints.setdefault(cycle.number, []).append(node)
+    if study.segmentation is not None:
+        result.segmentation = segmentationNodeFromSegmentation(scene, study.segmentation, f"{prefix}Structures")
+        sh.CreateItem(studyItem, result.segmentation)
+    return result

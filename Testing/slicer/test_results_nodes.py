@@ -1,0 +1,114 @@
+"""Results -> table and plot nodes, and a scene saved to .mrb and read back."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+
+import numpy as np
+import pytest
+import slicer
+
+import theratwin as tt
+import TheraTwinLib as L
+
+
+def test_structure_table_holds_the_results(scene, results) -> None:
+    table = L.structureResultsTableNode(scene, results)
+    rows = [(c, s) for c in sorted(results.cycles) for s in results.cycles[c].structures.values()]
+    assert table.GetNumberOfRows() == len(rows) == 4
+    assert list(L.tableColumn(table, "Structure")) == [s.structure for _, s in rows]
+    assert list(L.tableColumn(table, "Cycle")) == [c for c, _ in rows]
+    for column, field, unit, _ in L.STRUCTURE_COLUMNS:
+        values = L.tableColumn(table, column)
+        for v, (_, s) in zip(values, rows, strict=True):
+            expected = getattr(s, field)
+            assert (math.isnan(v) if expected is None else v == pytest.approx(expected, rel=1e-12)), (column, v)
+        assert table.GetColumnUnitLabel(column) == unit
+    # one cycle only
+    assert L.structureResultsTableNode(scene, results, cycles=[2]).GetNumberOfRows() == 2
+
+
+def test_dvh_metrics_table(scene, results) -> None:
+    table = L.dvhMetricsTableNode(scene, results, 1)
+    assert list(L.tableColumn(table, "Structure")) == ["kidneys", "lesion_bone_1"]
+    np.testing.assert_allclose(L.tableColumn(table, "D50_Gy"), [2.0, 3.0])
+    assert table.GetColumnUnitLabel("D50_Gy") == "Gy"
+
+
+def test_tac_chart_with_fitted_curves(scene, results) -> None:
+    # analytic curves stand in for the kinetics fit: the chart must sample exactly these functions
+    curves = {"kidneys": lambda t: 100.0 * np.exp(-0.012 * t)}
+    chart = L.timeActivityChartNode(scene, results, 1, fittedCurves=curves)
+    series = L.seriesOfChart(chart)
+    assert [s.GetName() for s in series] == ["kidneys (measured)", "kidneys (fit)", "lesion_bone_1 (measured)"]
+    measured = series[0]
+    assert measured.GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleNone
+    table = measured.GetTableNode()
+    s = results.cycles[1].structure("kidneys")
+    np.testing.assert_array_equal(L.tableColumn(table, measured.GetXColumnName()), s.time_h)
+    np.testing.assert_array_equal(L.tableColumn(table, measured.GetYColumnName()), s.activity_MBq)
+    fit = series[1]
+    t = L.tableColumn(fit.GetTableNode(), "time_h")
+    assert t[0] == 0.0 and t[-1] == pytest.approx(1.5 * 96.0)
+    np.testing.assert_allclose(L.tableColumn(fit.GetTableNode(), fit.GetYColumnName()), 100.0 * np.exp(-0.012 * t))
+    # the colour of a structure's series is its segment colour
+    np.testing.assert_allclose(measured.GetColor(), np.array((185, 102, 83)) / 255.0)
+
+
+def test_dvh_chart(scene, results) -> None:
+    chart = L.dvhChartNode(scene, results, 1)
+    series = L.seriesOfChart(chart)
+    assert len(series) == 2
+    table = series[0].GetTableNode()
+    np.testing.assert_array_equal(L.tableColumn(table, "kidneys dose_Gy"), [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(L.tableColumn(table, "kidneys volume_percent"), [100, 90, 50, 10, 0])
+
+
+def test_scene_saved_to_mrb_and_read_back(scene, study, results, tmp_path) -> None:
+    nodes = L.addStudyToScene(scene, study)
+    dose = L.showMap(scene, results, "cycle1/dose")
+    table = L.structureResultsTableNode(scene, results)
+    chart = L.timeActivityChartNode(scene, results, 1)
+    path = L.saveSceneToBundle(scene, tmp_path / "theratwin.mrb")
+    names = zipfile.ZipFile(path).namelist()
+    assert any(n.endswith(".mrml") for n in names) and any(n.endswith(".seg.nrrd") for n in names)
+
+    loaded = L.loadSceneFromBundle(path)
+    dose2 = loaded.GetFirstNodeByName(dose.GetName())
+    assert dose2 is not None and dose2.GetID() != ""
+    assert dose2.GetAttribute("DicomRtImport.DoseVolume") == "1"
+    image = L.imageFromVolumeNode(dose2)
+    assert image.unit == "Gy"
+    assert np.array_equal(image.array, results.maps["cycle1/dose"].array)
+    assert image.geometry.same_grid(results.maps["cycle1/dose"].geometry, tolerance_mm=1e-4)
+    assert dose2.GetDisplayNode().GetColorNode().GetName() == L.DOSE_COLOR_TABLE_NAME
+    # the study comes back from the loaded scene with the same values
+    back = L.studyFromNodes(L.timePointNodes(loaded), segmentationNode=loaded.GetFirstNodeByName(
+        nodes.segmentation.GetName()))
+    for c0, c1 in zip(study.cycles, back.cycles, strict=True):
+        assert c1.administration == c0.administration
+        for t0, t1 in zip(c0.time_points, c1.time_points, strict=True):
+            assert t1.acquisition_start == t0.acquisition_start
+            assert np.array_equal(t1.image.array, t0.image.array)
+    for s in study.segmentation.structures:
+        assert np.array_equal(back.segmentation.masks[s.name], study.segmentation.masks[s.name])
+    table2 = loaded.GetFirstNodeByName(table.GetName())
+    for column, *_ in L.STRUCTURE_COLUMNS:
+        # Slicer's table storage (TSV) writes numbers with six significant digits; voxel data stay exact
+        np.testing.assert_allclose(L.tableColumn(table2, column), L.tableColumn(table, column), rtol=1e-6)
+        assert table2.GetColumnUnitLabel(column) == table.GetColumnUnitLabel(column)
+    assert list(L.tableColumn(table2, "Structure")) == list(L.tableColumn(table, "Structure"))
+    chart2 = loaded.GetFirstNodeByName(chart.GetName())
+    assert [s.GetName() for s in L.seriesOfChart(chart2)] == [s.GetName() for s in L.seriesOfChart(chart)]
+
+
+def test_loading_a_missing_bundle_names_the_file(tmp_path) -> None:
+    with pytest.raises(OSError, match="nothing.mrb"):
+        L.loadSceneFromBundle(tmp_path / "nothing.mrb")
+
+
+def test_unit_of_tia_map(scene, results) -> None:
+    node = L.showMap(scene, results, "cycle1/tia")
+    assert L.imageFromVolumeNode(node).unit == "Bq.h/mL"
+    assert isinstance(L.imageFromVolumeNode(node), tt.ImageVolume)

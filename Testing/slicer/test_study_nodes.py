@@ -1,0 +1,106 @@
+"""Study <-> scene nodes: time points, acquisition times, administrations, patient, CT and segmentation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pytest
+import slicer
+
+import theratwin as tt
+import TheraTwinLib as L
+
+
+def test_study_round_trip_through_the_scene(scene, study) -> None:
+    nodes = L.addStudyToScene(scene, study)
+    assert sorted(nodes.timePoints) == [1, 2]
+    assert [len(v) for _, v in sorted(nodes.timePoints.items())] == [3, 1]
+    assert len(nodes.cts) == 1  # one CT shared by the cycle-1 time points
+    back = L.studyFromNodes(nodes.allTimePoints(), segmentationNode=nodes.segmentation)
+    assert back.patient.patient_id == "TT-SLICER-1" and back.patient.sex == "M"
+    assert [c.number for c in back.cycles] == [1, 2]
+    for c0, c1 in zip(study.cycles, back.cycles, strict=True):
+        assert c1.administration == c0.administration
+        np.testing.assert_allclose(c1.times_h, c0.times_h, atol=1e-9)
+        for t0, t1 in zip(c0.time_points, c1.time_points, strict=True):
+            assert t1.acquisition_start == t0.acquisition_start
+            assert t1.acquisition_duration_s == t0.acquisition_duration_s
+            assert np.array_equal(t1.image.array, t0.image.array)
+            assert t1.image.geometry.same_grid(t0.image.geometry, tolerance_mm=1e-9)
+            assert (t1.ct is None) == (t0.ct is None)
+            if t0.ct is not None:
+                assert np.array_equal(t1.ct.array, t0.ct.array) and t1.ct.unit == "HU"
+    for s in study.segmentation.structures:
+        assert np.array_equal(back.segmentation.masks[s.name], study.segmentation.masks[s.name])
+
+
+def test_time_points_found_by_subject(scene, study) -> None:
+    first = L.addStudyToScene(scene, study)
+    other = tt.Study(tt.Patient("OTHER"), [study.cycles[1]], None)
+    second = L.addStudyToScene(scene, other, prefix="other ")
+    assert len(L.timePointNodes(scene)) == 5
+    near = L.timePointNodes(scene, near=first.timePoints[2][0])
+    assert {n.GetID() for n in near} == {n.GetID() for n in first.allTimePoints()}
+    assert L.timePointNodes(scene, near=second.timePoints[2][0]) == second.timePoints[2]
+
+
+def test_cycles_inferred_from_administration_times(scene, study) -> None:
+    nodes = L.addStudyToScene(scene, study)
+    for node in nodes.allTimePoints():
+        node.RemoveAttribute("TheraTwin.Cycle")
+    back = L.studyFromNodes(list(reversed(nodes.allTimePoints())))
+    assert [c.number for c in back.cycles] == [1, 2]
+    assert back.cycles[0].administration.start == datetime(2026, 3, 2, 9, 30)
+
+
+def test_missing_administration_is_reported(scene, study) -> None:
+    nodes = L.addStudyToScene(scene, study)
+    node = nodes.timePoints[1][0]
+    node.RemoveAttribute("TheraTwin.AdministrationStart")
+    with pytest.raises(tt.InvalidInputError, match="AdministrationStart"):
+        L.studyFromNodes([node])
+
+
+def test_annotate_from_dicom_header(scene, tmp_path) -> None:
+    """Acquisition and administration come from a real DICOM header, as Slicer's DICOM module leaves them."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.20"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "NM"
+    ds.AcquisitionDate, ds.AcquisitionTime = "20260303", "093000.00"
+    ds.ActualFrameDuration = 15000  # ms per projection
+    ds.NumberOfFrames, ds.NumberOfDetectors = 120, 2
+    info = Dataset()
+    info.Radiopharmaceutical = "PSMA-617"
+    info.RadionuclideTotalDose = 7.4e9  # Bq
+    info.RadiopharmaceuticalStartDateTime = "20260302093000"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-145A4", "SRT", "^177^Lutetium"
+    info.RadionuclideCodeSequence = [code]
+    ds.RadiopharmaceuticalInformationSequence = [info]
+    path = tmp_path / "nm.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "dicom spect")
+    slicer.util.updateVolumeFromArray(node, np.ones((2, 3, 4), np.float32))
+    node.SetAttribute("DICOM.instanceUIDs", ds.SOPInstanceUID)
+    assert L.annotateFromDicom(node, {ds.SOPInstanceUID: str(path)}.__getitem__)
+    study = L.studyFromNodes([node])
+    cycle = study.cycles[0]
+    assert cycle.administration.nuclide == "Lu-177"
+    assert cycle.administration.activity_MBq == pytest.approx(7400.0)
+    assert cycle.times_h[0] == pytest.approx(24.0)
+    # 120 frames over 2 detectors of 15 s each: 60 stops x 15 s = 900 s
+    assert cycle.time_points[0].acquisition_duration_s == pytest.approx(900.0)
+
+
+def test_nuclide_code_meanings() -> None:
+    assert L.nuclideFromCodeMeaning("^177^Lutetium") == "Lu-177"
+    assert L.nuclideFromCodeMeaning("^225^Actinium") == "Ac-225"
+    assert L.nuclideFromCodeMeaning("Y-90") == "Y-90"
