@@ -1,0 +1,21 @@
+"""Radiobiology: BED (Dale), EQD2, gEUD and the tissue parameter/limit table.
+
+>>> import theratwin as tt
+>>> round(tt.radiobiology.bed(20.0, alpha_beta_Gy=2.6, repair_half_time_h=2.8, effective_half_life_h=50.0), 3)
+21.027
+"""
+
+from .bed import bed, bed_multiexponential, eqd2, geud, protraction_factor
+from .tissues import REFERENCES, TISSUES, TissueParameters, tissue_parameters
+
+__all__ = [
+    "bed",
+    "bed_multiexponential",
+    "eqd2",
+    "geud",
+    "protraction_factor",
+    "TissueParameters",
+    "TISSUES",
+    "REFERENCES",
+    "tissue_parameters",
+]
