@@ -270,6 +270,11 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
     axes = np.atleast_2d(fig.subplots(len(panels), 2, squeeze=False))
     for row, (title, vol) in enumerate(panels):
         arr = np.nan_to_num(np.asarray(vol.array, dtype=np.float32))
+        unit = vol.unit
+        if unit in ("Bq/mL", "BQML") and arr.max(initial=0.0) >= 1e5:
+            arr, unit = arr / 1e6, "MBq/mL"  # readable colour-bar ticks; display only
+        elif unit == "Bq.h/mL" and arr.max(initial=0.0) >= 1e5:
+            arr, unit = arr / 1e6, "MBq·h/mL"
         for col, view in enumerate(("coronal", "axial")):
             ax = axes[row, col]
             axis = 1 if view == "coronal" else 0
@@ -296,7 +301,7 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
             ax.set_aspect("equal")
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             cb.ax.tick_params(labelsize=6.5)
-            cb.set_label(vol.unit, fontsize=7)
+            cb.set_label(unit, fontsize=7)
     handles = [Line2D([0], [0], color=colors.get(name, "#0072B2"), lw=1.5, label=name) for name in masks]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
