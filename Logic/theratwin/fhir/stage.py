@@ -1,0 +1,65 @@
+"""Pipeline stage ``fhir_export``: write ``fhir-bundle.json`` and push it when a FHIR URL is configured.
+
+Options (``PipelineConfig.stage_options["fhir_export"]``): those of :class:`~theratwin.fhir.bundle.BundleOptions`
+(``timezone``, ``patient_identifier_system``, ``include_reports``). A failed push does not stop the run: the
+bundle waits in ``<out_dir>/outbox/fhir``, a warning says so, and ``theratwin push`` completes it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import PushError
+from ..pipeline.core import STAGES
+from .bundle import BundleOptions, build_bundle, bundle_to_json
+from .client import FhirClient
+from .push import BUNDLE_FILENAME, push_output_dir
+
+if TYPE_CHECKING:
+    from ..pipeline.core import PipelineContext
+
+__all__ = ["FhirExportStage"]
+
+
+class FhirExportStage:
+    """Build the FHIR R4 transaction bundle of the run, write it, and push it if ``config.fhir_url``."""
+
+    name = "fhir_export"
+    requires: tuple[str, ...] = ()
+
+    def run(self, context: PipelineContext) -> None:
+        opts = BundleOptions.from_dict(context.config.options(self.name))
+        # recorded before building, so that the bundle's Provenance lists this method too
+        context.results.record_method(
+            self.name, "FHIR R4 transaction bundle (conditional creates on stable identifiers)",
+            {"timezone": opts.timezone or "local", "include_reports": opts.include_reports},
+            ["HL7 FHIR R4 (4.0.1), http://hl7.org/fhir/R4/http.html#transaction"],
+        )
+        context.stage_progress(0.0, "building FHIR bundle")
+        bundle = build_bundle(context.results, out_dir=context.out_dir, options=opts)
+        context.state["fhir_bundle"] = bundle
+        if context.out_dir is None or not context.config.write_outputs:
+            return
+        path = context.out_dir / BUNDLE_FILENAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(bundle_to_json(bundle), encoding="utf-8")
+        tmp.replace(path)
+        context.results.outputs["fhir_bundle"] = BUNDLE_FILENAME
+        if context.config.fhir_url:
+            context.stage_progress(0.5, "pushing FHIR bundle")
+            try:
+                raw = context.config.options(self.name)
+                client = FhirClient(context.config.fhir_url, retries=int(raw.get("push_retries", 4)),
+                                    backoff_s=float(raw.get("push_backoff_s", 0.5)))
+                report = push_output_dir(context.out_dir, context.config.fhir_url, client=client)
+            except PushError as exc:  # e.g. bad settings: keep the run, say why
+                context.results.warn(self.name, f"FHIR push not done: {exc}", severity="error")
+                return
+            context.results.extras["fhir_push"] = report.describe()
+            if not report.ok:
+                context.results.warn(self.name, report.describe(), severity="error")
+                context.results.outputs["fhir_outbox"] = "outbox/fhir"
+        context.stage_progress(1.0, "FHIR export done")
+
+
+STAGES.register("fhir_export", FhirExportStage)

@@ -1,0 +1,316 @@
+"""FHIR bundle building: structure, codes, units, identifiers, references (no server needed)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+from test_fhir_support import NUMBERS, STUDY_UID, make_results
+
+import theratwin as tt
+from theratwin.fhir import (
+    CONCEPTS,
+    THERATWIN_SYSTEM,
+    BundleOptions,
+    build_bundle,
+    codesystem_resource,
+    load_published_codesystem,
+    validate_bundle,
+    validate_resource,
+)
+from theratwin.fhir.codes import DCM_SYSTEM, SNOMED_SYSTEM, UCUM_SYSTEM
+
+
+def _by_type(bundle: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in bundle["entry"]:
+        out.setdefault(e["resource"]["resourceType"], []).append(e)
+    return out
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[tt.Results, dict, Path]:
+    res = make_results(tmp_path)
+    return res, build_bundle(res, out_dir=tmp_path), tmp_path
+
+
+def test_every_resource_validates_with_fhir_resources(built):
+    _, bundle, _ = built
+    model = validate_bundle(bundle)
+    assert model.type == "transaction"
+    # and the JSON round trip through the R4B model keeps every entry
+    assert len(model.entry) == len(bundle["entry"])
+
+
+def test_resource_counts_and_conditional_creates(built):
+    res, bundle, _ = built
+    types = Counter(e["resource"]["resourceType"] for e in bundle["entry"])
+    n_struct = len(NUMBERS)
+    # one panel per structure and cycle, plus the twin's predicted structures for cycle 3
+    n_pred = len(res.twin["prediction"]["structures"])
+    assert types == Counter({"Patient": 1, "ImagingStudy": 1, "MedicationAdministration": 2,
+                             "Observation": 2 * n_struct + n_pred, "DiagnosticReport": 1,
+                             "RiskAssessment": 2, "CarePlan": 1, "Device": 1, "Provenance": 1})
+    for e in bundle["entry"]:
+        assert e["fullUrl"].startswith("urn:uuid:")
+        assert e["request"]["method"] == "POST"
+        assert e["request"]["ifNoneExist"], e["resource"]["resourceType"]
+    full_urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert len(set(full_urls)) == len(full_urls)
+
+
+def test_bundle_is_deterministic(tmp_path: Path):
+    res = make_results(tmp_path)
+    a = build_bundle(res, out_dir=tmp_path)
+    b = build_bundle(res, out_dir=tmp_path)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_every_reference_resolves_inside_the_bundle(built):
+    _, bundle, _ = built
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    refs: list[str] = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if k == "reference":
+                    refs.append(x)
+                else:
+                    walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk([e["resource"] for e in bundle["entry"]])
+    assert refs and all(r in urls for r in refs)
+
+
+def test_patient_from_dicom_identity(built):
+    res, bundle, _ = built
+    pat = _by_type(bundle)["Patient"][0]
+    p = pat["resource"]
+    assert p["identifier"][0]["value"] == res.study.patient.patient_id
+    assert pat["request"]["ifNoneExist"].startswith("identifier=")
+    assert p["identifier"][0]["value"] in pat["request"]["ifNoneExist"]
+    assert p["gender"] == "female" and p["birthDate"] == "1955-06-01"
+    assert p["name"][0]["family"] == "Doe" and p["name"][0]["given"] == ["Jane", "Q"]
+
+
+def test_imaging_study_lists_the_written_dicom_series(built):
+    res, bundle, out = built
+    img = _by_type(bundle)["ImagingStudy"][0]["resource"]
+    assert img["identifier"][0] == {"system": "urn:dicom:uid", "value": f"urn:oid:{STUDY_UID}"}
+    series = {s["uid"]: s for s in img["series"]}
+    for rel in res.outputs["dicom"]:
+        ds = pydicom.dcmread(out / rel)
+        s = series[ds.SeriesInstanceUID]
+        assert s["modality"] == {"system": DCM_SYSTEM, "code": ds.Modality}
+        assert s["instance"][0]["uid"] == ds.SOPInstanceUID
+        assert s["instance"][0]["sopClass"]["code"] == f"urn:oid:{ds.SOPClassUID}"
+    # and the input SPECT series of every time point
+    for c in res.study.cycles:
+        for tp in c.time_points:
+            assert tp.source.series_uid in series
+    assert img["numberOfSeries"] == len(img["series"])
+    assert img["numberOfInstances"] == sum(len(s.get("instance", [])) for s in img["series"])
+
+
+def test_medication_administration_activity_in_MBq(built):
+    res, bundle, _ = built
+    mas = [e["resource"] for e in _by_type(bundle)["MedicationAdministration"]]
+    for ma, c in zip(mas, res.study.cycles, strict=True):
+        dose = ma["dosage"]["dose"]
+        assert dose == {"value": c.administration.activity_MBq, "unit": "MBq", "system": UCUM_SYSTEM, "code": "MBq"}
+        assert ma["effectiveDateTime"].startswith(c.administration.start.isoformat())
+        assert ma["dosage"]["route"]["coding"][0]["code"] == codes.SCT.IntravenousRoute.value
+        assert "PSMA-617" in ma["medicationCodeableConcept"]["text"]
+
+
+def _component(obs: dict, code: str) -> dict:
+    found = [c for c in obs["component"] if c["code"]["coding"][0]["code"] == code]
+    assert len(found) == 1, code
+    return found[0]
+
+
+def test_observations_carry_the_results_with_ucum_units_and_codes(built):
+    res, bundle, _ = built
+    entries = _by_type(bundle)
+    img_url = entries["ImagingStudy"][0]["fullUrl"]
+    pat_url = entries["Patient"][0]["fullUrl"]
+    measured = [e for e in entries["Observation"] if e["resource"]["status"] == "final"]
+    seen = set()
+    for e in measured:
+        o = e["resource"]
+        n = int(o["code"]["text"].rsplit(" ", 1)[1])
+        name = o["bodySite"]["text"]
+        seen.add((n, name))
+        sr = res.cycles[n].structures[name]
+        dose = _component(o, codes.DCM.MeanAbsorbedRadiationDose.value)
+        assert dose["code"]["coding"][0]["system"] == DCM_SYSTEM
+        assert dose["valueQuantity"]["value"] == pytest.approx(sr.mean_dose_Gy)
+        assert dose["valueQuantity"]["code"] == "Gy" and dose["valueQuantity"]["system"] == UCUM_SYSTEM
+        for code, field, unit in (("biologically-effective-dose", "bed_Gy", "Gy"),
+                                  ("equieffective-dose-2gy", "eqd2_Gy", "Gy"),
+                                  ("time-integrated-activity", "tia_MBq_h", "MBq.h"),
+                                  ("effective-half-life", "effective_half_life_h", "h")):
+            q = _component(o, code)["valueQuantity"]
+            assert q["value"] == pytest.approx(getattr(sr, field)) and q["code"] == unit
+            assert _component(o, code)["code"]["coding"][0]["system"] == THERATWIN_SYSTEM
+        assert o["subject"]["reference"] == pat_url
+        assert o["derivedFrom"] == [{"reference": img_url}]
+        adm_url = entries["MedicationAdministration"][n - 1]["fullUrl"]
+        assert o["partOf"] == [{"reference": adm_url}]
+    assert seen == {(n, s) for n in (1, 2) for s in NUMBERS}
+
+
+def test_body_site_snomed_from_structure_kind(built):
+    res, bundle, _ = built
+    kinds = {s.name: s.kind for s in res.study.segmentation.structures}
+    for e in _by_type(bundle)["Observation"]:
+        o = e["resource"]
+        name = o["bodySite"]["text"]
+        coding = o["bodySite"]["coding"][0]
+        assert coding["system"] == SNOMED_SYSTEM
+        k = kinds[name]
+        expected = k.anatomic_region if k.role.value == "lesion" and k.anatomic_region else k.type
+        assert coding["code"] == expected.value
+    # spot check against the standard dictionary: kidney, bone (lesion's region)
+    codes_used = {e["resource"]["bodySite"]["coding"][0]["code"] for e in _by_type(bundle)["Observation"]}
+    assert {codes.SCT.Kidney.value, codes.SCT.Bone.value, codes.SCT.ParotidGland.value} <= codes_used
+
+
+def test_predicted_values_are_marked(built):
+    res, bundle, _ = built
+    preds = [e["resource"] for e in _by_type(bundle)["Observation"] if e["resource"]["status"] == "preliminary"]
+    assert len(preds) == len(res.twin["prediction"]["structures"])
+    for o in preds:
+        assert o["code"]["coding"][0]["code"] == "predicted-structure-dosimetry"
+        assert "PREDICTED" in o["code"]["text"]
+        assert o["method"]["coding"][0]["code"] == "twin-prediction"
+        assert any(t["code"] == "twin-prediction" for t in o["meta"]["tag"])
+        assert "not a measurement" in o["note"][0]["text"]
+    kid = next(o for o in preds if o["bodySite"]["text"] == "kidneys")
+    truth = res.twin["prediction"]["structures"]["kidneys"]
+    assert _component(kid, "predicted-absorbed-dose")["valueQuantity"]["value"] == truth["dose_Gy"]["mean"]
+    intervals = [c for c in kid["component"] if c["code"]["coding"][0]["code"] == "prediction-interval-90"]
+    assert len(intervals) == 4  # tia, dose, bed, cumulative bed
+    dose_pi = next(c for c in intervals if "absorbed dose" in c["code"]["text"])
+    assert (dose_pi["valueRange"]["low"]["value"], dose_pi["valueRange"]["high"]["value"]) == (3.1, 4.2)
+    # and nothing predicted is presented as final
+    finals = [e["resource"] for e in _by_type(bundle)["Observation"] if e["resource"]["status"] == "final"]
+    assert all(c["code"]["coding"][0]["code"] != "predicted-absorbed-dose" for o in finals for c in o["component"])
+
+
+def test_diagnostic_report_groups_observations_and_embeds_report(built):
+    _, bundle, out = built
+    entries = _by_type(bundle)
+    dr = entries["DiagnosticReport"][0]["resource"]
+    assert {r["reference"] for r in dr["result"]} == {e["fullUrl"] for e in entries["Observation"]}
+    form = dr["presentedForm"][0]
+    data = (out / "report.html").read_bytes()
+    assert form["contentType"] == "text/html"
+    assert base64.b64decode(form["data"]) == data
+    assert form["size"] == len(data)
+    assert base64.b64decode(form["hash"]) == hashlib.sha1(data).digest()
+    assert "RESEARCH USE ONLY" in dr["conclusion"]
+
+
+def test_risk_assessment_and_care_plan_from_twin(built):
+    res, bundle, _ = built
+    entries = _by_type(bundle)
+    ras = {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in entries["RiskAssessment"]}
+    tox = ras["organ-toxicity-forecast"]["prediction"][0]
+    assert tox["probabilityDecimal"] == res.twin["forecasts"]["toxicity"]["kidneys"]["probability"]
+    assert "kidneys" in tox["outcome"]["text"]
+    resp = ras["lesion-response-forecast"]["prediction"][0]
+    assert resp["probabilityDecimal"] == res.twin["forecasts"]["response"]["lesion_bone_1"]["probability"]
+    for ra in ras.values():
+        assert "RESEARCH USE ONLY" in ra["note"][0]["text"]
+        assert ra["basis"]
+    cp = entries["CarePlan"][0]["resource"]
+    assert cp["intent"] == "proposal"
+    q = cp["activity"][0]["detail"]["quantity"]
+    assert q == {"value": 8200.0, "unit": "MBq", "system": UCUM_SYSTEM, "code": "MBq"}
+
+
+def test_provenance_names_software_version_and_methods(built):
+    res, bundle, _ = built
+    entries = _by_type(bundle)
+    prov = entries["Provenance"][0]["resource"]
+    dev = entries["Device"][0]
+    assert prov["agent"][0]["who"]["reference"] == dev["fullUrl"]
+    assert dev["resource"]["version"][0]["value"] == tt.__version__
+    texts = [e["what"].get("display", "") for e in prov["entity"] if e["role"] == "derivation"]
+    for m in res.methods:
+        assert any(m.method in t and m.stage in t for t in texts)
+    assert entries["Provenance"][0]["request"]["ifNoneExist"].startswith("_tag=")
+    targets = {t["reference"] for t in prov["target"]}
+    assert {e["fullUrl"] for e in entries["Observation"]} <= targets
+
+
+def test_naive_datetimes_take_the_configured_zone(tmp_path: Path):
+    res = make_results(tmp_path)
+    b = build_bundle(res, out_dir=tmp_path, options=BundleOptions(timezone="Europe/Berlin"))
+    ma = _by_type(b)["MedicationAdministration"][0]["resource"]
+    assert ma["effectiveDateTime"] == "2026-03-02T09:00:00+01:00"  # CET in March (before DST)
+    ma2 = _by_type(b)["MedicationAdministration"][1]["resource"]
+    assert ma2["effectiveDateTime"] == "2026-04-27T09:30:00+02:00"  # CEST in April
+
+
+def test_invalid_options_are_refused(tmp_path: Path):
+    res = make_results(tmp_path)
+    with pytest.raises(tt.ConfigurationError, match="Mars/Olympus"):
+        build_bundle(res, options=BundleOptions(timezone="Mars/Olympus"))
+    with pytest.raises(tt.ConfigurationError, match="colour"):
+        BundleOptions.from_dict({"colour": "red"})
+
+
+def test_fhir_resources_rejects_a_broken_resource():
+    with pytest.raises(tt.InvalidInputError, match="Observation"):
+        validate_resource({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                           "valueQuantity": {"value": "three"}})
+
+
+def test_published_codesystem_matches_the_code(built):
+    _, bundle, _ = built
+    published = load_published_codesystem()
+    assert published == codesystem_resource()
+    validate_resource(published)
+    assert published["url"] == THERATWIN_SYSTEM and published["count"] == len(published["concept"])
+    # every project code used in the bundle is defined in the published CodeSystem
+    defined = {c["code"] for c in published["concept"]}
+    used = set()
+
+    def walk(v):
+        if isinstance(v, dict):
+            if v.get("system") == THERATWIN_SYSTEM and "code" in v:
+                used.add(v["code"])
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(bundle)
+    assert used and used <= defined
+    assert set(CONCEPTS) == defined
+
+
+def test_pipeline_stage_writes_the_bundle(tmp_path: Path):
+    from theratwin.fhir.stage import FhirExportStage
+    from theratwin.pipeline.core import PipelineConfig, PipelineContext
+
+    res = make_results(tmp_path)
+    ctx = PipelineContext(res.study, res, PipelineConfig(), tmp_path)
+    FhirExportStage().run(ctx)
+    assert res.outputs["fhir_bundle"] == "fhir-bundle.json"
+    written = json.loads((tmp_path / "fhir-bundle.json").read_text())
+    assert written == json.loads(json.dumps(build_bundle(res, out_dir=tmp_path)))
+    assert any(m.stage == "fhir_export" for m in res.methods)

@@ -1,0 +1,287 @@
+"""Integration tests against a real FHIR engine: Medplum's router and validator in Testing/fhir_server.
+
+Each test starts its own server on 127.0.0.1 with a free port and stops it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_fhir_support import FhirTestServer, free_port, make_results
+
+from theratwin.errors import PushError
+from theratwin.fhir import (
+    FhirAuth,
+    FhirClient,
+    FhirOutbox,
+    FhirPushError,
+    SmartBackendAuth,
+    build_bundle,
+    bundle_to_json,
+    public_jwk,
+    push_bundle,
+    push_output_dir,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fhir_server() -> Any:
+    with FhirTestServer() as srv:
+        yield srv
+
+TYPES = ("Patient", "ImagingStudy", "MedicationAdministration", "Observation", "DiagnosticReport",
+         "RiskAssessment", "CarePlan", "Device", "Provenance")
+
+
+def client(url: str, **kw: Any) -> FhirClient:
+    kw.setdefault("auth", FhirAuth())
+    return FhirClient(url, retries=kw.pop("retries", 2), backoff_s=kw.pop("backoff_s", 0.05), **kw)
+
+
+def counts(c: FhirClient) -> Counter:
+    return Counter({t: c.count(t) for t in TYPES})
+
+
+def expected_counts(bundle: dict) -> Counter:
+    return Counter(e["resource"]["resourceType"] for e in bundle["entry"])
+
+
+def _write_out_dir(tmp_path: Path, patient_id: str = "TT-FHIR-1") -> tuple[Path, dict]:
+    out = tmp_path / "out"
+    res = make_results(out, patient_id=patient_id)
+    bundle = build_bundle(res, out_dir=out)
+    (out / "fhir-bundle.json").write_text(bundle_to_json(bundle))
+    return out, bundle
+
+
+def _strip_server_fields(resource: dict) -> dict:
+    r = copy.deepcopy(resource)
+    r.pop("id", None)
+    meta = r.pop("meta", {}) or {}
+    if meta.get("tag"):
+        r["meta"] = {"tag": meta["tag"]}
+    return r
+
+
+def _replace_refs(v: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(v, dict):
+        return {k: (mapping.get(x, x) if k == "reference" else _replace_refs(x, mapping)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_replace_refs(x, mapping) for x in v]
+    return v
+
+
+def test_push_stores_every_resource_equal_in_meaning(tmp_path: Path, fhir_server: FhirTestServer):
+    _, bundle = _write_out_dir(tmp_path)
+    c = client(fhir_server.url)
+    resp = c.transaction(bundle)
+    statuses = [e["response"]["status"] for e in resp["entry"]]
+    assert all(s.startswith("201") for s in statuses), statuses
+    # urn:uuid -> stored Type/id, from the transaction response (same order as the request)
+    mapping = {e["fullUrl"]: r["response"]["location"].split("/_history")[0]
+               for e, r in zip(bundle["entry"], resp["entry"], strict=True)}
+    for entry in bundle["entry"]:
+        rt, rid = mapping[entry["fullUrl"]].split("/")
+        stored = c.read(rt, rid)
+        sent = _replace_refs(entry["resource"], mapping)
+        # the server stored exactly what was sent (references resolved to the stored resources)
+        assert _strip_server_fields(stored) == json.loads(json.dumps(sent)), rt
+    assert counts(c) == expected_counts(bundle)
+
+
+def test_stored_resources_reference_each_other(tmp_path: Path, fhir_server: FhirTestServer):
+    _, bundle = _write_out_dir(tmp_path)
+    c = client(fhir_server.url)
+    push_bundle(bundle, c)
+    patient = c.search("Patient", {"identifier": "TT-FHIR-1"})
+    assert len(patient) == 1
+    pref = f"Patient/{patient[0]['id']}"
+    img = c.search("ImagingStudy", {"subject": pref})
+    assert len(img) == 1
+    iref = f"ImagingStudy/{img[0]['id']}"
+    obs = c.search("Observation", {"subject": pref})
+    assert len(obs) == expected_counts(bundle)["Observation"]
+    mas = {f"MedicationAdministration/{m['id']}": m for m in c.search("MedicationAdministration", {"subject": pref})}
+    assert len(mas) == 2
+    for o in obs:
+        assert o["subject"]["reference"] == pref
+        assert o["derivedFrom"] == [{"reference": iref}]
+        if o["status"] == "final":
+            ma = mas[o["partOf"][0]["reference"]]  # the administration of the same cycle
+            cycle = int(o["code"]["text"].rsplit(" ", 1)[1])
+            assert ma["category"]["text"].endswith(f"cycle {cycle}")
+    reports = c.search("DiagnosticReport", {"subject": pref})
+    assert len(reports) == 1
+    assert {r["reference"] for r in reports[0]["result"]} == {f"Observation/{o['id']}" for o in obs}
+    assert reports[0]["imagingStudy"] == [{"reference": iref}]
+    devices = c.search("Device")
+    prov = c.search("Provenance")[0]
+    assert prov["agent"][0]["who"]["reference"] == f"Device/{devices[0]['id']}"
+    targets = {t["reference"] for t in prov["target"]}
+    assert {f"Observation/{o['id']}" for o in obs} <= targets
+    for ra in c.search("RiskAssessment", {"subject": pref}):
+        assert f"DiagnosticReport/{reports[0]['id']}" in {b["reference"] for b in ra["basis"]}
+    cp = c.search("CarePlan", {"subject": pref})
+    assert len(cp) == 1 and cp[0]["activity"][0]["detail"]["quantity"]["code"] == "MBq"
+
+
+def test_second_push_creates_nothing(tmp_path: Path, fhir_server: FhirTestServer):
+    out, bundle = _write_out_dir(tmp_path)
+    c = client(fhir_server.url)
+    first = push_output_dir(out, fhir_server.url, client=c)
+    assert first.ok and first.sent[0][1].n_created == len(bundle["entry"])
+    before = counts(c)
+    second = push_output_dir(out, fhir_server.url, client=c)
+    assert second.ok
+    assert second.sent[0][1].n_created == 0 and second.sent[0][1].n_existing == len(bundle["entry"])
+    assert counts(c) == before == expected_counts(bundle)
+    assert "0 created" in second.describe()
+
+
+def test_existing_patient_is_reused(tmp_path: Path, fhir_server: FhirTestServer):
+    _, bundle = _write_out_dir(tmp_path)
+    c = client(fhir_server.url)
+    pat = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    existing = c.request("POST", "Patient", json_body={"resourceType": "Patient", "identifier": pat["identifier"],
+                                                       "name": [{"family": "Registered-in-EHR"}]})
+    push_bundle(bundle, c)
+    patients = c.search("Patient")
+    assert [p["id"] for p in patients] == [existing["id"]]
+    assert patients[0]["name"][0]["family"] == "Registered-in-EHR"  # the EHR's record is not overwritten
+    for o in c.search("Observation"):
+        assert o["subject"]["reference"] == f"Patient/{existing['id']}"
+
+
+def test_invalid_resource_reported_and_nothing_stored(tmp_path: Path, fhir_server: FhirTestServer):
+    out, bundle = _write_out_dir(tmp_path)
+    bad = copy.deepcopy(bundle)
+    # the last Observation gets a malformed quantity: every earlier entry would be valid on its own
+    obs = [e for e in bad["entry"] if e["resource"]["resourceType"] == "Observation"][-1]["resource"]
+    obs["component"][0]["valueQuantity"]["value"] = "3.7 Gy"
+    c = client(fhir_server.url)
+    with pytest.raises(FhirPushError) as err:
+        push_bundle(bad, c)
+    e = err.value
+    assert e.status == 400 and not e.retriable
+    assert e.outcome["resourceType"] == "OperationOutcome"
+    issue = e.outcome["issue"][0]
+    assert issue["severity"] == "error"
+    assert any("Observation.component" in x for x in issue["expression"])
+    assert issue["details"]["text"] in str(e)  # the server's own words reach the user
+    assert sum(counts(c).values()) == 0  # all-or-nothing: nothing from that bundle is stored
+    # through push_output_dir: reported, kept in the outbox, not lost
+    (out / "fhir-bundle.json").write_text(bundle_to_json(bad))
+    report = push_output_dir(out, fhir_server.url, client=c)
+    assert not report.ok and "HTTP 400" in report.describe()
+    assert len(FhirOutbox(out).pending()) == 1
+    assert sum(counts(c).values()) == 0
+
+
+def test_server_dies_after_commit_then_repush_completes(tmp_path: Path):
+    """The server stores the transaction and dies before answering: the client cannot know, keeps the bundle
+    in the outbox; after the restart the re-push finds everything there and creates nothing twice."""
+    out, bundle = _write_out_dir(tmp_path)
+    data = tmp_path / "store.json"
+    port = free_port()
+    srv = FhirTestServer("--crash-after-commit", "1", data=data, port=port).start()
+    try:
+        report = push_output_dir(out, srv.url, client=client(srv.url, retries=1))
+        assert srv.wait_exit() == 3
+    finally:
+        srv.stop()
+    assert not report.ok
+    assert len(FhirOutbox(out).pending()) == 1
+    with FhirTestServer(data=data, port=port) as srv2:
+        c = client(srv2.url)
+        assert counts(c) == expected_counts(bundle)  # it had been stored before the crash
+        again = push_output_dir(out, srv2.url, client=c)
+        assert again.ok, again.describe()
+        assert FhirOutbox(out).pending() == []
+        assert counts(c) == expected_counts(bundle)  # nothing twice
+
+
+def test_server_down_during_pipeline_push_loses_nothing(tmp_path: Path):
+    from theratwin.fhir.stage import FhirExportStage
+    from theratwin.pipeline.core import PipelineConfig, PipelineContext
+
+    out = tmp_path / "out"
+    res = make_results(out)
+    port = free_port()  # nothing listens there yet
+    url = f"http://127.0.0.1:{port}"
+    cfg = PipelineConfig(fhir_url=url, stage_options={"fhir_export": {"push_retries": 1, "push_backoff_s": 0.05}})
+    ctx = PipelineContext(res.study, res, cfg, out)
+    FhirExportStage().run(ctx)
+    assert any(w.stage == "fhir_export" and w.severity == "error" for w in res.warnings)
+    assert res.outputs["fhir_outbox"] == "outbox/fhir"
+    assert len(FhirOutbox(out).pending()) == 1
+    bundle = json.loads((out / "fhir-bundle.json").read_text())
+    with FhirTestServer(port=port) as srv:
+        report = push_output_dir(out, srv.url, client=client(srv.url))
+        assert report.ok and report.outbox_left == 0
+        assert counts(client(srv.url)) == expected_counts(bundle)
+
+
+def test_retries_on_503(tmp_path: Path):
+    _, bundle = _write_out_dir(tmp_path)
+    with FhirTestServer("--fail-first", "2", "--fail-status", "503") as srv:
+        c = client(srv.url, retries=3)
+        s = push_bundle(bundle, c)
+        assert s.n_created == len(bundle["entry"])
+    with FhirTestServer("--fail-first", "5", "--fail-status", "429") as srv:
+        c = client(srv.url, retries=1)
+        with pytest.raises(FhirPushError) as err:
+            push_bundle(bundle, c)
+        assert err.value.status == 429 and err.value.retriable
+
+
+def test_bearer_token_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out, bundle = _write_out_dir(tmp_path)
+    secret = "s3cret-token-value-for-test"
+    with FhirTestServer(env={"FHIR_TEST_SERVER_TOKEN": secret}) as srv:
+        monkeypatch.delenv("THERATWIN_FHIR_TOKEN", raising=False)
+        with pytest.raises(FhirPushError, match="HTTP 401"):
+            push_bundle(bundle, FhirClient(srv.url, retries=0))
+        monkeypatch.setenv("THERATWIN_FHIR_TOKEN", secret)
+        c = FhirClient(srv.url, retries=0)
+        assert secret not in repr(c) and secret not in repr(c.auth)
+        report = push_output_dir(out, srv.url)
+        assert report.ok and secret not in report.describe()
+    # the credential is written nowhere in the output directory
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), p
+
+
+def test_smart_backend_services(tmp_path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def pem() -> bytes:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    good, wrong = pem(), pem()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public_jwk(good, kid="k1")]}))
+    _, bundle = _write_out_dir(tmp_path)
+    with FhirTestServer("--smart-jwks", str(jwks)) as srv:
+        token_url = srv.url + "/auth/token"
+        with pytest.raises(FhirPushError, match="HTTP 401"):
+            push_bundle(bundle, client(srv.url))
+        # the server verifies the RS384 signature with node:crypto against the registered public key
+        bad = FhirClient(srv.url, auth=FhirAuth(smart=SmartBackendAuth(token_url, "theratwin", wrong, "k1")),
+                         retries=0)
+        with pytest.raises(PushError, match="refused the client assertion.*bad signature"):
+            push_bundle(bundle, bad)
+        ok = FhirClient(srv.url, auth=FhirAuth(smart=SmartBackendAuth(token_url, "theratwin", good, "k1")),
+                        retries=0)
+        s = push_bundle(bundle, ok)
+        assert s.n_created == len(bundle["entry"])

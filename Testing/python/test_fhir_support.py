@@ -1,0 +1,202 @@
+"""Shared builders for the FHIR tests: a synthetic study and results, DICOM output files, the test server.
+
+(Named test_fhir_* so that it lives with the FHIR tests; it holds no tests itself.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import theratwin as tt
+from theratwin.study import SourceRef
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_DIR = REPO / "Testing" / "fhir_server"
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.11111111111111111111"
+RTDOSE_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+
+
+def make_study(patient_id: str = "TT-FHIR-1") -> tt.Study:
+    """Two cycles of 177Lu-PSMA-617 (cycle 1: 4 time points, cycle 2: 1), three structures, DICOM sources."""
+    geom = tt.Geometry(shape=(6, 8, 10), spacing_mm=(4.8, 4.8, 4.8))
+    cycles = []
+    for n, (start, hours) in enumerate([(datetime(2026, 3, 2, 9, 0), (4, 24, 48, 168)),
+                                        (datetime(2026, 4, 27, 9, 30), (48,))], start=1):
+        adm = tt.Administration("PSMA-617", "Lu-177", 7400.0 if n == 1 else 7300.0, start)
+        tps = []
+        for h in hours:
+            img = tt.ImageVolume.from_geometry(np.ones(geom.shape, np.float32), geom, "Bq/mL")
+            src = SourceRef(study_uid=STUDY_UID, series_uid=generate_uid(), modality="NM",
+                            sop_instance_uids=(generate_uid(),), sop_class_uid="1.2.840.10008.5.1.4.1.1.20",
+                            series_description=f"SPECT cycle {n} {h} h")
+            tps.append(tt.TimePoint(img, start + timedelta(hours=h), 1200.0, source=src))
+        cycles.append(tt.Cycle(n, adm, tps))
+    masks = {k: np.zeros(geom.shape, bool) for k in ("kidneys", "parotid_glands", "lesion_bone_1")}
+    masks["kidneys"][1:3, 2:4, 2:5] = True
+    masks["parotid_glands"][4, 5, 5:7] = True
+    masks["lesion_bone_1"][3, 1, 1] = True
+    seg = tt.Segmentation(geom, [tt.Structure(k, i + 1) for i, k in enumerate(masks)], masks)
+    patient = tt.Patient(patient_id, "Doe^Jane^Q", date(1955, 6, 1), "F")
+    return tt.Study(patient, cycles, seg, study_uid=STUDY_UID)
+
+
+# per-structure numbers of the synthetic results (cycle 1; cycle 2 scales them by 0.9)
+NUMBERS = {
+    "kidneys": dict(mean_dose_Gy=3.7, bed_Gy=4.6, eqd2_Gy=3.8, tia_MBq_h=51000.0, tia_sd_MBq_h=2500.0,
+                    effective_half_life_h=38.5, mass_g=310.0),
+    "parotid_glands": dict(mean_dose_Gy=4.1, bed_Gy=5.2, eqd2_Gy=4.0, tia_MBq_h=14000.0, tia_sd_MBq_h=900.0,
+                           effective_half_life_h=30.1, mass_g=48.0),
+    "lesion_bone_1": dict(mean_dose_Gy=21.5, bed_Gy=27.0, eqd2_Gy=18.5, tia_MBq_h=9000.0, tia_sd_MBq_h=700.0,
+                          effective_half_life_h=95.0, mass_g=12.0),
+}
+
+
+def make_results(out_dir: Path | None = None, *, patient_id: str = "TT-FHIR-1",
+                 with_dicom: bool = True) -> tt.Results:
+    """Results with doses, a twin block, methods, and (when ``out_dir``) DICOM outputs and reports."""
+    study = make_study(patient_id)
+    res = tt.Results.for_study(study)
+    res.created = datetime(2026, 5, 1, 12, 0, 0).astimezone()
+    for n, scale in ((1, 1.0), (2, 0.9)):
+        for name, vals in NUMBERS.items():
+            sr = res.cycles[n].structure(name)
+            for k, v in vals.items():
+                setattr(sr, k, v * scale if k != "mass_g" else v)
+            sr.tia_method = "model_average" if n == 1 else "twin"
+            sr.dose_method = "dvk"
+    res.cycles[2].structure("kidneys").estimated_by_twin = {"tia_MBq_h": 45900.0, "sd": 2000.0,
+                                                            "low": 42600.0, "high": 49200.0}
+    res.twin = {
+        "prediction": {"cycle": 3, "administered_MBq": 7400.0, "structures": {
+            "kidneys": {"tia_MBq_h": {"mean": 50000.0, "low": 44000.0, "high": 56000.0},
+                        "dose_Gy": {"mean": 3.6, "low": 3.1, "high": 4.2},
+                        "bed_Gy": {"mean": 4.5, "low": 3.8, "high": 5.3},
+                        "cumulative_bed_Gy": {"mean": 13.3, "low": 12.0, "high": 14.8}},
+            "lesion_bone_1": {"dose_Gy": {"mean": 20.0, "low": 15.0, "high": 26.0}},
+        }},
+        "recommendation": {"cycle": 3, "activity_MBq": 8200.0, "confidence": 0.9,
+                           "limiting_structure": "kidneys"},
+        "forecasts": {
+            "toxicity": {"kidneys": {"probability": 0.03, "low": 0.01, "high": 0.07, "model": "LKB",
+                                     "endpoint": "grade >= 2 nephrotoxicity"}},
+            "response": {"lesion_bone_1": {"probability": 0.72, "low": 0.55, "high": 0.85, "model": "logistic"}},
+        },
+    }
+    res.record_method("kinetics", "AICc model averaging", {"models": "mono,biexp"}, ["Kletting 2013"])
+    res.record_method("dosimetry", "DVK convolution", {"voxel_mm": 4.8}, ["MIRD Pamphlet 17"])
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.html").write_text("<html><body><h1>TheraTwin report</h1></body></html>")
+        res.outputs["report_html"] = "report.html"
+        if with_dicom:
+            res.outputs["dicom"] = write_dicom_outputs(out_dir / "dicom")
+    return res
+
+
+def write_dicom_outputs(folder: Path) -> list[str]:
+    """Three header-only DICOM objects (RT Dose, SEG, SR) in the study, as the DICOM stage would list them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (modality, cls, desc) in enumerate([("RTDOSE", RTDOSE_CLASS, "Dose cycle 1"),
+                                               ("SEG", SEG_CLASS, "Structures"),
+                                               ("SR", SR_CLASS, "Dosimetry SR")], start=1):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = cls
+        ds.SOPClassUID = cls
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID = STUDY_UID
+        ds.SeriesInstanceUID = generate_uid()
+        ds.Modality = modality
+        ds.SeriesNumber = 900 + i
+        ds.InstanceNumber = 1
+        ds.SeriesDescription = desc
+        ds.PatientID = "TT-FHIR-1"
+        name = f"{modality.lower()}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
+        names.append(f"dicom/{name}")
+    return names
+
+
+# ------------------------------------------------------------------------------------ test server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FhirTestServer:
+    """The Node test server (Testing/fhir_server/server.mjs) as a subprocess on 127.0.0.1."""
+
+    def __init__(self, *args: str, data: Path | None = None, port: int = 0, env: dict[str, str] | None = None):
+        self.args = list(args)
+        self.data = data
+        self.port = port
+        self.env = env or {}
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FhirTestServer:
+        if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
+            raise RuntimeError(f"Run `npm ci` in {SERVER_DIR} first (scripts/bootstrap.sh does).")
+        cmd = [shutil.which("node") or "node", "server.mjs", "--port", str(self.port)]
+        if self.data is not None:
+            cmd += ["--data", str(self.data)]
+        cmd += self.args
+        self.proc = subprocess.Popen(cmd, cwd=SERVER_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, **self.env})
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("LISTENING"):
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"FHIR test server did not start: {line!r} {err[-2000:]}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            for s in (self.proc.stdout, self.proc.stderr):
+                if s is not None:
+                    s.close()
+
+    def wait_exit(self, timeout_s: float = 10.0) -> int | None:
+        assert self.proc is not None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            time.sleep(0.05)
+        return None
+
+    def __enter__(self) -> FhirTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
