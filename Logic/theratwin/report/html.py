@@ -213,10 +213,21 @@ def _section_glance(data: dict[str, Any]) -> str:
     rec = _find_recommendation(data.get("twin"))
     if rec is not None:
         path, _ = rec
+        parent = ["twin", *path[:-1]]
+        block = lookup(data, parent) or {}
+        extra = []
+        if _is_number(block.get("cycle")):
+            extra.append(f'for cycle {number_span(data, [*parent, "cycle"])}')
+        if _is_number(block.get("confidence")):
+            extra.append(f'at confidence {number_span(data, [*parent, "confidence"])}')
+        limiting = block.get("limiting_structure", block.get("limiting_organ"))
+        if isinstance(limiting, str):
+            extra.append(f"limited by {esc(limiting)}")
         parts.append(
             '<div class="card"><h3>Twin: recommended next activity</h3>'
             f'<p class="big">{number_span(data, ["twin", *path], unit="MBq")} MBq</p>'
-            f'<p class="twin-label">Research use: model prediction, not a prescription.</p></div>'
+            + (f"<p>{', '.join(extra)}</p>" if extra else "")
+            + '<p class="twin-label">Research use: model prediction, not a prescription.</p></div>'
         )
     if not parts:
         return ""
@@ -224,19 +235,24 @@ def _section_glance(data: dict[str, Any]) -> str:
 
 
 def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[list[str | int], float] | None:
-    """The first numeric field under a key naming a recommended activity in MBq (schema-agnostic)."""
+    """Path and value of the recommended activity (MBq) in the twin's output, whatever its exact schema.
+
+    Looks for a number whose key mentions MBq, either itself named "recommended..." or inside a mapping
+    named "recommend..." (preferring keys that mention the activity), depth first.
+    """
     if not isinstance(twin, dict):
         return None
     for k, v in twin.items():
         kl = str(k).lower()
         if "recommend" in kl:
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and "mbq" in kl:
+            if _is_number(v) and "mbq" in kl:
                 return [*path, k], float(v)
             if isinstance(v, dict):
-                for kk, vv in v.items():
-                    if isinstance(vv, (int, float)) and not isinstance(vv, bool) and "mbq" in str(kk).lower() \
-                            and "activity" in str(kk).lower():
-                        return [*path, k, kk], float(vv)
+                keys = [kk for kk, vv in v.items() if _is_number(vv) and "mbq" in str(kk).lower()]
+                keys.sort(key=lambda kk: ("activity" not in str(kk).lower() and "recommend" not in str(kk).lower()))
+                if keys:
+                    return [*path, k, keys[0]], float(v[keys[0]])
+    for k, v in twin.items():
         if isinstance(v, dict):
             found = _find_recommendation(v, (*path, k))
             if found is not None:
