@@ -1,0 +1,51 @@
+"""The built-in demo patient: a synthetic 177Lu-PSMA-617 patient written as real DICOM.
+
+``build_demo()`` simulates (or reuses from the cache) a patient with two cycles of 7.4 GBq six weeks apart,
+cycle 1 imaged at about 4, 24, 48 and 168 h and cycle 2 once at about 48 h, as quantitative SPECT (NM,
+Bq/mL via Real World Value Mapping) + CT per time point and a DICOM SEG of the structures, plus the ground
+truth (kinetics, time-integrated activities, volumes, masses and mean absorbed doses) in ``demo-truth.json``.
+
+- Anatomy: :mod:`theratwin.demo.phantom` (analytic shapes, HU and densities with their sources).
+- Kinetics: :mod:`theratwin.demo.kinetics` (uptake-washout per structure, literature table).
+- Imaging and DICOM: :mod:`theratwin.demo.build` and ``_dicom`` (blur, Poisson noise, misalignment, NM/CT/SEG).
+
+>>> from theratwin.demo import build_demo                      # doctest: +SKIP
+>>> demo = build_demo()                                         # doctest: +SKIP
+>>> demo.dicom_dir, demo.truth["cycles"][0]["structures"]["kidneys"]["tia_MBq_h"]   # doctest: +SKIP
+"""
+
+from .build import (
+    DEFAULT_SEED,
+    DEMO_SCHEMA_VERSION,
+    RESOLUTION_FWHM_MM,
+    SENSITIVITY_CPS_PER_MBQ,
+    DemoOptions,
+    DemoPatient,
+    DemoSimulation,
+    SimulatedCycle,
+    SimulatedTimePoint,
+    build_demo,
+    simulate,
+    write_demo_dicom,
+)
+from .kinetics import CYCLE1_KINETICS, Component, Kinetics
+from .phantom import SEG_STRUCTURES
+
+__all__ = [
+    "build_demo",
+    "simulate",
+    "write_demo_dicom",
+    "DemoPatient",
+    "DemoOptions",
+    "DemoSimulation",
+    "SimulatedCycle",
+    "SimulatedTimePoint",
+    "DEMO_SCHEMA_VERSION",
+    "DEFAULT_SEED",
+    "SENSITIVITY_CPS_PER_MBQ",
+    "RESOLUTION_FWHM_MM",
+    "CYCLE1_KINETICS",
+    "Kinetics",
+    "Component",
+    "SEG_STRUCTURES",
+]
