@@ -198,9 +198,14 @@ def test_predicted_values_are_marked(built):
         assert "not a measurement" in o["note"][0]["text"]
     kid = next(o for o in preds if o["bodySite"]["text"] == "kidneys")
     truth = res.twin["prediction"]["structures"]["kidneys"]
-    assert _component(kid, "predicted-absorbed-dose")["valueQuantity"]["value"] == truth["dose_Gy"]["mean"]
+    for key, code in (("tia_MBq_h", "predicted-time-integrated-activity"), ("dose_Gy", "predicted-absorbed-dose"),
+                      ("bed_Gy", "predicted-biologically-effective-dose"),
+                      ("cumulative_dose_Gy", "predicted-cumulative-absorbed-dose"),
+                      ("cumulative_bed_Gy", "predicted-cumulative-biologically-effective-dose"),
+                      ("cumulative_eqd2_Gy", "predicted-cumulative-equieffective-dose-2gy")):
+        assert _component(kid, code)["valueQuantity"]["value"] == truth[key]["mean"]
     intervals = [c for c in kid["component"] if c["code"]["coding"][0]["code"] == "prediction-interval-90"]
-    assert len(intervals) == 4  # tia, dose, bed, cumulative bed
+    assert len(intervals) == 6
     dose_pi = next(c for c in intervals if "absorbed dose" in c["code"]["text"])
     assert (dose_pi["valueRange"]["low"]["value"], dose_pi["valueRange"]["high"]["value"]) == (3.1, 4.2)
     # and nothing predicted is presented as final
@@ -227,10 +232,18 @@ def test_risk_assessment_and_care_plan_from_twin(built):
     entries = _by_type(bundle)
     ras = {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in entries["RiskAssessment"]}
     tox = ras["organ-toxicity-forecast"]["prediction"][0]
-    assert tox["probabilityDecimal"] == res.twin["forecasts"]["toxicity"]["kidneys"]["probability"]
+    assert tox["probabilityDecimal"] == res.twin["forecast"]["toxicity"]["kidneys"]["probability"]["mean"]
     assert "kidneys" in tox["outcome"]["text"]
+    assert "lkb_kidney_burman1991" in tox["rationale"] and "Burman 1991" in tox["rationale"]
     resp = ras["lesion-response-forecast"]["prediction"][0]
-    assert resp["probabilityDecimal"] == res.twin["forecasts"]["response"]["lesion_bone_1"]["probability"]
+    assert resp["probabilityDecimal"] == res.twin["forecast"]["response"]["probability"]["mean"]
+    assert "0.55 to 0.85" in resp["rationale"]
+    # the response forecast rests on the lesions' dosimetry, the toxicity forecast on the kidneys'
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    resp_basis = [by_url[b["reference"]] for b in ras["lesion-response-forecast"]["basis"]]
+    assert {o["bodySite"]["text"] for o in resp_basis if o["resourceType"] == "Observation"} == {"lesion_bone_1"}
+    tox_basis = [by_url[b["reference"]] for b in ras["organ-toxicity-forecast"]["basis"]]
+    assert {o["bodySite"]["text"] for o in tox_basis if o["resourceType"] == "Observation"} == {"kidneys"}
     for ra in ras.values():
         assert "RESEARCH USE ONLY" in ra["note"][0]["text"]
         assert ra["basis"]

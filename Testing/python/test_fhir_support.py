@@ -66,6 +66,11 @@ NUMBERS = {
 }
 
 
+def _iv(mean: float, low: float, high: float) -> dict[str, float]:
+    """An interval as the twin writes it (``theratwin.twin.twin.Interval.to_dict``)."""
+    return {"mean": mean, "sd": (high - low) / 3.29, "median": mean, "low": low, "high": high, "level": 0.9}
+
+
 def make_results(out_dir: Path | None = None, *, patient_id: str = "TT-FHIR-1",
                  with_dicom: bool = True) -> tt.Results:
     """Results with doses, a twin block, methods, and (when ``out_dir``) DICOM outputs and reports."""
@@ -81,20 +86,27 @@ def make_results(out_dir: Path | None = None, *, patient_id: str = "TT-FHIR-1",
             sr.dose_method = "dvk"
     res.cycles[2].structure("kidneys").estimated_by_twin = {"tia_MBq_h": 45900.0, "sd": 2000.0,
                                                             "low": 42600.0, "high": 49200.0}
+    # the layout of the twin stage's output (theratwin.twin.stage: Prediction/Recommendation.to_dict, forecast)
     res.twin = {
-        "prediction": {"cycle": 3, "administered_MBq": 7400.0, "structures": {
-            "kidneys": {"tia_MBq_h": {"mean": 50000.0, "low": 44000.0, "high": 56000.0},
-                        "dose_Gy": {"mean": 3.6, "low": 3.1, "high": 4.2},
-                        "bed_Gy": {"mean": 4.5, "low": 3.8, "high": 5.3},
-                        "cumulative_bed_Gy": {"mean": 13.3, "low": 12.0, "high": 14.8}},
-            "lesion_bone_1": {"dose_Gy": {"mean": 20.0, "low": 15.0, "high": 26.0}},
+        "prediction": {"cycle": 3, "administered_MBq": 7400.0, "interval_level": 0.9, "structures": {
+            "kidneys": {"structure": "kidneys",
+                        "tia_MBq_h": _iv(50000.0, 44000.0, 56000.0), "dose_Gy": _iv(3.6, 3.1, 4.2),
+                        "bed_Gy": _iv(4.5, 3.8, 5.3), "cumulative_dose_Gy": _iv(10.5, 9.6, 11.5),
+                        "cumulative_bed_Gy": _iv(13.3, 12.0, 14.8), "cumulative_eqd2_Gy": _iv(10.9, 9.8, 12.1),
+                        "dose_per_tia_Gy_per_MBq_h": 7.2e-5, "alpha_beta_Gy": 2.6, "repair_half_time_h": 2.8},
+            "lesion_bone_1": {"structure": "lesion_bone_1", "dose_Gy": _iv(20.0, 15.0, 26.0)},
         }},
-        "recommendation": {"cycle": 3, "activity_MBq": 8200.0, "confidence": 0.9,
-                           "limiting_structure": "kidneys"},
-        "forecasts": {
-            "toxicity": {"kidneys": {"probability": 0.03, "low": 0.01, "high": 0.07, "model": "LKB",
-                                     "endpoint": "grade >= 2 nephrotoxicity"}},
-            "response": {"lesion_bone_1": {"probability": 0.72, "low": 0.55, "high": 0.85, "model": "logistic"}},
+        "recommendation": {"cycle": 3, "administered_MBq": 8200.0, "confidence": 0.9,
+                           "limiting_structure": "kidneys", "status": "ok",
+                           "remaining_cycles_at_standard_activity": 2, "standard_activity_MBq": 7400.0},
+        "forecast": {
+            "cycle": 3,
+            "toxicity": {"kidneys": {"model": {"type": "lkb", "name": "lkb_kidney_burman1991", "td50_Gy": 28.0,
+                                               "m": 0.1, "quantity": "eqd2", "reference": "Burman 1991"},
+                                     "probability": _iv(0.03, 0.01, 0.07)}},
+            "response": {"model": {"type": "logistic", "name": "logistic_psma_violet2019", "d50_Gy": 10.0},
+                         "probability": _iv(0.72, 0.55, 0.85),
+                         "quantity": "per-cycle whole-tumour mean absorbed dose"},
         },
     }
     res.record_method("kinetics", "AICc model averaging", {"models": "mono,biexp"}, ["Kletting 2013"])

@@ -189,39 +189,41 @@ def _interval(v: Any) -> tuple[float | None, float | None, float | None]:
     return _finite(v), None, None
 
 
-_PREDICTED_QUANTITIES = (
-    # (key fragment, concept code, UCUM unit); the most specific fragment first
-    ("cumulative_bed", "predicted-cumulative-biologically-effective-dose", "Gy"),
-    ("bed", "predicted-biologically-effective-dose", "Gy"),
-    ("tia", "predicted-time-integrated-activity", "MBq.h"),
-    ("dose", "predicted-absorbed-dose", "Gy"),
-)
+#: Predicted quantities of the twin (``results.twin["prediction"]["structures"][name]``): key -> (code, unit).
+_PREDICTED_QUANTITIES = {
+    "tia_MBq_h": ("predicted-time-integrated-activity", "MBq.h"),
+    "dose_Gy": ("predicted-absorbed-dose", "Gy"),
+    "bed_Gy": ("predicted-biologically-effective-dose", "Gy"),
+    "cumulative_dose_Gy": ("predicted-cumulative-absorbed-dose", "Gy"),
+    "cumulative_bed_Gy": ("predicted-cumulative-biologically-effective-dose", "Gy"),
+    "cumulative_eqd2_Gy": ("predicted-cumulative-equieffective-dose-2gy", "Gy"),
+}
+
+
+def _interval_component(code: str, unit: str, low: float, high: float, level: float | None) -> dict[str, Any]:
+    display = coding(code)["display"].lower()
+    if level is None or abs(level - 0.9) < 1e-9:
+        head, text = coding("prediction-interval-90"), f"90 % prediction interval of {display}"
+    else:
+        head, text = coding("prediction-interval"), f"{100 * level:g} % prediction interval of {display}"
+    return {"code": {"coding": [head], "text": text},
+            "valueRange": {"low": quantity(low, unit), "high": quantity(high, unit)}}
 
 
 def _predicted_components(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Components (value and interval) of one structure's predicted quantities."""
     comps: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for key, v in values.items():
-        k = str(key).lower()
-        if any(w in k for w in ("low", "high", "sd", "per_gbq")):
+    for key, (code, unit) in _PREDICTED_QUANTITIES.items():
+        if key not in values:
             continue
-        for frag, code, unit in _PREDICTED_QUANTITIES:
-            if frag in k and code not in used:
-                central, low, high = _interval(v)
-                if low is None:  # flat layout: dose_Gy, dose_low_Gy, dose_high_Gy
-                    low = _finite(values.get(key.replace(frag, frag + "_low", 1)))
-                    high = _finite(values.get(key.replace(frag, frag + "_high", 1)))
-                if central is None:
-                    break
-                used.add(code)
-                comps.append({"code": {"coding": [coding(code)]}, "valueQuantity": quantity(central, unit)})
-                if low is not None and high is not None:
-                    comps.append({
-                        "code": {"coding": [coding("prediction-interval-90")],
-                                 "text": f"90 % prediction interval of {coding(code)['display'].lower()}"},
-                        "valueRange": {"low": quantity(low, unit), "high": quantity(high, unit)},
-                    })
-                break
+        central, low, high = _interval(values[key])
+        if central is None:
+            continue
+        comps.append({"code": {"coding": [coding(code)]}, "valueQuantity": quantity(central, unit)})
+        if low is not None and high is not None:
+            v = values[key]
+            level = _finite(v.get("level")) if isinstance(v, Mapping) else None
+            comps.append(_interval_component(code, unit, low, high, level))
     return comps
 
 
@@ -255,19 +257,32 @@ def _twin_predictions(twin: Mapping[str, Any] | None) -> list[tuple[int, float |
 
 
 def _forecasts(twin: Mapping[str, Any] | None, kind: str) -> list[tuple[str, Mapping[str, Any]]]:
-    """[(structure, forecast)] of ``kind`` ("toxicity" or "response") from ``results.twin``."""
+    """[(structure or "lesions", forecast)] of ``kind`` ("toxicity" or "response") from ``results.twin``.
+
+    The twin gives toxicity per organ (``{"organ": {"model", "probability"}}``) and one response forecast
+    for the patient's lesions together (``{"model", "probability", "quantity"}``).
+    """
     if not twin:
         return []
-    fc = twin.get("forecasts", twin.get("forecast", {})) or {}
+    fc = twin.get("forecast", twin.get("forecasts")) or {}
     block = fc.get(kind) if isinstance(fc, Mapping) else None
-    if block is None:
-        block = twin.get(kind)
+    if isinstance(block, Mapping) and "probability" in block:
+        return [("lesions", block)]
     if isinstance(block, Mapping):
         return [(str(k), v) for k, v in block.items() if isinstance(v, Mapping)]
-    if isinstance(block, list):
-        return [(str(v.get("structure", v.get("organ", v.get("lesion", "?")))), v) for v in block
-                if isinstance(v, Mapping)]
     return []
+
+
+def _model_text(model: Any) -> str:
+    if isinstance(model, Mapping):
+        parts = [str(model.get("name") or model.get("type") or "model")]
+        params = [f"{k}={v}" for k, v in model.items() if k not in ("name", "type", "reference", "kind")]
+        if params:
+            parts.append("(" + ", ".join(params) + ")")
+        if model.get("reference"):
+            parts.append(f"reference: {model['reference']}")
+        return " ".join(parts)
+    return str(model)
 
 
 def _recommendation(twin: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -566,6 +581,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
 
     # predicted cycle(s) from the twin
     pred_refs: list[str] = []
+    pred_structs: list[tuple[str, str]] = []
     for cyc_n, adm_MBq, name, vals in _twin_predictions(results.twin):
         comps = _predicted_components(vals)
         if not comps:
@@ -595,6 +611,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         if derived:
             obs["derivedFrom"] = derived
         pred_refs.append(b.add(obs, system=obs_system, value=value))
+        pred_structs.append((pred_refs[-1], name))
 
     # DiagnosticReport grouping them
     report_system = f"{IDENTIFIER_BASE}/diagnostic-report"
@@ -632,21 +649,26 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
             if prob is None:
                 continue
             prob = min(max(prob, 0.0), 1.0)
+            what = f"{name}: {'normal-tissue complication' if kind_name == 'toxicity' else 'response'}"
+            if fc.get("endpoint"):
+                what += f" ({fc['endpoint']})"
             pred: dict[str, Any] = {
-                "outcome": {"coding": [coding(code)], "text": f"{name}: {kind_name}"
-                            + (f" ({fc['endpoint']})" if fc.get("endpoint") else "")},
+                "outcome": {"coding": [coding(code)], "text": what},
                 "probabilityDecimal": round(prob, 6),
             }
             why = []
             if low is not None and high is not None:
-                why.append(f"90 % interval {low:.3g}-{high:.3g}")
-            for k in ("model", "reference", "basis"):
-                if fc.get(k):
-                    why.append(f"{k}: {fc[k]}")
+                why.append(f"90 % interval {low:.3g} to {high:.3g}")
+            if fc.get("model"):
+                why.append("model " + _model_text(fc["model"]))
+            if fc.get("quantity"):
+                why.append(f"from the {fc['quantity']}")
             if why:
                 pred["rationale"] = "; ".join(why)
             preds.append(pred)
-            basis += [{"reference": r} for (cn, sn), r in obs_refs.items() if sn == name]
+            lesion_names = [n for n in kinds if kinds[n].role.value == "lesion"] if name == "lesions" else [name]
+            basis += [{"reference": r} for (_, sn), r in obs_refs.items() if sn in lesion_names]
+            basis += [{"reference": r} for r, sn in pred_structs if sn in lesion_names]
         if not preds:
             continue
         value = f"{key}/{kind_name}"
@@ -659,7 +681,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
             "code": {"coding": [coding(code)]},
             "subject": {"reference": patient_ref},
             "occurrenceDateTime": issued,
-            "basis": (basis or []) + [{"reference": report_ref}],
+            "basis": basis + [{"reference": report_ref}],
             "prediction": preds,
             "note": [{"text": f"Forecast by the TheraTwin digital twin ({kind_name}). {RESEARCH_USE_NOTICE}"}],
         }
@@ -667,16 +689,22 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
 
     # CarePlan: recommended next-cycle activity
     rec = _recommendation(results.twin)
-    rec_MBq = _finite(rec.get("activity_MBq", rec.get("recommended_MBq", rec.get("administered_MBq")))) if rec else None
+    rec_MBq = _finite(rec.get("administered_MBq", rec.get("activity_MBq"))) if rec else None
     if rec is not None and rec_MBq is not None:
         last = study.cycles[-1].administration
         cp_system = f"{IDENTIFIER_BASE}/care-plan"
         desc = f"Recommended activity {rec_MBq:.0f} MBq for cycle {rec.get('cycle', '?')}"
         if rec.get("confidence") is not None:
-            desc += f" at confidence {float(rec['confidence']):.2f}"
-        limiting = rec.get("limiting_structure", rec.get("limiting_organ"))
-        if limiting:
-            desc += f"; limited by {limiting}"
+            desc += f", keeping every organ at risk under its cumulative limit at confidence {float(rec['confidence']):.2f}"
+        if rec.get("limiting_structure"):
+            desc += f"; limited by {rec['limiting_structure']}"
+        if rec.get("status") == "limit_reached":
+            desc += "; a limit is already reached: no further cycle is recommended"
+        elif rec.get("status") == "upper_bound":
+            desc += "; no limit is reached up to the largest activity considered"
+        if rec.get("remaining_cycles_at_standard_activity") is not None and rec.get("standard_activity_MBq"):
+            desc += (f"; {rec['remaining_cycles_at_standard_activity']} more cycle(s) possible at "
+                     f"{float(rec['standard_activity_MBq']):.0f} MBq")
         cp = {
             "resourceType": "CarePlan",
             "meta": {"tag": [tag, _PREDICTED_TAG]},

@@ -121,6 +121,13 @@ CONCEPTS: dict[str, Concept] = {
                 "BED predicted by the digital twin (posterior mean).", "Gy"),
         Concept("predicted-cumulative-biologically-effective-dose", "Predicted cumulative BED",
                 "Cumulative BED after the predicted cycle, predicted by the digital twin.", "Gy"),
+        Concept("predicted-cumulative-absorbed-dose", "Predicted cumulative mean absorbed dose",
+                "Cumulative mean absorbed dose after the predicted cycle, predicted by the digital twin.", "Gy"),
+        Concept("predicted-cumulative-equieffective-dose-2gy", "Predicted cumulative EQD2",
+                "Cumulative EQD2 after the predicted cycle, predicted by the digital twin.", "Gy"),
+        Concept("prediction-interval", "Prediction interval",
+                "Qualifier: the component's Range is a central prediction interval (level stated in the "
+                "component text) of the quantity named in the component text."),
         Concept("prediction-interval-90", "90 % prediction interval",
                 "Qualifier: the component's Range is the central 90 % prediction interval of the quantity named "
                 "in the component text."),
