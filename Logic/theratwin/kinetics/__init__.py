@@ -1,0 +1,66 @@
+"""Kinetics: time-activity curves, model fitting with selection and uncertainty, voxel-wise fits and
+single-time-point methods.
+
+>>> import numpy as np, theratwin as tt
+>>> t = np.array([4.0, 24.0, 48.0, 96.0, 168.0])
+>>> fit = tt.kinetics.fit_tac(t, 100 * np.exp(-0.03 * t), nuclide="Lu-177", model="mono_exp")
+>>> round(fit.tia_MBq_h, 1)
+3333.3
+
+Models are looked up in :data:`KINETIC_MODELS` (entry-point group ``theratwin.kinetic_models``); the
+protocol a plug-in implements is documented in :mod:`theratwin.kinetics.models`.
+"""
+
+from .fit import ModelFit, TacFit, aicc, fit_tac
+from .models import (
+    KINETIC_MODELS,
+    BiExponential,
+    BiExponentialUptake,
+    DirectFit,
+    KineticModel,
+    MonoExponential,
+    Trapezoidal,
+    TriExponential,
+    get_model,
+    selectable_models,
+)
+from .stp import StpEstimate, hanscheid_ratio, single_time_point, single_time_point_estimate
+from .tac import (
+    ActivityUncertaintyModel,
+    RecoveryModel,
+    StructureTac,
+    mask_recovery_coefficient,
+    sphere_recovery_coefficient,
+    structure_tacs,
+)
+from .voxel import VOXEL_MODEL_CODES, VoxelFit, fit_voxels
+
+__all__ = [
+    "fit_tac",
+    "TacFit",
+    "ModelFit",
+    "aicc",
+    "fit_voxels",
+    "VoxelFit",
+    "VOXEL_MODEL_CODES",
+    "single_time_point",
+    "single_time_point_estimate",
+    "StpEstimate",
+    "hanscheid_ratio",
+    "KINETIC_MODELS",
+    "KineticModel",
+    "DirectFit",
+    "MonoExponential",
+    "BiExponential",
+    "BiExponentialUptake",
+    "TriExponential",
+    "Trapezoidal",
+    "get_model",
+    "selectable_models",
+    "ActivityUncertaintyModel",
+    "RecoveryModel",
+    "StructureTac",
+    "structure_tacs",
+    "sphere_recovery_coefficient",
+    "mask_recovery_coefficient",
+]

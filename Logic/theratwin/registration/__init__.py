@@ -1,0 +1,24 @@
+"""Registration of time points: rigid (and optional B-spline) CT-to-CT registration with SimpleITK,
+activity-conserving resampling of SPECT onto the reference grid, segmentation propagation and residual
+misalignment. The pipeline stage ``"registration"`` lives in :mod:`theratwin.registration.stage`.
+"""
+
+from .register import (
+    RegistrationConfig,
+    RegistrationResult,
+    body_mask,
+    register_images,
+    resample_activity,
+    residual_misalignment_mm,
+    transform_parameters,
+)
+
+__all__ = [
+    "RegistrationConfig",
+    "RegistrationResult",
+    "register_images",
+    "resample_activity",
+    "residual_misalignment_mm",
+    "body_mask",
+    "transform_parameters",
+]
