@@ -102,6 +102,8 @@ def build_rich_results() -> tuple[tt.Results, dict[str, np.ndarray]]:
             sr.kinetic_params = {"A0_MBq": a0 * act / 1000.0, "lambda_eff_per_h": lc,
                                  "lambda_bio_per_h": lc - lam_phys, "lambda_uptake_per_h": lu}
             sr.effective_half_life_h = math.log(2) / lc
+            sr.model_weights = {"biexp_uptake": 0.8123, "mono_exp": 0.1877} if n == 1 else None
+            sr.fit_quality = {"r_squared": 0.99712, "chi2": 1.234} if n == 1 else None
             sr.volume_mL = float(masks_bool[s].sum() * geom.voxel_volume_mL)
             mean = sr.tia_MBq_h * 0.00055 * (1.0 if s != "lesion_1" else 6.0)
             vox = mean * (1.0 + 0.12 * rng.standard_normal(int(masks_bool[s].sum())))
@@ -310,6 +312,8 @@ class TestNumbersMatchResultsJson:
         assert ("twin", "recommendation", "recommended_activity_MBq") in paths
         assert ("twin", "prediction", "structures", "kidneys", "low_Gy") in paths
         assert ("twin", "forecasts", 1, "probability") in paths
+        assert ("cycles", "1", "structures", "liver", "model_weights", "mono_exp") in paths
+        assert ("cycles", "1", "structures", "liver", "fit_quality", "r_squared") in paths
 
     def test_no_unannotated_number_in_tables(self, written: dict[str, Any]) -> None:
         number = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]\d+)?$")

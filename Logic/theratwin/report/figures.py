@@ -105,9 +105,9 @@ def _theta_from_physical(model: Any, params: Mapping[str, float], time_h: np.nda
 
 
 def model_curve(model: str | None, params: Mapping[str, float] | None, time_h: np.ndarray, *,
-                nuclide: str | None = None, measured_time_h: Sequence[float] | None = None,
-                measured_activity_MBq: Sequence[float] | None = None,
-                measured_sd_MBq: Sequence[float] | None = None) -> np.ndarray | None:
+                nuclide: str | None = None, measured_time_h: Sequence[float] | np.ndarray | None = None,
+                measured_activity_MBq: Sequence[float] | np.ndarray | None = None,
+                measured_sd_MBq: Sequence[float] | np.ndarray | None = None) -> np.ndarray | None:
     """Activity (MBq) of a fitted kinetic model at ``time_h``, re-evaluated through the kinetics model registry
     (:data:`theratwin.kinetics.models.KINETIC_MODELS`) from the parameters stored in the results.
 

@@ -204,11 +204,19 @@ def _section_glance(data: dict[str, Any]) -> str:
             rows.append(f'<tr><td>{esc(name)}</td>{_limit_cells(data, key, name)}'
                         f'<td class="num">{val}</td>{_status_cell(status)}</tr>')
         if rows:
+            refs = []
+            for name, sr in data["cycles"][key]["structures"].items():
+                lim = sr.get("limit")
+                if isinstance(lim, dict) and (lim.get("reference") or lim.get("note")):
+                    text = "; ".join(str(lim[k]) for k in ("note", "reference") if lim.get(k))
+                    risk = " (limit with risk factors)" if lim.get("risk_factors") else ""
+                    refs.append(f"<li>{esc(name)}{risk}: {esc(text)}</li>")
+            ref_html = f'<ul class="limit-refs">{"".join(refs)}</ul>' if refs else ""
             parts.append(
                 f'<div class="card"><h3>Organs at risk after cycle {esc(key)} (cumulative)</h3>'
                 '<table class="glance-limits"><thead><tr><th>Structure</th><th>Limit on</th>'
                 '<th class="num">Limit (Gy)</th><th class="num">Cumulative (Gy)</th><th>Status</th></tr></thead>'
-                f"<tbody>{''.join(rows)}</tbody></table></div>"
+                f"<tbody>{''.join(rows)}</tbody></table>{ref_html}</div>"
             )
     rec = _find_recommendation(data.get("twin"))
     if rec is not None:
@@ -294,6 +302,27 @@ def _structure_table(data: dict[str, Any], name: str) -> str:
     )
 
 
+def _fit_details(data: dict[str, Any], name: str) -> str:
+    """One line per cycle with the model weights (AICc) and fit-quality figures, when the kinetics gave them."""
+    lines = []
+    for key, c in (data.get("cycles") or {}).items():
+        sr = (c.get("structures") or {}).get(name) or {}
+        items = []
+        for group, label in (("model_weights", "model weights"), ("fit_quality", "fit quality")):
+            block = sr.get(group)
+            if isinstance(block, dict) and block:
+                vals = ", ".join(
+                    f"{esc(k)} {number_span(data, _field_path(key, name, f'{group}.{k}'), structure=name, cycle=key)}"
+                    for k, v in block.items() if _is_number(v) and "." not in str(k))
+                if vals:
+                    items.append(f"{label}: {vals}")
+        if sr.get("tia_method"):
+            items.append(f"TIA method: {esc(sr['tia_method'])}")
+        if items:
+            lines.append(f"<li>Cycle {esc(key)} — {'; '.join(items)}</li>")
+    return f'<ul class="fit-details">{"".join(lines)}</ul>' if lines else ""
+
+
 def _section_structures(data: dict[str, Any], colors: dict[str, str], names: list[str]) -> tuple[str, int]:
     parts = []
     n_fig = 0
@@ -318,7 +347,7 @@ def _section_structures(data: dict[str, Any], colors: dict[str, str], names: lis
         table = _structure_table(data, name)
         parts.append(
             f'<div class="structure" id="structure-{esc(name)}"><h3>{esc(name)}</h3>'
-            f'<div class="structure-body">{fig_html}</div>{table}</div>'
+            f'<div class="structure-body">{fig_html}</div>{table}{_fit_details(data, name)}</div>'
         )
     if not parts:
         return "", 0
