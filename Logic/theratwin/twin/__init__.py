@@ -1,0 +1,74 @@
+"""The digital twin of a radioligand-therapy patient (research use).
+
+A Bayesian radiopharmacokinetic model per structure (population prior for 177Lu-PSMA-617 and
+177Lu-DOTATATE, inter-individual and inter-occasion variability, proportional + additive error), updated with
+every cycle's data, that estimates sparsely imaged cycles, predicts TIA, dose and BED with prediction
+intervals, recommends the next activity under organ-at-risk limits and forecasts response and toxicity.
+
+Main entry point: :class:`PatientTwin`. Extension points: :data:`TWIN_MODELS` (``theratwin.twin_models``)
+and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
+"""
+
+from .cohort import VirtualCohort, VirtualPatient, hanscheid_tia, madsen_tia, make_cohort
+from .model import (
+    TWIN_MODELS,
+    BiexponentialModel,
+    LaplacePosterior,
+    TwinModel,
+    fit_map_laplace,
+    lea_catcheside_g,
+    tia_from_exponentials,
+)
+from .outcome import OUTCOME_MODELS, LKBModel, LogisticDoseResponse, OutcomeModel
+from .pbpk import PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
+from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
+from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
+from .twin import (
+    SCHEMA,
+    Interval,
+    MeasurementErrorModel,
+    Observation,
+    PatientTwin,
+    Prediction,
+    Recommendation,
+    StructurePrediction,
+    TIAEstimate,
+)
+
+__all__ = [
+    "PatientTwin",
+    "TIAEstimate",
+    "Interval",
+    "Prediction",
+    "StructurePrediction",
+    "Recommendation",
+    "Observation",
+    "MeasurementErrorModel",
+    "SCHEMA",
+    "TWIN_MODELS",
+    "TwinModel",
+    "BiexponentialModel",
+    "LaplacePosterior",
+    "fit_map_laplace",
+    "lea_catcheside_g",
+    "tia_from_exponentials",
+    "OUTCOME_MODELS",
+    "OutcomeModel",
+    "LKBModel",
+    "LogisticDoseResponse",
+    "PRIOR_SPECS",
+    "KineticPriorSpec",
+    "StructurePrior",
+    "structure_prior",
+    "DEFAULT_LIMITS",
+    "OrganLimit",
+    "TissueParameters",
+    "PSMAPBPKModel",
+    "PSMAPBPKParameters",
+    "PBPKSaturationModel",
+    "VirtualCohort",
+    "VirtualPatient",
+    "make_cohort",
+    "hanscheid_tia",
+    "madsen_tia",
+]

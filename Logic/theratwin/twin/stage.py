@@ -1,0 +1,166 @@
+"""Pipeline stage ``twin``: builds the patient twin from the per-structure TACs and writes its outputs.
+
+Reads ``results.cycles[n].structures[s]`` (``time_h``, ``activity_MBq``, ``activity_sd_MBq``, ``mass_g`` and,
+when dosimetry ran, ``mean_dose_Gy / tia_MBq_h`` as the patient's own dose per TIA). Writes:
+
+* ``results.twin`` — JSON-ready: the twin's estimates for sparsely imaged cycles, the prediction for the next
+  cycle with 90 % intervals, the recommended activity, forecasts, model/prior information, research notice;
+* ``StructureResult.estimated_by_twin`` for structures of sparsely imaged cycles (≤ ``sparse_max_points``);
+* ``twin-state.json`` in ``ctx.out_dir`` (``results.outputs["twin_state"]``);
+* ``ctx.state["twin"]`` — the :class:`~theratwin.twin.PatientTwin`.
+
+It needs the kinetics stage; without radiobiology it still runs (the twin computes BED itself with its
+tissue table) and says so in a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigurationError, FitError, InvalidInputError
+from ..pipeline.core import STAGES, PipelineContext
+from ..results import RESEARCH_USE_NOTICE
+from .twin import PatientTwin
+
+__all__ = ["TwinStageConfig", "TwinStage"]
+
+_REFERENCES = [
+    "Sheiner LB, Beal SL. J Pharmacokinet Biopharm 1980;8:553 (nonlinear mixed-effects estimation)",
+    "Dale RG. Br J Radiol 1985;58:515 (BED, Lea-Catcheside factor)",
+    "Kletting P et al. PLoS One 2016;11:e0162303 (PSMA PBPK, ligand amount)",
+    "Hanscheid H et al. J Nucl Med 2018;59:75; Madsen MT et al. Med Phys 2018;45:2318 (single-time-point)",
+    "Devasia TP et al. J Nucl Med 2021;62:1118 (mixed models for reduced time points)",
+]
+
+
+@dataclass
+class TwinStageConfig:
+    """Options of the ``twin`` stage (``PipelineConfig.stage_options["twin"]``).
+
+    Attributes
+    ----------
+    model
+        Twin model name (``"biexp"`` or ``"pbpk_psma"`` or a plug-in).
+    predict_cycle
+        Cycle to predict (default: the last imaged cycle + 1).
+    administered_MBq
+        Activity assumed for the predicted cycle (default: that of the last cycle).
+    confidence
+        Confidence of the activity recommendation (quantile of the predictive distribution).
+    limits
+        Organ-at-risk limits merged over the defaults (see :mod:`theratwin.twin.tissues`).
+    n_draws
+        Posterior draws for predictions.
+    sparse_max_points
+        A structure in a cycle with at most this many time points is "sparsely imaged" and gets
+        ``estimated_by_twin``.
+    """
+
+    model: str = "biexp"
+    predict_cycle: int | None = None
+    administered_MBq: float | None = None
+    confidence: float = 0.9
+    limits: dict[str, Any] | None = None
+    n_draws: int = 10000
+    sparse_max_points: int = 2
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigurationError(f"Unknown twin stage options {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**options)
+
+
+class TwinStage:
+    """The ``twin`` pipeline stage (see the module docstring)."""
+
+    name = "twin"
+    requires: tuple[str, ...] = ("kinetics",)
+
+    def run(self, ctx: PipelineContext) -> None:
+        cfg = TwinStageConfig.from_options(ctx.config.options("twin"))
+        res = ctx.results
+        if not res.cycles:
+            res.warn("twin", "No cycles in the results; the twin was not built.")
+            return
+        if "radiobiology" not in ctx.completed:
+            res.warn("twin", "The radiobiology stage did not run; the twin's BED uses its own tissue table.",
+                     severity="info")
+        first = res.cycles[min(res.cycles)]
+        try:
+            twin = PatientTwin(first.nuclide, first.radiopharmaceutical, model=cfg.model,
+                               limits=cfg.limits, patient_id=getattr(getattr(ctx.study, "patient", None), "patient_id", None))
+        except ConfigurationError as exc:
+            res.warn("twin", f"Twin not built: {exc}")
+            return
+        n_obs = 0
+        for n, cr in sorted(res.cycles.items()):
+            for s, sr in cr.structures.items():
+                if not sr.time_h or not sr.activity_MBq:
+                    continue
+                dpt = None
+                if sr.mean_dose_Gy is not None and sr.tia_MBq_h and sr.tia_MBq_h > 0 and sr.mean_dose_Gy > 0:
+                    dpt = sr.mean_dose_Gy / sr.tia_MBq_h
+                try:
+                    twin.observe(n, s, sr.time_h, sr.activity_MBq, cr.administered_MBq,
+                                 activity_sd_MBq=sr.activity_sd_MBq, mass_g=sr.mass_g or None,
+                                 dose_per_tia_Gy_per_MBq_h=dpt)
+                    n_obs += 1
+                except InvalidInputError as exc:
+                    res.warn("twin", f"Data not used by the twin: {exc}", structure=s, cycle=n)
+        if n_obs == 0:
+            res.warn("twin", "No structure time-activity curves from the kinetics stage; the twin was not built.")
+            return
+        ctx.stage_progress(0.1, "twin: fitting")
+        try:
+            twin.posterior()
+        except FitError as exc:
+            res.warn("twin", f"Twin fit failed: {exc}", severity="error")
+            return
+
+        estimates: dict[str, dict[str, Any]] = {}
+        for (n, s), ob in sorted(twin.observations.items()):
+            if len(ob.time_h) > cfg.sparse_max_points:
+                continue
+            est = twin.tia(n, s)
+            d = {"tia_MBq_h": est.mean_MBq_h, "sd": est.sd_MBq_h, "low": est.low_MBq_h, "high": est.high_MBq_h,
+                 "median": est.median_MBq_h, "level": est.level}
+            res.cycles[n].structure(s).estimated_by_twin = d
+            estimates.setdefault(str(n), {})[s] = est.to_dict()
+        ctx.stage_progress(0.4, "twin: predicting")
+        last = max(twin.observed_cycles)
+        cycle = cfg.predict_cycle or last + 1
+        activity = cfg.administered_MBq or res.cycles[last].administered_MBq
+        pred = twin.predict(cycle, activity, n_draws=cfg.n_draws)
+        out: dict[str, Any] = {
+            "notice": RESEARCH_USE_NOTICE,
+            "model": twin.summary(),
+            "config": asdict(cfg),
+            "estimates": estimates,
+            "prediction": pred.to_dict(),
+        }
+        ctx.stage_progress(0.7, "twin: recommending")
+        try:
+            out["recommendation"] = twin.recommend_activity(cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws).to_dict()
+        except ConfigurationError as exc:
+            out["recommendation"] = None
+            res.warn("twin", f"No activity recommendation: {exc}", severity="info")
+        out["forecast"] = twin.forecast(cycle, activity, n_draws=cfg.n_draws)
+        res.twin = out
+        ctx.state["twin"] = twin
+        if ctx.out_dir is not None:
+            path = ctx.out_dir / "twin-state.json"
+            path.write_text(twin.to_json())
+            res.outputs["twin_state"] = "twin-state.json"
+            out["state_file"] = "twin-state.json"
+        res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace)",
+                          {"predict_cycle": cycle, "administered_MBq": activity, "confidence": cfg.confidence,
+                           "n_draws": cfg.n_draws, "observed_cycles": twin.observed_cycles},
+                          _REFERENCES)
+        ctx.stage_progress(1.0, "twin: done")
+
+
+STAGES.register("twin", TwinStage)
