@@ -14,7 +14,8 @@
 //     fullUrl point to it; more: 412) and hands the remaining plain creates to Medplum's router, which
 //     rewrites their urn:uuid references as usual;
 //   * optional persistence to a JSON file (--data), so a restarted server keeps what it stored;
-//   * optional bearer-token check (--token) and a SMART backend-services token endpoint (--smart-jwks):
+//   * optional bearer-token check (--token or env FHIR_TEST_SERVER_TOKEN), HTTP basic authentication
+//     (env FHIR_TEST_SERVER_BASIC=user:password) and a SMART backend-services token endpoint (--smart-jwks):
 //     POST /auth/token with grant_type=client_credentials and an RS384 client_assertion verified with
 //     node:crypto against the given public JWK set;
 //   * fault injection for client tests: --fail-first N answers the first N FHIR requests with
@@ -57,8 +58,9 @@ function parseArgs(argv) {
     else if (a === '--crash-after-commit') opts.crashAfterCommit = Number(next());
     else throw new Error(`unknown option ${a}`);
   }
-  // the bearer token may also come from the environment, so it never shows in a process list
+  // credentials come from the environment, so they never show in a process list
   if (!opts.token && process.env.FHIR_TEST_SERVER_TOKEN) opts.token = process.env.FHIR_TEST_SERVER_TOKEN;
+  opts.basic = process.env.FHIR_TEST_SERVER_BASIC ?? ''; // "user:password" enables HTTP basic authentication
   return opts;
 }
 const opts = parseArgs(process.argv.slice(2));
@@ -231,11 +233,15 @@ async function handle(req, res) {
     return res.end(JSON.stringify({ access_token: token, token_type: 'bearer', expires_in: 300, scope: form.get('scope') ?? '' }));
   }
 
-  if (opts.token || smartKeys.length) {
+  if (opts.token || opts.basic || smartKeys.length) {
     const auth = req.headers.authorization ?? '';
-    const m = /^Bearer (.+)$/.exec(auth);
-    if (!m || !(m[1] === opts.token || issuedTokens.has(m[1]))) {
-      return send(res, 401, outcome(401, 'Missing or invalid bearer token'), { 'WWW-Authenticate': 'Bearer' });
+    const bearer = /^Bearer (.+)$/.exec(auth);
+    const basic = /^Basic (.+)$/.exec(auth);
+    const okBearer = bearer && ((opts.token && bearer[1] === opts.token) || issuedTokens.has(bearer[1]));
+    const okBasic = basic && opts.basic && Buffer.from(basic[1], 'base64').toString('utf8') === opts.basic;
+    if (!okBearer && !okBasic) {
+      return send(res, 401, outcome(401, 'Missing or invalid credentials'),
+        { 'WWW-Authenticate': opts.basic ? 'Basic realm="fhir"' : 'Bearer' });
     }
   }
 

@@ -259,6 +259,29 @@ def test_bearer_token_from_environment(tmp_path: Path, monkeypatch: pytest.Monke
             assert secret.encode() not in p.read_bytes(), p
 
 
+def test_basic_auth_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _, bundle = _write_out_dir(tmp_path)
+    with FhirTestServer(env={"FHIR_TEST_SERVER_BASIC": "physicist:pa55word"}) as srv:
+        monkeypatch.setenv("THERATWIN_FHIR_USER", "physicist")
+        monkeypatch.setenv("THERATWIN_FHIR_PASSWORD", "wrong")
+        with pytest.raises(FhirPushError, match="HTTP 401"):
+            push_bundle(bundle, FhirClient(srv.url, retries=0))
+        monkeypatch.setenv("THERATWIN_FHIR_PASSWORD", "pa55word")
+        c = FhirClient(srv.url, retries=0)
+        assert "pa55word" not in repr(c.auth)
+        assert push_bundle(bundle, c).n_created == len(bundle["entry"])
+
+
+def test_codesystem_is_accepted_by_the_server(fhir_server: FhirTestServer):
+    from theratwin.fhir import load_published_codesystem
+
+    c = client(fhir_server.url)
+    cs = load_published_codesystem()
+    stored = c.request("PUT", f"CodeSystem/{cs['id']}", json_body=cs)
+    assert stored["url"] == cs["url"] and len(stored["concept"]) == len(cs["concept"])
+    assert c.search("CodeSystem", {"url": cs["url"]})[0]["id"] == cs["id"]
+
+
 def test_smart_backend_services(tmp_path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

@@ -294,17 +294,19 @@ def _recommendation(twin: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------- DICOM
 def _dicom_files(results: Results, out_dir: Path | None) -> list[Path]:
-    entry = results.outputs.get("dicom")
-    if entry is None or out_dir is None:
+    """DICOM files TheraTwin wrote: ``outputs["dicom"]`` (files or folders) and the encapsulated-PDF report."""
+    if out_dir is None:
         return []
     items: list[Any] = []
-    if isinstance(entry, Mapping):
-        for v in entry.values():
-            items.extend(v if isinstance(v, (list, tuple)) else [v])
-    elif isinstance(entry, (list, tuple)):
-        items = list(entry)
-    else:
-        items = [entry]
+    for kind in ("dicom", "report_dicom"):
+        entry = results.outputs.get(kind)
+        if isinstance(entry, Mapping):
+            for v in entry.values():
+                items.extend(v if isinstance(v, (list, tuple)) else [v])
+        elif isinstance(entry, (list, tuple)):
+            items.extend(entry)
+        elif entry is not None:
+            items.append(entry)
     files: list[Path] = []
     for it in items:
         p = Path(str(it))
@@ -313,7 +315,7 @@ def _dicom_files(results: Results, out_dir: Path | None) -> list[Path]:
             files.extend(sorted(q for q in p.rglob("*") if q.is_file()))
         elif p.is_file():
             files.append(p)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def _series_from_dicom(files: Iterable[Path]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -514,12 +516,12 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
     if p.name:
         family, _, rest = p.name.partition("^")
         given = [g for g in rest.split("^")[:2] if g]
-        name: dict[str, Any] = {"text": " ".join([*given, family]).strip() or p.name}
+        human_name: dict[str, Any] = {"text": " ".join([*given, family]).strip() or p.name}
         if family:
-            name["family"] = family
+            human_name["family"] = family
         if given:
-            name["given"] = given
-        patient["name"] = [name]
+            human_name["given"] = given
+        patient["name"] = [human_name]
     if p.birth_date is not None:
         patient["birthDate"] = p.birth_date.isoformat()
     patient_ref = b.add(patient, system=pid_system, value=p.patient_id)

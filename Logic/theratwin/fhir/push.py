@@ -165,11 +165,11 @@ def push_output_dir(out_dir: str | Path, fhir_url: str, *, client: FhirClient | 
     outbox = FhirOutbox(out)
     report = FhirPushReport(fhir_url)
     todo: list[tuple[str, dict[str, Any], Path | None]] = []
-    for entry in outbox.pending():
+    for waiting in outbox.pending():
         try:
-            todo.append((entry.stem, json.loads(entry.read_text(encoding="utf-8")), entry))
+            todo.append((waiting.stem, json.loads(waiting.read_text(encoding="utf-8")), waiting))
         except (OSError, ValueError) as exc:
-            report.failed.append((entry.name, f"unreadable outbox entry ({exc}); left in place"))
+            report.failed.append((waiting.name, f"unreadable outbox entry ({exc}); left in place"))
     main = out / BUNDLE_FILENAME
     if main.is_file():
         bundle = json.loads(main.read_text(encoding="utf-8"))
