@@ -209,6 +209,8 @@ class DVKEngine:
         scale = float(np.prod(vox)) / 1000.0 * _S_PER_H * 1e-6 * 1e-3  # x mGy/(MBq s) -> Gy
         key = ("dvk", nuclide, vox, self.radius_voxels, self.include_photons)
         dose = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, progress=progress)
+        # float32 FFT round-off leaves values of order 1e-7 x max around zero; dose cannot be negative
+        np.maximum(dose, 0.0, out=dose)
         if rho is not None:
             dose /= rho
         return dose
@@ -218,7 +220,8 @@ class LEDEngine:
     """Local energy deposition: the energy of electrons and alphas is absorbed in the voxel of decay.
 
     ``D = TIA x 3600 s/h x E_local / (density)``, with ``E_local`` the mean electron plus alpha energy per decay
-    (ICRP-107); the photon energy is not deposited (it escapes the voxel for the nuclides of interest).
+    (ICRP-107); the photon energy is not deposited (it escapes the voxel for the nuclides of interest),
+    except photons below 1 keV.
     Reference: Pasciak AS, Bourgeois AC, Bradley YC. Front Oncol 2014;4:121 (local deposition method);
     dose over mass with the CT density (1 g/mL when no CT).
 

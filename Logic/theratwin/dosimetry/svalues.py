@@ -32,7 +32,7 @@ from ._physics import (
 
 __all__ = ["sphere_s_value", "organ_self_s_value", "sphere_absorbed_fractions", "sphere_radius_mm"]
 
-_MASS_RANGE_G = (1e-3, 1e4)
+_MASS_RANGE_G = (1e-3, 2e5)
 
 
 def sphere_radius_mm(mass_g: float, density_g_per_mL: float = 1.0) -> float:
@@ -97,7 +97,7 @@ def sphere_s_value(nuclide: str, mass_g: float) -> float:
     nuclide
         Nuclide name.
     mass_g
-        Sphere mass in g (0.001 g - 10 kg; the sphere model is meant for lesions of 0.01 g - 1 kg).
+        Sphere mass in g (0.001 g - 200 kg accepted; the sphere model is meant for lesions of 0.01 g - 1 kg).
     """
     af = sphere_absorbed_fractions(nuclide, mass_g)
     return MEV_TO_MGY_G_PER_MBQ_S * af["absorbed_MeV"] / float(mass_g)

@@ -2,7 +2,7 @@
 
 >>> import theratwin as tt
 >>> round(tt.radiobiology.bed(20.0, alpha_beta_Gy=2.6, repair_half_time_h=2.8, effective_half_life_h=50.0), 3)
-21.027
+28.159
 """
 
 from .bed import bed, bed_multiexponential, eqd2, geud, protraction_factor
