@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..nuclides import get as get_nuclide
+from ..study.codes import structure_kind
 from .model import BiexponentialModel, activity_from_exponentials, tia_from_exponentials
 from .priors import KineticPriorSpec, prior_spec, structure_prior
 
@@ -102,18 +103,19 @@ def make_cohort(n_patients: int, *, radiopharmaceutical: str = "PSMA-617", nucli
     priors = [structure_prior(prior_spec(radiopharmaceutical, s, prior_overrides), nuclide) for s in structures]
     patients: list[VirtualPatient] = []
     cycles = sorted(set(range(1, n_cycles + 1)) | set(sampling))
+    chol = [(np.linalg.cholesky(pr.iiv_cov), np.linalg.cholesky(pr.iov_cov)) for pr in priors]
     for n in range(n_patients):
         eta: dict[str, dict[int, np.ndarray]] = {}
         meas: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {c: {} for c in sampling}
         truth: dict[int, dict[str, float]] = {c: {} for c in cycles}
         masses: dict[str, float] = {}
-        for s, pr in zip(structures, priors, strict=False):
-            theta = rng.multivariate_normal(pr.mean, pr.iiv_cov)
+        for s, pr, (l_iiv, l_iov) in zip(structures, priors, chol, strict=True):
+            theta = pr.mean + l_iiv @ rng.standard_normal(3)
             eta[s] = {}
-            sp = lesion_proportional_sd if s.lower().startswith("lesion") or "lesion" in s.lower() else proportional_sd
+            sp = lesion_proportional_sd if structure_kind(s).role.value == "lesion" else proportional_sd
             masses[s] = pr.spec.reference_mass_g
             for c in cycles:
-                e = theta + rng.multivariate_normal(np.zeros(3), pr.iov_cov)
+                e = theta + l_iov @ rng.standard_normal(3)
                 eta[s][c] = e
                 coef, rate = model.exponentials(e[None, :], np.asarray(administered_MBq), np.asarray(100.0), [s], lam_phys)
                 truth[c][s] = float(tia_from_exponentials(coef, rate)[0])
