@@ -327,3 +327,30 @@ def test_pipeline_stage_writes_the_bundle(tmp_path: Path):
     written = json.loads((tmp_path / "fhir-bundle.json").read_text())
     assert written == json.loads(json.dumps(build_bundle(res, out_dir=tmp_path)))
     assert any(m.stage == "fhir_export" for m in res.methods)
+
+
+def test_twin_estimate_of_a_sparse_cycle_is_kept_apart(built):
+    res, bundle, _ = built
+    est = res.cycles[2].structures["kidneys"].estimated_by_twin
+    obs = next(e["resource"] for e in _by_type(bundle)["Observation"]
+               if e["resource"]["status"] == "final" and e["resource"]["code"]["text"] == "Dosimetry of kidneys, cycle 2")
+    twin = _component(obs, "twin-estimated-time-integrated-activity")["valueQuantity"]
+    assert twin["value"] == est["tia_MBq_h"] and twin["code"] == "MBq.h"
+    kin = _component(obs, "time-integrated-activity")["valueQuantity"]
+    assert kin["value"] == pytest.approx(res.cycles[2].structures["kidneys"].tia_MBq_h)
+    pi = _component(obs, "prediction-interval-90")["valueRange"]
+    assert (pi["low"]["value"], pi["high"]["value"]) == (est["low"], est["high"])
+    assert "estimated by the digital twin" in obs["note"][0]["text"]
+
+
+def test_large_report_is_not_embedded(tmp_path: Path):
+    res = make_results(tmp_path)
+    (tmp_path / "report.pdf").write_bytes(b"%PDF-1.4\n" + bytes(2000))
+    res.outputs["report_pdf"] = "report.pdf"
+    b = build_bundle(res, out_dir=tmp_path, options=BundleOptions(max_attachment_bytes=1000))
+    dr = _by_type(b)["DiagnosticReport"][0]["resource"]
+    assert [f["contentType"] for f in dr["presentedForm"]] == ["text/html"]  # the small one only
+    assert "report.pdf too large to embed" in dr["conclusion"]
+    b = build_bundle(res, out_dir=tmp_path)
+    dr = _by_type(b)["DiagnosticReport"][0]["resource"]
+    assert [f["contentType"] for f in dr["presentedForm"]] == ["application/pdf", "text/html"]

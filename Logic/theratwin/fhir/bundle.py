@@ -85,6 +85,10 @@ class BundleOptions:
         Patient is created.
     include_reports
         Embed report.pdf / report.html as DiagnosticReport.presentedForm (base64).
+    max_attachment_bytes
+        Largest report file embedded (raw bytes). Servers limit string sizes (Medplum: 1 MB per string, and
+        base64 inflates by 4/3), so a larger report is not embedded; the DiagnosticReport then says so and
+        points to the DICOM Encapsulated PDF listed in the ImagingStudy.
 
     The stage also reads ``push_retries`` (default 4) and ``push_backoff_s`` (default 0.5 s) for the push.
     """
@@ -92,6 +96,7 @@ class BundleOptions:
     timezone: str | None = None
     patient_identifier_system: str | None = None
     include_reports: bool = True
+    max_attachment_bytes: int = 700_000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BundleOptions:
@@ -447,23 +452,26 @@ def _component_code(code: str) -> dict[str, Any]:
 
 
 def _measured_components(sr: StructureResult) -> list[dict[str, Any]]:
+    """Components of one structure's results in one cycle (fields that are None are left out).
+
+    A sparsely imaged cycle's TIA estimated by the twin is a separate component (with its interval), next to
+    the kinetics stage's own value when there is one, so a reader can tell them apart.
+    """
     comps = []
     for fld, code, unit in _MEASURED_COMPONENTS:
         v = _finite(getattr(sr, fld))
-        if fld == "tia_MBq_h" and v is None and sr.estimated_by_twin:
-            v = _finite(sr.estimated_by_twin.get("tia_MBq_h", sr.estimated_by_twin.get("mean_MBq_h")))
         if v is not None:
             comps.append({"code": _component_code(code), "valueQuantity": quantity(v, unit)})
-    if sr.estimated_by_twin:
-        e = sr.estimated_by_twin
-        lo = _finite(e.get("low_MBq_h", e.get("low")))
-        hi = _finite(e.get("high_MBq_h", e.get("high")))
-        if lo is not None and hi is not None:
-            comps.append({
-                "code": {"coding": [coding("prediction-interval-90")],
-                         "text": "90 % interval of the time-integrated activity estimated by the digital twin"},
-                "valueRange": {"low": quantity(lo, "MBq.h"), "high": quantity(hi, "MBq.h")},
-            })
+    e = sr.estimated_by_twin
+    if e:
+        central, low, high = _interval({"mean": e.get("tia_MBq_h", e.get("mean_MBq_h")),
+                                        "low": e.get("low_MBq_h", e.get("low")),
+                                        "high": e.get("high_MBq_h", e.get("high"))})
+        code = "twin-estimated-time-integrated-activity"
+        if central is not None:
+            comps.append({"code": {"coding": [coding(code)]}, "valueQuantity": quantity(central, "MBq.h")})
+            if low is not None and high is not None:
+                comps.append(_interval_component(code, "MBq.h", low, high, _finite(e.get("level"))))
     return comps
 
 
@@ -634,9 +642,12 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         dr["result"] = [{"reference": r} for r in all_obs]
     if imaging_refs:
         dr["imagingStudy"] = [{"reference": r} for r in imaging_refs]
-    forms = _presented_forms(results, out) if opts.include_reports else []
+    forms, too_big = _presented_forms(results, out, opts.max_attachment_bytes) if opts.include_reports else ([], [])
     if forms:
         dr["presentedForm"] = forms
+    if too_big:
+        dr["conclusion"] += (f" Report file(s) {', '.join(too_big)} too large to embed (> "
+                             f"{opts.max_attachment_bytes} bytes); see the DICOM Encapsulated PDF in the imaging study.")
     report_ref = b.add(dr, system=report_system, value=f"{key}/report")
 
     # RiskAssessments (toxicity, response)
@@ -828,8 +839,11 @@ def _conclusion(results: Results) -> str:
     return " ".join(lines)
 
 
-def _presented_forms(results: Results, out: Path | None) -> list[dict[str, Any]]:
-    forms = []
+def _presented_forms(results: Results, out: Path | None,
+                     max_bytes: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Attachments of the PDF/HTML reports (base64) and the names of those too large to embed."""
+    forms: list[dict[str, Any]] = []
+    too_big: list[str] = []
     for kind, ctype, title in (("report_pdf", "application/pdf", "TheraTwin dosimetry report (PDF)"),
                                ("report_html", "text/html", "TheraTwin dosimetry report (HTML)")):
         rel = results.outputs.get(kind)
@@ -841,6 +855,10 @@ def _presented_forms(results: Results, out: Path | None) -> list[dict[str, Any]]
             log.warning("FHIR export: %s listed as %s does not exist; not attached", path, kind)
             continue
         data = path.read_bytes()
+        if len(data) > max_bytes:
+            log.info("FHIR export: %s is %d bytes (> %d); not embedded", path, len(data), max_bytes)
+            too_big.append(path.name)
+            continue
         forms.append({
             "contentType": ctype,
             "language": "en",
@@ -850,7 +868,7 @@ def _presented_forms(results: Results, out: Path | None) -> list[dict[str, Any]]
             "hash": base64.b64encode(hashlib.sha1(data).digest()).decode("ascii"),
             "title": title,
         })
-    return forms
+    return forms, too_big
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -92,6 +92,9 @@ CONCEPTS: dict[str, Concept] = {
         Concept("time-integrated-activity-sd", "Standard deviation of the time-integrated activity",
                 "One standard deviation of the time-integrated activity, propagated from the fit covariance.",
                 "MBq.h"),
+        Concept("twin-estimated-time-integrated-activity", "Time-integrated activity estimated by the digital twin",
+                "Time-integrated activity of a sparsely imaged cycle estimated by the digital twin from the "
+                "patient's earlier cycles and the population prior (posterior mean).", "MBq.h"),
         Concept("effective-half-life", "Effective half-life",
                 "Effective half-life of the activity in the structure (biological clearance and physical decay).",
                 "h"),
