@@ -18,6 +18,7 @@
 //     (env FHIR_TEST_SERVER_BASIC=user:password) and a SMART backend-services token endpoint (--smart-jwks):
 //     POST /auth/token with grant_type=client_credentials and an RS384 client_assertion verified with
 //     node:crypto against the given public JWK set;
+//   * optional TLS (--tls-cert / --tls-key, PEM files): the server speaks https;
 //   * fault injection for client tests: --fail-first N answers the first N FHIR requests with
 //     --fail-status (default 503, Retry-After: 0); --crash-after-commit N exits after committing the Nth
 //     transaction without answering it (a server that dies mid-push).
@@ -25,6 +26,7 @@
 // On start it prints one line "LISTENING <port>" on stdout (port 0 picks a free port).
 
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import { createPublicKey, createVerify, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import {
@@ -56,6 +58,8 @@ function parseArgs(argv) {
     else if (a === '--fail-first') opts.failFirst = Number(next());
     else if (a === '--fail-status') opts.failStatus = Number(next());
     else if (a === '--crash-after-commit') opts.crashAfterCommit = Number(next());
+    else if (a === '--tls-cert') opts.tlsCert = next();
+    else if (a === '--tls-key') opts.tlsKey = next();
     else throw new Error(`unknown option ${a}`);
   }
   // credentials come from the environment, so they never show in a process list
@@ -216,7 +220,7 @@ async function handle(req, res) {
 
   if (pathname === '/auth/token' && req.method === 'POST') {
     const form = new URLSearchParams(text);
-    const tokenUrl = `http://${req.headers.host}/auth/token`;
+    const tokenUrl = `${opts.tlsCert ? 'https' : 'http'}://${req.headers.host}/auth/token`;
     try {
       if (form.get('grant_type') !== 'client_credentials') throw new Error('grant_type must be client_credentials');
       if (form.get('client_assertion_type') !== 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer') {
@@ -387,9 +391,12 @@ function respond(res, [oo, resource]) {
   return send(res, status, resource ?? oo, headers);
 }
 
-const server = createServer((req, res) => {
+const onRequest = (req, res) => {
   handle(req, res).catch((err) => send(res, 500, normalizeOperationOutcome(err)));
-});
+};
+const server = opts.tlsCert
+  ? createTlsServer({ cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) }, onRequest)
+  : createServer(onRequest);
 server.listen(opts.port, opts.host, () => {
   process.stdout.write(`LISTENING ${server.address().port}\n`);
 });

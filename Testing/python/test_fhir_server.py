@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fhir_support import FhirTestServer, free_port, make_results
+from test_fhir_support import FhirTestServer, free_port, make_results, self_signed_cert
 
 from theratwin.errors import PushError
 from theratwin.fhir import (
@@ -270,6 +270,21 @@ def test_basic_auth_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
         c = FhirClient(srv.url, retries=0)
         assert "pa55word" not in repr(c.auth)
         assert push_bundle(bundle, c).n_created == len(bundle["entry"])
+
+
+def test_tls_is_verified_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _, bundle = _write_out_dir(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
+    monkeypatch.delenv("THERATWIN_FHIR_CA_BUNDLE", raising=False)
+    with FhirTestServer("--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        assert srv.url.startswith("https://")
+        with pytest.raises(FhirPushError, match="TLS verification") as err:
+            push_bundle(bundle, client(srv.url))
+        assert not err.value.retriable
+        assert sum(counts(client(srv.url, verify=str(cert))).values()) == 0
+        monkeypatch.setenv("THERATWIN_FHIR_CA_BUNDLE", str(cert))  # the site's CA: now trusted
+        s = push_bundle(bundle, FhirClient(srv.url, auth=FhirAuth(), retries=0))
+        assert s.n_created == len(bundle["entry"])
 
 
 def test_codesystem_is_accepted_by_the_server(fhir_server: FhirTestServer):

@@ -57,14 +57,18 @@ class FhirPushError(PushError):
         The server's OperationOutcome (dict) when it sent one.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, outcome: Any = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, outcome: Any = None,
+                 retriable: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+        self._retriable = retriable
 
     @property
     def retriable(self) -> bool:
         """True when trying again later may succeed (server unreachable, overloaded, or failing)."""
+        if self._retriable is not None:
+            return self._retriable
         return self.status is None or self.status in _RETRY_STATUSES
 
 
@@ -173,6 +177,13 @@ class FhirClient:
             try:
                 r = self.session.request(method, url, json=json_body, params=params, headers=self._headers(),
                                          auth=basic, verify=self.verify, timeout=self.timeout_s)
+            except requests.exceptions.SSLError as exc:
+                # a certificate problem does not go away by retrying
+                raise FhirPushError(
+                    f"TLS verification of the FHIR server {self.base_url} failed ({exc}). Give the server's CA "
+                    "certificate in THERATWIN_FHIR_CA_BUNDLE; verification is never switched off.",
+                    retriable=False,
+                ) from exc
             except requests.RequestException as exc:
                 if attempt < self.retries:
                     log.info("FHIR %s %s: %s; retry %d in %.1f s", method, url, type(exc).__name__, attempt + 1, delay)
