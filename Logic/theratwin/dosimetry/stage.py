@@ -22,9 +22,10 @@ from ..study import Geometry, ImageVolume
 from ._physics import DEFAULT_HU_DENSITY_POINTS, hu_to_density
 from .dose import DOSE_ENGINES, dose_map
 from .dvh import DEFAULT_VX_GY, dvh
+from .masks import area_average, covered_fractions
 from .svalues import organ_self_s_value, sphere_s_value
 
-__all__ = ["DosimetryOptions", "DosimetryStage", "structure_masks", "density_on_grid"]
+__all__ = ["DosimetryOptions", "DosimetryStage", "structure_masks", "density_on_grid", "structure_mass_weights"]
 
 
 @dataclass
@@ -84,7 +85,8 @@ def _reference_grid(ctx: PipelineContext) -> Geometry | None:
 def structure_masks(ctx: PipelineContext, grid: Geometry) -> dict[str, np.ndarray]:
     """Fractional (0..1, float32) masks of the study's structures on ``grid``.
 
-    Uses ``ctx.state["masks"]`` (from registration) when present, else resamples the segmentation.
+    Uses ``ctx.state["masks"]`` (from registration) when present, else the covered fraction of each dose voxel
+    computed from the segmentation (:func:`covered_fractions`).
     """
     masks = ctx.state.get("masks")
     if masks:
@@ -92,16 +94,45 @@ def structure_masks(ctx: PipelineContext, grid: Geometry) -> dict[str, np.ndarra
     seg = ctx.study.segmentation
     if seg is None:
         return {}
-    return {name: seg.fractional_mask(name, grid) for name in seg.names}
+    return covered_fractions(seg, grid)
 
 
 def density_on_grid(ct: ImageVolume | None, grid: Geometry,
                     points: list[tuple[float, float]] | tuple[tuple[float, float], ...] | None = None) -> np.ndarray | None:
-    """Mass density (g/mL) on ``grid`` from a CT in HU (linear resampling, air outside the CT), or None."""
+    """Mass density (g/mL) on ``grid`` from a CT in HU, or None without CT.
+
+    HU are converted to density on the CT's own grid and the density is then averaged over each voxel of
+    ``grid`` (:func:`area_average`): mass is additive, HU through a bilinear calibration are not. Air
+    (0.0012 g/mL) outside the CT.
+    """
     if ct is None:
         return None
-    hu = ct.array if ct.geometry.same_grid(grid) else ct.resample_to(grid, order=1, fill=-1000.0).array
-    return hu_to_density(hu, tuple(tuple(p) for p in points) if points else DEFAULT_HU_DENSITY_POINTS)  # type: ignore[arg-type]
+    pts = tuple(tuple(p) for p in points) if points else DEFAULT_HU_DENSITY_POINTS
+    rho_ct = hu_to_density(ct.array, pts)  # type: ignore[arg-type]
+    return np.clip(area_average(rho_ct, ct.geometry, grid, fill=0.0012), 0.0012, None).astype(np.float32)
+
+
+def structure_mass_weights(ctx: PipelineContext, grid: Geometry, masks: dict[str, np.ndarray],
+                           density: np.ndarray | None,
+                           points: list[tuple[float, float]] | None) -> dict[str, np.ndarray]:
+    """Mass (g/mL of dose voxel) of each structure in each dose voxel: the average of mask x density over the
+    voxel, from the segmentation and the CT on their own fine grid when both exist (so a lesion voxel shared
+    with cortical bone counts the lesion's density, not the voxel's mean density), else mask x voxel density."""
+    seg = ctx.study.segmentation
+    ct = ctx.study.reference_ct
+    out: dict[str, np.ndarray] = {}
+    rho_seg = None
+    if seg is not None and ct is not None and density is not None and not ctx.state.get("masks"):
+        pts = tuple(tuple(p) for p in points) if points else DEFAULT_HU_DENSITY_POINTS
+        hu = ct.array if ct.geometry.same_grid(seg.geometry) else \
+            ct.resample_to(seg.geometry, order=1, fill=-1000.0).array
+        rho_seg = hu_to_density(hu, pts)  # type: ignore[arg-type]
+    for name, m in masks.items():
+        if rho_seg is not None and seg is not None and name in seg.names:
+            out[name] = area_average(seg.masks[name] * rho_seg, seg.geometry, grid)
+        else:
+            out[name] = m * (density if density is not None else np.float32(1.0))
+    return out
 
 
 class DosimetryStage:
@@ -124,6 +155,7 @@ class DosimetryStage:
                 res.warn("dosimetry", "No reference CT: doses computed for water (1 g/mL) everywhere.",
                          severity="info")
         masks = structure_masks(ctx, grid)
+        mass_weights = structure_mass_weights(ctx, grid, masks, density, opts.hu_density_points)
         ctx.state["dose_masks"] = masks
         ctx.state["density_g_per_mL"] = density
         seg = ctx.study.segmentation
@@ -149,9 +181,12 @@ class DosimetryStage:
                     res.warn("dosimetry", f"Structure '{name}' has no voxel on the dose grid.", structure=name, cycle=n)
                     continue
                 sr = cyc.structure(name)
+                mw = mass_weights[name]
+                # density per covered volume, so that mask x density = the structure's mass in the voxel
+                rho_s = np.where(m > 0, mw / np.maximum(m, 1e-6), 0.0) if density is not None else None
                 h = dvh(dose, m, voxel_volume_mL=voxel_mL, bin_width_Gy=opts.dvh_bin_width_Gy,
-                        max_bins=opts.dvh_max_bins, vx_Gy=opts.vx_Gy, density_g_per_mL=density)
-                mass_g = float(np.sum(m * (density if density is not None else 1.0)) * voxel_mL)
+                        max_bins=opts.dvh_max_bins, vx_Gy=opts.vx_Gy, density_g_per_mL=rho_s)
+                mass_g = float(np.sum(mw, dtype=np.float64) * voxel_mL)
                 if sr.volume_mL is None:
                     sr.volume_mL = h.volume_mL
                 if sr.mass_g is None:
@@ -182,7 +217,8 @@ class DosimetryStage:
                 **{k: v for k, v in asdict(opts).items() if k != "engine_options"},
                 "engine_options": dict(opts.engine_options),
                 "density": "CT, bilinear HU-density calibration" if density is not None else "water (1 g/mL)",
-                "mean_dose": "mass-weighted over the fractional mask" if density is not None else
+                "mean_dose": "weighted by the structure's mass in each voxel (mask x CT density on the CT grid, "
+                             "averaged per dose voxel)" if density is not None else
                              "volume-weighted over the fractional mask",
                 "organ_s_value_dose": "self-dose only: sphere_s_value for lesions, organ_self_s_value for organs",
             },
