@@ -149,3 +149,20 @@ def test_bad_options() -> None:
         DosimetryStage().run(_context(study, {"dosimetry": {"method": "nope"}}))
     with pytest.raises(tt.ConfigurationError, match="Unknown dosimetry option"):
         DosimetryStage().run(_context(study, {"dosimetry": {"methd": "dvk"}}))
+
+
+def test_structure_bed_uses_the_fitted_curve_shape() -> None:
+    """With an uptake-and-clearance fit (kinetics stage's parameter names), the structure BED is Dale's BED for
+    that curve: the uptake form of bed() with uptake half-life ln2/(lambda_u - lambda_c)."""
+    study = _study(with_ct=False)
+    ctx = _context(study)
+    lc, lu = np.log(2) / 40.0, np.log(2) / 40.0 + np.log(2) / 2.0
+    for c in (1, 2):
+        ctx.results.cycles[c].structures["kidneys"].kinetic_params = {
+            "A0_MBq": 50.0, "lambda_eff_per_h": lc, "lambda_bio_per_h": lc - np.log(2) / 159.5,
+            "lambda_uptake_per_h": lu}
+    DosimetryStage().run(ctx)
+    RadiobiologyStage().run(ctx)
+    s = ctx.results.cycles[1].structures["kidneys"]
+    assert s.bed_Gy == pytest.approx(bed(s.mean_dose_Gy, 2.6, 2.8, 40.0, uptake_half_life_h=2.0), rel=1e-9)
+    assert s.bed_Gy < bed(s.mean_dose_Gy, 2.6, 2.8, 40.0)

@@ -1,6 +1,7 @@
 """Pipeline stage "radiobiology": BED/EQD2 per structure and cycle, cumulative values, limits, voxel BED.
 
-Per cycle and structure: ``bed_Gy`` (Dale, from the mean dose and the structure's effective half-life),
+Per cycle and structure: ``bed_Gy`` (Dale, from the mean dose and the shape of the structure's fitted
+time-activity curve, or its effective half-life),
 ``eqd2_Gy``, ``alpha_beta_Gy``, ``repair_half_time_h``, ``geud_Gy`` (lesions: gEUD of the voxel dose),
 ``cumulative_dose_Gy`` / ``cumulative_bed_Gy`` / ``cumulative_eqd2_Gy`` (sum over this and earlier cycles;
 BEDs add because repair is complete between cycles weeks apart) and ``limit``. Maps: ``cycle{n}/bed`` (voxel
@@ -22,22 +23,35 @@ from ..errors import ConfigurationError
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from ..study.codes import structure_kind
-from .bed import bed, eqd2, geud
+from .bed import bed, bed_multiexponential, eqd2, geud
 from .tissues import REFERENCES, tissue_parameters
 
 __all__ = ["RadiobiologyStage"]
 
 _KNOWN_OPTIONS = {"tissues", "risk_factors", "geud_a", "voxel_maps"}
+_LN2 = float(np.log(2.0))
 
 
-def _uptake_half_life_h(params: dict[str, float] | None) -> float | None:
-    """The uptake half-life from kinetic parameters, when the kinetics stage reports one."""
+def _dose_rate_shape(params: dict[str, float] | None) -> tuple[list[float], list[float]] | None:
+    """The fitted time-activity curve as ``sum_i c_i exp(-a_i t)`` (coefficients, rates in 1/h), read from the
+    kinetics stage's ``kinetic_params`` (names of ``theratwin.kinetics.models``); None if not recognised.
+    The dose rate of a structure follows its activity, so this is the shape Dale's G-factor needs."""
     if not params:
         return None
-    for key in ("uptake_half_life_h", "t_uptake_h", "half_life_uptake_h"):
-        v = params.get(key)
-        if v is not None and np.isfinite(v) and v > 0:
-            return float(v)
+
+    def ok(*keys: str) -> bool:
+        return all(k in params and np.isfinite(params[k]) for k in keys)
+
+    if ok("A1_MBq", "A2_MBq", "lambda_eff_per_h", "lambda_fast_per_h", "lambda_uptake_per_h"):  # tri-exponential
+        a1, a2 = params["A1_MBq"], params["A2_MBq"]
+        return [a1, a2, -(a1 + a2)], [params["lambda_eff_per_h"], params["lambda_fast_per_h"],
+                                       params["lambda_uptake_per_h"]]
+    if ok("A1_MBq", "A2_MBq", "lambda_eff_per_h", "lambda_fast_per_h"):  # bi-exponential clearance
+        return [params["A1_MBq"], params["A2_MBq"]], [params["lambda_eff_per_h"], params["lambda_fast_per_h"]]
+    if ok("lambda_eff_per_h", "lambda_uptake_per_h"):  # uptake and clearance
+        return [1.0, -1.0], [params["lambda_eff_per_h"], params["lambda_uptake_per_h"]]
+    if ok("lambda_eff_per_h"):
+        return [1.0], [params["lambda_eff_per_h"]]
     return None
 
 
@@ -90,8 +104,14 @@ class RadiobiologyStage:
                              f"({phys_t_h:.1f} h), which gives the lowest BED for this dose.", structure=name, cycle=n)
                 sr.alpha_beta_Gy = tp.alpha_beta_Gy
                 sr.repair_half_time_h = tp.repair_half_time_h
-                sr.bed_Gy = float(bed(sr.mean_dose_Gy, tp.alpha_beta_Gy, tp.repair_half_time_h, teff,
-                                      _uptake_half_life_h(sr.kinetic_params)))
+                shape = _dose_rate_shape(sr.kinetic_params)
+                if shape is not None and all(r > 0 for r in shape[1]):
+                    sr.bed_Gy = float(bed_multiexponential(sr.mean_dose_Gy, np.asarray(shape[0]),
+                                                           _LN2 / np.asarray(shape[1]),
+                                                           alpha_beta_Gy=tp.alpha_beta_Gy,
+                                                           repair_half_time_h=tp.repair_half_time_h))
+                else:
+                    sr.bed_Gy = float(bed(sr.mean_dose_Gy, tp.alpha_beta_Gy, tp.repair_half_time_h, teff))
                 sr.eqd2_Gy = float(eqd2(sr.bed_Gy, tp.alpha_beta_Gy))
                 cum_dose[name] = cum_dose.get(name, 0.0) + sr.mean_dose_Gy
                 cum_bed[name] = cum_bed.get(name, 0.0) + sr.bed_Gy
@@ -125,8 +145,9 @@ class RadiobiologyStage:
             "radiobiology",
             "BED by Dale's linear-quadratic formalism for exponentially varying dose rates; EQD2; gEUD",
             {
-                "structure_bed": "from the structure mean dose and effective half-life (uptake phase when the kinetic "
-                                 "model reports one); cumulative BED = sum over cycles",
+                "structure_bed": "from the structure mean dose and the shape of its fitted time-activity curve "
+                                 "(sum of exponentials: mono, uptake, bi- or tri-exponential), else its effective "
+                                 "half-life; cumulative BED = sum over cycles",
                 "voxel_bed": "voxel dose with the voxel effective half-life map when available, else the structure's",
                 "geud_a": geud_a,
                 "tissue_overrides": overrides,
