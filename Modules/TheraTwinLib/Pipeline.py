@@ -129,9 +129,12 @@ def showMaps(scene: Any, results: Any, kinds: Sequence[str]) -> dict[str, Any]:
     return {key: showMap(scene, results, key) for key in results.maps if key.split("/")[-1] in kinds}
 
 
-def fittedCurves(results: Any, cycle: int) -> dict[str, Callable[[Any], Any]]:
-    """Fitted time-activity curves of ``cycle``, refitted with the model the kinetics stage chose
-    (``theratwin.kinetics.fit_tac``); empty when the kinetics package is not installed."""
+def fittedCurves(results: Any, cycle: int, state: dict[str, Any] | None = None) -> dict[str, Callable[[Any], Any]]:
+    """Fitted time-activity curves of ``cycle``: the kinetics stage's own fits (``state["tac_fits"]``) when
+    given, else refitted with the model it chose (``theratwin.kinetics.fit_tac``); empty without kinetics."""
+    stageFits = (state or {}).get("tac_fits", {}).get(cycle, {})
+    if stageFits:
+        return {name: fit.predict for name, fit in stageFits.items() if hasattr(fit, "predict")}
     try:
         from theratwin import kinetics
     except ImportError:
@@ -143,20 +146,24 @@ def fittedCurves(results: Any, cycle: int) -> dict[str, Callable[[Any], Any]]:
     for s in cycleResult.structures.values():
         if not s.time_h or not s.activity_MBq or len(s.time_h) < 2:
             continue
-        model = s.kinetic_model or "auto"
-        try:
-            fit = kinetics.fit_tac(s.time_h, s.activity_MBq, nuclide=cycleResult.nuclide, model=model,
-                                   activity_sd_MBq=s.activity_sd_MBq)
-        except tt.TheraTwinError:
+        fit = None
+        for model in dict.fromkeys((s.kinetic_model or "auto", "auto")):
+            try:
+                fit = kinetics.fit_tac(s.time_h, s.activity_MBq, nuclide=cycleResult.nuclide, model=model,
+                                       activity_sd_MBq=s.activity_sd_MBq)
+                break
+            except tt.TheraTwinError:  # e.g. "model_average" is not a model name; fall back to auto
+                continue
+        if fit is None:
             continue
         curves[s.structure] = fit.predict
     return curves
 
 
-def showKinetics(scene: Any, results: Any, cycle: int) -> dict[str, Any]:
+def showKinetics(scene: Any, results: Any, cycle: int, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """TAC chart (with fits), results table and TIA map of ``cycle``."""
     return {
-        "chart": timeActivityChartNode(scene, results, cycle, fittedCurves=fittedCurves(results, cycle)),
+        "chart": timeActivityChartNode(scene, results, cycle, fittedCurves=fittedCurves(results, cycle, state)),
         "table": structureResultsTableNode(scene, results, cycles=[cycle], name=f"TheraTwin kinetics cycle {cycle}"),
         "maps": showMaps(scene, results, ("tia",)),
     }

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import vtk
 
-__all__ = ["STRUCTURE_COLUMNS", "structureResultsTableNode", "dvhMetricsTableNode", "keyValueTableNode",
-           "tableColumn"]
+__all__ = ["STRUCTURE_COLUMNS", "PREDICTION_QUANTITIES", "structureResultsTableNode", "dvhMetricsTableNode",
+           "keyValueTableNode", "twinPredictionTableNode", "flattenForTable", "tableColumn"]
 
 #: (column name, StructureResult field, unit label, description) of the per-structure table.
 STRUCTURE_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
@@ -125,3 +125,45 @@ def tableColumn(tableNode: Any, name: str) -> np.ndarray:
     if hasattr(column, "GetValue") and column.IsA("vtkStringArray"):
         return np.array([column.GetValue(i) for i in range(column.GetNumberOfValues())], dtype=str)
     return np.array([column.GetValue(i) for i in range(column.GetNumberOfTuples())])
+
+
+def flattenForTable(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to ``{"a.b.c": value}`` (lists stay whole) for a key-value table."""
+    flat: dict[str, Any] = {}
+    if isinstance(values, dict):
+        for k, v in values.items():
+            flat.update(flattenForTable(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        flat[prefix] = values
+    return flat
+
+
+#: (column prefix, key in a twin prediction's per-structure dict, unit) of the prediction table.
+PREDICTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("TIA_MBq_h", "tia_MBq_h", "MBq*h"),
+    ("Dose_Gy", "dose_Gy", "Gy"),
+    ("BED_Gy", "bed_Gy", "Gy"),
+    ("CumulativeDose_Gy", "cumulative_dose_Gy", "Gy"),
+    ("CumulativeBED_Gy", "cumulative_bed_Gy", "Gy"),
+)
+
+
+def twinPredictionTableNode(scene: Any, prediction: dict[str, Any], *, name: str = "TheraTwin prediction",
+                            tableNode: Any = None) -> Any:
+    """Table of a twin prediction (``Prediction.to_dict()``): one row per structure, mean and interval of each
+    quantity (``<quantity>`` mean, ``<quantity> low`` / ``high`` the interval at ``interval_level``)."""
+    structures = list(prediction.get("structures", {}).values())
+    level = float(prediction.get("interval_level", 0.9))
+    tableNode = _newTable(scene, name, tableNode)
+    columns: list[tuple[str, np.ndarray, str, str]] = [
+        ("Structure", np.array([s["structure"] for s in structures], dtype=str), "", "Structure name")]
+    for column, key, unit in PREDICTION_QUANTITIES:
+        for part, label in (("mean", ""), ("low", " low"), ("high", " high")):
+            values = np.array([_value(s.get(key, {}).get(part)) for s in structures], dtype=float)
+            description = f"{'Mean' if part == 'mean' else 'Bound of the central'} " + (
+                "of the predictive distribution" if part == "mean" else f"{100 * level:.0f} % interval")
+            columns.append((column + label, values, unit, description))
+    tableNode = _fill(tableNode, columns)
+    tableNode.SetAttribute("TheraTwin.PredictedCycle", str(prediction.get("cycle", "")))
+    tableNode.SetAttribute("TheraTwin.AdministeredActivity_MBq", str(prediction.get("administered_MBq", "")))
+    return tableNode

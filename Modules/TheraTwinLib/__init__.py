@@ -36,11 +36,14 @@ from .StudyNodes import (
     timePointNodes,
 )
 from .Tables import (
+    PREDICTION_QUANTITIES,
     STRUCTURE_COLUMNS,
     dvhMetricsTableNode,
+    flattenForTable,
     keyValueTableNode,
     structureResultsTableNode,
     tableColumn,
+    twinPredictionTableNode,
 )
 from .Volumes import (
     DOSE_COLOR_TABLE_NAME,
@@ -82,6 +85,9 @@ __all__ = [
     "dvhMetricsTableNode",
     "keyValueTableNode",
     "tableColumn",
+    "twinPredictionTableNode",
+    "flattenForTable",
+    "PREDICTION_QUANTITIES",
     "STRUCTURE_COLUMNS",
     "timeActivityChartNode",
     "dvhChartNode",

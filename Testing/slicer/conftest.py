@@ -28,6 +28,21 @@ _Cx, _Sx = np.cos(np.radians(10)), np.sin(np.radians(10))
 OBLIQUE = np.array([[_C, -_S, 0], [_S, _C, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, _Cx, -_Sx], [0, _Sx, _Cx]])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_demo_cache(tmp_path_factory):
+    """Build the demo patient into a cache of this test session, so that a cache left by an older demo generator
+    cannot hide a change (the sample-data checksums are checked against what the current generator makes)."""
+    import os
+
+    previous = os.environ.get("THERATWIN_CACHE")
+    os.environ["THERATWIN_CACHE"] = str(tmp_path_factory.mktemp("theratwin-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("THERATWIN_CACHE", None)
+    else:
+        os.environ["THERATWIN_CACHE"] = previous
+
+
 @pytest.fixture
 def scene():
     s = slicer.vtkMRMLScene()

@@ -1,0 +1,296 @@
+"""Static checks of the Slicer modules (runs in the main environment, no Slicer needed).
+
+Fails when a module file imports at file scope something other than the standard library, slicer, vtk, qt,
+ctk, numpy, scipy (and our TheraTwinLib); when TheraTwinLib (which must stay Qt-free) imports qt/ctk; when a
+Python, UI or resource file is missing from its CMakeLists.txt (or CMake lists a file that does not exist);
+when a ``.ui`` file is not well-formed XML or binds a name that is not a parameter-node field (or leaves a field
+unbound); when a requirements file pins or lists what Slicer bundles; or when the module layout drifts from
+the template (module class, parameter node, Widget, Logic, Test; "Nuclear Medicine"; strings through ``_()``).
+Each checker is also run on a deliberately broken file to show it catches the fault.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES_DIR = ROOT / "Modules"
+EXTENSION_DIR = ROOT / "TheraTwinExtension"
+LIB = MODULES_DIR / "TheraTwinLib"
+
+#: What a module file may import at file scope (STYLE.md, Slicer side), besides the standard library.
+ALLOWED_IN_MODULES = {"slicer", "vtk", "qt", "ctk", "numpy", "scipy", "TheraTwinLib"}
+#: The adapter is tested with slicer-core, which has no Qt.
+ALLOWED_IN_LIB = {"slicer", "vtk", "numpy"}
+#: Packages Slicer bundles: never in a module's requirements.txt.
+BUNDLED_BY_SLICER = {"numpy", "scipy", "pydicom", "simpleitk", "vtk", "pip", "setuptools", "requests"}
+STDLIB = set(sys.stdlib_module_names)
+
+
+def scriptedModules() -> list[Path]:
+    """Every scripted-module file: Modules/<Name>/<Name>.py and the hidden ones in TheraTwinExtension/."""
+    files = [d / f"{d.name}.py" for d in sorted(MODULES_DIR.iterdir()) if (d / f"{d.name}.py").is_file()]
+    files += sorted(p for p in EXTENSION_DIR.glob("*.py"))
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- checkers
+
+
+def fileScopeImports(path: Path) -> set[str]:
+    """Top-level package names imported outside function bodies (class bodies and try/if blocks count)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.Import):
+                names.update(a.name.split(".")[0] for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                names.add(child.module.split(".")[0])
+            visit(child)
+
+    visit(tree)
+    return names
+
+
+def importOffences(path: Path, allowed: set[str]) -> list[str]:
+    return sorted(n for n in fileScopeImports(path) - allowed if n not in STDLIB and n != "__future__")
+
+
+def cmakeList(cmake: Path, variable: str, moduleName: str) -> list[str]:
+    """Entries of ``set(<variable> ...)`` in a CMakeLists.txt, with ${MODULE_NAME} substituted."""
+    text = re.sub(r"#.*", "", cmake.read_text())
+    match = re.search(rf"set\(\s*{variable}\s+(.*?)\)", text, re.S)
+    if match is None:
+        return []
+    return [e.replace("${MODULE_NAME}", moduleName) for e in match.group(1).split()]
+
+
+def cmakeOffences(moduleDir: Path, moduleName: str | None = None) -> list[str]:
+    """Files of the module folder missing from its CMakeLists.txt, and listed files that do not exist."""
+    moduleName = moduleName or moduleDir.name
+    cmake = moduleDir / "CMakeLists.txt"
+    if not cmake.is_file():
+        return [f"{moduleDir.name}: no CMakeLists.txt"]
+    scripts = cmakeList(cmake, "MODULE_PYTHON_SCRIPTS", moduleName)
+    resources = cmakeList(cmake, "MODULE_PYTHON_RESOURCES", moduleName)
+    listed = {s if s.endswith(".py") else s + ".py" for s in scripts} | set(resources)
+    offences = []
+    for path in sorted(moduleDir.rglob("*")):
+        rel = path.relative_to(moduleDir).as_posix()
+        if not path.is_file() or "__pycache__" in rel or rel.startswith("Testing/") or rel == "CMakeLists.txt":
+            continue
+        if rel not in listed:
+            offences.append(f"{moduleDir.name}/{rel} is not listed in CMakeLists.txt")
+    for rel in sorted(listed):
+        if not (moduleDir / rel).is_file():
+            offences.append(f"{moduleDir.name}/CMakeLists.txt lists {rel}, which does not exist")
+    return offences
+
+
+def parameterNodeFields(path: Path) -> dict[str, set[str]]:
+    """``{class name: annotated field names}`` of the @parameterNodeWrapper classes of a module file."""
+    tree = ast.parse(path.read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
+            out[node.name] = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)
+                              and isinstance(s.target, ast.Name)}
+    return out
+
+
+def uiOffences(uiPath: Path, fields: set[str]) -> list[str]:
+    """Problems of a Qt Designer file: not well-formed, not a <ui>, or bindings that do not match ``fields``."""
+    try:
+        root = ET.parse(uiPath).getroot()
+    except ET.ParseError as exc:
+        return [f"{uiPath.name} is not well-formed XML: {exc}"]
+    if root.tag != "ui" or root.find("widget") is None:
+        return [f"{uiPath.name} is not a Qt Designer form (<ui> with a top-level <widget>)"]
+    bound = {}
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget.get("name")
+    offences = [f"{uiPath.name}: widget '{w}' binds '{f}', which is not a parameter-node field"
+                for f, w in bound.items() if f not in fields]
+    offences += [f"{uiPath.name}: parameter-node field '{f}' has no widget with SlicerParameterName"
+                 for f in sorted(fields - set(bound))]
+    return offences
+
+
+def uiWidgetNames(uiPath: Path) -> set[str]:
+    return {w.get("name") for w in ET.parse(uiPath).getroot().iter("widget")}
+
+
+def requirementsOffences(path: Path) -> list[str]:
+    offences = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = re.split(r"[<>=!~\[ ;]", line, maxsplit=1)[0].lower()
+        if not re.fullmatch(r"[A-Za-z0-9._-]+(>=[0-9][0-9A-Za-z.]*)?", line):
+            offences.append(f"{path.parent.parent.name}: '{line}' is not 'name' or 'name>=version'")
+        if name in BUNDLED_BY_SLICER:
+            offences.append(f"{path.parent.parent.name}: '{name}' is bundled by Slicer")
+    return offences
+
+
+def layoutOffences(path: Path) -> list[str]:
+    """Template order and metadata of a visible module file."""
+    name = path.stem
+    tree = ast.parse(path.read_text())
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    expected = [name, f"{name}ParameterNode", f"{name}Widget", f"{name}Logic", f"{name}Test"]
+    present = [c for c in classes if c in expected]
+    offences = []
+    if present != [c for c in expected if c in classes] or set(expected) - set(classes):
+        offences.append(f"{path.name}: classes {present} are not {expected} in this order")
+    text = path.read_text()
+    if '"Nuclear Medicine"' not in text:
+        offences.append(f"{path.name}: category is not 'Nuclear Medicine'")
+    for attribute in ("title", "helpText", "acknowledgementText"):
+        if not re.search(rf"self\.parent\.{attribute}\s*=\s*_\(", text):
+            offences.append(f"{path.name}: parent.{attribute} is not translated with _()")
+    if "href=" not in text:
+        offences.append(f"{path.name}: the help text has no link to the documentation")
+    if "tryWithErrorDisplay" not in text or "waitCursor=True" not in text:
+        offences.append(f"{path.name}: the Widget does not call the Logic in tryWithErrorDisplay(waitCursor=True)")
+    return offences
+
+
+# ---------------------------------------------------------------------------------------------- the repo
+
+
+VISIBLE = [p for p in scriptedModules() if p.parent.parent == MODULES_DIR]
+
+
+def test_the_modules_exist() -> None:
+    assert {p.stem for p in VISIBLE} >= {"TheraTwinKinetics", "TheraTwinDosimetry", "TheraTwinTwin",
+                                         "TheraTwinExport"}
+    assert (LIB / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("path", scriptedModules(), ids=lambda p: p.name)
+def test_module_file_scope_imports(path: Path) -> None:
+    assert importOffences(path, ALLOWED_IN_MODULES) == []
+
+
+@pytest.mark.parametrize("path", sorted(LIB.glob("*.py")), ids=lambda p: p.name)
+def test_theratwinlib_is_qt_free(path: Path) -> None:
+    assert importOffences(path, ALLOWED_IN_LIB) == []
+
+
+@pytest.mark.parametrize("moduleDir", [p.parent for p in VISIBLE] + [LIB], ids=lambda p: p.name)
+def test_cmake_lists_every_file(moduleDir: Path) -> None:
+    cmake = moduleDir / "CMakeLists.txt"
+    assert cmakeOffences(moduleDir) == []
+    text = cmake.read_text()
+    if moduleDir != LIB:
+        assert "slicerMacroBuildScriptedModule" in text
+        assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert moduleDir.name in (MODULES_DIR / "CMakeLists.txt").read_text()
+
+
+def test_extension_cmake_lists_every_file() -> None:
+    text = re.sub(r"#.*", "", (EXTENSION_DIR / "CMakeLists.txt").read_text())
+    for path in EXTENSION_DIR.rglob("*"):
+        rel = path.relative_to(EXTENSION_DIR).as_posix()
+        if path.is_file() and "__pycache__" not in rel and rel not in ("CMakeLists.txt", "TheraTwin.json",
+                                                                       "TheraTwin.png") and not rel.startswith("Screenshots/"):
+            assert rel in text, f"TheraTwinExtension/{rel} is not in TheraTwinExtension/CMakeLists.txt"
+    for module in ("TheraTwinSampleData", "TheraTwinSelfTest"):
+        assert f"NAME {module}" in text
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_ui_binds_exactly_the_parameter_node(path: Path) -> None:
+    ui = path.parent / "Resources" / "UI" / f"{path.stem}.ui"
+    fields = parameterNodeFields(path)
+    assert list(fields) == [f"{path.stem}ParameterNode"], "one @parameterNodeWrapper class per module"
+    assert uiOffences(ui, fields[f"{path.stem}ParameterNode"]) == []
+    # every self.ui.<name> the Widget uses exists in the form
+    used = set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
+    assert used <= uiWidgetNames(ui), f"{path.name} uses widgets not in the .ui: {used - uiWidgetNames(ui)}"
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_template_layout(path: Path) -> None:
+    assert layoutOffences(path) == []
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_requirements_are_floors_of_unbundled_packages(path: Path) -> None:
+    requirements = path.parent / "Resources" / "requirements.txt"
+    assert requirements.is_file()
+    assert requirementsOffences(requirements) == []
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_no_endpoint_or_credential_in_the_parameter_node(path: Path) -> None:
+    """The scene may be shared: endpoints live in application settings, credentials in the environment."""
+    for fields in parameterNodeFields(path).values():
+        assert not [f for f in fields if re.search(r"url|password|token|user|secret|credential", f, re.I)]
+
+
+# ---------------------------------------------------------------------------------------------- the checkers catch faults
+
+
+def test_checkers_catch_a_bad_import(tmp_path: Path) -> None:
+    bad = tmp_path / "Bad.py"
+    bad.write_text("import os\nimport slicer\ntry:\n    import qt\nexcept ImportError:\n    import theratwin\n"
+                   "class A:\n    import highdicom\n"
+                   "def f():\n    import pydicom\n")
+    assert importOffences(bad, ALLOWED_IN_MODULES) == ["highdicom", "theratwin"]
+    assert importOffences(bad, ALLOWED_IN_LIB) == ["highdicom", "qt", "theratwin"]
+
+
+def test_checkers_catch_cmake_omissions(tmp_path: Path) -> None:
+    module = tmp_path / "Good"
+    (module / "Resources" / "UI").mkdir(parents=True)
+    (module / "Good.py").write_text("")
+    (module / "Helper.py").write_text("")
+    (module / "Resources" / "UI" / "Good.ui").write_text("<ui/>")
+    (module / "CMakeLists.txt").write_text(
+        "set(MODULE_NAME Good)\nset(MODULE_PYTHON_SCRIPTS\n  ${MODULE_NAME}.py\n  Gone.py\n  )\n"
+        "set(MODULE_PYTHON_RESOURCES\n  # Resources/UI/${MODULE_NAME}.ui\n  )\n")
+    assert cmakeOffences(module) == [
+        "Good/Helper.py is not listed in CMakeLists.txt",
+        "Good/Resources/UI/Good.ui is not listed in CMakeLists.txt",
+        "Good/CMakeLists.txt lists Gone.py, which does not exist",
+    ]
+
+
+def test_checkers_catch_bad_ui(tmp_path: Path) -> None:
+    broken = tmp_path / "Broken.ui"
+    broken.write_text("<ui><widget class='QWidget' name='w'></ui>")
+    assert "not well-formed" in uiOffences(broken, set())[0]
+    wrong = tmp_path / "Wrong.ui"
+    wrong.write_text("<ui version='4.0'><widget class='qMRMLWidget' name='Wrong'>"
+                     "<widget class='QCheckBox' name='box'><property name='SlicerParameterName' stdset='0'>"
+                     "<string>invert</string></property></widget></widget></ui>")
+    assert uiOffences(wrong, {"invert"}) == []
+    assert uiOffences(wrong, {"inverted", "threshold"}) == [
+        "Wrong.ui: widget 'box' binds 'invert', which is not a parameter-node field",
+        "Wrong.ui: parameter-node field 'inverted' has no widget with SlicerParameterName",
+        "Wrong.ui: parameter-node field 'threshold' has no widget with SlicerParameterName",
+    ]
+
+
+def test_checkers_catch_pins_and_bundled_packages(tmp_path: Path) -> None:
+    requirements = tmp_path / "M" / "Resources" / "requirements.txt"
+    requirements.parent.mkdir(parents=True)
+    requirements.write_text("highdicom>=0.27\nnumpy>=1.24\nfhir.resources==8.0\n")
+    assert requirementsOffences(requirements) == ["M: 'numpy' is bundled by Slicer",
+                                                  "M: 'fhir.resources==8.0' is not 'name' or 'name>=version'"]
