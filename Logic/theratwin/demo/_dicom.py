@@ -20,12 +20,15 @@ schedule, so files are byte-identical for a seed.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -123,7 +126,7 @@ def _base_dataset(patient: dict, study: dict, series: dict, sop_class: str, sop_
     ds.SoftwareVersions = f"theratwin {__version__}"
     ds.StationName = "TTSPECTCT1"
     ds.PatientPosition = "HFS"
-    ds.Laterality = ""  # type 2C, unpaired body region
+    ds.BodyPartExamined = "WHOLEBODY"  # unpaired region, so Laterality (type 2C) is absent
     return ds
 
 
@@ -305,6 +308,9 @@ def write_ct_series(
         if kw in base:
             delattr(base, kw)
     del base.file_meta.MediaStorageSOPInstanceUID
+    # Encode the attributes shared by all slices once; per slice only the five that change are encoded and
+    # merged in tag order (same bytes as Dataset.save_as, ~10x faster for hundreds of slices).
+    shared = [(int(elem.tag), _encode_element(elem)) for elem in base]
     out: list[Dataset] = []
     for k in range(nz):
         ds = Dataset()
@@ -319,10 +325,22 @@ def write_ct_series(
         z = origin_mm[2] + k * voxel_mm
         ds.ImagePositionPatient = [format_ds(origin_mm[0]), format_ds(origin_mm[1]), format_ds(z)]
         ds.SliceLocation = format_ds(z)
-        ds.PixelData = stored[k].tobytes()
-        ds.save_as(directory / f"CT_{k + 1:04d}.dcm", enforce_file_format=True)
+        ds.add_new(0x7FE00010, "OW", stored[k].tobytes())  # Pixel Data, 16-bit words
+        own = [(int(ds[kw].tag), _encode_element(ds[kw])) for kw in per_slice]
+        body = b"".join(b for _, b in heapq.merge(shared, sorted(own)))
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        (directory / f"CT_{k + 1:04d}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + fp.getvalue() + body)
         out.append(ds)
     return out
+
+
+def _encode_element(elem: object) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, elem)  # type: ignore[arg-type]
+    return bytes(fp.getvalue())
 
 
 def write_seg(
@@ -391,6 +409,9 @@ def write_seg(
     seg.SeriesTime = _tm(series["datetime"])
     seg.InstanceCreationDate = _da(series["datetime"])
     seg.InstanceCreationTime = _tm(series["datetime"])
+    for item in getattr(seg, "ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = _dt(series["datetime"])
     dim_uid = uid("dimension-organization", series["uid"])
     for item in seg.DimensionOrganizationSequence:
         item.DimensionOrganizationUID = dim_uid

@@ -176,9 +176,12 @@ def _rotation_matrix(angles_deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _block_mean(a: np.ndarray, f: int = 2) -> np.ndarray:
-    nz, ny, nx = a.shape
-    return a.reshape(nz // f, f, ny // f, f, nx // f, f).mean(axis=(1, 3, 5))
+def _block_mean(a: np.ndarray) -> np.ndarray:
+    """Mean over 2x2x2 blocks (fine grid -> SPECT grid); strided adds are much faster than a 6-D mean."""
+    b = a[0::2] + a[1::2]
+    b = b[:, 0::2] + b[:, 1::2]
+    b = b[:, :, 0::2] + b[:, :, 1::2]
+    return b / 8.0
 
 
 def _grids(options: DemoOptions) -> tuple[Geometry, dict[str, Any], Geometry, tuple[int, int]]:
@@ -312,7 +315,7 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
                                                            tp.translation_mm)
             t_h = (tp.acquisition_start - cyc.administration_start).total_seconds() / 3600.0
             conc_lut = _conc_lut_Bq_per_mL(cyc.kinetics, luts, t_h, cyc.administered_MBq).astype(np.float32)
-            spect = _block_mean(conc_lut[labels])
+            spect = _block_mean(conc_lut[labels]).astype(np.float32)
             if options.blur:
                 spect = ndimage.gaussian_filter(spect, sigma_vox, mode="constant", truncate=4.0)
             spect = np.clip(spect, 0.0, None).astype(np.float32)
@@ -337,7 +340,11 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
     report(progress, 0.87, "computing ground truth")
     struct_labels = _structure_labels()
     ref_ct_labels = labels_ref[:, ct_off:ct_off + ct_n, ct_off:ct_off + ct_n]
-    seg_masks = {name: np.isin(ref_ct_labels, struct_labels[name]) for name in SEG_STRUCTURES}
+    seg_masks = {}
+    for name in SEG_STRUCTURES:
+        lut = np.zeros(256, bool)
+        lut[struct_labels[name]] = True
+        seg_masks[name] = lut[ref_ct_labels]
     truth = _truth(seed, options, cycles, labels_ref, luts, comp_volumes, rho_lut, spect_geo, ct_geo, fine_voxel_mL,
                    struct_labels)
     report(progress, 0.9, "simulation done")
@@ -349,13 +356,7 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
            ct_geo: Geometry, fine_voxel_mL: float, struct_labels: dict[str, list[int]]) -> dict[str, Any]:
     n_labels = len(rho_lut)
     counts = np.bincount(labels_ref.ravel(), minlength=n_labels).astype(float)
-    density_spect = _block_mean(rho_lut[labels_ref].astype(np.float32))
-    # mass of each structure in each SPECT voxel (g): weights of the mass-averaged mean dose
-    mass_weights = {}
-    for name, labs in struct_labels.items():
-        sel = np.zeros(n_labels, np.float32)
-        sel[labs] = rho_lut[labs]
-        mass_weights[name] = _block_mean(sel[labels_ref])
+    density_spect = _block_mean(rho_lut.astype(np.float32)[labels_ref])
     dose_available = True
     try:
         from .. import dosimetry  # noqa: F401
@@ -366,11 +367,16 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
     out_cycles = []
     for cyc in cycles:
         tia_lut = _tia_lut_Bq_h_per_mL(cyc.kinetics, luts, cyc.administered_MBq)
-        dose = None
+        dose_sum_per_label = None
         if dose_available:
-            tia_map = _block_mean(tia_lut[labels_ref].astype(np.float64)).astype(np.float32)
+            tia_map = _block_mean(tia_lut.astype(np.float32)[labels_ref])
             dose = np.asarray(dose_map_fn(tia_map, spect_geo.spacing_mm, _NUCLIDE, method="dvk",
-                                          density_g_per_mL=density_spect))
+                                          density_g_per_mL=density_spect), dtype=np.float64)
+            # Mass-weighted mean over a structure's fractional mask = sum over its fine voxels of
+            # density x dose of the SPECT voxel containing them / its mass: one bincount per label.
+            dose_fine = np.repeat(np.repeat(np.repeat(dose, 2, axis=0), 2, axis=1), 2, axis=2)
+            dose_sum_per_label = np.bincount(labels_ref.ravel(), weights=dose_fine.ravel(), minlength=n_labels)
+            del dose_fine
         structures: dict[str, Any] = {}
         for name, labs in struct_labels.items():
             volume_mL = float(counts[labs].sum() * fine_voxel_mL)
@@ -390,9 +396,10 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
                       * fine_voxel_mL / 1e6)
                 for t in times_h
             ]
-            if dose is not None:
-                w = mass_weights[name]
-                mean_dose = float((w * dose).sum() / w.sum()) if w.sum() > 0 else float("nan")
+            if dose_sum_per_label is not None:
+                mass_sum = float((rho_lut[labs] * counts[labs]).sum())
+                mean_dose = float((rho_lut[labs] * dose_sum_per_label[labs]).sum() / mass_sum) if mass_sum > 0 \
+                    else float("nan")
                 entry["mean_dose_Gy"] = mean_dose
                 entry["mean_dose_Gy_per_GBq"] = mean_dose / (cyc.administered_MBq / 1000.0)
             structures[name] = entry

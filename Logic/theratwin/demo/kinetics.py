@@ -116,7 +116,7 @@ def _k(components: list[tuple[float, float]], uptake_h: float, source: str) -> K
 #: the body: blood pool and soft tissue, distributed over tissues by relative weights, see phantom.py).
 CYCLE1_KINETICS: dict[str, Kinetics] = {
     # Kidneys: small early (blood/urine transit) term + retained tubular fraction; target 0.6 Gy/GBq.
-    "kidneys": _k([(0.010, 4.0), (0.034, 42.0)], 1.0, "Delker 2016; Kratochwil 2016; Violet 2019"),
+    "kidneys": _k([(0.010, 4.0), (0.036, 42.0)], 1.0, "Delker 2016; Kratochwil 2016; Violet 2019"),
     "liver": _k([(0.030, 40.0)], 2.0, "Delker 2016 (~0.1 Gy/GBq)"),
     "spleen": _k([(0.0036, 40.0)], 2.0, "Delker 2016 (~0.1 Gy/GBq)"),
     "parotid_glands": _k([(0.0058, 40.0)], 1.5, "Violet 2019 (~0.6 Gy/GBq)"),
@@ -130,11 +130,11 @@ CYCLE1_KINETICS: dict[str, Kinetics] = {
     "background": _k([(0.30, 10.8), (0.10, 40.0)], 0.16, "Kabasakal 2017"),
     # Lesions: slow washout, slower uptake; amplitudes give ~3-8 Gy/GBq (Violet 2019; Kratochwil 2016).
     "lesion_bone_1": _k([(0.0052, 68.0)], 2.5, "Violet 2019; Kratochwil 2016"),
-    "lesion_bone_2": _k([(0.00088, 62.0)], 2.5, "Violet 2019; Kratochwil 2016"),
-    "lesion_bone_3": _k([(0.00032, 60.0)], 2.5, "Violet 2019; Kratochwil 2016"),
+    "lesion_bone_2": _k([(0.0022, 62.0)], 2.5, "Violet 2019; Kratochwil 2016"),
+    "lesion_bone_3": _k([(0.0010, 60.0)], 2.5, "Violet 2019; Kratochwil 2016"),
     "lesion_node_1": _k([(0.0043, 70.0)], 2.0, "Violet 2019; Kratochwil 2016"),
-    "lesion_node_2": _k([(0.00047, 64.0)], 2.0, "Violet 2019; Kratochwil 2016"),
-    "lesion_node_3": _k([(0.0040, 66.0)], 2.0, "Violet 2019; Kratochwil 2016"),
+    "lesion_node_2": _k([(0.0009, 64.0)], 2.0, "Violet 2019; Kratochwil 2016"),
+    "lesion_node_3": _k([(0.0052, 66.0)], 2.0, "Violet 2019; Kratochwil 2016"),
 }
 
 #: Log-normal SD of cycle-to-cycle factors: (amplitudes, half-lives); lesion uptake factor after cycle 1.
