@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.integrate import solve_ivp, trapezoid
 
 from ..errors import FitError, InvalidInputError
 from ..study.codes import structure_kind
@@ -146,8 +146,7 @@ class PSMAPBPKModel:
         hot = administered_MBq / ligand_nmol * np.exp(-self.lambda_phys_per_h * sol.t)
         act = {t: hot * a for t, a in tissue.items()}
         act["blood"] = hot * y[0]
-        tia = {t: float(np.trapezoid(a, sol.t)) if hasattr(np, "trapezoid") else float(np.trapz(a, sol.t))
-               for t, a in act.items()}
+        tia = {t: float(trapezoid(a, sol.t)) for t, a in act.items()}
         return PBPKResult(sol.t, y[0], tissue, y[-1], act, tia, float(ligand_nmol), float(administered_MBq))
 
 

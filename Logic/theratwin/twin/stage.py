@@ -74,6 +74,29 @@ class TwinStageConfig:
         return cls(**options)
 
 
+#: Molar masses (g/mol) to convert DICOM/administration ligand amounts (µg) to nmol: PSMA-617
+#: (vipivotide tetraxetan, C49H71N9O16) and DOTATATE (oxodotreotide, C65H90N14O19S2), from their sum formulas.
+LIGAND_MOLAR_MASS_G_PER_MOL = {"psma-617": 1042.1, "dotatate": 1435.6}
+
+
+def _ligand_nmol_by_cycle(ctx: PipelineContext) -> dict[int, float]:
+    """Ligand amount per cycle (nmol) from ``Administration.ligand_amount_ug`` when known."""
+    from .priors import radiopharmaceutical_key
+
+    out: dict[int, float] = {}
+    for c in getattr(ctx.study, "cycles", []):
+        adm = c.administration
+        if adm.ligand_amount_ug is None or not adm.ligand_amount_ug > 0:
+            continue
+        try:
+            mm = LIGAND_MOLAR_MASS_G_PER_MOL.get(radiopharmaceutical_key(adm.radiopharmaceutical))
+        except ConfigurationError:
+            mm = None
+        if mm is not None:
+            out[c.number] = adm.ligand_amount_ug / mm * 1000.0  # µg / (g/mol) = µmol -> nmol
+    return out
+
+
 class TwinStage:
     """The ``twin`` pipeline stage (see the module docstring)."""
 
@@ -97,6 +120,7 @@ class TwinStage:
             res.warn("twin", f"Twin not built: {exc}")
             return
         n_obs = 0
+        ligand = _ligand_nmol_by_cycle(ctx)
         for n, cr in sorted(res.cycles.items()):
             for s, sr in cr.structures.items():
                 if not sr.time_h or not sr.activity_MBq:
@@ -107,7 +131,7 @@ class TwinStage:
                 try:
                     twin.observe(n, s, sr.time_h, sr.activity_MBq, cr.administered_MBq,
                                  activity_sd_MBq=sr.activity_sd_MBq, mass_g=sr.mass_g or None,
-                                 dose_per_tia_Gy_per_MBq_h=dpt)
+                                 dose_per_tia_Gy_per_MBq_h=dpt, ligand_nmol=ligand.get(n))
                     n_obs += 1
                 except InvalidInputError as exc:
                     res.warn("twin", f"Data not used by the twin: {exc}", structure=s, cycle=n)
