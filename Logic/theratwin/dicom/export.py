@@ -1,0 +1,154 @@
+"""Write the DICOM results of a run: RT Dose per dose/BED map, the SEG of the structures used, the TID 1500 SR.
+
+Files go to ``OUT/dicom/`` with fixed names per kind (``rtdose_cycle1_dose.dcm``, ``rtdose_cumulative_bed.dcm``,
+``seg_structures.dcm``, ``sr_measurements.dcm``); a re-export replaces TheraTwin's earlier files there (with new
+UIDs, so nothing collides with objects already sent to a PACS) and leaves files other stages put there (the
+report's Encapsulated PDF) alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from ..errors import InvalidInputError
+from ..progress import ProgressCallback, report
+from ..results import Results
+from .exportcontext import ExportContext
+from .rtdose import DoseKind, DoseMapSpec, build_rtdose
+from .seg import build_seg
+from .sr import SegmentRef, build_sr
+
+__all__ = ["ExportReport", "dose_map_specs", "export_dicom", "DICOM_SUBDIR", "write_dataset"]
+
+DICOM_SUBDIR = "dicom"
+_OWN_FILES = re.compile(r"^(rtdose_.*|seg_structures|sr_measurements)\.dcm$")
+_MAP_KEY = re.compile(r"^(?:cycle(?P<cycle>\d+)|(?P<cum>cumulative))/(?P<what>dose|bed)$")
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_dicom` wrote (paths relative to the output folder) and what it could not."""
+
+    rtdose: list[str] = field(default_factory=list)
+    seg: list[str] = field(default_factory=list)
+    sr: list[str] = field(default_factory=list)
+    all_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def dose_map_specs(results: Results) -> list[DoseMapSpec]:
+    """The maps of ``results`` that become RT Dose objects, cycles first, then cumulative."""
+    specs: list[DoseMapSpec] = []
+    last_cycle = max(results.cycles) if results.cycles else None
+    for key, img in results.maps.items():
+        m = _MAP_KEY.match(key)
+        if m is None:
+            continue
+        bed = m.group("what") == "bed"
+        if m.group("cum"):
+            kind = DoseKind.CUMULATIVE_BED if bed else DoseKind.CUMULATIVE_DOSE
+            specs.append(DoseMapSpec(key, img, kind, last_cycle))
+        else:
+            kind = DoseKind.CYCLE_BED if bed else DoseKind.CYCLE_DOSE
+            specs.append(DoseMapSpec(key, img, kind, int(m.group("cycle"))))
+    specs.sort(key=lambda s: (s.kind in (DoseKind.CUMULATIVE_DOSE, DoseKind.CUMULATIVE_BED), s.cycle or 0,
+                              s.kind.dose_type == "EFFECTIVE"))
+    return specs
+
+
+def write_dataset(ds: Dataset, path: Path) -> None:
+    """Write ``ds`` as a DICOM file (PS3.10 preamble and meta), atomically (temporary file then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, path)
+
+
+def _derivation(results: Results, kind: DoseKind) -> str:
+    stages = ("kinetics", "dosimetry") + (("radiobiology",) if kind.dose_type == "EFFECTIVE" else ())
+    parts = [f"{m.stage}: {m.method}" for m in results.methods if m.stage in stages]
+    return "TheraTwin " + "; ".join(parts) if parts else "Computed by TheraTwin from quantitative SPECT/PET"
+
+
+def export_dicom(results: Results, out_dir: str | Path, *, seg_algorithm_type: str = "MANUAL",
+                 progress: ProgressCallback | None = None) -> ExportReport:
+    """Write RT Dose, SEG and SR objects for ``results`` into ``out_dir/dicom``.
+
+    Parameters
+    ----------
+    results
+        Results of a run; ``results.study`` must be set.
+    out_dir
+        The run's output folder.
+    seg_algorithm_type
+        SegmentAlgorithmType of the input segmentation (``MANUAL``, ``SEMIAUTOMATIC``, ``AUTOMATIC``).
+    progress
+        Optional progress callback.
+
+    Returns
+    -------
+    ExportReport
+        Relative paths of what was written and the reasons for anything left out.
+    """
+    study = results.study
+    if study is None:
+        raise InvalidInputError("Results without a study cannot be exported to DICOM (Results.study is None).")
+    out = Path(out_dir)
+    ddir = out / DICOM_SUBDIR
+    ddir.mkdir(parents=True, exist_ok=True)
+    # series numbers of earlier exports (including the files replaced now) are avoided, so a re-export never
+    # reuses a number an earlier export may already have sent to a PACS
+    ctx = ExportContext.for_study(study, existing_files=sorted(ddir.glob("*.dcm")))
+    for old in ddir.iterdir():
+        if _OWN_FILES.match(old.name):
+            old.unlink()
+    rep = ExportReport(warnings=list(ctx.warnings))
+
+    specs = dose_map_specs(results)
+    doses: list[Dataset] = []
+    for i, spec in enumerate(specs):
+        report(progress, 0.8 * i / max(len(specs), 1), f"RT Dose {spec.key}")
+        if spec.cycle is not None and spec.kind in (DoseKind.CYCLE_DOSE, DoseKind.CYCLE_BED):
+            sources = ctx.source_images.get(spec.cycle, [])
+        else:
+            sources = [h for hs in ctx.source_images.values() for h in hs]
+        ds = build_rtdose(spec, ctx, series_number=ctx.numbering.next(), source_images=sources,
+                          derivation=_derivation(results, spec.kind))
+        name = f"rtdose_{spec.key.replace('/', '_')}.dcm"
+        write_dataset(ds, ddir / name)
+        rep.rtdose.append(f"{DICOM_SUBDIR}/{name}")
+        doses.append(ds)
+
+    seg_ds = None
+    segments: dict[str, SegmentRef] = {}
+    used = set(results.structure_names())
+    if study.segmentation is None:
+        rep.warnings.append("No segmentation: no SEG and no SR were written.")
+    elif study.reference_ct is None or not ctx.reference_ct:
+        rep.warnings.append("The reference CT's DICOM files are not available: no SEG and no SR were written "
+                            "(a SEG must reference its source images).")
+    else:
+        structures = [s for s in study.segmentation.structures if s.name in used]
+        if not structures:
+            rep.warnings.append("No structure has results: no SEG and no SR were written.")
+        else:
+            report(progress, 0.85, "SEG")
+            seg_ds = build_seg(study.segmentation, structures, ctx, ct_geometry=study.reference_ct.geometry,
+                               series_number=ctx.numbering.next(), algorithm_type=seg_algorithm_type)
+            write_dataset(seg_ds, ddir / "seg_structures.dcm")
+            rep.seg.append(f"{DICOM_SUBDIR}/seg_structures.dcm")
+            segments = {s.name: SegmentRef(i + 1, s) for i, s in enumerate(structures)}
+    if seg_ds is not None:
+        report(progress, 0.92, "SR")
+        sources = [h for hs in ctx.source_images.values() for h in hs]
+        sr = build_sr(results, seg_ds, segments, ctx, series_number=ctx.numbering.next(),
+                      evidence=[*doses, *ctx.reference_ct, *sources])
+        write_dataset(sr, ddir / "sr_measurements.dcm")
+        rep.sr.append(f"{DICOM_SUBDIR}/sr_measurements.dcm")
+    rep.all_files = sorted(p.relative_to(out).as_posix() for p in ddir.glob("*.dcm"))
+    report(progress, 1.0, "DICOM export done")
+    return rep

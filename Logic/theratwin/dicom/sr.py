@@ -1,0 +1,532 @@
+"""Comprehensive 3D SR with the TID 1500 Measurement Report of a TheraTwin run (highdicom).
+
+Content
+-------
+One *Volumetric ROI Measurements* group (TID 1411) per structure and cycle, referencing the structure's
+segment in the exported SEG and the reference CT series it was drawn on. The cycle is the group's Time Point
+Context (TID 1502: time point ``"Cycle n"``, protocol time point identifier ``"cycle<n>"``) and is part of
+the tracking identifier ``"<structure> cycle <n>"``. Each group holds, where computed:
+
+==============================================  ======================================  ===========
+Quantity                                        Concept name                            Unit (UCUM)
+==============================================  ======================================  ===========
+administered activity of the cycle              (113507, DCM, "Administered activity")  MBq
+volume / mass                                   (118565006, SCT) / (118538004, SCT)     ml / g
+time-integrated activity                        (TTW0001, 99TTWN)                       MBq.h
+time-integrated activity coefficient            (TTW0002, 99TTWN)                       h
+effective half-life                             (TTW0003, 99TTWN)                       h
+mean / max / min / median (D50) absorbed dose   (128533 / 128531 / 128532 / 128539 DCM) Gy
+D2 % and D98 %                                  (TTW0006, TTW0007, 99TTWN)              Gy
+absorbed dose per administered activity        (TTW0012, 99TTWN)                       Gy/GBq
+BED, EQD2, gEUD                                 (TTW0004, TTW0005, TTW0014, 99TTWN)     Gy
+alpha/beta, repair half-time                    (TTW0011, 99TTWN) / (130091, DCM)       Gy / h
+cumulative mean dose, BED, EQD2 up to the cycle (TTW0008..TTW0010, 99TTWN)              Gy
+MIRD organ S-value dose (for comparison)        (TTW0015, 99TTWN)                       Gy
+==============================================  ======================================  ===========
+
+Standard deviations of TIA, mean dose, BED and EQD2 are companion measurements (TTW03<i>1) in the same group.
+Each measurement records how it was computed as Algorithm Identification (TID 4019: name, version and the
+method parameters from ``Results.methods`` — kinetic model, TIA method, dose method, radiobiology model).
+
+Predictions of the digital twin (``Results.twin``) go into *separate* groups whose Measurement Method is
+(TTW0101, 99TTWN, "Predicted by digital twin") on every measurement, whose tracking identifier ends in
+``"predicted"`` and whose time point reads ``"Cycle n (predicted)"``; their 90 % prediction interval is given
+by companion measurements (5th and 95th percentile codes, below). TIAs that the twin *estimated* for sparsely imaged cycles carry the method (TTW0102, 99TTWN,
+"Estimated by digital twin").
+
+Private codes
+-------------
+Where no DICOM (DCM) or SNOMED CT code exists for a quantity, the codes of the coding scheme designator
+``99TTWN`` ("TheraTwin private codes", version 1; PS3.16 8.2 allows a private scheme whose designator begins
+with "99") are used; :data:`TTWN_CODES` lists them with their definitions, and every SR declares the scheme in
+its Coding Scheme Identification Sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .._version import __version__
+from ..results import MethodRecord, Results, StructureResult
+from ..study import Structure
+from .exportcontext import MANUFACTURER, MODEL_NAME, ExportContext
+from .seg import coded
+from .uids import new_uid
+
+__all__ = [
+    "TTWN",
+    "TTWN_CODES",
+    "UNITS",
+    "SR_SERIES_DESCRIPTION",
+    "SRMeasurement",
+    "planned_measurements",
+    "build_sr",
+    "read_sr_measurements",
+]
+
+SR_SERIES_DESCRIPTION = "TheraTwin dosimetry measurements TID 1500 [research use]"
+
+#: Designator of the project's private coding scheme (PS3.16 Section 8.2: private designators start with "99").
+TTWN = "99TTWN"
+
+#: The private codes: ``{key: (code value, meaning, definition)}``.
+TTWN_CODES: dict[str, tuple[str, str, str]] = {
+    "tia": ("TTW0001", "Time-integrated activity",
+            "Number of decays in the structure over the cycle divided by 3.6e9 (MBq.h); MIRD Pamphlet 21 "
+            "(Bolch et al. 2009, J Nucl Med 50:477) symbol A-tilde."),
+    "tiac": ("TTW0002", "Time-integrated activity coefficient",
+             "Time-integrated activity divided by the administered activity (h); MIRD Pamphlet 21 a-tilde, "
+             "formerly residence time."),
+    "effective_half_life": ("TTW0003", "Effective half-life",
+                            "Half-life of the clearance phase of the fitted time-activity curve, combining "
+                            "physical decay and biological clearance (h)."),
+    "bed": ("TTW0004", "Biologically effective dose",
+            "Linear-quadratic BED for a continuous, exponentially decreasing dose rate (Dale 1985, Br J Radiol "
+            "58:515), in Gy."),
+    "eqd2": ("TTW0005", "Equivalent dose in 2 Gy fractions",
+             "EQD2 = BED / (1 + 2 Gy / (alpha/beta)) (Withers et al. 1983), in Gy."),
+    "d2": ("TTW0006", "Near-maximum absorbed dose D2%",
+           "Smallest absorbed dose received by the hottest 2 % of the structure volume (ICRU Report 83), Gy."),
+    "d98": ("TTW0007", "Near-minimum absorbed dose D98%",
+            "Smallest absorbed dose received by 98 % of the structure volume (ICRU Report 83), Gy."),
+    "cumulative_dose": ("TTW0008", "Cumulative mean absorbed dose",
+                        "Sum of the mean absorbed doses of all cycles up to and including this one, Gy."),
+    "cumulative_bed": ("TTW0009", "Cumulative biologically effective dose",
+                       "BED summed over all cycles up to and including this one, Gy."),
+    "cumulative_eqd2": ("TTW0010", "Cumulative EQD2",
+                        "EQD2 of the cumulative BED, Gy."),
+    "alpha_beta": ("TTW0011", "Alpha/beta ratio used",
+                   "Linear-quadratic alpha/beta ratio of the tissue used for BED and EQD2, Gy."),
+    "dose_per_activity": ("TTW0012", "Absorbed dose per administered activity",
+                          "Mean absorbed dose divided by the administered activity, Gy/GBq."),
+    "geud": ("TTW0014", "Generalised equivalent uniform dose",
+             "Niemierko's gEUD of the absorbed-dose distribution in the structure, Gy."),
+    "organ_s_value_dose": ("TTW0015", "Organ S-value absorbed dose",
+                           "Mean absorbed dose by the MIRD organ/sphere S-value method, for comparison, Gy."),
+    "predicted": ("TTW0101", "Predicted by digital twin",
+                  "Value forecast by the TheraTwin Bayesian patient twin for a cycle, before or without imaging; "
+                  "not a measurement."),
+    "twin_estimate": ("TTW0102", "Estimated by digital twin",
+                      "Value estimated by the patient twin from sparse imaging of the cycle and the previous "
+                      "cycles (Bayesian update), not from a full time-activity curve."),
+}
+
+
+#: Quantities whose uncertainty is reported, with the digit used in their companion codes.
+_UNCERTAIN = {"tia": 1, "mean_dose": 2, "bed": 3, "eqd2": 4, "cumulative_dose": 5, "cumulative_bed": 6,
+              "cumulative_eqd2": 7}
+_MEANINGS = {"tia": "time-integrated activity", "mean_dose": "mean absorbed dose",
+             "bed": "biologically effective dose", "eqd2": "EQD2", "cumulative_dose": "cumulative mean absorbed dose",
+             "cumulative_bed": "cumulative BED", "cumulative_eqd2": "cumulative EQD2"}
+# Companion measurements carry the uncertainty of a quantity in the same group (TID 310 measurement properties
+# would be the natural place, but TID 1419 as validators implement it accepts only INFERRED FROM children of a
+# NUM): "TTW03<i>1" standard deviation, "TTW03<i>5" / "TTW03<i>9" 5th / 95th percentile of the prediction.
+for _key, _i in _UNCERTAIN.items():
+    TTWN_CODES[f"{_key}:sd"] = (f"TTW03{_i}1", f"SD of {_MEANINGS[_key]}"[:64],
+                                f"Standard deviation (standard uncertainty) of the {_MEANINGS[_key]} estimate.")
+    TTWN_CODES[f"{_key}:low"] = (f"TTW03{_i}5", f"5th percentile of predicted {_MEANINGS[_key]}"[:64],
+                                 f"Lower limit of the 90 % prediction interval of the {_MEANINGS[_key]}.")
+    TTWN_CODES[f"{_key}:high"] = (f"TTW03{_i}9", f"95th percentile of predicted {_MEANINGS[_key]}"[:64],
+                                  f"Upper limit of the 90 % prediction interval of the {_MEANINGS[_key]}.")
+
+
+def _ttwn(key: str) -> hd.sr.CodedConcept:
+    value, meaning, _ = TTWN_CODES[key]
+    return hd.sr.CodedConcept(value=value, scheme_designator=TTWN, meaning=meaning, scheme_version="1")
+
+
+def _ucum(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
+
+
+#: UCUM units used in the SR.
+UNITS: dict[str, hd.sr.CodedConcept] = {
+    "MBq": _ucum("MBq", "megabecquerel"),
+    "MBq.h": _ucum("MBq.h", "megabecquerel hour"),
+    "h": _ucum("h", "hour"),
+    "Gy": _ucum("Gy", "Gray"),
+    "Gy/GBq": _ucum("Gy/GBq", "Gray per gigabecquerel"),
+    "ml": _ucum("ml", "milliliter"),
+    "g": _ucum("g", "gram"),
+}
+
+_STANDARD: dict[str, Any] = {
+    "administered_activity": codes.DCM.AdministeredActivity,
+    "volume": codes.SCT.Volume,
+    "mass": codes.SCT.MassQuantity,
+    "mean_dose": codes.DCM.MeanAbsorbedRadiationDose,
+    "max_dose": codes.DCM.MaximumAbsorbedRadiationDose,
+    "min_dose": codes.DCM.MinimumAbsorbedRadiationDose,
+    "median_dose": codes.DCM.MedianAbsorbedRadiationDose,
+    "repair_half_time": codes.DCM.HalfTimeForTissueRepair,
+}
+
+
+def _concept(key: str) -> hd.sr.CodedConcept:
+    if key in _STANDARD:
+        c = _STANDARD[key]
+        return hd.sr.CodedConcept(c.value, c.scheme_designator, c.meaning)
+    return _ttwn(key)
+
+
+@dataclass(frozen=True)
+class SRMeasurement:
+    """One numeric measurement of the SR, in the form tests and readers compare.
+
+    ``group`` is the tracking identifier of its measurement group (``"<structure> cycle <n>"``, with
+    ``" predicted"`` appended for twin predictions); ``code`` is ``(value, scheme)``.
+    """
+
+    group: str
+    structure: str
+    cycle: int
+    code: tuple[str, str]
+    value: float
+    unit: str
+    predicted: bool = False
+    sd: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# (quantity key, StructureResult attribute or dvh_metrics key, unit, algorithm stage)
+_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("volume", "volume_mL", "ml", "segmentation"),
+    ("mass", "mass_g", "g", "segmentation"),
+    ("tia", "tia_MBq_h", "MBq.h", "kinetics"),
+    ("tiac", "residence_time_h", "h", "kinetics"),
+    ("effective_half_life", "effective_half_life_h", "h", "kinetics"),
+    ("mean_dose", "mean_dose_Gy", "Gy", "dosimetry"),
+    ("max_dose", "dvh:Dmax_Gy", "Gy", "dosimetry"),
+    ("min_dose", "dvh:Dmin_Gy", "Gy", "dosimetry"),
+    ("median_dose", "dvh:D50_Gy", "Gy", "dosimetry"),
+    ("d2", "dvh:D2_Gy", "Gy", "dosimetry"),
+    ("d98", "dvh:D98_Gy", "Gy", "dosimetry"),
+    ("dose_per_activity", "dose_per_activity_Gy_per_GBq", "Gy/GBq", "dosimetry"),
+    ("organ_s_value_dose", "organ_s_value_dose_Gy", "Gy", "dosimetry"),
+    ("bed", "bed_Gy", "Gy", "radiobiology"),
+    ("eqd2", "eqd2_Gy", "Gy", "radiobiology"),
+    ("geud", "geud_Gy", "Gy", "radiobiology"),
+    ("alpha_beta", "alpha_beta_Gy", "Gy", "radiobiology"),
+    ("repair_half_time", "repair_half_time_h", "h", "radiobiology"),
+    ("cumulative_dose", "cumulative_dose_Gy", "Gy", "radiobiology"),
+    ("cumulative_bed", "cumulative_bed_Gy", "Gy", "radiobiology"),
+    ("cumulative_eqd2", "cumulative_eqd2_Gy", "Gy", "radiobiology"),
+)
+
+_SD_FIELD = {"tia": "tia_sd_MBq_h", "mean_dose": "mean_dose_sd_Gy"}
+
+
+def _field(sr: StructureResult, attr: str) -> float | None:
+    if attr.startswith("dvh:"):
+        return _finite((sr.dvh_metrics or {}).get(attr[4:]))
+    return _finite(getattr(sr, attr, None))
+
+
+# --- twin predictions ------------------------------------------------------------------------------------------
+
+_PRED_KEYS = {  # names a twin output may use -> (quantity key, unit)
+    "tia_MBq_h": ("tia", "MBq.h"), "tia": ("tia", "MBq.h"),
+    "dose_Gy": ("mean_dose", "Gy"), "mean_dose_Gy": ("mean_dose", "Gy"), "dose": ("mean_dose", "Gy"),
+    "bed_Gy": ("bed", "Gy"), "bed": ("bed", "Gy"),
+    "eqd2_Gy": ("eqd2", "Gy"), "eqd2": ("eqd2", "Gy"),
+    "cumulative_dose_Gy": ("cumulative_dose", "Gy"), "cumulative_bed_Gy": ("cumulative_bed", "Gy"),
+    "cumulative_eqd2_Gy": ("cumulative_eqd2", "Gy"),
+}
+
+
+def _interval(v: Any) -> tuple[float | None, float | None, float | None, float | None]:
+    """(central value, sd, low, high) from a number or a dict such as {"mean", "sd", "low", "high"}."""
+    if isinstance(v, dict):
+        centre = next((_finite(v[k]) for k in ("mean", "median", "value", "estimate") if k in v), None)
+        sd = next((_finite(v[k]) for k in ("sd", "std") if k in v), None)
+        low = next((_finite(v[k]) for k in ("low", "lower", "p05", "q05") if k in v), None)
+        high = next((_finite(v[k]) for k in ("high", "upper", "p95", "q95") if k in v), None)
+        return centre, sd, low, high
+    return _finite(v), None, None, None
+
+
+def _prediction_items(twin: Any) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Yield (cycle, structure, {quantity name: value}) from the twin's JSON output.
+
+    Accepts ``{"predictions": [{"cycle": n, "structures": {name: {...}}}, ...]}``, a single such dict under
+    ``"prediction"``, or ``{"predictions": {"<n>": {name: {...}}}}``.
+    """
+    if not isinstance(twin, dict):
+        return
+    blocks: list[Any] = []
+    for key in ("predictions", "prediction", "predicted"):
+        v = twin.get(key)
+        if isinstance(v, list):
+            blocks.extend(v)
+        elif isinstance(v, dict):
+            if "cycle" in v:
+                blocks.append(v)
+            else:
+                blocks.extend({"cycle": k, "structures": s} for k, s in v.items())
+    for b in blocks:
+        if not isinstance(b, dict):
+            continue
+        try:
+            cycle = int(b.get("cycle"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        structures = b.get("structures", {k: v for k, v in b.items() if isinstance(v, dict)})
+        if isinstance(structures, list):
+            structures = {s.get("structure"): s for s in structures if isinstance(s, dict)}
+        for name, q in (structures or {}).items():
+            if isinstance(name, str) and isinstance(q, dict):
+                yield cycle, name, q
+
+
+def planned_measurements(results: Results, structures: Sequence[str]) -> list[SRMeasurement]:
+    """Every numeric measurement :func:`build_sr` writes for ``structures`` (the SR's expected content)."""
+    out: list[SRMeasurement] = []
+    for n, cyc in sorted(results.cycles.items()):
+        for name in structures:
+            if name not in cyc.structures:
+                continue
+            sr = cyc.structures[name]
+            group = f"{name} cycle {n}"
+            out.append(SRMeasurement(group, name, n, _code_tuple("administered_activity"),
+                                     float(cyc.administered_MBq), "MBq"))
+            for key, attr, unit, _stage in _FIELDS:
+                v = _field(sr, attr)
+                if v is None:
+                    continue
+                sd = _finite(getattr(sr, _SD_FIELD[key], None)) if key in _SD_FIELD else None
+                out.append(SRMeasurement(group, name, n, _code_tuple(key), v, unit, sd=sd))
+    for cycle, name, q in _prediction_items(results.twin):
+        if name not in structures:
+            continue
+        for qname, value in q.items():
+            if qname not in _PRED_KEYS:
+                continue
+            key, unit = _PRED_KEYS[qname]
+            centre, sd, low, high = _interval(value)
+            if centre is None:
+                continue
+            if (low is None or high is None) and sd is not None:
+                # normal approximation of the 90 % interval: mean +/- 1.645 SD (z of the 95th percentile)
+                low, high = centre - 1.645 * sd, centre + 1.645 * sd
+            out.append(SRMeasurement(f"{name} cycle {cycle} predicted", name, cycle, _code_tuple(key), centre,
+                                     unit, predicted=True, low=low, high=high))
+    return out
+
+
+def _code_tuple(key: str) -> tuple[str, str]:
+    c = _concept(key)
+    return (str(c.value), str(c.scheme_designator))
+
+
+# --- building ---------------------------------------------------------------------------------------------------
+
+def _algorithms(methods: Iterable[MethodRecord]) -> dict[str, hd.sr.AlgorithmIdentification]:
+    """One TID 4019 Algorithm Identification per pipeline stage, with its methods as parameters."""
+    by_stage: dict[str, list[str]] = {}
+    for m in methods:
+        params = [f"method={m.method}"] + [f"{k}={v}" for k, v in sorted(m.parameters.items())
+                                           if isinstance(v, (str, int, float, bool))]
+        by_stage.setdefault(m.stage, []).extend(p[:1024] for p in params)
+    return {
+        stage: hd.sr.AlgorithmIdentification(name=f"TheraTwin {stage}"[:64], version=__version__,
+                                             parameters=params[:64] or None)
+        for stage, params in by_stage.items()
+    }
+
+
+def _companions(key: str, m: SRMeasurement) -> list[tuple[str, float]]:
+    """(private code key, value) of the uncertainty measurements that accompany ``m``."""
+    if key not in _UNCERTAIN:
+        return []
+    out = []
+    for suffix, value in (("sd", m.sd), ("low", m.low), ("high", m.high)):
+        if value is not None:
+            out.append((f"{key}:{suffix}", value))
+    return out
+
+
+def _procedure(results: Results) -> hd.sr.CodedConcept:
+    """Procedure reported, from CID 100: NM or PET "unspecified body region" (LOINC) by the imaging modality."""
+    modalities = {tp.source.modality for c in (results.study.cycles if results.study else [])
+                  for tp in c.time_points}
+    c = codes.cid100.PETUnspecifiedBodyRegion if modalities == {"PT"} else codes.cid100.NMUnspecifiedBodyRegion
+    return hd.sr.CodedConcept(c.value, c.scheme_designator, c.meaning)
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """Where a structure is in the exported SEG."""
+
+    segment_number: int
+    structure: Structure
+
+
+def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ctx: ExportContext, *,
+             series_number: int, evidence: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
+    """Make the TID 1500 Comprehensive 3D SR of ``results`` (see the module docstring for its content).
+
+    Parameters
+    ----------
+    results
+        The run's results (per cycle and structure, methods, twin output).
+    seg
+        The exported SEG; every group references its structure's segment.
+    segments
+        ``{structure name: SegmentRef}`` for the structures in the SEG.
+    ctx
+        The export context (reference CT series, timing).
+    series_number
+        SeriesNumber of the new SR series.
+    evidence
+        Further objects the SR summarises (RT Dose objects, source images), listed as evidence.
+    """
+    algos = _algorithms(results.methods)
+    software = hd.sr.AlgorithmIdentification(name="TheraTwin", version=__version__,
+                                             parameters=[f"{m.stage}: {m.method}"[:1024] for m in results.methods][:64]
+                                             or None)
+    ct_series = str(ctx.reference_ct[0].SeriesInstanceUID) if ctx.reference_ct else None
+    plan = planned_measurements(results, list(segments))
+    groups: dict[str, list[SRMeasurement]] = {}
+    for m in plan:
+        groups.setdefault(m.group, []).append(m)
+    stage_of = {key: stage for key, _a, _u, stage in _FIELDS}
+    stage_of["administered_activity"] = "kinetics"
+    key_of = {_code_tuple(k): k for k in stage_of}
+    key_of.update({_code_tuple(k): k for k, _u in _PRED_KEYS.values()})
+    imaging = []
+    for group_name, items in groups.items():
+        first = items[0]
+        ref = segments[first.structure]
+        kind = ref.structure.kind
+        predicted = first.predicted
+        sres = results.cycles.get(first.cycle).structures.get(first.structure) if (
+            first.cycle in results.cycles) else None
+        twin_tia = bool(sres is not None and sres.estimated_by_twin) or (
+            sres is not None and (sres.tia_method or "").startswith("twin"))
+        measurements = []
+        for m in items:
+            key = key_of[m.code]
+            unit = UNITS[m.unit]
+            method = None
+            if predicted:
+                method = _ttwn("predicted")
+            elif key in ("tia", "tiac") and twin_tia:
+                method = _ttwn("twin_estimate")
+            stage = "twin" if predicted else stage_of.get(key, "")
+            algo = None if stage == "segmentation" else (algos.get(stage) or software)
+            for name_key, value in [(key, m.value), *_companions(key, m)]:
+                measurements.append(hd.sr.Measurement(name=_concept(name_key), value=value, unit=unit,
+                                                      method=method, algorithm_id=algo))
+        # Time Point Order (126073, DCM) is left out: pixelmed's TID 1419 (2022) takes it for a measurement
+        tp = hd.sr.TimePointContext(
+            time_point=f"Cycle {first.cycle}" + (" (predicted)" if predicted else ""),
+            protocol_time_point_identifier=f"cycle{first.cycle}",
+        )
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=group_name[:64]),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                segment_number=ref.segment_number,
+                source_series=hd.sr.SourceSeriesForSegmentation(ct_series) if ct_series else None,
+            ),
+            time_point_context=tp,
+            finding_type=coded(kind.type),
+            finding_sites=[hd.sr.FindingSite(coded(kind.anatomic_region))] if kind.anatomic_region else None,
+            # the group-level Measurement Method is left out: highdicom writes it as CONTAINS, TID 1419 row 1
+            # (and pixelmed) want HAS CONCEPT MOD; every measurement of the group carries the method instead
+            measurements=measurements,
+        )
+        imaging.append(group)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=new_uid(), name="TheraTwin", manufacturer_name=MANUFACTURER, model_name=MODEL_NAME),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_procedure(results),
+        imaging_measurements=imaging,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[seg, *evidence],
+        content=report[0],
+        series_instance_uid=new_uid(),
+        series_number=series_number,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+    )
+    sr.ContentDate = ctx.created.strftime("%Y%m%d")
+    sr.ContentTime = ctx.created.strftime("%H%M%S")
+    sr.ManufacturerModelName = MODEL_NAME
+    sr.SoftwareVersions = __version__
+    _declare_private_scheme(sr)
+    return sr
+
+
+def _declare_private_scheme(ds: Dataset) -> None:
+    """Add the 99TTWN scheme to the Coding Scheme Identification Sequence (SOP Common module)."""
+    item = Dataset()
+    item.CodingSchemeDesignator = TTWN
+    item.CodingSchemeName = "TheraTwin private codes"
+    item.CodingSchemeVersion = "1"
+    item.CodingSchemeResponsibleOrganization = "TheraTwin project"
+    seq = list(ds.get("CodingSchemeIdentificationSequence", []))
+    seq.append(item)
+    ds.CodingSchemeIdentificationSequence = seq
+
+
+# --- reading back -------------------------------------------------------------------------------------------------
+
+def read_sr_measurements(ds: Dataset) -> list[SRMeasurement]:
+    """Every numeric measurement of a TheraTwin TID 1500 SR, read with highdicom.
+
+    The structure and cycle come from the group's tracking identifier (``"<structure> cycle <n>"``); a group
+    is a prediction when its measurement method is (TTW0101, 99TTWN). Measurement uncertainty is read back as
+    the 90 % interval for predictions and as +/- one standard deviation otherwise.
+    """
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    out: list[SRMeasurement] = []
+    pred = _ttwn("predicted")
+    for g in sr.content.get_volumetric_roi_measurement_groups():
+        label = str(g.tracking_identifier)
+        predicted = any(m.method is not None and m.method.value == pred.value and m.method.scheme_designator == TTWN
+                        for m in g.get_measurements())
+        structure, _, rest = label.partition(" cycle ")
+        cycle = int(rest.split()[0]) if rest else 0
+        companions = {TTWN_CODES[k][0]: k for k in TTWN_CODES if ":" in k}
+        mains: dict[str, dict[str, Any]] = {}
+        extra: dict[str, dict[str, float]] = {}
+        for m in g.get_measurements():
+            code = (str(m.name.value), str(m.name.scheme_designator))
+            if code[1] == TTWN and code[0] in companions:
+                qkey, suffix = companions[code[0]].split(":")
+                extra.setdefault(qkey, {})[suffix] = float(m.value)
+                continue
+            mains[code[0] + "|" + code[1]] = {"code": code, "value": float(m.value), "unit": str(m.unit.value)}
+        key_of = {_code_tuple(k): k for k in _UNCERTAIN}
+        for d in mains.values():
+            e = extra.get(key_of.get(d["code"], ""), {})
+            out.append(SRMeasurement(label, structure, cycle, d["code"], d["value"], d["unit"], predicted,
+                                     e.get("sd"), e.get("low"), e.get("high")))
+    return out
