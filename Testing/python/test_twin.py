@@ -151,6 +151,18 @@ class TestPredictAndRecommend:
         inside = np.mean((d["dose_Gy"][0] >= iv.low) & (d["dose_Gy"][0] <= iv.high))
         assert inside == pytest.approx(0.9, abs=0.005)
 
+    def test_trajectory_of_planned_cycles(self, twin: PatientTwin) -> None:
+        pred = twin.predict(6, 7400.0, n_draws=5000)
+        traj = pred.cumulative_by_cycle
+        assert traj is not None and sorted(traj) == [1, 2, 3, 4, 5, 6]
+        means = [traj[c]["kidneys"]["cumulative_bed_Gy"].mean for c in range(1, 7)]
+        assert all(b > a for a, b in zip(means, means[1:], strict=False))
+        assert traj[6]["kidneys"]["cumulative_bed_Gy"] == pred["kidneys"].cumulative_bed_Gy
+        # future cycles carry fresh inter-occasion variability: the interval widens with the horizon
+        width = [traj[c]["kidneys"]["cumulative_bed_Gy"].high - traj[c]["kidneys"]["cumulative_bed_Gy"].low
+                 for c in (3, 6)]
+        assert width[1] > width[0]
+
     def test_recommendation_sits_at_the_quantile_not_the_mean(self, twin: PatientTwin) -> None:
         limits = {"kidneys": {"quantity": "bed", "value_Gy": 12.0, "reference": "test"}, "red_marrow": None,
                   "parotid_glands": None}
@@ -318,6 +330,7 @@ class TestStage:
         assert est["tia_MBq_h"] == pytest.approx(p.true_tia_MBq_h[2]["kidneys"], rel=0.25)
         assert res.cycles[1].structures["kidneys"].estimated_by_twin is None  # fully imaged cycle
         assert tw["prediction"]["cycle"] == 3
+        assert sorted(tw["trajectory"]["cumulative_by_cycle"], key=int) == [str(c) for c in range(1, 7)]
         assert set(tw["prediction"]["structures"]) == {"kidneys", "lesion_1"}
         assert tw["recommendation"]["administered_MBq"] > 0
         assert "kidneys" in tw["forecast"]["toxicity"]

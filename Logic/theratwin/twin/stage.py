@@ -55,6 +55,9 @@ class TwinStageConfig:
     sparse_max_points
         A structure in a cycle with at most this many time points is "sparsely imaged" and gets
         ``estimated_by_twin``.
+    horizon_cycle
+        Last cycle of the cumulative trajectory (``results.twin["trajectory"]``: cumulative dose and BED per
+        structure after each cycle, every future cycle at ``administered_MBq``; 6 cycles as in VISION).
     """
 
     model: str = "biexp"
@@ -64,6 +67,7 @@ class TwinStageConfig:
     limits: dict[str, Any] | None = None
     n_draws: int = 10000
     sparse_max_points: int = 2
+    horizon_cycle: int = 6
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
@@ -166,6 +170,10 @@ class TwinStage:
             "estimates": estimates,
             "prediction": pred.to_dict(),
         }
+        if cfg.horizon_cycle > cycle:
+            traj = twin.predict(cfg.horizon_cycle, activity, n_draws=min(cfg.n_draws, 4000))
+            out["trajectory"] = {"administered_MBq_per_future_cycle": activity,
+                                 "cumulative_by_cycle": traj.to_dict()["cumulative_by_cycle"]}
         ctx.stage_progress(0.7, "twin: recommending")
         try:
             out["recommendation"] = twin.recommend_activity(cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws).to_dict()

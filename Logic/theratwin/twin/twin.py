@@ -42,7 +42,7 @@ from .model import (
     tia_from_exponentials,
 )
 from .outcome import OUTCOME_MODELS, default_response_model, default_toxicity_models
-from .priors import KineticPriorSpec, StructurePrior, prior_spec, radiopharmaceutical_key
+from .priors import KineticPriorSpec, StructurePrior, prior_key, prior_spec, radiopharmaceutical_key
 from .tissues import (
     OrganLimit,
     TissueParameters,
@@ -185,6 +185,7 @@ class Prediction:
     structures: dict[str, StructurePrediction]
     schedule_MBq: dict[int, float]
     draws: dict[str, np.ndarray] | None = None
+    cumulative_by_cycle: dict[int, dict[str, dict[str, Interval]]] | None = None
     notice: str = RESEARCH_USE_NOTICE
 
     def __getitem__(self, structure: str) -> StructurePrediction:
@@ -195,7 +196,11 @@ class Prediction:
             "cycle": self.cycle, "administered_MBq": self.administered_MBq, "ligand_nmol": self.ligand_nmol,
             "n_draws": self.n_draws, "interval_level": self.level,
             "schedule_MBq": {str(k): v for k, v in self.schedule_MBq.items()},
-            "structures": {k: v.to_dict() for k, v in self.structures.items()}, "notice": self.notice,
+            "structures": {k: v.to_dict() for k, v in self.structures.items()},
+            "cumulative_by_cycle": None if self.cumulative_by_cycle is None else {
+                str(c): {s: {q: iv.to_dict() for q, iv in d.items()} for s, d in per.items()}
+                for c, per in self.cumulative_by_cycle.items()},
+            "notice": self.notice,
         }
 
 
@@ -526,7 +531,8 @@ class PatientTwin:
         """Predict TIA, mean dose, BED and cumulative dose/BED/EQD2 of every structure for ``cycle``.
 
         Cycles before ``cycle`` contribute their posterior (observed) or predictive (planned) values to the
-        cumulative quantities, from the same joint draws. Unobserved, unplanned cycles up to ``cycle`` are
+        cumulative quantities, from the same joint draws; ``Prediction.cumulative_by_cycle`` gives the
+        cumulative dose and BED after every cycle up to ``cycle`` (the trajectory of a planned schedule). Unobserved, unplanned cycles up to ``cycle`` are
         assumed to receive ``administered_MBq``. BED per cycle uses the Lea–Catcheside factor of the drawn
         kinetics; BED and EQD2 add across cycles (full repair between cycles; Dale 1985).
 
@@ -556,12 +562,16 @@ class PatientTwin:
         cum_bed = np.zeros_like(cum_dose)
         cum_eqd2 = np.zeros_like(cum_dose)
         q: dict[str, np.ndarray] = {}
+        trajectory: dict[int, dict[str, dict[str, Interval]]] = {}
         for c in sorted(sched):
             a, lig = sched[c]
             q = self._cycle_quantities(etas[c], a, lig, dpt, ab, mu)
             cum_dose += q["dose"]
             cum_bed += q["bed"]
             cum_eqd2 += q["bed"] / (1.0 + 2.0 / ab[:, None])  # EQD2 = BED / (1 + d/(α/β)), d = 2 Gy
+            trajectory[c] = {s: {"cumulative_dose_Gy": Interval.from_draws(cum_dose[i], level),
+                                 "cumulative_bed_Gy": Interval.from_draws(cum_bed[i], level)}
+                             for i, s in enumerate(self._post_structures)}
         out: dict[str, StructurePrediction] = {}
         for i, s in enumerate(self._post_structures):
             tp = tissue_parameters(s, self.tissues)
@@ -575,7 +585,8 @@ class PatientTwin:
             draws = {"tia_MBq_h": q["tia"], "dose_Gy": q["dose"], "bed_Gy": q["bed"],
                      "cumulative_dose_Gy": cum_dose, "cumulative_bed_Gy": cum_bed, "cumulative_eqd2_Gy": cum_eqd2}
         a_c, lig_c = sched[cycle]
-        return Prediction(cycle, a_c, lig_c, n_draws, level, out, {c: v[0] for c, v in sched.items()}, draws)
+        return Prediction(cycle, a_c, lig_c, n_draws, level, out, {c: v[0] for c, v in sched.items()}, draws,
+                          trajectory)
 
     def recommend_activity(self, cycle: int, limits: dict[str, Any] | None = None, confidence: float = 0.9, *,
                            ligand_nmol: float | None = None, max_activity_MBq: float = 15000.0,
@@ -794,7 +805,7 @@ class PatientTwin:
         return {
             "model": self.model_name, "radiopharmaceutical": self.radiopharmaceutical, "nuclide": self.nuclide,
             "inference": "MAP + Laplace (batched Levenberg-Marquardt, Gauss-Newton Hessian)",
-            "structures": {s: {"prior_key": s, "prior": prior_spec(self._rph_key, s, self.prior_overrides).to_dict(),
+            "structures": {s: {"prior_key": prior_key(s), "prior": prior_spec(self._rph_key, s, self.prior_overrides).to_dict(),
                                "dose_per_tia": dict(zip(("Gy_per_MBq_h", "method"), self._dose_per_tia(s), strict=False))}
                            for s in self.structures},
             "observed_cycles": self.observed_cycles,
