@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
+from scipy.stats import chi2 as chi2_dist
 
 from .. import nuclides
 from ..errors import FitError, InvalidInputError
@@ -249,6 +250,12 @@ def _fit_one(model: Any, t: np.ndarray, a: np.ndarray, sd: np.ndarray | None, lp
         # unknown error scale: estimate it from the residuals (unweighted least squares)
         s2 = chi2 / dof if dof > 0 else np.inf
         cov = cov * s2
+    elif dof > 0 and chi2 > chi2_dist.ppf(0.99, dof):
+        # the data scatter more than their stated SDs allow (chi-square test, p < 0.01): scale the
+        # covariance by the reduced chi-square (Birge ratio) so the TIA SD reflects the misfit
+        cov = cov * (chi2 / dof)
+        notes.append(f"{name}: residuals exceed the stated uncertainties (chi2 = {chi2:.1f} for {dof} degrees of "
+                     f"freedom, p < 0.01); covariance scaled by chi2/dof = {chi2 / dof:.1f}.")
     if np.linalg.matrix_rank(jtj) < k:
         notes.append(f"{name}: some parameters are not determined by the data (singular Jacobian); their SD "
                      "is reported from the pseudo-inverse.")

@@ -59,7 +59,8 @@ class KineticsConfig:
         Activity uncertainty components (:class:`~theratwin.kinetics.ActivityUncertaintyModel`).
     pvc_method, system_fwhm_mm, pvc_max_volume_mL
         Partial-volume recovery (:class:`~theratwin.kinetics.RecoveryModel`; off while ``system_fwhm_mm``
-        is None).
+        is None, as DICOM does not carry the reconstructed resolution: set it from the camera's phantom
+        measurements, e.g. ~11 mm for the demo patient).
     stp_method
         Single-time-point cycles: ``"prior"`` (earlier cycle of the same patient, Hänscheid when none) or
         ``"hanscheid"``.
@@ -77,7 +78,7 @@ class KineticsConfig:
     counting: bool = True
     pvc_method: str = "mask"
     system_fwhm_mm: float | None = None
-    pvc_max_volume_mL: float = 100.0
+    pvc_max_volume_mL: float | None = None
     stp_method: str = "prior"
     inter_cycle_variability: float = 0.10
 

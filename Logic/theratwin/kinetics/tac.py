@@ -31,7 +31,9 @@ J Nucl Med 39:904-11) is
   ``p(r)`` of the length of a 3-D Gaussian displacement (recovery of spheres: Hoffman et al. 1979 J Comput
   Assist Tomogr 3:299-308).
 
-Only structures up to ``max_volume_mL`` are corrected and never by more than ``1/min_rc``.
+Only structures up to ``max_volume_mL`` (default: all) are corrected, never by more than ``1/min_rc``. The
+correction accounts for spill-out only: activity spilling *in* from hot neighbours (e.g. into the spleen or
+red marrow next to the kidneys) is not removed, so such structures stay overestimated.
 """
 
 from __future__ import annotations
@@ -85,14 +87,15 @@ class RecoveryModel:
     system_fwhm_mm
         FWHM of the reconstructed system resolution (mm); None disables the correction.
     max_volume_mL
-        Only structures up to this volume are corrected ("small structures").
+        Only structures up to this volume are corrected (None: every structure; the mask method accounts
+        for the shape, so large structures get RC close to 1 anyway).
     min_rc
         Corrections are never larger than ``1/min_rc``; smaller RCs are clipped and reported.
     """
 
     method: str = "mask"
     system_fwhm_mm: float | None = None
-    max_volume_mL: float = 100.0
+    max_volume_mL: float | None = None
     min_rc: float = 0.3
 
     def __post_init__(self) -> None:
@@ -232,7 +235,7 @@ def structure_tacs(
         act = np.array([float(np.dot(mflat, a)) for a in arrays]) * vox_mL / 1e6
         notes: list[str] = []
         rc = 1.0
-        if rec.active and 0 < volume_mL <= rec.max_volume_mL:
+        if rec.active and volume_mL > 0 and (rec.max_volume_mL is None or volume_mL <= rec.max_volume_mL):
             assert rec.system_fwhm_mm is not None
             if rec.method == "mask":
                 rc = mask_recovery_coefficient(mm, geom.spacing_mm, rec.system_fwhm_mm)

@@ -13,7 +13,8 @@ the mask simultaneously with numpy (no loop over voxels):
 
 Voxels whose curve never decreases (maximum at the last sample), or whose fit fails, get the trapezoidal
 rule with ``C(0) = 0`` and a physical-decay tail (linear in the samples, so its SD follows from the residual
-scale). Voxels with no positive sample get TIA 0. ``model_map`` says which voxel got what (codes in
+scale); negative noise samples are kept (no clipping), so sums over regions stay unbiased. Voxels with no
+positive sample get TIA 0. ``model_map`` says which voxel got what (codes in
 ``VOXEL_MODEL_CODES``). The same estimator as :func:`theratwin.kinetics.fit_tac` with ``model="mono_exp"``
 (unweighted when no SDs are given), so both agree on the same curve.
 """
