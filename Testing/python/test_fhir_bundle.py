@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
-from test_fhir_support import NUMBERS, STUDY_UID, make_results
+from test_fhir_support import NUMBERS, STUDY_UID, STUDY_UID_2, make_results
 
 import theratwin as tt
 from theratwin.fhir import (
@@ -54,7 +54,7 @@ def test_resource_counts_and_conditional_creates(built):
     n_struct = len(NUMBERS)
     # one panel per structure and cycle, plus the twin's predicted structures for cycle 3
     n_pred = len(res.twin["prediction"]["structures"])
-    assert types == Counter({"Patient": 1, "ImagingStudy": 1, "MedicationAdministration": 2,
+    assert types == Counter({"Patient": 1, "ImagingStudy": 2, "MedicationAdministration": 2,
                              "Observation": 2 * n_struct + n_pred, "DiagnosticReport": 1,
                              "RiskAssessment": 2, "CarePlan": 1, "Device": 1, "Provenance": 1})
     for e in bundle["entry"]:
@@ -105,21 +105,23 @@ def test_patient_from_dicom_identity(built):
 
 def test_imaging_study_lists_the_written_dicom_series(built):
     res, bundle, out = built
-    img = _by_type(bundle)["ImagingStudy"][0]["resource"]
-    assert img["identifier"][0] == {"system": "urn:dicom:uid", "value": f"urn:oid:{STUDY_UID}"}
-    series = {s["uid"]: s for s in img["series"]}
+    imgs = {e["resource"]["identifier"][0]["value"]: e["resource"] for e in _by_type(bundle)["ImagingStudy"]}
+    assert set(imgs) == {f"urn:oid:{STUDY_UID}", f"urn:oid:{STUDY_UID_2}"}
+    for img in imgs.values():
+        assert img["identifier"][0]["system"] == "urn:dicom:uid"
+        assert img["numberOfSeries"] == len(img["series"])
+        assert img["numberOfInstances"] == sum(len(s.get("instance", [])) for s in img["series"])
+    series = {s["uid"]: s for img in imgs.values() for s in img["series"]}
     for rel in res.outputs["dicom"]:
         ds = pydicom.dcmread(out / rel)
         s = series[ds.SeriesInstanceUID]
         assert s["modality"] == {"system": DCM_SYSTEM, "code": ds.Modality}
         assert s["instance"][0]["uid"] == ds.SOPInstanceUID
         assert s["instance"][0]["sopClass"]["code"] == f"urn:oid:{ds.SOPClassUID}"
-    # and the input SPECT series of every time point
+    # and the input SPECT series of every time point, in the ImagingStudy of its own DICOM study
     for c in res.study.cycles:
         for tp in c.time_points:
-            assert tp.source.series_uid in series
-    assert img["numberOfSeries"] == len(img["series"])
-    assert img["numberOfInstances"] == sum(len(s.get("instance", [])) for s in img["series"])
+            assert tp.source.series_uid in {s["uid"] for s in imgs[f"urn:oid:{tp.source.study_uid}"]["series"]}
 
 
 def test_medication_administration_activity_in_MBq(built):
@@ -142,7 +144,7 @@ def _component(obs: dict, code: str) -> dict:
 def test_observations_carry_the_results_with_ucum_units_and_codes(built):
     res, bundle, _ = built
     entries = _by_type(bundle)
-    img_url = entries["ImagingStudy"][0]["fullUrl"]
+    img_url = {e["resource"]["identifier"][0]["value"]: e["fullUrl"] for e in entries["ImagingStudy"]}
     pat_url = entries["Patient"][0]["fullUrl"]
     measured = [e for e in entries["Observation"] if e["resource"]["status"] == "final"]
     seen = set()
@@ -164,7 +166,9 @@ def test_observations_carry_the_results_with_ucum_units_and_codes(built):
             assert q["value"] == pytest.approx(getattr(sr, field)) and q["code"] == unit
             assert _component(o, code)["code"]["coding"][0]["system"] == THERATWIN_SYSTEM
         assert o["subject"]["reference"] == pat_url
-        assert o["derivedFrom"] == [{"reference": img_url}]
+        # cycle 1 from its own study (which also holds the RT Dose/SEG/SR); cycle 2 also from its session
+        expected = {img_url[f"urn:oid:{STUDY_UID}"]} | ({img_url[f"urn:oid:{STUDY_UID_2}"]} if n == 2 else set())
+        assert {d["reference"] for d in o["derivedFrom"]} == expected
         adm_url = entries["MedicationAdministration"][n - 1]["fullUrl"]
         assert o["partOf"] == [{"reference": adm_url}]
     assert seen == {(n, s) for n in (1, 2) for s in NUMBERS}

@@ -25,7 +25,8 @@ from theratwin.study import SourceRef
 REPO = Path(__file__).resolve().parents[2]
 SERVER_DIR = REPO / "Testing" / "fhir_server"
 
-STUDY_UID = "1.2.826.0.1.3680043.8.498.11111111111111111111"
+STUDY_UID = "1.2.826.0.1.3680043.8.498.11111111111111111111"  # cycle 1 imaging, reference CT, TheraTwin outputs
+STUDY_UID_2 = "1.2.826.0.1.3680043.8.498.22222222222222222222"  # cycle 2 imaging session
 RTDOSE_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -41,7 +42,7 @@ def make_study(patient_id: str = "TT-FHIR-1") -> tt.Study:
         tps = []
         for h in hours:
             img = tt.ImageVolume.from_geometry(np.ones(geom.shape, np.float32), geom, "Bq/mL")
-            src = SourceRef(study_uid=STUDY_UID, series_uid=generate_uid(), modality="NM",
+            src = SourceRef(study_uid=STUDY_UID if n == 1 else STUDY_UID_2, series_uid=generate_uid(), modality="NM",
                             sop_instance_uids=(generate_uid(),), sop_class_uid="1.2.840.10008.5.1.4.1.1.20",
                             series_description=f"SPECT cycle {n} {h} h")
             tps.append(tt.TimePoint(img, start + timedelta(hours=h), 1200.0, source=src))

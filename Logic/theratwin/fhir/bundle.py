@@ -536,14 +536,26 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
 
     # ImagingStudy per DICOM study: the inputs and what TheraTwin wrote
     studies = _series_from_study(results)
-    for st, series in _series_from_dicom(_dicom_files(results, out)).items():
+    written = _series_from_dicom(_dicom_files(results, out))
+    for st, series in written.items():
         studies.setdefault(st, {}).update(series)
-    first_acq = min((tp.acquisition_start for c in study.cycles for tp in c.time_points), default=None)
-    imaging_refs = []
+    imaging_by_uid: dict[str, str] = {}
     for st, series in studies.items():
-        res = _imaging_study(st, series, patient_ref,
-                             _fhir_datetime(first_acq, tz) if first_acq is not None else None)
-        imaging_refs.append(b.add(res, system=DICOM_UID_SYSTEM, value=f"urn:oid:{st}"))
+        acqs = [tp.acquisition_start for c in study.cycles for tp in c.time_points
+                if st in (tp.source.study_uid, tp.ct_source.study_uid)]
+        res = _imaging_study(st, series, patient_ref, _fhir_datetime(min(acqs), tz) if acqs else None)
+        imaging_by_uid[st] = b.add(res, system=DICOM_UID_SYSTEM, value=f"urn:oid:{st}")
+    imaging_refs = list(imaging_by_uid.values())
+
+    def derived_for(cycle_number: int | None) -> list[dict[str, str]]:
+        """The imaging studies a cycle's results come from: its time points' studies and TheraTwin's outputs."""
+        uids = set(written) | ({study.study_uid} if study.study_uid else set())
+        for c in study.cycles:
+            if c.number == cycle_number:
+                for tp in c.time_points:
+                    uids |= {tp.source.study_uid, tp.ct_source.study_uid}
+        refs = [imaging_by_uid[u] for u in imaging_by_uid if u in uids]
+        return [{"reference": r} for r in (refs or imaging_refs)]
 
     # MedicationAdministration per cycle
     adm_refs: dict[int, str] = {}
@@ -575,7 +587,6 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
     kinds = {s.name: s.kind for s in study.segmentation.structures} if study.segmentation else {}
     obs_system = f"{IDENTIFIER_BASE}/observation"
     obs_refs: dict[tuple[int, str], str] = {}
-    derived = [{"reference": r} for r in imaging_refs]
     for n, cr in sorted(results.cycles.items()):
         cyc = study.cycle(n) if n in [c.number for c in study.cycles] else None
         for name, sr in cr.structures.items():
@@ -583,7 +594,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
             if not comps:
                 continue
             kind = kinds.get(name) or structure_kind(name)
-            obs = _observation(sr, cr, name, kind, comps, patient_ref, derived, adm_refs.get(n), issued, tz,
+            obs = _observation(sr, cr, name, kind, comps, patient_ref, derived_for(n), adm_refs.get(n), issued, tz,
                                cyc, tag)
             value = f"{key}/cycle{n}/{name}"
             obs["identifier"] = [{"system": obs_system, "value": value}]
@@ -618,6 +629,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
                               + RESEARCH_USE_NOTICE}],
             "component": comps,
         }
+        derived = derived_for(None)
         if derived:
             obs["derivedFrom"] = derived
         pred_refs.append(b.add(obs, system=obs_system, value=value))
@@ -709,12 +721,14 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         desc = f"Recommended activity {rec_MBq:.0f} MBq for cycle {rec.get('cycle', '?')}"
         if rec.get("confidence") is not None:
             desc += f", keeping every organ at risk under its cumulative limit at confidence {float(rec['confidence']):.2f}"
-        if rec.get("limiting_structure"):
+        if rec.get("status") == "upper_bound":
+            desc += "; no limit is reached up to the largest activity considered"
+            if rec.get("limiting_structure"):
+                desc += f" (closest to its limit: {rec['limiting_structure']})"
+        elif rec.get("limiting_structure"):
             desc += f"; limited by {rec['limiting_structure']}"
         if rec.get("status") == "limit_reached":
             desc += "; a limit is already reached: no further cycle is recommended"
-        elif rec.get("status") == "upper_bound":
-            desc += "; no limit is reached up to the largest activity considered"
         if rec.get("remaining_cycles_at_standard_activity") is not None and rec.get("standard_activity_MBq"):
             desc += (f"; {rec['remaining_cycles_at_standard_activity']} more cycle(s) possible at "
                      f"{float(rec['standard_activity_MBq']):.0f} MBq")
