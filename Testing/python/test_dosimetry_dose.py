@@ -119,6 +119,8 @@ def test_bad_inputs_and_unknown_engine() -> None:
         dose_map(np.zeros((4, 4)), 4.0, "Lu-177")
     with pytest.raises(tt.InvalidInputError, match="NaN"):
         dose_map(np.full((4, 4, 4), np.nan), 4.0, "Lu-177")
+    with pytest.raises(tt.InvalidInputError, match="voxel_mm"):
+        dose_map(np.zeros((4, 4, 4)), (4.0, 4.0), "Lu-177")
     with pytest.raises(tt.ConfigurationError, match="Unknown dose engine 'nope'"):
         dose_map(np.zeros((4, 4, 4)), 4.0, "Lu-177", method="nope")
 

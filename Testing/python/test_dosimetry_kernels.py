@@ -33,6 +33,7 @@ def _kernel_energy_MeV(kernel: np.ndarray, voxel_mm: tuple[float, float, float],
     ("Lu-177", (2.0, 3.0, 4.0), 8),
     ("Y-90", (4.0, 4.0, 5.0), 8),
     ("I-131", (4.42, 4.42, 4.42), 10),
+    ("Ac-225", (4.8, 4.8, 4.8), 6),  # alphas of the chain deposited locally
 ])
 def test_energy_conservation(nuclide: str, voxel_mm: tuple[float, float, float], radius: int) -> None:
     k = tt.dosimetry.voxel_kernel(nuclide, voxel_mm, radius)

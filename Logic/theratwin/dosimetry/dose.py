@@ -64,9 +64,10 @@ def _check_inputs(tia: np.ndarray, voxel_mm: Any, density: np.ndarray | None) ->
         raise InvalidInputError(f"The TIA map must be numeric; got dtype {a.dtype}.")
     if not np.all(np.isfinite(a)):
         raise InvalidInputError("The TIA map contains NaN or infinite values; fix the kinetic fit or mask them.")
-    if np.isscalar(voxel_mm):
-        voxel_mm = (float(voxel_mm),) * 3
-    vox = tuple(float(v) for v in voxel_mm)
+    try:
+        vox = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,)))
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"voxel_mm must be three positive sizes (x, y, z) in mm; got {voxel_mm!r}.") from None
     if len(vox) != 3 or min(vox) <= 0:
         raise InvalidInputError(f"voxel_mm must be three positive sizes (x, y, z) in mm; got {voxel_mm!r}.")
     rho = None

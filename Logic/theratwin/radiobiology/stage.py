@@ -163,6 +163,11 @@ class RadiobiologyStage:
         )
 
     @staticmethod
+    def _structure_half_life_h(sr: Any, default_h: float) -> float:
+        t = getattr(sr, "effective_half_life_h", None)
+        return float(t) if (t is not None and np.isfinite(t) and t > 0) else default_h
+
+    @staticmethod
     def _physical_half_life_h(nuclide: str) -> float:
         from ..nuclides import get
 
@@ -193,12 +198,8 @@ class RadiobiologyStage:
             tp = [tissue_parameters(tissue_of(k), overrides) for k in names]
             ab_lut = np.array([t.alpha_beta_Gy for t in tp], np.float32)
             tr_lut = np.array([t.repair_half_time_h for t in tp], np.float32)
-            te_lut = np.array([
-                cyc.structures[k].effective_half_life_h
-                if (k in cyc.structures and cyc.structures[k].effective_half_life_h
-                    and cyc.structures[k].effective_half_life_h > 0) else default_t
-                for k in names
-            ], np.float32)
+            te_lut = np.array([self._structure_half_life_h(cyc.structures.get(k), default_t) for k in names],
+                              np.float32)
             ab = np.where(covered, ab_lut[best], ab)
             trep = np.where(covered, tr_lut[best], trep)
             teff = np.where(covered, te_lut[best], teff)

@@ -112,7 +112,7 @@ class TissueParameters:
         return d
 
 
-_GENERIC_LATE = dict(alpha_beta_Gy=3.0, repair_half_time_h=1.5)
+_GENERIC_AB_GY, _GENERIC_TREP_H = 3.0, 1.5  # generic late-responding values (see REFERENCES["generic"])
 
 #: Built-in table (see the module docstring for what each number comes from).
 TISSUES: dict[str, TissueParameters] = {
@@ -148,7 +148,7 @@ TISSUES: dict[str, TissueParameters] = {
                  "applied as EQD2.",
             references=("dawson2005", "generic", "emami1991"),
         ),
-        TissueParameters("spleen", **_GENERIC_LATE, note="Generic late-tissue values; no limit set.",
+        TissueParameters("spleen", _GENERIC_AB_GY, _GENERIC_TREP_H, note="Generic late-tissue values; no limit set.",
                          references=("generic",)),
         TissueParameters(
             "bladder", 3.0, 1.5, "EQD2", 65.0,
@@ -157,9 +157,9 @@ TISSUES: dict[str, TissueParameters] = {
         ),
         TissueParameters("tumour", 10.0, 1.5, note="Generic tumour a/b 10 Gy; Trep 1.5 h (Dale 1996). No limit.",
                          references=("generic", "dale1996")),
-        TissueParameters("soft_tissue", **_GENERIC_LATE, note="Generic late-tissue values; no limit set.",
+        TissueParameters("soft_tissue", _GENERIC_AB_GY, _GENERIC_TREP_H, note="Generic late-tissue values; no limit set.",
                          references=("generic",)),
-        TissueParameters("body", **_GENERIC_LATE, note="Generic late-tissue values; no limit set.",
+        TissueParameters("body", _GENERIC_AB_GY, _GENERIC_TREP_H, note="Generic late-tissue values; no limit set.",
                          references=("generic",)),
     ]
 }
