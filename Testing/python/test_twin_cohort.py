@@ -18,9 +18,10 @@ more the further the scan is from t ≈ 1/λ_eff. Hence the scenarios: 96 h (Hä
 (the single-time-point time Hou et al. J Nucl Med 2021;62:1006 found best for 177Lu-PSMA), low (2 %/3 %)
 and typical (5 %/8 %, organs/lesions) noise. Asserted: the twin beats every comparator in every scenario
 (share > 10 % and RMS); its 90 % intervals cover the truth in 85-95 %; the ≤ 5 % target for kidneys at
-48 h and low noise. Measured but not asserted (see the printed table): at 96 h with low noise the twin is at
-about 6 % (kidneys) and 5.5 % (lesions) — the assumed IOV of the washout rate (module priors, unpublished)
-sets that floor; at typical noise the noise floor dominates. Run ``python Testing/python/test_twin_cohort.py``
+48 h with typical noise (measured 4.0 %). Measured but not asserted (see the printed table): at 96 h the
+twin is at about 10 % (kidneys, T_eff ≈ 35 h makes 96 h late) and 5.5 % (lesions, low noise) — the assumed
+IOV of the washout rate (module priors, unpublished) sets that floor; lesions at typical noise (8 %) sit
+near their noise floor (21 %). Run ``python Testing/python/test_twin_cohort.py``
 to print the table for all scenarios.
 """
 
@@ -49,7 +50,7 @@ SCENARIOS = {
     "DOTATATE 96h, typical noise": ("DOTATATE", 96.0, 0.05, 0.08),
 }
 #: Scenarios run by the test (all of them are printed by the script).
-TESTED = ("PSMA 96h, low noise", "PSMA 96h, typical noise", "PSMA 48h, low noise", "DOTATATE 96h, typical noise")
+TESTED = ("PSMA 96h, low noise", "PSMA 96h, typical noise", "PSMA 48h, typical noise", "DOTATATE 96h, typical noise")
 METHODS = ("twin", "hanscheid", "madsen", "prior")
 
 
@@ -143,7 +144,7 @@ def results() -> list[ScenarioResult]:
 
 
 def test_twin_meets_target_where_noise_allows(results: list[ScenarioResult]) -> None:
-    best = next(r for r in results if r.name == "PSMA 48h, low noise")
+    best = next(r for r in results if r.name == "PSMA 48h, typical noise")
     assert best.share_over_10pct("twin", "kidneys") <= 0.05, format_table(results)
 
 

@@ -51,6 +51,9 @@ References
 [HOU21]   Hou X et al. Feasibility of single-time-point dosimetry for radiopharmaceutical therapies. J Nucl Med
           2021;62:1006 (PMC8882881). Effective half-lives across patients are log-normal — the reason the
           twin works in log space.
+[AAPM26]  Normal-organ effective half-lives for 177Lu-PSMA (-617), AAPM Annual Meeting 2026, abstract 2620:
+          20 patients, SPECT/CT at 4, 24, 48, 72 h, mono-exponential fits; median T_eff kidneys 35.5 h
+          (range 8.5-152), liver 22.9 h, spleen 16.8 h, parotid 42.2 h, bone marrow 32.0 h.
 [ICRP89]  ICRP Publication 89 (2002), reference adult male organ masses: kidneys 310 g, liver 1800 g,
           spleen 150 g, salivary glands 85 g, red marrow 1170 g, urinary bladder wall 50 g.
 
@@ -60,13 +63,13 @@ Table (177Lu; d = dose per activity used to derive U; "ind." = indicative value,
 ============================  ===========================  ============  ==========  ==========  ===========
 kind (radiopharmaceutical)    d Gy/GBq [ref]               mass g        T_eff h     T_up h      CV_U / CV_T
 ============================  ===========================  ============  ==========  ==========  ===========
-kidneys (PSMA-617)            0.55 [ELLS24]                310 [ICRP89]  40 ind.     1.5 unp.    0.38 [VIOL19] / 0.20 unp.
-parotid_glands (PSMA-617)     0.72 [HOHB16]                50 unp.       35 ind.     1.5 unp.    0.63 [KABA17] / 0.25 unp.
-submandibular (PSMA-617)      0.72 [HOHB16]                25 unp.       35 ind.     1.5 unp.    0.63 [KABA17] / 0.25 unp.
+kidneys (PSMA-617)            0.55 [ELLS24]                310 [ICRP89]  35.5 [AAPM26] 1.5 unp.  0.38 [VIOL19] / 0.20 unp.
+parotid_glands (PSMA-617)     0.72 [HOHB16]                50 unp.       42.2 [AAPM26] 1.5 unp.  0.63 [KABA17] / 0.25 unp.
+submandibular (PSMA-617)      0.72 [HOHB16]                25 unp.       42.2 unp.   1.5 unp.    0.63 [KABA17] / 0.25 unp.
 lacrimal_glands (PSMA-617)    2.82 [HOHB16]                1.4 unp.      40 ind.     1.5 unp.    0.50 unp. / 0.25 unp.
-liver (PSMA-617)              0.10 [DELK16] ind.           1800 [ICRP89] 50 ind.     1.0 unp.    0.40 unp. / 0.25 unp.
-spleen (PSMA-617)             0.10 [DELK16] ind.           150 [ICRP89]  50 ind.     1.0 unp.    0.40 unp. / 0.25 unp.
-red_marrow (PSMA-617)         0.030 [KABA17]               1170 [ICRP89] 30 ind.     0.5 unp.    0.27 [KABA17] / 0.25 unp.
+liver (PSMA-617)              0.10 [DELK16] ind.           1800 [ICRP89] 22.9 [AAPM26] 1.0 unp.  0.40 unp. / 0.25 unp.
+spleen (PSMA-617)             0.10 [DELK16] ind.           150 [ICRP89]  16.8 [AAPM26] 1.0 unp.  0.40 unp. / 0.25 unp.
+red_marrow (PSMA-617)         0.030 [KABA17]               1170 [ICRP89] 32.0 [AAPM26] 0.5 unp.  0.27 [KABA17] / 0.25 unp.
 bladder (PSMA-617)            0.30 ind. [HERR24]           50 [ICRP89]   12 unp.     0.5 unp.    0.50 unp. / 0.30 unp.
 lesion (PSMA-617, per 10 g)   5.0 ind. [ELLS24, VIOL19]    10 unp.       60 ind.     2.0 unp.    1.00 unp. / 0.25 unp.
 kidneys (DOTATATE)            0.46 [STAA21]                310 [ICRP89]  50 ind.     2.0 unp.    0.40 [STP18 0.19/0.38] / 0.20 unp.
@@ -80,7 +83,7 @@ lesion (DOTATATE, per 10 g)   3.41 [CNM13]                 10 unp.       80 ind.
 other / body (both)           0.05 unp. (vague prior)      1000 unp.     30 unp.     1.0 unp.    1.00 unp. / 0.50 unp.
 ============================  ===========================  ============  ==========  ==========  ===========
 
-"ind." half-lives are the order of magnitude reported across the cited studies, rounded; they were not
+Submandibular glands take the parotid half-life (unp.). "ind." half-lives are the order of magnitude reported across the cited studies, rounded; they were not
 copied from one table and must be verified (or replaced by a site's own population fit) before research use.
 CV of the uptake-rate excess (ψ) is 0.5 throughout (unp.). Between-parameter correlations are 0 (unp.).
 
@@ -181,13 +184,13 @@ _LESION_IOV = (0.20, 0.12, 0.20)  # unpublished; tumour uptake changes with resp
 #: Built-in prior specifications: {radiopharmaceutical key: {prior key: spec}} (values: module table).
 PRIOR_SPECS: dict[str, dict[str, KineticPriorSpec]] = {
     "psma-617": {
-        "kidneys": _spec(0.55, 310.0, 40.0, 1.5, 0.38, 0.20, "d ELLS24; m ICRP89; CV_U VIOL19; rest ind./unp."),
-        "parotid_glands": _spec(0.72, 50.0, 35.0, 1.5, 0.63, 0.25, "d HOHB16; CV_U KABA17; rest ind./unp."),
-        "submandibular_glands": _spec(0.72, 25.0, 35.0, 1.5, 0.63, 0.25, "d HOHB16; CV_U KABA17; rest unp."),
+        "kidneys": _spec(0.55, 310.0, 35.5, 1.5, 0.38, 0.20, "d ELLS24; m ICRP89; CV_U VIOL19; T_eff AAPM26; rest unp."),
+        "parotid_glands": _spec(0.72, 50.0, 42.2, 1.5, 0.63, 0.25, "d HOHB16; CV_U KABA17; T_eff AAPM26; rest unp."),
+        "submandibular_glands": _spec(0.72, 25.0, 42.2, 1.5, 0.63, 0.25, "d HOHB16; CV_U KABA17; rest unp."),
         "lacrimal_glands": _spec(2.82, 1.4, 40.0, 1.5, 0.50, 0.25, "d HOHB16; rest unp."),
-        "liver": _spec(0.10, 1800.0, 50.0, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; rest unp."),
-        "spleen": _spec(0.10, 150.0, 50.0, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; rest unp."),
-        "red_marrow": _spec(0.030, 1170.0, 30.0, 0.5, 0.27, 0.25, "d, CV_U KABA17; m ICRP89; rest unp."),
+        "liver": _spec(0.10, 1800.0, 22.9, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; T_eff AAPM26; rest unp."),
+        "spleen": _spec(0.10, 150.0, 16.8, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; T_eff AAPM26; rest unp."),
+        "red_marrow": _spec(0.030, 1170.0, 32.0, 0.5, 0.27, 0.25, "d, CV_U KABA17; m ICRP89; T_eff AAPM26; rest unp."),
         "bladder": _spec(0.30, 50.0, 12.0, 0.5, 0.50, 0.30, "d HERR24 ind.; m ICRP89; rest unp."),
         "lesion": _spec(5.0, 10.0, 60.0, 2.0, 1.00, 0.25, "d ELLS24/VIOL19 ind.; rest unp.", _LESION_IOV),
         "other": _spec(0.05, 1000.0, 30.0, 1.0, 1.00, 0.50, "vague prior, unp."),
