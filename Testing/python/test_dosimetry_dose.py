@@ -112,6 +112,9 @@ def test_hu_to_density_calibration() -> None:
     assert rho[5] > 1.92 and rho[6] == pytest.approx(0.0012)
     with pytest.raises(tt.InvalidInputError, match="calibration"):
         hu_to_density(hu, ((0.0, 1.0), (-100.0, 0.9)))
+    # the inverse, for synthetic CTs consistent with the calibration
+    back = tt.dosimetry.density_to_hu(hu_to_density(hu[:6]))
+    np.testing.assert_allclose(back, hu[:6], atol=0.5)
 
 
 def test_bad_inputs_and_unknown_engine() -> None:

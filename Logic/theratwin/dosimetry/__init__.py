@@ -9,7 +9,7 @@ See ``_physics`` for the physics models and their sources, ``kernels`` for the v
 the dose-engine protocol and registry (entry-point group ``theratwin.dose_engines``).
 """
 
-from ._physics import DEFAULT_HU_DENSITY_POINTS, csda_range_mm, hu_to_density
+from ._physics import DEFAULT_HU_DENSITY_POINTS, csda_range_mm, density_to_hu, hu_to_density
 from .dose import DOSE_ENGINES, DoseEngine, DVKEngine, LEDEngine, dose_map, fft_convolve
 from .dvh import DVH, dose_metrics, dvh, weighted_quantile
 from .kernels import kernel_energy_MeV, voxel_kernel
@@ -29,6 +29,7 @@ __all__ = [
     "sphere_absorbed_fractions",
     "sphere_radius_mm",
     "hu_to_density",
+    "density_to_hu",
     "DEFAULT_HU_DENSITY_POINTS",
     "csda_range_mm",
     "DVH",
