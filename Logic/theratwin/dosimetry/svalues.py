@@ -33,6 +33,8 @@ from ._physics import (
 __all__ = ["sphere_s_value", "organ_self_s_value", "sphere_absorbed_fractions", "sphere_radius_mm"]
 
 _MASS_RANGE_G = (1e-3, 2e5)
+# 64-point Gauss-Legendre rule on [-1, 1] (computed once: it costs an eigenvalue problem)
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
 
 
 def sphere_radius_mm(mass_g: float, density_g_per_mL: float = 1.0) -> float:
@@ -79,9 +81,8 @@ def sphere_absorbed_fractions(nuclide: str, mass_g: float) -> dict[str, float]:
     if spec.photon_weight_MeV.size:
         mu = mu_en_water_per_mm(spec.photon_energy_MeV)
         # integral_0^2a mu exp(-mu r) G(r) dr by Gauss-Legendre (smooth integrand)
-        g, w = np.polynomial.legendre.leggauss(64)
-        r = a * (g + 1.0)  # [0, 2a]
-        wr = w * a
+        r = a * (_GL_NODES + 1.0)  # [0, 2a]
+        wr = _GL_WEIGHTS * a
         f = mu[:, None] * np.exp(-mu[:, None] * r[None, :]) * _geometric_factor(r, a)[None, :]
         per_line = f @ wr
         phi_p = float(spec.photon_weight_MeV @ per_line) / spec.photon_total_MeV
