@@ -108,6 +108,18 @@ class TestBayesianUpdate:
         # the patient level (cycle 1) is barely pulled by one point of another cycle
         assert twin.tia(1, "kidneys").mean_MBq_h == pytest.approx(true, rel=0.05)
 
+    def test_gap_cycles_and_unplanned_cycles(self) -> None:
+        """Cycles 1 and 3 imaged, 2 not: cycle 3 is estimated; an unknown cycle needs a plan."""
+        twin, true = _dense_twin()
+        twin.observations.pop((2, "kidneys"))
+        lam_w = math.log(2) / 40.0
+        twin.observe(3, "kidneys", [96.0], [_biexp(0.03, lam_w, lam_w + math.log(2) / 1.5)(96.0)], 7400.0)
+        assert twin.tia(3, "kidneys").mean_MBq_h == pytest.approx(true, rel=0.05)
+        with pytest.raises(tt.InvalidInputError, match="twin.plan"):
+            twin.tia(5, "kidneys")
+        twin.plan(5, 3700.0)
+        assert twin.tia(5, "kidneys").mean_MBq_h == pytest.approx(0.5 * true, rel=0.15)
+
     def test_activity_scaling_and_observe_validation(self) -> None:
         twin, _ = _dense_twin()
         p1 = twin.predict(3, 3700.0, n_draws=4000)

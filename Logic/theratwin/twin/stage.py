@@ -55,6 +55,9 @@ class TwinStageConfig:
     sparse_max_points
         A structure in a cycle with at most this many time points is "sparsely imaged" and gets
         ``estimated_by_twin``.
+    max_activity_MBq
+        Upper end of the activity search of the recommendation (status ``"upper_bound"`` when no limit is
+        reached below it).
     horizon_cycle
         Last cycle of the cumulative trajectory (``results.twin["trajectory"]``: cumulative dose and BED per
         structure after each cycle, every future cycle at ``administered_MBq``; 6 cycles as in VISION).
@@ -68,6 +71,7 @@ class TwinStageConfig:
     n_draws: int = 10000
     sparse_max_points: int = 2
     horizon_cycle: int = 6
+    max_activity_MBq: float = 15000.0
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
@@ -176,7 +180,9 @@ class TwinStage:
                                  "cumulative_by_cycle": traj.to_dict()["cumulative_by_cycle"]}
         ctx.stage_progress(0.7, "twin: recommending")
         try:
-            out["recommendation"] = twin.recommend_activity(cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws).to_dict()
+            out["recommendation"] = twin.recommend_activity(
+                cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
+                standard_activity_MBq=activity).to_dict()
         except ConfigurationError as exc:
             out["recommendation"] = None
             res.warn("twin", f"No activity recommendation: {exc}", severity="info")

@@ -512,8 +512,11 @@ class PatientTwin:
         self.posterior()
         if structure not in self._post_structures:
             raise InvalidInputError(f"No data for structure '{structure}'; observed: {self._post_structures}.")
-        sched = self._schedule(cycle, None, None)
-        a, lig = sched[cycle]
+        adm = self._administration(cycle)
+        if adm is None:
+            raise InvalidInputError(
+                f"Cycle {cycle} has no observation or plan; call twin.plan({cycle}, administered_MBq) first.")
+        a, lig = adm
         rng = np.random.default_rng(self.seed + 7919 * cycle)
         eta = self._draw_eta([cycle], n_draws, rng)[cycle]
         i = self._post_structures.index(structure)
