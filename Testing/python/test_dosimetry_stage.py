@@ -166,3 +166,14 @@ def test_structure_bed_uses_the_fitted_curve_shape() -> None:
     s = ctx.results.cycles[1].structures["kidneys"]
     assert s.bed_Gy == pytest.approx(bed(s.mean_dose_Gy, 2.6, 2.8, 40.0, uptake_half_life_h=2.0), rel=1e-9)
     assert s.bed_Gy < bed(s.mean_dose_Gy, 2.6, 2.8, 40.0)
+
+
+def test_missing_half_life_falls_back_to_the_previous_cycle() -> None:
+    study = _study(with_ct=False)
+    ctx = _context(study)
+    ctx.results.cycles[2].structures["kidneys"].effective_half_life_h = None
+    DosimetryStage().run(ctx)
+    RadiobiologyStage().run(ctx)
+    s2 = ctx.results.cycles[2].structures["kidneys"]
+    assert s2.bed_Gy == pytest.approx(bed(s2.mean_dose_Gy, 2.6, 2.8, TEFF_H["kidneys"]), rel=1e-9)
+    assert any("earlier cycle" in w.message for w in ctx.results.warnings)

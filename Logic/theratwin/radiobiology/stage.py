@@ -81,6 +81,7 @@ class RadiobiologyStage:
             return bool(risk) if isinstance(risk, bool) else name in set(risk)
 
         cum_dose: dict[str, float] = {}
+        last_teff: dict[str, float] = {}
         cum_bed: dict[str, float] = {}
         cum_dose_map: np.ndarray | None = None
         cum_bed_map: np.ndarray | None = None
@@ -99,9 +100,18 @@ class RadiobiologyStage:
                 tp = tissue_parameters(tissue_of(name), overrides)
                 teff = sr.effective_half_life_h
                 if teff is None or not np.isfinite(teff) or teff <= 0:
-                    teff = phys_t_h
-                    res.warn("radiobiology", f"No effective half-life for '{name}'; BED uses the physical half-life "
-                             f"({phys_t_h:.1f} h), which gives the lowest BED for this dose.", structure=name, cycle=n)
+                    if name in last_teff:
+                        # e.g. a single-time-point cycle: the same structure's kinetics in the previous cycle
+                        teff = last_teff[name]
+                        res.warn("radiobiology", f"No effective half-life for '{name}' in cycle {n}; BED uses the one "
+                                 f"of an earlier cycle ({teff:.1f} h).", structure=name, cycle=n, severity="info")
+                    else:
+                        teff = phys_t_h
+                        res.warn("radiobiology", f"No effective half-life for '{name}'; BED uses the physical "
+                                 f"half-life ({phys_t_h:.1f} h), which gives the lowest BED for this dose.",
+                                 structure=name, cycle=n)
+                else:
+                    last_teff[name] = float(teff)
                 sr.alpha_beta_Gy = tp.alpha_beta_Gy
                 sr.repair_half_time_h = tp.repair_half_time_h
                 shape = _dose_rate_shape(sr.kinetic_params)
