@@ -71,15 +71,14 @@ def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: boo
         raise DicomReadError("SegmentSequence (0062,0002) is empty.", path=path, tag="SegmentSequence")
     shared = get_item(ds, "SharedFunctionalGroupsSequence")
     probe = Dataset()
-    orient = get_item(shared, "PlaneOrientationSequence")
-    if orient is not None and get_value(orient, "ImageOrientationPatient") is not None:
-        probe.ImageOrientationPatient = orient.ImageOrientationPatient
-    else:
+    iop = get_floats(get_item(shared, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+    if iop is None:
         pf0 = get_item(ds, "PerFrameFunctionalGroupsSequence")
-        o = get_item(pf0, "PlaneOrientationSequence")
-        if o is None or get_value(o, "ImageOrientationPatient") is None:
-            raise DicomReadError("PlaneOrientationSequence missing.", path=path, tag="ImageOrientationPatient")
-        probe.ImageOrientationPatient = o.ImageOrientationPatient
+        iop = get_floats(get_item(pf0, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+    if iop is None:
+        raise DicomReadError("PlaneOrientationSequence > ImageOrientationPatient missing or invalid.", path=path,
+                             tag="ImageOrientationPatient")
+    probe.ImageOrientationPatient = iop
     row, col = _orientation(probe, path, strict)
     normal = np.cross(row, col)
     measures = get_item(shared, "PixelMeasuresSequence") or get_item(

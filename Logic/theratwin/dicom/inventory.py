@@ -479,13 +479,17 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         s.datasets.append(ds)
     inv.series = list(by_series.values())
     for s in inv.series:
-        _acquisition_start(s)
-        if s.role in ("spect", "pet"):
-            _duration(s)
-            s.administration = _administration(s)
-            _units(s)
-        elif s.role == "ct":
-            s.units = "HU"
+        try:
+            _acquisition_start(s)
+            if s.role in ("spect", "pet"):
+                _duration(s)
+                s.administration = _administration(s)
+                _units(s)
+            elif s.role == "ct":
+                s.units = "HU"
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+            # corrupt values decoded lazily by pydicom: keep the series out of the grouping, say why
+            s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {e}); not used"
     _plan(inv)
     report(progress, 1.0, f"found {len(inv.series)} series")
     return inv

@@ -8,14 +8,16 @@ administration of the cycle.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
+import struct
 from datetime import datetime
 
 import numpy as np
 
 from .. import nuclides
-from ..errors import DicomReadError, InvalidInputError
+from ..errors import DicomReadError, InvalidInputError, TheraTwinError
 from ..progress import ProgressCallback, report, scaled
 from ..study.image import ImageVolume
 from ..study.model import Administration, Cycle, Patient, Segmentation, SourceRef, Study, TimePoint
@@ -25,6 +27,11 @@ from ._read_values import combine, get_float, get_text, get_value, parse_da, par
 from .inventory import PlannedTimePoint, SeriesInfo, scan
 
 __all__ = ["read_study"]
+
+# Exceptions pydicom and numpy raise when a corrupt value is decoded lazily (see read_study).
+_CORRUPT_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError,
+                         struct.error, UnicodeError, NotImplementedError, RecursionError)
+_CURRENT_FILE: contextvars.ContextVar[object] = contextvars.ContextVar("theratwin_dicom_file", default=None)
 
 # Philips PET stores the factor from CNTS to Bq/mL in a private element (7053,1009) of "Philips PET Private Group".
 _PHILIPS_CREATOR = "Philips PET Private Group"
@@ -64,6 +71,20 @@ def read_study(
         quantitative units, mixed radionuclides within one cycle, missing CT, inconsistent frame of reference,
         and unreadable or inconsistent image data.
     """
+    try:
+        return _read_study(path, strict=strict, progress=progress, counts_calibration=counts_calibration_Bq_per_mL)
+    except TheraTwinError:
+        raise
+    except _CORRUPT_VALUE_ERRORS as e:
+        # Safety net for corrupt values that pydicom only decodes on access (documented: every refusal is a
+        # DicomReadError); the file is the one being decoded when known.
+        raise DicomReadError(f"corrupt or unreadable DICOM value ({type(e).__name__}: {e}); check the file with "
+                             "dciodvfy.", path=_CURRENT_FILE.get(), tag=None) from e
+
+
+def _read_study(path: str | os.PathLike[str], *, strict: bool, progress: ProgressCallback | None,
+                counts_calibration: float | None) -> Study:
+    counts_calibration_Bq_per_mL = counts_calibration
     inv = scan(path, strict=strict, progress=scaled(progress, 0.0, 0.3))
     if strict and inv.skipped:
         p, reason = inv.skipped[0]
@@ -109,6 +130,7 @@ def read_study(
         if len(seg_series.files) != 1:
             inv.warnings.append(f"SEG series has {len(seg_series.files)} objects; reading the first")
         ds = seg_series.datasets[0]
+        _CURRENT_FILE.set(seg_series.files[0])
         segmentation = read_seg(ds, seg_series.files[0], reference_ct.geometry if reference_ct else None,
                                 strict=strict)
     study = Study(
@@ -160,6 +182,7 @@ def _time_point(ptp: PlannedTimePoint, adm: Administration, strict: bool,
     s = ptp.emission
     assert s.acquisition_start is not None
     kind = "nm" if s.role == "spect" else "pt"
+    _CURRENT_FILE.set(s.first_file)
     vol, ordered = read_volume(s.datasets, s.files, kind=kind, strict=strict, unit="Bq/mL")
     values = vol.array.astype(np.float64)
     half_life_h = nuclides.get(adm.nuclide).half_life_h
@@ -172,6 +195,7 @@ def _time_point(ptp: PlannedTimePoint, adm: Administration, strict: bool,
     ct_vol = None
     ct_source = SourceRef()
     if ptp.ct is not None:
+        _CURRENT_FILE.set(ptp.ct.first_file)
         ct_vol, ct_ordered = read_volume(ptp.ct.datasets, ptp.ct.files, kind="ct", strict=strict, unit="HU")
         ct_source = _source(ptp.ct, ct_ordered)
     return TimePoint(image, s.acquisition_start, duration_s, ct_vol, _source(s, ordered), ct_source)
