@@ -354,3 +354,59 @@ class TestStage:
         data = json.loads((tmp_path / "results.json").read_text())
         assert data["twin"]["prediction"]["structures"]["kidneys"]["cumulative_bed_Gy"]["high"] > 0
         assert any(m["stage"] == "twin" for m in data["methods"])
+
+
+class TestLaplaceApproximation:
+    def test_laplace_matches_importance_sampled_exact_posterior(self) -> None:
+        """The Gaussian (Laplace) posterior agrees with the exact posterior, computed independently here by
+        importance sampling (proposal: the Laplace Gaussian, weights: exact log posterior − proposal)."""
+        from theratwin.twin.model import log_normal_sd
+
+        p = make_cohort(1, structures=("kidneys",), proportional_sd=0.05, seed=17).patients[0]
+        twin = PatientTwin("Lu-177", "PSMA-617")
+        for c, d in p.measurements.items():
+            t, y = d["kidneys"]
+            twin.observe(c, "kidneys", t, y, 7400.0)
+        post = twin.posterior()
+        prior = twin._post_priors[0]
+        mode, cov = post.mode[0], post.cov[0]
+        rng = np.random.default_rng(3)
+        n = 40000
+        chol = np.linalg.cholesky(cov)
+        z = rng.standard_normal((n, mode.size))
+        x = mode + z @ chol.T
+        log_q = -0.5 * np.sum(z * z, axis=1)
+        # exact log posterior, written out from the model definition (module docstrings)
+        omega_inv = np.linalg.inv(prior.iiv_cov)
+        gamma_inv = np.linalg.inv(prior.iov_cov)
+        theta = x[:, :3]
+        lp = -0.5 * np.einsum("ni,ij,nj->n", theta - prior.mean, omega_inv, theta - prior.mean)
+        tia2 = None
+        for k, c in enumerate((1, 2)):
+            kappa = x[:, 3 + 3 * k: 6 + 3 * k]
+            lp += -0.5 * np.einsum("ni,ij,nj->n", kappa, gamma_inv, kappa)
+            eta = theta + kappa
+            u, lam_w = np.exp(eta[:, 0]), LAM_LU + np.exp(eta[:, 1])
+            lam_u = lam_w + np.exp(eta[:, 2])
+            t, y = p.measurements[c]["kidneys"]
+            a = 7400.0 * u[:, None] * (np.exp(-lam_w[:, None] * t) - np.exp(-lam_u[:, None] * t))
+            s = log_normal_sd(y, np.zeros_like(y), 0.05, 0.05)
+            lp += -0.5 * np.sum(((np.log(y) - np.log(a)) / s) ** 2, axis=1)
+            if c == 2:
+                tia2 = 7400.0 * u * (1 / lam_w - 1 / lam_u)
+        assert tia2 is not None
+        logw = lp - log_q
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        ess = 1.0 / np.sum(w * w)
+        print(f"\nimportance sampling: ESS {ess:.0f} of {n}")
+        assert ess > 0.3 * n  # the Gaussian is a good proposal: the posterior is close to Laplace
+        exact_mean = float(np.sum(w * tia2))
+        order = np.argsort(tia2)
+        cdf = np.cumsum(w[order])
+        lo, hi = tia2[order][np.searchsorted(cdf, 0.05)], tia2[order][np.searchsorted(cdf, 0.95)]
+        est = twin.tia(2, "kidneys", n_draws=20000)
+        print(f"exact mean {exact_mean:.0f} [{lo:.0f}, {hi:.0f}]; Laplace {est.mean_MBq_h:.0f} [{est.low_MBq_h:.0f}, {est.high_MBq_h:.0f}]")
+        assert est.mean_MBq_h == pytest.approx(exact_mean, rel=0.01)
+        assert est.low_MBq_h == pytest.approx(lo, rel=0.02)
+        assert est.high_MBq_h == pytest.approx(hi, rel=0.02)
