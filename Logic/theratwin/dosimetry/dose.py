@@ -31,7 +31,7 @@ import scipy.fft
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
 from ..registry import Registry
-from ._physics import MEV_TO_MGY_G_PER_MBQ_S, emission_spectrum
+from ._physics import DPK_X_MAX, MEV_TO_MGY_G_PER_MBQ_S, csda_range_mm, emission_spectrum
 from .kernels import voxel_kernel
 
 __all__ = ["DoseEngine", "DOSE_ENGINES", "dose_map", "DVKEngine", "LEDEngine", "fft_convolve"]
@@ -180,7 +180,8 @@ class DVKEngine:
     Parameters
     ----------
     radius_voxels
-        Kernel half-size (voxels); photon energy deposited beyond it is not counted.
+        Kernel half-size (voxels); photon energy deposited beyond it is not counted. Enlarged automatically
+        to the electrons' reach when that is larger (e.g. 90Y in 2 mm voxels).
     include_photons
         Include the photon contribution of the kernel.
     """
@@ -205,10 +206,14 @@ class DVKEngine:
                 progress: ProgressCallback | None = None) -> np.ndarray:
         tia, vox, rho = _check_inputs(tia_Bq_h_per_mL, voxel_mm, density_g_per_mL)
         report(progress, 0.0, "building the voxel kernel")
-        kernel = voxel_kernel(nuclide, vox, self.radius_voxels, include_photons=self.include_photons)
+        # the kernel always reaches as far as the electrons go (small voxels, high-energy beta emitters)
+        spec = emission_spectrum(nuclide)
+        reach_mm = float(csda_range_mm(spec.electron_energy_MeV.max())) * DPK_X_MAX if spec.electron_weight_MeV.size else 0.0
+        radius = max(self.radius_voxels, min(64, int(np.ceil(reach_mm / min(vox))) + 1))
+        kernel = voxel_kernel(nuclide, vox, radius, include_photons=self.include_photons)
         # decays per voxel in MBq s: Bq h/mL x mL x 3600 s/h x 1e-6 MBq/Bq
         scale = float(np.prod(vox)) / 1000.0 * _S_PER_H * 1e-6 * 1e-3  # x mGy/(MBq s) -> Gy
-        key = ("dvk", nuclide, vox, self.radius_voxels, self.include_photons)
+        key = ("dvk", nuclide, vox, radius, self.include_photons)
         dose = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, progress=progress)
         # float32 FFT round-off leaves values of order 1e-7 x max around zero; dose cannot be negative
         np.maximum(dose, 0.0, out=dose)
