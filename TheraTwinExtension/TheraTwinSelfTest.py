@@ -8,8 +8,10 @@ Test"), with ctest (``slicer_add_python_unittest``), or headless with slicer-cor
 
 import json
 import logging
+import os
 import pathlib
 import tempfile
+import zipfile
 
 import slicer
 
@@ -157,6 +159,13 @@ class TheraTwinSelfTestTest(ScriptedLoadableModuleTest):
         self.assertTrue(twin["twinState"].GetText().startswith("{"))
         # export: RT Dose, SR, SEG and the FHIR bundle were written
         files = out["export"]["files"]
-        for kind in ("rtdose", "sr", "seg", "fhir_bundle"):
+        for kind in ("rtdose", "sr", "seg", "fhir_bundle", "twin_state"):
             self.assertIn(kind, files)
         self.assertTrue((folder / "fhir-bundle.json").is_file())
+        # the scene, saved as a bundle, holds no credential from the environment
+        secrets = [v for k, v in os.environ.items() if k.startswith("THERATWIN_") and
+                   any(w in k for w in ("PASSWORD", "TOKEN", "USER")) and len(v) >= 6]
+        bundle = TheraTwinLib.saveSceneToBundle(self.scene, folder / "scene.mrb")
+        with zipfile.ZipFile(bundle) as archive:
+            content = b"".join(archive.read(name) for name in archive.namelist())
+        self.assertFalse([s for s in secrets if s.encode() in content])

@@ -292,9 +292,14 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
                                               outDir=outputDirectory,
                                               pacsUrl=endpoints["pacsUrl"] if pushToPacs else None,
                                               fhirUrl=endpoints["fhirUrl"] if pushToFhir else None,
-                                              progress=progress, useCache=False)
+                                              progress=progress)
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
+        twin = run.state.get("twin")
+        if twin is not None and "twin_state" not in run.results.outputs:
+            # the twin ran earlier without an output folder (another module): write its state here as well
+            (outputDirectory / "twin-state.json").write_text(twin.to_json())
+            run.results.outputs["twin_state"] = "twin-state.json"
         imported = []
         if importIntoDicomDatabase:
             imported = self.importIntoDicomDatabase(outputDirectory / "dicom")

@@ -9,6 +9,7 @@ on the same data does not repeat work it does not need to.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from .Volumes import UNIT_ATTRIBUTE, markAsDoseVolume, updateVolumeNodeFromImage
 
 __all__ = [
     "PipelineRun",
+    "OUTPUT_STAGES",
     "runPipelineOnNodes",
     "clearPipelineCache",
     "mapNodeName",
@@ -42,7 +44,16 @@ class PipelineRun:
     results: Any
     state: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    context: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)  # per stage: what its outcome depends on
 
+    @property
+    def completedStages(self) -> list[str]:
+        return list(self.context.completed) if self.context is not None else []
+
+
+#: Stages that write files or send data: their outcome also depends on the output folder and endpoints.
+OUTPUT_STAGES = ("report", "dicom_export", "fhir_export")
 
 _cache: dict[str, PipelineRun] = {}
 
@@ -52,9 +63,56 @@ def clearPipelineCache() -> None:
     _cache.clear()
 
 
-def _key(nodes: Sequence[Any], stages: Sequence[str], options: dict[str, Any], outDir: Any) -> str:
-    parts = [(n.GetID(), int(n.GetMTime())) for n in nodes if n is not None]
-    return json.dumps([parts, list(stages), options, str(outDir)], sort_keys=True, default=str)
+def _inputsKey(nodes: Sequence[Any]) -> str:
+    return json.dumps([(n.GetID(), int(n.GetMTime())) for n in nodes if n is not None])
+
+
+def _stageSettings(stages: Sequence[str], options: dict[str, Any], outDir: Any, pacsUrl: Any,
+                   fhirUrl: Any) -> dict[str, str]:
+    settings = {}
+    for name in stages:
+        value: dict[str, Any] = {"options": options.get(name, {})}
+        if name in OUTPUT_STAGES:
+            value.update(outDir=str(outDir), pacs=pacsUrl, fhir=fhirUrl)
+        settings[name] = json.dumps(value, sort_keys=True, default=str)
+    return settings
+
+
+def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: Path | None,
+                 progress: Callable[[float, str], None] | None) -> None:
+    """Run the stages not yet done on the kept context, following the pipeline's stage protocol (``requires``,
+    progress mapped onto the whole request, stage timing, ``results.json`` when writing outputs)."""
+    from theratwin.pipeline.core import STAGES
+    from theratwin.progress import report, scaled
+
+    context, results = run.context, run.results
+    context.config = config
+    context.out_dir = outDir
+    context.progress = progress
+    todo = [s for s in stages if s not in context.completed]
+    for index, name in enumerate(todo):
+        if name not in STAGES:
+            results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
+            continue
+        stage = STAGES.get(name)
+        stage = stage() if isinstance(stage, type) else stage
+        missing = [r for r in getattr(stage, "requires", ()) if r not in context.completed]
+        if missing:
+            results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
+            continue
+        context.state["_stage_progress"] = scaled(progress, index / len(todo), (index + 1) / len(todo))
+        report(progress, index / len(todo), name)
+        t0 = time.perf_counter()
+        stage.run(context)
+        context.completed.append(name)
+        results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
+    context.state.pop("_stage_progress", None)
+    if outDir is not None and config.write_outputs:
+        results.outputs["results_json"] = "results.json"
+        results.write_json(outDir / "results.json")
+    results.extras["completed_stages"] = list(context.completed)
+    report(progress, 1.0, "done")
+    run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 
 def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,
@@ -62,6 +120,11 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
                        outDir: str | Path | None = None, pacsUrl: str | None = None, fhirUrl: str | None = None,
                        progress: Callable[[float, str], None] | None = None, useCache: bool = True) -> PipelineRun:
     """Build a study from the nodes and run the pipeline stages on it.
+
+    The last run is kept: a request on the same nodes (same modification times) whose stages extend the kept
+    run's stages with the same options continues that run instead of starting again (the Kinetics, Dosimetry,
+    Twin and Export modules ask for ever longer stage lists, and registration dominates the time); a request
+    the kept run already covers returns it.
 
     Parameters
     ----------
@@ -78,25 +141,41 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
         Where stages write files (DICOM, FHIR bundle, report); None writes nothing.
     progress
         ``f(fraction 0..1, message)``; it may raise ``theratwin.progress.Cancelled`` to stop.
+    useCache
+        False: always start a new run.
     """
     from theratwin.pipeline import DEFAULT_STAGES, Pipeline, PipelineConfig
 
     stages = tuple(stages or DEFAULT_STAGES)
     options = dict(stageOptions or {})
-    allNodes = [*timePointNodes, segmentationNode, referenceCtNode]
-    key = _key(allNodes, stages, {"options": options, "pacs": pacsUrl, "fhir": fhirUrl}, outDir)
-    if useCache and key in _cache:
-        return _cache[key]
-    study = studyFromNodes(timePointNodes, segmentationNode=segmentationNode, referenceCtNode=referenceCtNode)
+    outPath = Path(outDir) if outDir is not None else None
+    inputsKey = _inputsKey([*timePointNodes, segmentationNode, referenceCtNode])
+    settings = _stageSettings(stages, options, outPath, pacsUrl, fhirUrl)
     config = PipelineConfig(stages=stages, stage_options=options, pacs_url=pacsUrl, fhir_url=fhirUrl,
-                            write_outputs=outDir is not None)
+                            write_outputs=outPath is not None)
+    kept = _cache.get(inputsKey) if useCache else None
+    if kept is not None:
+        done = kept.completedStages
+        shared = 0
+        while (shared < min(len(done), len(stages)) and done[shared] == stages[shared]
+               and kept.settings.get(stages[shared]) == settings[stages[shared]]):
+            shared += 1
+        if shared == len(stages):
+            return kept
+        if shared == len(done):
+            if outPath is not None:
+                outPath.mkdir(parents=True, exist_ok=True)
+            _continueRun(kept, stages, config, outPath, progress)
+            kept.settings.update(settings)
+            return kept
+    study = studyFromNodes(timePointNodes, segmentationNode=segmentationNode, referenceCtNode=referenceCtNode)
     pipeline = Pipeline(config)
-    results = pipeline.run(study, out_dir=outDir, progress=progress)
+    results = pipeline.run(study, out_dir=outPath, progress=progress)
     context = getattr(pipeline, "last_context", None)
     state = {k: v for k, v in (context.state if context is not None else {}).items() if not k.startswith("_")}
-    run = PipelineRun(study, results, state, key)
+    run = PipelineRun(study, results, state, inputsKey, context, settings)
     _cache.clear()
-    _cache[key] = run
+    _cache[inputsKey] = run
     return run
 
 

@@ -23,10 +23,11 @@ the headers (through ``slicer.dicomDatabase.fileForInstance`` in the application
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import slicer
@@ -64,7 +65,11 @@ NUCLIDE = "TheraTwin.Nuclide"
 ADMINISTERED_ACTIVITY = "TheraTwin.AdministeredActivity_MBq"
 ADMINISTRATION_START = "TheraTwin.AdministrationStart"
 PATIENT_JSON = "TheraTwin.Patient"
+SOURCE_JSON = "TheraTwin.Source"
+STUDY_JSON = "TheraTwin.Study"
 CT_REFERENCE_ROLE = "TheraTwin.CT"
+#: Slicer's attribute listing the SOP instances a node was loaded from (set by its DICOM plugins).
+DICOM_INSTANCE_UIDS = "DICOM.instanceUIDs"
 
 
 @dataclass
@@ -78,6 +83,31 @@ class StudyNodes:
 
     def allTimePoints(self) -> list[Any]:
         return [n for cycle in sorted(self.timePoints) for n in self.timePoints[cycle]]
+
+
+def _setSource(node: Any, source: Any) -> None:
+    """Keep where an image came from in DICOM (UIDs, files), so exports can reference it."""
+    if source is None or not (source.series_uid or source.sop_instance_uids):
+        return
+    node.SetAttribute(SOURCE_JSON, json.dumps(dataclasses.asdict(source)))
+    if source.sop_instance_uids:
+        node.SetAttribute(DICOM_INSTANCE_UIDS, " ".join(source.sop_instance_uids))
+
+
+def _source(node: Any) -> Any:
+    import theratwin as tt
+
+    text = node.GetAttribute(SOURCE_JSON) if node is not None else None
+    if not text:
+        return tt.study.SourceRef()
+    d = json.loads(text)
+    return tt.study.SourceRef(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _patientJson(patient: Any) -> str:
+    d = dataclasses.asdict(patient)
+    d["birth_date"] = patient.birth_date.isoformat() if patient.birth_date else None
+    return json.dumps(d)
 
 
 def setTimePointAttributes(volumeNode: Any, *, cycle: int, acquisitionStart: datetime,
@@ -218,7 +248,8 @@ def _patient(node: Any) -> Any:
     text = node.GetAttribute(PATIENT_JSON)
     if text:
         d = json.loads(text)
-        return tt.Patient(d["patient_id"], d.get("name", ""), sex=d.get("sex", ""))
+        d["birth_date"] = date.fromisoformat(d["birth_date"]) if d.get("birth_date") else None
+        return tt.Patient(**d)
     scene = node.GetScene()
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     subject = _subjectItem(node)
@@ -249,6 +280,7 @@ def studyFromNodes(timePoints: Sequence[Any], *, segmentationNode: Any = None, r
     if not nodes:
         raise tt.InvalidInputError("No time-point volumes given; select the quantitative SPECT/PET volumes (Bq/mL).")
     byCycle: dict[int, list[Any]] = {}
+    cts: dict[str, Any] = {}  # one ImageVolume per CT node, shared by its time points
     administrations: dict[int, Any] = {}
     starts = sorted({_administration(n).start for n in nodes})
     for node in nodes:
@@ -261,7 +293,9 @@ def studyFromNodes(timePoints: Sequence[Any], *, segmentationNode: Any = None, r
             imageFromVolumeNode(node, unit="Bq/mL"),
             datetime.fromisoformat(node.GetAttribute(ACQUISITION_START)),
             float(node.GetAttribute(ACQUISITION_DURATION) or 0.0),
-            ct=imageFromVolumeNode(ct, unit="HU") if ct is not None else None,
+            ct=cts.setdefault(ct.GetID(), imageFromVolumeNode(ct, unit="HU")) if ct is not None else None,
+            source=_source(node),
+            ct_source=_source(ct) if ct is not None else tt.study.SourceRef(),
         )
         byCycle.setdefault(cycle, []).append(timePoint)
     cycles = [tt.Cycle(c, administrations[c], byCycle[c]) for c in sorted(byCycle)]
@@ -269,7 +303,13 @@ def studyFromNodes(timePoints: Sequence[Any], *, segmentationNode: Any = None, r
     segmentation = None
     if segmentationNode is not None:
         segmentation = segmentationFromSegmentationNode(segmentationNode)
-    return tt.Study(_patient(nodes[0]), cycles, segmentation, reference_ct=referenceCt)
+        segmentation.source = _source(segmentationNode)
+    studyInfo = json.loads(nodes[0].GetAttribute(STUDY_JSON) or "{}")
+    study = tt.Study(_patient(nodes[0]), cycles, segmentation, study_uid=studyInfo.get("study_uid", ""),
+                     frame_of_reference_uid=studyInfo.get("frame_of_reference_uid", ""),
+                     description=studyInfo.get("description", ""), reference_ct=referenceCt,
+                     reference_ct_source=_source(referenceCtNode) if referenceCtNode is not None else tt.study.SourceRef())
+    return study
 
 
 def addStudyToScene(scene: Any, study: Any, *, prefix: str = "") -> StudyNodes:
@@ -294,12 +334,17 @@ def addStudyToScene(scene: Any, study: Any, *, prefix: str = "") -> StudyNodes:
             setTimePointAttributes(node, cycle=cycle.number, acquisitionStart=timePoint.acquisition_start,
                                    acquisitionDuration_s=timePoint.acquisition_duration_s,
                                    administration=cycle.administration)
+            node.SetAttribute(PATIENT_JSON, _patientJson(patient))
+            node.SetAttribute(STUDY_JSON, json.dumps({"study_uid": study.study_uid, "description": study.description,
+                                                      "frame_of_reference_uid": study.frame_of_reference_uid}))
+            _setSource(node, timePoint.source)
             sh.CreateItem(studyItem, node)
             if timePoint.ct is not None:
                 ct = ctNodes.get(id(timePoint.ct))
                 if ct is None:
                     ct = volumeNodeFromImage(scene, timePoint.ct, f"{prefix}C{cycle.number} CT {hours:.0f} h")
                     ct.SetAttribute(ROLE, "CT")
+                    _setSource(ct, timePoint.ct_source)
                     sh.CreateItem(studyItem, ct)
                     ctNodes[id(timePoint.ct)] = ct
                     result.cts.append(ct)
@@ -307,5 +352,6 @@ def addStudyToScene(scene: Any, study: Any, *, prefix: str = "") -> StudyNodes:
             result.timePoints.setdefault(cycle.number, []).append(node)
     if study.segmentation is not None:
         result.segmentation = segmentationNodeFromSegmentation(scene, study.segmentation, f"{prefix}Structures")
+        _setSource(result.segmentation, study.segmentation.source)
         sh.CreateItem(studyItem, result.segmentation)
     return result

@@ -235,9 +235,13 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         parameterNode.recommendationTable = outputs["recommendationTable"]
         return outputs
 
-    def process(self, timePointNodes, segmentationNode, *, nextCycle=None, plannedActivity_MBq=None, confidence=0.9,
+    def process(self, timePointNodes, segmentationNode, *, nextCycle=None, plannedActivity_MBq=None, confidence=None,
                 twinStateNode=None, progress=None) -> dict:
         """Fit the twin to every imaged cycle and predict ``nextCycle`` (default: the last imaged + 1).
+
+        ``plannedActivity_MBq`` defaults to the last cycle's activity, ``confidence`` to the twin stage's (0.9).
+        Only the settings given are passed to the twin stage, so a run with the defaults is shared with the
+        other modules (see ``TheraTwinLib.runPipelineOnNodes``).
 
         Returns
         -------
@@ -246,11 +250,14 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
             ``forecast`` (the twin stage's dicts), ``predictionTable`` and ``recommendationTable``.
         """
         TheraTwinLib.ensureRequirements(REQUIREMENTS)
-        options = {"twin": {"confidence": float(confidence)}}
+        twinOptions = {}
+        if confidence is not None:
+            twinOptions["confidence"] = float(confidence)
         if nextCycle:
-            options["twin"]["predict_cycle"] = int(nextCycle)
+            twinOptions["predict_cycle"] = int(nextCycle)
         if plannedActivity_MBq:
-            options["twin"]["administered_MBq"] = float(plannedActivity_MBq)
+            twinOptions["administered_MBq"] = float(plannedActivity_MBq)
+        options = {"twin": twinOptions} if twinOptions else {}
         run = TheraTwinLib.runPipelineOnNodes(timePointNodes, segmentationNode=segmentationNode, stages=self.STAGES,
                                               stageOptions=options, progress=progress)
         for warning in run.results.warnings:

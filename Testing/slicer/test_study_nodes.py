@@ -13,12 +13,23 @@ import TheraTwinLib as L
 
 
 def test_study_round_trip_through_the_scene(scene, study) -> None:
+    # DICOM provenance must survive (exports reference the source images, PatientID keys PACS and FHIR)
+    study.study_uid, study.frame_of_reference_uid = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+    ref = tt.study.SourceRef(study.study_uid, "1.2.826.0.1.3680043.8.498.3", study.frame_of_reference_uid, "NM",
+                             ("1.2.826.0.1.3680043.8.498.4",), "1.2.840.10008.5.1.4.1.1.20", "SPECT", ("/x/nm.dcm",))
+    study.cycles[0].time_points[0].source = ref
+    study.patient = tt.Patient("TT-SLICER-1", "Test^Slicer", birth_date=datetime(1950, 5, 17).date(), sex="M",
+                               issuer="urn:oid:1.2.3", weight_kg=82.0)
     nodes = L.addStudyToScene(scene, study)
+    assert nodes.timePoints[1][0].GetAttribute("DICOM.instanceUIDs") == "1.2.826.0.1.3680043.8.498.4"
     assert sorted(nodes.timePoints) == [1, 2]
     assert [len(v) for _, v in sorted(nodes.timePoints.items())] == [3, 1]
     assert len(nodes.cts) == 1  # one CT shared by the cycle-1 time points
     back = L.studyFromNodes(nodes.allTimePoints(), segmentationNode=nodes.segmentation)
-    assert back.patient.patient_id == "TT-SLICER-1" and back.patient.sex == "M"
+    assert back.patient == study.patient
+    assert (back.study_uid, back.frame_of_reference_uid) == (study.study_uid, study.frame_of_reference_uid)
+    assert back.cycles[0].time_points[0].source == ref
+    assert back.cycles[0].time_points[1].source == tt.study.SourceRef()
     assert [c.number for c in back.cycles] == [1, 2]
     for c0, c1 in zip(study.cycles, back.cycles, strict=True):
         assert c1.administration == c0.administration

@@ -45,8 +45,12 @@ def test_checksum_verification_catches_a_changed_file(tmp_path) -> None:
     assert any(victim.name in p and "SHA256" in p for p in problems) and any("extra.txt" in p for p in problems)
 
 
-def test_whole_workflow_on_the_demo_patient() -> None:
-    """Load the demo patient, run Kinetics, Dosimetry, Twin and Export Logic headless, check against the truth."""
+@pytest.mark.slow
+def test_whole_workflow_on_the_demo_patient(monkeypatch) -> None:
+    """Load the demo patient, run Kinetics, Dosimetry, Twin and Export Logic headless, check against the truth
+    (and that a credential in the environment does not end up in the saved scene)."""
+    monkeypatch.setenv("THERATWIN_PACS_PASSWORD", "s3cret-Pw-7f2a")
+    monkeypatch.setenv("THERATWIN_FHIR_TOKEN", "tok-91c0d5e2")
     missing = [s for s in ("registration", "kinetics", "dosimetry", "radiobiology", "twin", "dicom_export",
                            "fhir_export") if s not in STAGES]
     if missing:
