@@ -1,6 +1,6 @@
 // TheraTwin test FHIR R4 server: Medplum's FHIR router (@medplum/fhir-router 4.5.2) and validator
-// (@medplum/core) behind node:http. Test use only: in-memory store, no authorization model beyond an
-// optional bearer token.
+// (@medplum/core) behind node:http(s). Test use only: an in-memory store and no access control beyond the
+// optional authentication below.
 //
 // What it adds to Medplum's MemoryRepository (which validates nothing and never rolls back):
 //   * every create/update is validated with validateResource() against the R4 StructureDefinitions from

@@ -358,3 +358,24 @@ def test_large_report_is_not_embedded(tmp_path: Path):
     b = build_bundle(res, out_dir=tmp_path)
     dr = _by_type(b)["DiagnosticReport"][0]["resource"]
     assert [f["contentType"] for f in dr["presentedForm"]] == ["application/pdf", "text/html"]
+
+
+def test_dvh_metrics_and_organ_limits(built):
+    res, bundle, _ = built
+    obs = {e["resource"]["code"]["text"]: e["resource"] for e in _by_type(bundle)["Observation"]
+           if e["resource"]["status"] == "final"}
+    for n in (1, 2):
+        sr = res.cycles[n].structures["kidneys"]
+        o = obs[f"Dosimetry of kidneys, cycle {n}"]
+        for key, code in (("Dmax_Gy", codes.DCM.MaximumAbsorbedRadiationDose.value),
+                          ("Dmin_Gy", codes.DCM.MinimumAbsorbedRadiationDose.value),
+                          ("D50_Gy", codes.DCM.MedianAbsorbedRadiationDose.value),
+                          ("D2_Gy", "dose-to-2-percent-volume"), ("D98_Gy", "dose-to-98-percent-volume")):
+            assert _component(o, code)["valueQuantity"]["value"] == pytest.approx(sr.dvh_metrics[key])
+        cum = _component(o, "cumulative-biologically-effective-dose")
+        assert cum["referenceRange"][0]["high"]["value"] == sr.limit["value_Gy"]
+        assert "Bodei" in cum["referenceRange"][0]["text"]
+        # cycle 1: 4.6 Gy under 40 Gy -> N; cycle 2 (synthetic 8 Gy limit): 8.74 Gy -> H
+        above = sr.cumulative_bed_Gy > sr.limit["value_Gy"]
+        assert above == (n == 2)
+        assert cum["interpretation"][0]["coding"][0]["code"] == ("H" if above else "N")

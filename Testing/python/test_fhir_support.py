@@ -85,6 +85,14 @@ def make_results(out_dir: Path | None = None, *, patient_id: str = "TT-FHIR-1",
                 setattr(sr, k, v * scale if k != "mass_g" else v)
             sr.tia_method = "model_average" if n == 1 else "twin"
             sr.dose_method = "dvk"
+            sr.dvh_metrics = {"Dmean_Gy": sr.mean_dose_Gy, "Dmin_Gy": 0.5 * sr.mean_dose_Gy,
+                              "Dmax_Gy": 2.0 * sr.mean_dose_Gy, "D2_Gy": 1.8 * sr.mean_dose_Gy,
+                              "D50_Gy": sr.mean_dose_Gy, "D98_Gy": 0.6 * sr.mean_dose_Gy}
+        # cumulative BED of the kidneys against the 40 Gy limit (as the radiobiology stage records it)
+        kid = res.cycles[n].structure("kidneys")
+        kid.cumulative_bed_Gy = 4.6 if n == 1 else 4.6 + 4.6 * 0.9
+        kid.limit = {"quantity": "BED", "value_Gy": 40.0 if n == 1 else 8.0, "risk_factors": False,
+                     "reference": "Bodei 2008 EJNMMI 35:1847"}
     res.cycles[2].structure("kidneys").estimated_by_twin = {"tia_MBq_h": 45900.0, "sd": 2000.0,
                                                             "low": 42600.0, "high": 49200.0}
     # the layout of the twin stage's output (theratwin.twin.stage: Prediction/Recommendation.to_dict, forecast)

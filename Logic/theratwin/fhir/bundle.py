@@ -429,7 +429,7 @@ def _body_site(kind: StructureKind, name: str) -> dict[str, Any]:
 
 
 _MEASURED_COMPONENTS = (
-    # (StructureResult field, concept code or DCM keyword, UCUM unit)
+    # (StructureResult field, concept code or "dcm:<PS3.16 keyword>", UCUM unit)
     ("mean_dose_Gy", "dcm:MeanAbsorbedRadiationDose", "Gy"),
     ("bed_Gy", "biologically-effective-dose", "Gy"),
     ("eqd2_Gy", "equieffective-dose-2gy", "Gy"),
@@ -440,9 +440,26 @@ _MEASURED_COMPONENTS = (
     ("cumulative_bed_Gy", "cumulative-biologically-effective-dose", "Gy"),
     ("cumulative_eqd2_Gy", "cumulative-equieffective-dose-2gy", "Gy"),
     ("dose_per_activity_Gy_per_GBq", "absorbed-dose-per-activity", "Gy/GBq"),
+    ("geud_Gy", "generalized-equivalent-uniform-dose", "Gy"),
+    ("alpha_beta_Gy", "alpha-beta-ratio", "Gy"),
+    ("repair_half_time_h", "dcm:HalfTimeForTissueRepair", "h"),
     ("mass_g", "structure-mass", "g"),
     ("volume_mL", "structure-volume", "mL"),
 )
+
+#: DVH metrics (``StructureResult.dvh_metrics`` keys) -> concept; Dmean is the mean dose above.
+_DVH_COMPONENTS = (
+    ("Dmax_Gy", "dcm:MaximumAbsorbedRadiationDose"),
+    ("Dmin_Gy", "dcm:MinimumAbsorbedRadiationDose"),
+    ("D50_Gy", "dcm:MedianAbsorbedRadiationDose"),
+    ("D2_Gy", "dose-to-2-percent-volume"),
+    ("D98_Gy", "dose-to-98-percent-volume"),
+)
+
+#: Which cumulative component a limit of ``StructureResult.limit["quantity"]`` applies to.
+_LIMIT_COMPONENT = {"BED": "cumulative-biologically-effective-dose", "EQD2": "cumulative-equieffective-dose-2gy",
+                    "dose": "cumulative-absorbed-dose"}
+_INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
 def _component_code(code: str) -> dict[str, Any]:
@@ -454,14 +471,35 @@ def _component_code(code: str) -> dict[str, Any]:
 def _measured_components(sr: StructureResult) -> list[dict[str, Any]]:
     """Components of one structure's results in one cycle (fields that are None are left out).
 
-    A sparsely imaged cycle's TIA estimated by the twin is a separate component (with its interval), next to
-    the kinetics stage's own value when there is one, so a reader can tell them apart.
+    The organ-at-risk limit (``sr.limit``) becomes the ``referenceRange`` of the cumulative quantity it
+    applies to, with interpretation H (above) or N. A sparsely imaged cycle's TIA estimated by the twin is a
+    separate component (with its interval), next to the kinetics stage's own value, so they stay apart.
     """
     comps = []
     for fld, code, unit in _MEASURED_COMPONENTS:
         v = _finite(getattr(sr, fld))
         if v is not None:
             comps.append({"code": _component_code(code), "valueQuantity": quantity(v, unit)})
+    for key, code in _DVH_COMPONENTS:
+        v = _finite((sr.dvh_metrics or {}).get(key))
+        if v is not None:
+            comps.append({"code": _component_code(code), "valueQuantity": quantity(v, "Gy")})
+    lim = sr.limit or {}
+    target = _LIMIT_COMPONENT.get(str(lim.get("quantity")))
+    limit_Gy = _finite(lim.get("value_Gy"))
+    if target and limit_Gy is not None:
+        for comp in comps:
+            if comp["code"]["coding"][0]["code"] == target:
+                text = f"Cumulative {lim['quantity']} limit {limit_Gy:g} Gy"
+                if lim.get("risk_factors"):
+                    text += " (with risk factors)"
+                if lim.get("reference"):
+                    text += f"; {lim['reference']}"
+                comp["referenceRange"] = [{"high": quantity(limit_Gy, "Gy"), "text": text[:1000]}]
+                above = comp["valueQuantity"]["value"] > limit_Gy
+                comp["interpretation"] = [{"coding": [{"system": _INTERPRETATION_SYSTEM,
+                                                       "code": "H" if above else "N",
+                                                       "display": "High" if above else "Normal"}]}]
     e = sr.estimated_by_twin
     if e:
         central, low, high = _interval({"mean": e.get("tia_MBq_h", e.get("mean_MBq_h")),
@@ -832,8 +870,6 @@ def _observation(sr: StructureResult, cr: CycleResult, name: str, kind: Structur
     if sr.estimated_by_twin:
         notes.append("The time-integrated activity of this sparsely imaged cycle was estimated by the digital twin "
                      "from the patient's earlier cycles (method twin-estimate).")
-    if sr.limit:
-        notes.append(f"Limit: {sr.limit}")
     if notes:
         obs["note"] = [{"text": t} for t in notes]
     return obs
