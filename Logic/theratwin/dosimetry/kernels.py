@@ -12,7 +12,7 @@ Method (documented in full in ``_physics``):
    side ``h_a``; anisotropic voxels need nothing else). The energy deposited in the target per decay is
    ``integral f(r) A_o(r) dr`` where ``f`` is the radial energy distribution and
    ``A_o(r) = <prod_a tent((r u_a - o_a)/h_a)>_u`` the average over directions ``u`` (2048-point Fibonacci
-   sphere), evaluated on radial shells of width h/40 where the energy of each shell is integrated exactly
+   sphere), evaluated on radial shells (h/40 wide within two voxels, h/10 beyond) whose energy is integrated exactly
    from the kernel's CDF. Because the tents sum to one over all offsets, the kernel conserves energy
    by construction. Voxels the electrons cannot reach and whose tent support excludes the origin get their
    photon dose by an 8x8x8 Gauss-Legendre rule over the tent instead.
@@ -97,8 +97,11 @@ def _kernel_cached(name: str, voxel_mm: tuple[float, float, float], radius_voxel
     ny = int(np.max(np.nonzero(near.any(axis=(0, 2)))[0])) + 1
     nz = int(np.max(np.nonzero(near.any(axis=(0, 1)))[0])) + 1
     r_near = float(np.sqrt(((np.array([nx, ny, nz])) * h) @ ((np.array([nx, ny, nz])) * h)))
+    # shells of h/40 near the source, where the electron energy and the central-voxel overlap vary fast, then
+    # h/10 beyond two voxels, where A_o(r) is smooth on the scale of a voxel
     step = float(h.min()) / _SHELLS_PER_VOXEL
-    edges = np.arange(0.0, r_near + step, step)
+    inner = np.arange(0.0, min(r_near, 2.0 * float(h.min())) + step / 2, step)
+    edges = np.concatenate([inner, np.arange(inner[-1] + 4 * step, r_near + 4 * step, 4 * step)])
     shells = _radial_energy_in_shells(spec.electron_energy_MeV, spec.electron_weight_MeV, spec.photon_energy_MeV,
                                       spec.photon_weight_MeV, edges, density, include_photons)
     r_mid = 0.5 * (edges[1:] + edges[:-1])
