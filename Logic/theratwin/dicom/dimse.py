@@ -1,0 +1,177 @@
+"""DIMSE side of :class:`theratwin.dicom.pacs.PacsClient`: C-STORE, C-FIND and C-GET (PS3.4, PS3.7) with
+pynetdicom.
+
+One association is opened on first use and reused for every C-STORE of a push. Status codes (PS3.4 B.2.3):
+0x0000 success and 0xB000/0xB006/0xB007 warnings count as stored; any other status means this instance was
+rejected (:class:`PermanentFailure`); a refused or aborted association means the PACS is unreachable now
+(:class:`StopDelivery`). DIMSE has no password: access control is by AE title and, with ``dimse+tls://``,
+by TLS (certificates verified unless the settings say otherwise).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    EncapsulatedPDFStorage,
+    EnhancedSRStorage,
+    NuclearMedicineImageStorage,
+    ParametricMapStorage,
+    PositronEmissionTomographyImageStorage,
+    RTDoseStorage,
+    RTStructureSetStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from .outbox import PermanentFailure, StopDelivery
+from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
+
+__all__ = ["DimseConnection"]
+
+_OK_STATUS = {0x0000, 0xB000, 0xB006, 0xB007}
+_COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+_ENHANCED_PET = "1.2.840.10008.5.1.4.1.1.130"
+#: Storage classes accepted during C-GET (what TheraTwin reads and writes).
+_GET_STORAGE = [CTImageStorage, NuclearMedicineImageStorage, PositronEmissionTomographyImageStorage, _ENHANCED_PET,
+                SegmentationStorage, RTDoseStorage, RTStructureSetStorage, _COMPREHENSIVE_3D_SR,
+                ComprehensiveSRStorage, EnhancedSRStorage, EncapsulatedPDFStorage, ParametricMapStorage,
+                SecondaryCaptureImageStorage]
+#: Storage classes proposed for C-STORE (the same: results plus the images they derive from).
+_STORE_CLASSES = _GET_STORAGE
+
+
+class DimseConnection:
+    """DIMSE access to one remote AE."""
+
+    def __init__(self, endpoint: PacsEndpoint, credentials: PacsCredentials, settings: PacsSettings) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self._assoc: Any = None
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    def _tls(self) -> tuple[ssl.SSLContext, str] | None:
+        if not self.endpoint.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.settings.ca_bundle)
+        if not self.settings.verify_tls:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx, self.endpoint.host
+
+    def _associate(self, ae: AE, **kwargs: Any) -> Any:
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.timeout_s
+        ae.connection_timeout = self.settings.timeout_s
+        assoc = ae.associate(self.endpoint.host, self.endpoint.port, ae_title=self.endpoint.ae_title,
+                             tls_args=self._tls(), **kwargs)
+        if not assoc.is_established:
+            raise StopDelivery(f"{self.endpoint.url}: association refused or PACS unreachable.")
+        return assoc
+
+    def close(self) -> None:
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+
+    # -- C-STORE -----------------------------------------------------------------------------------------------
+    def store(self, path: Path) -> None:
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError) as exc:
+            raise PermanentFailure(f"{path.name}: not a readable DICOM file ({type(exc).__name__}).") from None
+        if self._assoc is None or not self._assoc.is_established:
+            ae = AE(ae_title=self.settings.calling_ae_title)
+            for uid in _STORE_CLASSES:
+                ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            self._assoc = self._associate(ae)
+        try:
+            status = self._assoc.send_c_store(ds)
+        except (RuntimeError, ValueError) as exc:  # no accepted presentation context for this SOP class
+            raise PermanentFailure(f"{self.endpoint.url}: cannot send {ds.SOPClassUID} ({exc}).") from None
+        if not status:  # empty Dataset: association aborted, timed out or connection lost
+            self._assoc = None
+            raise StopDelivery(f"{self.endpoint.url}: connection lost during C-STORE.")
+        code = int(status.Status)
+        if code not in _OK_STATUS:
+            raise PermanentFailure(f"{self.endpoint.url}: C-STORE of {ds.SOPInstanceUID} failed with status "
+                                   f"0x{code:04X}.")
+
+    # -- C-FIND ------------------------------------------------------------------------------------------------
+    def _find(self, query: Dataset) -> list[Dataset]:
+        ae = AE(ae_title=self.settings.calling_ae_title)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = self._associate(ae)
+        found = []
+        try:
+            for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                if not status:
+                    raise StopDelivery(f"{self.endpoint.url}: connection lost during C-FIND.")
+                if status.Status in (0xFF00, 0xFF01) and ident is not None:
+                    found.append(ident)
+                elif status.Status not in (0x0000, 0xFF00, 0xFF01):
+                    raise PermanentFailure(f"{self.endpoint.url}: C-FIND failed with status 0x{status.Status:04X}.")
+        finally:
+            assoc.release()
+        return found
+
+    def find_studies(self, *, patient_id: str | None, study_uid: str | None) -> Iterator[dict[str, str]]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = study_uid or ""
+        q.PatientID = patient_id or ""
+        q.StudyDate = ""
+        q.StudyDescription = ""
+        for ident in self._find(q):
+            yield {k: str(ident.get(k, "")) for k in ("StudyInstanceUID", "PatientID", "StudyDate", "StudyDescription")}
+
+    def instance_uids(self, study_uid: str) -> Iterator[str]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID = study_uid
+        q.SeriesInstanceUID = ""
+        q.SOPInstanceUID = ""
+        for ident in self._find(q):
+            yield str(ident.SOPInstanceUID)
+
+    # -- C-GET -------------------------------------------------------------------------------------------------
+    def fetch_study(self, study_uid: str, dest: Path) -> Iterator[Path]:
+        written: list[Path] = []
+
+        def on_store(event: Any) -> int:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            path = dest / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+            return 0x0000
+
+        ae = AE(ae_title=self.settings.calling_ae_title)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for uid in _GET_STORAGE:
+            ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles = [build_role(uid, scp_role=True) for uid in _GET_STORAGE]
+        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = study_uid
+        try:
+            for status, _ident in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
+                if not status:
+                    raise StopDelivery(f"{self.endpoint.url}: connection lost during C-GET.")
+                if status.Status not in (0x0000, 0xFF00, 0xB000):
+                    raise PermanentFailure(f"{self.endpoint.url}: C-GET failed with status 0x{status.Status:04X}.")
+        finally:
+            assoc.release()
+        yield from written

@@ -1,0 +1,229 @@
+"""PACS endpoints, credentials and the client used to push results and fetch input studies.
+
+Endpoints
+---------
+``http(s)://host:port/dicom-web``
+    DICOMweb (STOW-RS to store, QIDO-RS to search, WADO-RS to retrieve), via ``dicomweb-client``.
+``dimse://AETITLE@host:port`` (``dimse+tls://`` for DICOM over TLS, PS3.15 B.1)
+    DIMSE (C-STORE to store, C-FIND to search, C-GET to retrieve), via ``pynetdicom``; our calling AE title
+    is ``THERATWIN`` unless configured.
+
+Credentials and settings
+------------------------
+Never from the command line or the URL (a URL with a user name or password is refused) and never logged or
+written to any output. They come from the environment — ``THERATWIN_PACS_USER``, ``THERATWIN_PACS_PASSWORD``
+(HTTP basic), ``THERATWIN_PACS_TOKEN`` (HTTP bearer; wins over basic) — or from the ``"pacs"`` object of a
+JSON config file (``$THERATWIN_CONFIG``, else ``~/.config/theratwin/config.json``) with the keys ``user``,
+``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``timeout_s``, ``calling_ae_title``.
+The environment wins over the file. TLS certificates are verified unless ``verify_tls`` is false
+(``THERATWIN_PACS_CA_BUNDLE`` names a CA bundle for private PKIs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+
+__all__ = ["PacsEndpoint", "PacsCredentials", "PacsSettings", "PacsClient", "open_pacs", "config_file_path"]
+
+
+@dataclass(frozen=True)
+class PacsEndpoint:
+    """A parsed PACS URL (without credentials).
+
+    Attributes
+    ----------
+    kind
+        ``"dicomweb"`` or ``"dimse"``.
+    url
+        The URL as given (safe to show and to record: it carries no credentials).
+    host, port
+        Network address.
+    ae_title
+        Called AE title (DIMSE only).
+    tls
+        Whether the connection uses TLS.
+    """
+
+    kind: Literal["dicomweb", "dimse"]
+    url: str
+    host: str
+    port: int
+    ae_title: str = ""
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> PacsEndpoint:
+        """Parse ``http(s)://host:port/path`` or ``dimse://AET@host:port`` (see the module docstring)."""
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError("PACS URL is malformed; use http(s)://host:port/dicom-web or "
+                                     "dimse://AETITLE@host:port.") from None
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        if scheme in ("http", "https"):
+            if parts.username or parts.password:
+                raise ConfigurationError(
+                    f"The PACS URL for {host} contains a user name or password; remove them from the URL and set "
+                    "THERATWIN_PACS_USER/THERATWIN_PACS_PASSWORD (or THERATWIN_PACS_TOKEN) in the environment.")
+            if not host:
+                raise ConfigurationError(f"PACS URL {url!r} has no host.")
+            clean = f"{scheme}://{host}{':' + str(port) if port else ''}{parts.path.rstrip('/')}"
+            return cls("dicomweb", clean, host, port or (443 if scheme == "https" else 80), tls=scheme == "https")
+        if scheme in ("dimse", "dimse+tls"):
+            if parts.password:
+                raise ConfigurationError(f"The DIMSE URL for {host} contains a password; DIMSE URLs take the form "
+                                         "dimse://AETITLE@host:port.")
+            aet = parts.username or ""
+            if not aet or len(aet) > 16 or not host or port is None:
+                raise ConfigurationError(f"DIMSE URL {url!r} must be dimse://AETITLE@host:port (AE title of 1-16 "
+                                         "characters).")
+            return cls("dimse", f"{scheme}://{aet}@{host}:{port}", host, port, aet, tls=scheme == "dimse+tls")
+        raise ConfigurationError(f"Unsupported PACS URL scheme {scheme!r}; use http(s)://host:port/dicom-web or "
+                                 "dimse://AETITLE@host:port.")
+
+    @property
+    def destination(self) -> str:
+        """A credential-free key naming this destination (used in the outbox)."""
+        return f"{self.kind}:{self.url}"
+
+
+@dataclass(frozen=True)
+class PacsCredentials:
+    """Secrets for a PACS; their ``repr`` never shows them."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        return (f"PacsCredentials(user={self.user!r}, password={'***' if self.password else ''!r}, "
+                f"token={'***' if self.token else ''!r})")
+
+    __str__ = __repr__
+
+    def secrets(self) -> list[str]:
+        """The secret strings (so tests and log filters can check they never appear anywhere)."""
+        return [s for s in (self.password, self.token) if s]
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """Connection settings (no secrets)."""
+
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    timeout_s: float = 30.0
+    calling_ae_title: str = "THERATWIN"
+
+
+def config_file_path(env: Mapping[str, str] | None = None) -> Path:
+    """The JSON config file: ``$THERATWIN_CONFIG`` or ``~/.config/theratwin/config.json``."""
+    env = os.environ if env is None else env
+    if env.get("THERATWIN_CONFIG"):
+        return Path(env["THERATWIN_CONFIG"])
+    return Path.home() / ".config" / "theratwin" / "config.json"
+
+
+def _file_section(env: Mapping[str, str]) -> dict[str, Any]:
+    path = config_file_path(env)
+    if not path.exists():
+        if env.get("THERATWIN_CONFIG"):
+            raise ConfigurationError(f"{path}: THERATWIN_CONFIG names a file that does not exist.")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read the config file ({type(exc).__name__}).") from None
+    section = data.get("pacs", {}) if isinstance(data, dict) else {}
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"{path}: \"pacs\" must be an object.")
+    return section
+
+
+def load_pacs_config(env: Mapping[str, str] | None = None) -> tuple[PacsCredentials, PacsSettings]:
+    """Credentials and settings from the environment and the config file (see the module docstring)."""
+    env = os.environ if env is None else env
+    f = _file_section(env)
+    creds = PacsCredentials(
+        user=env.get("THERATWIN_PACS_USER", str(f.get("user", ""))),
+        password=env.get("THERATWIN_PACS_PASSWORD", str(f.get("password", ""))),
+        token=env.get("THERATWIN_PACS_TOKEN", str(f.get("token", ""))),
+    )
+    verify = f.get("verify_tls", True)
+    if not isinstance(verify, bool):
+        raise ConfigurationError(f"{config_file_path(env)}: pacs.verify_tls must be true or false.")
+    settings = PacsSettings(
+        verify_tls=verify,
+        ca_bundle=env.get("THERATWIN_PACS_CA_BUNDLE", f.get("ca_bundle")) or None,
+        timeout_s=float(f.get("timeout_s", 30.0)),
+        calling_ae_title=env.get("THERATWIN_PACS_CALLING_AET", str(f.get("calling_ae_title", "THERATWIN"))),
+    )
+    return creds, settings
+
+
+class PacsClient:
+    """Store, find and retrieve on one PACS endpoint (DICOMweb or DIMSE).
+
+    Use :func:`open_pacs`; close with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, endpoint: PacsEndpoint, credentials: PacsCredentials, settings: PacsSettings) -> None:
+        self.endpoint = endpoint
+        self._impl: Any
+        if endpoint.kind == "dicomweb":
+            from .dicomweb import DicomWebConnection
+
+            self._impl = DicomWebConnection(endpoint, credentials, settings)
+        else:
+            from .dimse import DimseConnection
+
+            self._impl = DimseConnection(endpoint, credentials, settings)
+
+    def __enter__(self) -> PacsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._impl.close()
+
+    def store(self, path: str | Path) -> None:
+        """Store one DICOM file. Raises ``PermanentFailure`` if the PACS rejected it, ``StopDelivery`` if
+        the PACS cannot be reached or refuses the credentials (see :mod:`theratwin.dicom.outbox`)."""
+        self._impl.store(Path(path))
+
+    def find_studies(self, *, patient_id: str | None = None, study_uid: str | None = None) -> list[dict[str, str]]:
+        """Studies matching the keys: ``[{"StudyInstanceUID", "PatientID", "StudyDate", "StudyDescription"}]``."""
+        return list(self._impl.find_studies(patient_id=patient_id, study_uid=study_uid))
+
+    def instance_uids(self, study_uid: str) -> list[str]:
+        """SOP Instance UIDs stored in a study (QIDO-RS instances / C-FIND IMAGE level)."""
+        return list(self._impl.instance_uids(study_uid))
+
+    def fetch_study(self, study_uid: str, dest_dir: str | Path) -> list[Path]:
+        """Retrieve every instance of a study into ``dest_dir`` (WADO-RS / C-GET); returns the files."""
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        return list(self._impl.fetch_study(study_uid, dest))
+
+
+def open_pacs(url: str, *, credentials: PacsCredentials | None = None,
+              settings: PacsSettings | None = None) -> PacsClient:
+    """A :class:`PacsClient` for ``url``; credentials/settings default to :func:`load_pacs_config`."""
+    endpoint = PacsEndpoint.parse(url)
+    if credentials is None or settings is None:
+        c, s = load_pacs_config()
+        credentials = credentials or c
+        settings = settings or s
+    return PacsClient(endpoint, credentials, settings)
