@@ -354,6 +354,8 @@ class TestStage:
         data = json.loads((tmp_path / "results.json").read_text())
         assert data["twin"]["prediction"]["structures"]["kidneys"]["cumulative_bed_Gy"]["high"] > 0
         assert any(m["stage"] == "twin" for m in data["methods"])
+        # only kinetics ran before the twin: it still works and says what it did instead
+        assert any(w.stage == "twin" and "radiobiology" in w.message for w in res.warnings)
 
 
 class TestLaplaceApproximation:
