@@ -412,3 +412,46 @@ class TestLaplaceApproximation:
         assert est.mean_MBq_h == pytest.approx(exact_mean, rel=0.01)
         assert est.low_MBq_h == pytest.approx(lo, rel=0.02)
         assert est.high_MBq_h == pytest.approx(hi, rel=0.02)
+
+
+class TestEntryPoints:
+    def test_models_are_found_through_entry_points(self, tmp_path, monkeypatch) -> None:
+        """A site's package declares its models in the entry-point groups; the registries load them."""
+        pkg = tmp_path / "sitetwin.py"
+        pkg.write_text(
+            "import math\n"
+            "import numpy as np\n"
+            "from theratwin.twin import KineticPriorSpec, LogisticDoseResponse, StructurePrior\n\n"
+            "class MonoExp:\n"
+            "    name = 'site_monoexp'\n"
+            "    n_params = 2\n"
+            "    def prior(self, structure, radiopharmaceutical, nuclide, overrides):\n"
+            "        spec = KineticPriorSpec(0.5, 310.0, 40.0, 1.0, 0.4, 0.2)\n"
+            "        return StructurePrior(np.array([math.log(0.03), math.log(0.013)]), np.diag([0.16, 0.09]),\n"
+            "                              np.diag([0.01, 0.01]), spec)\n"
+            "    def exponentials(self, eta, administered_MBq, ligand_nmol, structures, lambda_phys_per_h):\n"
+            "        amp = np.asarray(administered_MBq, float) * np.exp(eta[..., 0])\n"
+            "        return amp[..., None], (lambda_phys_per_h + np.exp(eta[..., 1]))[..., None]\n\n"
+            "SITE_RESPONSE = LogisticDoseResponse('site_response', 20.0, 1.5, 'dose', 'site fit')\n"
+        )
+        dist = tmp_path / "sitetwin-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sitetwin\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(
+            "[theratwin.twin_models]\nsite_monoexp = sitetwin:MonoExp\n\n"
+            "[theratwin.outcome_models]\nsite_response = sitetwin:SITE_RESPONSE\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        for reg in (TWIN_MODELS, OUTCOME_MODELS):
+            monkeypatch.setattr(reg, "_loaded_entry_points", False)
+        try:
+            assert "site_monoexp" in TWIN_MODELS.names() and "site_response" in OUTCOME_MODELS.names()
+            twin = PatientTwin("Lu-177", "PSMA-617", model="site_monoexp")
+            lam = LAM_LU + 0.012
+            t = np.array([24.0, 48, 96, 168])
+            twin.observe(1, "lesion_1", t, 7400 * 0.025 * np.exp(-lam * t), 7400.0)
+            assert twin.tia(1, "lesion_1").mean_MBq_h == pytest.approx(7400 * 0.025 / lam, rel=0.01)
+            fc = twin.forecast(2, 7400.0, response_model="site_response")
+            assert fc["response"]["model"]["reference"] == "site fit"
+        finally:
+            TWIN_MODELS.unregister("site_monoexp")
+            OUTCOME_MODELS.unregister("site_response")
