@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta
+from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -141,8 +142,10 @@ def build_rich_results() -> tuple[tt.Results, dict[str, np.ndarray]]:
                 "lesion_1": {"mean_dose_Gy": 17.42, "low_Gy": 12.9, "high_Gy": 23.0},
             },
         },
-        "recommendation": {"cycle": 3, "recommended_activity_MBq": 8123.4567, "confidence": 0.9,
-                           "limiting_structure": "kidneys"},
+        "recommendation": {"cycle": 3, "standard_activity_MBq": 7400.0, "recommended_activity_MBq": 8123.4567,
+                           "confidence": 0.9, "limiting_structure": "kidneys",
+                           "predicted_cumulative": {"kidneys": {"mean": 15.76, "sd": 1.59, "low": 13.4, "high": 18.5}},
+                           "lesion_dose_Gy": {"lesion_1": {"mean": 35.0, "low": 21.7, "high": 52.6}}},
         "forecasts": [
             {"kind": "response", "structure": "lesion_1", "probability": 0.6734, "low": 0.41, "high": 0.85},
             {"kind": "toxicity", "structure": "kidneys", "probability": 0.0123, "low": 0.002, "high": 0.051},
@@ -320,6 +323,20 @@ class TestNumbersMatchResultsJson:
         bare = [t for t, annotated in written["parsed"].cells if number.match(t) and not annotated]
         # cycle numbers in the first column of the per-structure tables are the table keys themselves
         assert all(t in {"1", "2"} for t in bare), bare
+
+    def test_glance_shows_the_recommended_activity_not_the_standard_one(self, written: dict[str, Any]) -> None:
+        html = written["html"]
+        glance = html[html.index('id="glance"'):html.index('id="treatment"')]
+        card = glance[glance.index("recommended next activity"):]
+        assert html_escape('["twin", "recommendation", "recommended_activity_MBq"]') in card
+        assert "standard_activity_MBq" not in card
+        assert ">8123<" in card and "limited by kidneys" in card
+
+    def test_twin_intervals_are_shown_with_their_bounds(self, written: dict[str, Any]) -> None:
+        paths = {tuple(json.loads(a["data-path"])) for a, _ in written["parsed"].annotated}
+        for end in ("mean", "low", "high"):
+            assert ("twin", "recommendation", "predicted_cumulative", "kidneys", end) in paths
+            assert ("twin", "recommendation", "lesion_dose_Gy", "lesion_1", end) in paths
 
     def test_limit_status_reads_the_right_quantity(self, written: dict[str, Any]) -> None:
         html = written["html"]

@@ -40,12 +40,19 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 
 def structure_colors(names: Sequence[str]) -> dict[str, str]:
-    """One colour per structure from the Okabe-Ito palette, used in every figure of the report.
+    """One colour per structure, used in every figure of the report.
 
-    The segmentation's own colours are not used: they are often similar for neighbouring organs (e.g. the
-    Slicer kidney and liver colours), and the report must stay readable for colour-vision deficiencies.
+    Up to eight structures get the Okabe-Ito palette (distinguishable with the common colour-vision
+    deficiencies); more get matplotlib's 20-colour ``tab20`` qualitative palette. The segmentation's own
+    colours are not used: neighbouring organs often have similar ones (e.g. Slicer's kidney and liver).
     """
-    return {n: _OKABE_ITO[i % len(_OKABE_ITO)] for i, n in enumerate(names)}
+    if len(names) <= len(_OKABE_ITO):
+        return {n: _OKABE_ITO[i] for i, n in enumerate(names)}
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["tab20"]
+    return {n: to_hex(cmap(i % 20)) for i, n in enumerate(names)}
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -166,7 +173,7 @@ def tac_figure(structure: str, cycles: Sequence[Mapping[str, Any]], *, color: st
     usable = [c for c in cycles if c.get("time_h") and c.get("activity_MBq")]
     if not usable:
         return None
-    fig = Figure(figsize=(4.6, 3.0))
+    fig = Figure(figsize=(3.6, 2.5))
     ax = fig.subplots()
     t_max = max(max(c["time_h"]) for c in usable)
     for i, c in enumerate(usable):
@@ -197,34 +204,56 @@ def tac_figure(structure: str, cycles: Sequence[Mapping[str, Any]], *, color: st
     ax.set_ylabel("activity (MBq)")
     ax.set_xlim(left=0.0)
     ax.set_ylim(bottom=0.0)
-    ax.set_title(structure, fontsize=10)
+    ax.set_title(structure, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper right", frameon=False)
+    ax.legend(fontsize=6, loc="upper right", frameon=False)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.label.set_size(8)
+    ax.yaxis.label.set_size(8)
     fig.tight_layout()
     return fig
 
 
-def dvh_figure(curves: Sequence[tuple[str, int, Mapping[str, Any]]], colors: Mapping[str, str]) -> Figure | None:
-    """Cumulative DVHs: ``curves`` is ``[(structure, cycle, {"dose_Gy": [...], "volume_fraction": [...]})]``."""
+def dvh_figure(curves: Sequence[tuple[str, int, Mapping[str, Any]]], colors: Mapping[str, str],
+               panels: Mapping[str, str] | None = None) -> Figure | None:
+    """Cumulative DVHs, one panel per group of structures (e.g. organs, lesions).
+
+    Parameters
+    ----------
+    curves
+        ``[(structure, cycle, {"dose_Gy": [...], "volume_fraction": [...]})]``.
+    colors
+        Line colour per structure.
+    panels
+        Panel title per structure (default: one panel). The latest cycle is drawn solid, earlier cycles
+        thin and dashed.
+    """
     usable = [(s, c, d) for s, c, d in curves
               if d and d.get("dose_Gy") and d.get("volume_fraction")
               and len(d["dose_Gy"]) == len(d["volume_fraction"])]
     if not usable:
         return None
-    cyc_order = sorted({c for _, c, _ in usable})
-    fig = Figure(figsize=(6.4, 3.4))
-    ax = fig.subplots()
-    for s, c, d in usable:
-        dose = np.asarray(d["dose_Gy"], dtype=float)
-        vol = np.asarray(d["volume_fraction"], dtype=float)
-        ax.plot(dose, 100.0 * vol, _LINESTYLES[cyc_order.index(c) % len(_LINESTYLES)],
-                color=colors.get(s, "black"), lw=1.4, label=f"{s} (cycle {c})")
-    ax.set_xlabel("absorbed dose (Gy)")
-    ax.set_ylabel("volume (%)")
-    ax.set_xlim(left=0.0)
-    ax.set_ylim(0.0, 102.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    latest = max(c for _, c, _ in usable)
+    groups: dict[str, list[tuple[str, int, Mapping[str, Any]]]] = {}
+    for item in usable:
+        groups.setdefault((panels or {}).get(item[0], "structures"), []).append(item)
+    fig = Figure(figsize=(3.6 * len(groups) + 0.4, 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False))[0]
+    for ax, (title, items) in zip(axes, groups.items(), strict=True):
+        for s, c, d in items:
+            dose = np.asarray(d["dose_Gy"], dtype=float)
+            vol = np.asarray(d["volume_fraction"], dtype=float)
+            solid = c == latest
+            ax.plot(dose, 100.0 * vol, "-" if solid else "--", color=colors.get(s, "black"),
+                    lw=1.5 if solid else 0.8, alpha=1.0 if solid else 0.7, label=s if solid else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("absorbed dose (Gy)", fontsize=8)
+        ax.set_ylabel("volume (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(left=0.0)
+        ax.set_ylim(0.0, 102.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper right", frameon=False, ncol=1 if len(items) < 14 else 2)
     fig.tight_layout()
     return fig
 

@@ -204,19 +204,12 @@ def _section_glance(data: dict[str, Any]) -> str:
             rows.append(f'<tr><td>{esc(name)}</td>{_limit_cells(data, key, name)}'
                         f'<td class="num">{val}</td>{_status_cell(status)}</tr>')
         if rows:
-            refs = []
-            for name, sr in data["cycles"][key]["structures"].items():
-                lim = sr.get("limit")
-                if isinstance(lim, dict) and (lim.get("reference") or lim.get("note")):
-                    text = "; ".join(str(lim[k]) for k in ("note", "reference") if lim.get(k))
-                    risk = " (limit with risk factors)" if lim.get("risk_factors") else ""
-                    refs.append(f"<li>{esc(name)}{risk}: {esc(text)}</li>")
-            ref_html = f'<ul class="limit-refs">{"".join(refs)}</ul>' if refs else ""
             parts.append(
                 f'<div class="card"><h3>Organs at risk after cycle {esc(key)} (cumulative)</h3>'
                 '<table class="glance-limits"><thead><tr><th>Structure</th><th>Limit on</th>'
                 '<th class="num">Limit (Gy)</th><th class="num">Cumulative (Gy)</th><th>Status</th></tr></thead>'
-                f"<tbody>{''.join(rows)}</tbody></table>{ref_html}</div>"
+                f"<tbody>{''.join(rows)}</tbody></table>"
+                '<p class="note">Sources of the limits: see Methods.</p></div>'
             )
     rec = _find_recommendation(data.get("twin"))
     if rec is not None:
@@ -231,6 +224,8 @@ def _section_glance(data: dict[str, Any]) -> str:
         limiting = block.get("limiting_structure", block.get("limiting_organ"))
         if isinstance(limiting, str):
             extra.append(f"limited by {esc(limiting)}")
+        if isinstance(block.get("status"), str):
+            extra.append(f"status: {esc(block['status'])}")
         parts.append(
             '<div class="card"><h3>Twin: recommended next activity</h3>'
             f'<p class="big">{number_span(data, ["twin", *path], unit="MBq")} MBq</p>'
@@ -240,6 +235,11 @@ def _section_glance(data: dict[str, Any]) -> str:
     if not parts:
         return ""
     return f'<section id="glance"><h2>At a glance</h2><div class="glance">{"".join(parts)}</div></section>'
+
+
+# Keys that name the recommended activity itself inside a recommendation block, most specific first (other
+# MBq figures there, such as a standard or maximum activity, are context, not the recommendation).
+_RECOMMENDED_KEYS = ("recommended_activity_MBq", "recommended_MBq", "activity_MBq", "administered_MBq")
 
 
 def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[list[str | int], float] | None:
@@ -256,8 +256,11 @@ def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[l
             if _is_number(v) and "mbq" in kl:
                 return [*path, k], float(v)
             if isinstance(v, dict):
-                keys = [kk for kk, vv in v.items() if _is_number(vv) and "mbq" in str(kk).lower()]
-                keys.sort(key=lambda kk: ("activity" not in str(kk).lower() and "recommend" not in str(kk).lower()))
+                numeric = [kk for kk, vv in v.items() if _is_number(vv)]
+                for want in _RECOMMENDED_KEYS:
+                    if want in numeric:
+                        return [*path, k, want], float(v[want])
+                keys = [kk for kk in numeric if "recommend" in str(kk).lower() and "mbq" in str(kk).lower()]
                 if keys:
                     return [*path, k, keys[0]], float(v[keys[0]])
     for k, v in twin.items():
@@ -268,62 +271,89 @@ def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[l
     return None
 
 
-def _structure_table(data: dict[str, Any], name: str) -> str:
-    cycles = data.get("cycles") or {}
+def _dosimetry_table(data: dict[str, Any], key: str, names: list[str]) -> str:
+    """One row per structure for cycle ``key``: TIA, dose, DVH metrics, BED/EQD2, cumulative, limit, status."""
+    cyc = (data.get("cycles") or {}).get(key) or {}
+    structures = cyc.get("structures") or {}
     head = "".join(f'<th class="num">{h}<br><span class="unit">({u})</span></th>' for _, h, u in _STRUCTURE_COLUMNS)
     rows = []
-    for key, c in cycles.items():
-        if name not in (c.get("structures") or {}):
-            continue
-        sr = c["structures"][name]
+    for name in [n for n in names if n in structures]:
+        sr = structures[name]
         cells = []
         for field, _, unit in _STRUCTURE_COLUMNS:
             span = number_span(data, _field_path(key, name, field), unit=unit, structure=name, cycle=key)
-            if field == "tia_MBq_h" and isinstance(sr.get("tia_sd_MBq_h"), (int, float)):
+            sd_field = {"tia_MBq_h": "tia_sd_MBq_h", "mean_dose_Gy": "mean_dose_sd_Gy"}.get(field)
+            if sd_field and _is_number(sr.get(sd_field)):
                 span += ' <span class="sd">± ' + number_span(
-                    data, _field_path(key, name, "tia_sd_MBq_h"), unit=unit, structure=name, cycle=key) + "</span>"
-            if field == "mean_dose_Gy" and isinstance(sr.get("mean_dose_sd_Gy"), (int, float)):
-                span += ' <span class="sd">± ' + number_span(
-                    data, _field_path(key, name, "mean_dose_sd_Gy"), unit=unit, structure=name, cycle=key) + "</span>"
+                    data, _field_path(key, name, sd_field), unit=unit, structure=name, cycle=key) + "</span>"
             cells.append(f'<td class="num">{span}</td>')
         model = sr.get("kinetic_model") or sr.get("tia_method") or "–"
-        twin_note = " (twin estimate)" if sr.get("estimated_by_twin") else ""
+        twin_note = ' <span class="sd">(twin estimate)</span>' if sr.get("estimated_by_twin") else ""
         _, status = limit_status(data, key, name)
         rows.append(
-            f'<tr><td class="num">{esc(key)}</td><td>{esc(model)}{twin_note}</td>{"".join(cells)}'
+            f'<tr data-structure="{esc(name)}"><th>{esc(name)}</th><td>{esc(model)}{twin_note}</td>{"".join(cells)}'
             f"{_limit_cells(data, key, name)}{_status_cell(status)}</tr>"
         )
     if not rows:
         return ""
     return (
-        f'<table class="structure-table" data-structure="{esc(name)}"><thead><tr><th>Cycle</th><th>Model</th>{head}'
+        f'<div class="table-wrap"><table class="structure-table" data-cycle="{esc(key)}"><thead><tr>'
+        f"<th>Structure</th><th>Model</th>{head}"
         '<th>Limit on</th><th class="num">Limit<br><span class="unit">(Gy)</span></th><th>Status</th>'
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
-def _fit_details(data: dict[str, Any], name: str) -> str:
-    """One line per cycle with the model weights (AICc) and fit-quality figures, when the kinetics gave them."""
+def _section_dosimetry(data: dict[str, Any], names: list[str]) -> str:
+    """Dosimetry tables: the latest cycle first (with cumulative values), then the earlier cycles."""
+    latest = _latest_cycle_key(data)
+    if latest is None:
+        return ""
+    keys = sorted((k for k, c in (data.get("cycles") or {}).items() if c.get("structures")), key=int, reverse=True)
+    parts = ['<section id="dosimetry"><h2>Dosimetry and radiobiology per structure</h2>']
+    for k in keys:
+        title = f"Cycle {esc(k)} and cumulative" + (" (this cycle)" if k == latest else "")
+        parts.append(f'<h3>{title}</h3>{_dosimetry_table(data, k, names)}')
+    parts.append(
+        '<p class="note">TIA: time-integrated activity from administration to infinity (± 1 SD). D<sub>2%</sub>, '
+        "D<sub>98%</sub>: minimum dose to the hottest 2 % / 98 % of the volume. Cumulative: sum over the cycles so "
+        "far. Limits apply to the cumulative value of the quantity named.</p></section>"
+    )
+    return "".join(parts)
+
+
+# Fit-quality figures worth a physicist's glance (others stay in results.json).
+_FIT_QUALITY_KEYS = ("r_squared", "chi2_reduced")
+
+
+def _fit_caption(data: dict[str, Any], name: str) -> str:
+    """Model, TIA method, Akaike weights and fit quality per cycle, for a TAC's caption."""
     lines = []
     for key, c in (data.get("cycles") or {}).items():
         sr = (c.get("structures") or {}).get(name) or {}
-        items = []
-        for group, label in (("model_weights", "model weights"), ("fit_quality", "fit quality")):
-            block = sr.get(group)
-            if isinstance(block, dict) and block:
-                vals = ", ".join(
-                    f"{esc(k)} {number_span(data, _field_path(key, name, f'{group}.{k}'), structure=name, cycle=key)}"
-                    for k, v in block.items() if _is_number(v) and "." not in str(k))
-                if vals:
-                    items.append(f"{label}: {vals}")
+        if not sr:
+            continue
+        items = [f"model {esc(sr.get('kinetic_model') or '–')}"]
         if sr.get("tia_method"):
-            items.append(f"TIA method: {esc(sr['tia_method'])}")
-        if items:
-            lines.append(f"<li>Cycle {esc(key)} — {'; '.join(items)}</li>")
+            items.append(f"TIA {esc(sr['tia_method'])}")
+        weights = sr.get("model_weights")
+        if isinstance(weights, dict):
+            vals = [f"{esc(k)} {number_span(data, _field_path(key, name, f'model_weights.{k}'), structure=name, cycle=key)}"
+                    for k, v in weights.items() if _is_number(v) and "." not in str(k)]
+            if len(vals) > 1:
+                items.append("AICc weights " + ", ".join(vals))
+        quality = sr.get("fit_quality")
+        if isinstance(quality, dict):
+            for k in _FIT_QUALITY_KEYS:
+                if _is_number(quality.get(k)):
+                    items.append(f"{k.replace('_', ' ')} "
+                                 f"{number_span(data, _field_path(key, name, f'fit_quality.{k}'), structure=name, cycle=key)}")
+        lines.append(f"<li>cycle {esc(key)}: {'; '.join(items)}</li>")
     return f'<ul class="fit-details">{"".join(lines)}</ul>' if lines else ""
 
 
 def _section_structures(data: dict[str, Any], colors: dict[str, str], names: list[str]) -> tuple[str, int]:
+    """Small multiples of the time-activity curves, one per structure, captioned with the chosen model."""
     parts = []
     n_fig = 0
     for name in names:
@@ -333,26 +363,19 @@ def _section_structures(data: dict[str, Any], colors: dict[str, str], names: lis
             if sr:
                 per_cycle.append({"cycle": key, "nuclide": c.get("nuclide"), **sr})
         fig = tac_figure(name, per_cycle, color=colors.get(name, "#0072B2"))
-        fig_html = ""
-        if fig is not None:
-            n_fig += 1
-            models = ", ".join(f"cycle {c['cycle']}: {c.get('kinetic_model') or c.get('tia_method') or '–'}"
-                               for c in per_cycle)
-            fig_html = (
-                f'<figure class="plot tac" data-figure="tac" data-structure="{esc(name)}">'
-                f'<img alt="Time-activity curve of {esc(name)}" src="{png_data_uri(figure_png(fig))}">'
-                f"<figcaption>Measured activity (±1 SD), fitted model and ±1 SD band (relative TIA "
-                f"uncertainty). Chosen model — {esc(models)}.</figcaption></figure>"
-            )
-        table = _structure_table(data, name)
+        if fig is None:
+            continue
+        n_fig += 1
         parts.append(
-            f'<div class="structure" id="structure-{esc(name)}"><h3>{esc(name)}</h3>'
-            f'<div class="structure-body">{fig_html}</div>{table}{_fit_details(data, name)}</div>'
+            f'<figure class="plot tac" data-figure="tac" data-structure="{esc(name)}" id="tac-{esc(name)}">'
+            f'<img alt="Time-activity curve of {esc(name)}" src="{png_data_uri(figure_png(fig))}">'
+            f"<figcaption>{_fit_caption(data, name)}</figcaption></figure>"
         )
     if not parts:
         return "", 0
-    return ('<section id="structures"><h2>Structures: kinetics, dose and radiobiology</h2>'
-            + "".join(parts) + "</section>"), n_fig
+    return ('<section id="structures"><h2>Time-activity curves</h2><p class="note">Measured activity (± 1 SD), '
+            "fitted model re-evaluated from the stored parameters, and ± 1 SD band (relative TIA uncertainty "
+            f'applied to the curve).</p><div class="tac-grid">{"".join(parts)}</div></section>'), n_fig
 
 
 def _section_images(results: Results, data: dict[str, Any], masks: dict[str, np.ndarray],
@@ -383,20 +406,26 @@ def _section_images(results: Results, data: dict[str, Any], masks: dict[str, np.
     )
 
 
-def _section_dvh(data: dict[str, Any], colors: dict[str, str]) -> str:
+def _section_dvh(results: Results, data: dict[str, Any], colors: dict[str, str]) -> str:
     curves = []
     for key, c in (data.get("cycles") or {}).items():
         for name, sr in (c.get("structures") or {}).items():
             if isinstance(sr.get("dvh"), dict):
                 curves.append((name, int(key), sr["dvh"]))
-    fig = dvh_figure(curves, colors)
+    seg = results.study.segmentation if results.study is not None else None
+    panels = None
+    if seg is not None:
+        roles = {st.name: st.role.value for st in seg.structures}
+        if any(r == "lesion" for r in roles.values()):
+            panels = {n: "lesions" if roles.get(n) == "lesion" else "organs and body" for n in roles}
+    fig = dvh_figure(curves, colors, panels)
     if fig is None:
         return ""
     return (
         '<section id="dvh"><h2>Dose-volume histograms</h2><figure class="plot dvh" data-figure="dvh">'
         f'<img alt="Cumulative dose-volume histograms" src="{png_data_uri(figure_png(fig))}">'
-        "<figcaption>Cumulative DVH per structure and cycle (fraction of the structure volume receiving at "
-        "least the dose).</figcaption></figure></section>"
+        "<figcaption>Cumulative DVH (fraction of the structure volume receiving at least the dose): latest cycle "
+        "solid, earlier cycles thin dashed.</figcaption></figure></section>"
     )
 
 
@@ -420,83 +449,239 @@ def _scalar_html(data: dict[str, Any], path: list[str | int], value: Any, *, str
     return esc(value if value is not None else "–")
 
 
-def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, depth: int = 0) -> str:
-    """Render any JSON value (schema unknown in advance): tables for records, nested sections otherwise."""
+def _is_interval(v: Any) -> bool:
+    """A summary of a predictive distribution: a central value and a ``low``-``high`` interval."""
+    return (isinstance(v, dict) and _is_number(v.get("low")) and _is_number(v.get("high"))
+            and (_is_number(v.get("mean")) or _is_number(v.get("median"))))
+
+
+def _is_plain(v: Any) -> bool:
+    return _is_scalar(v) or (isinstance(v, list) and all(_is_number(x) for x in v))
+
+
+def _is_cell(v: Any) -> bool:
+    """Renderable in one table cell: a scalar, a short numeric list, an interval or a small flat mapping."""
+    return _is_plain(v) or _is_interval(v) or (
+        isinstance(v, dict) and 0 < len(v) <= 8 and all(_is_plain(x) for x in v.values()))
+
+
+def _cell_html(data: dict[str, Any], path: list[str | int], value: Any, *, structure: str | None = None,
+               notes: list[str] | None = None) -> str:
+    if _is_interval(value):
+        centre = "mean" if _is_number(value.get("mean")) else "median"
+        return (f"{number_span(data, [*path, centre], structure=structure)} <span class=\"range\">["
+                f"{number_span(data, [*path, 'low'], structure=structure)}–"
+                f"{number_span(data, [*path, 'high'], structure=structure)}]</span>")
+    if isinstance(value, dict):
+        bits = []
+        for k, v in value.items():
+            if isinstance(v, str) and len(v) > 60 and notes is not None:
+                # long texts (references, notes) become numbered notes under the table
+                if v not in notes:
+                    notes.append(v)
+                bits.append(f"{esc(k)} [{notes.index(v) + 1}]")
+            else:
+                bits.append(f"{esc(k)} {_scalar_html(data, [*path, k], v, structure=structure)}")
+        return '<span class="compact">' + "; ".join(bits) + "</span>"
+    return _scalar_html(data, path, value, structure=structure)
+
+
+def _notes_html(notes: list[str]) -> str:
+    if not notes:
+        return ""
+    return '<ol class="table-notes">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>"
+
+
+def _matrix(data: dict[str, Any], path: list[str | int], rows: dict[str, dict[str, Any]], *,
+            notes: list[str], transpose: bool = False, structures: list[str] | None = None) -> str:
+    """A table of records. Rows are the record names; with ``transpose`` the records are columns and the rows
+    are their keys (used when each record maps structure names to values)."""
+    if transpose:
+        row_names: list[str] = []
+        for rec in rows.values():
+            row_names += [k for k in rec if k not in row_names]
+        order = structures or []
+        row_names.sort(key=lambda n: order.index(n) if n in order else len(order))
+        cols = list(rows)
+        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{esc(r)}</th>" + "".join(
+                f'<td class="{"num" if _is_number(rows[c].get(r)) else ""}">'
+                f"{_cell_html(data, [*path, c, r], rows[c][r], structure=r, notes=notes) if r in rows[c] else '–'}</td>"
+                for c in cols) + "</tr>"
+            for r in row_names)
+    else:
+        cols = []
+        for name, rec in rows.items():
+            # a column repeating the row key (e.g. "structure") says nothing new
+            cols += [k for k, v in rec.items() if k not in cols and v != name]
+        is_structure = bool(structures) and all(k in (structures or []) for k in rows)
+        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{esc(k)}</th>" + "".join(
+                f'<td class="{"num" if _is_number(rec.get(c)) else ""}">'
+                + (_cell_html(data, [*path, k, c], rec[c], structure=str(k) if is_structure else None, notes=notes)
+                   if c in rec else "–") + "</td>"
+                for c in cols) + "</tr>"
+            for k, rec in rows.items())
+    return (f'<div class="table-wrap"><table class="generic"><thead><tr><th></th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, depth: int = 0,
+                    skip: tuple[str, ...] = (), structures: list[str] | None = None,
+                    notes: list[str] | None = None) -> str:
+    """Render any JSON value whose schema is not fixed (the twin's output).
+
+    Scalars and intervals go into a key/value table; mappings keyed by structure name become one table with a
+    row per structure; other mappings of records one table with a row per record; anything deeper nests
+    under a heading. Long texts inside cells become numbered notes (``notes``).
+    """
+    notes = [] if notes is None else notes
+    structures = structures or []
     if depth > 6:
         return '<p class="none">(nested data not shown)</p>'
-    if not isinstance(value, (dict, list)) or (isinstance(value, list) and all(_is_number(v) for v in value)):
-        return f"<p>{_scalar_html(data, path, value)}</p>"
+    if _is_cell(value) and not isinstance(value, dict):
+        return f"<p>{_cell_html(data, path, value, notes=notes)}</p>"
     if isinstance(value, list):
-        if value and all(isinstance(v, dict) and all(_is_scalar(x) or isinstance(x, list) for x in v.values())
-                         for v in value):
+        if value and all(isinstance(v, dict) and all(_is_cell(x) for x in v.values()) for v in value):
             cols: list[str] = []
             for v in value:
                 cols += [k for k in v if k not in cols]
             head = "".join(f"<th>{esc(c)}</th>" for c in cols)
             body = "".join(
                 "<tr>" + "".join(f'<td class="{"num" if _is_number(v.get(c)) else ""}">'
-                                 f"{_scalar_html(data, [*path, i, c], v.get(c)) if c in v else '–'}</td>"
+                                 f"{_cell_html(data, [*path, i, c], v.get(c), notes=notes) if c in v else '–'}</td>"
                                  for c in cols) + "</tr>"
                 for i, v in enumerate(value))
             return f'<table class="generic"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        return "".join(_render_generic(data, [*path, i], v, depth + 1) for i, v in enumerate(value))
-    scalars = {k: v for k, v in value.items() if _is_scalar(v) or (isinstance(v, list) and all(
-        _is_number(x) for x in v))}
-    records = {k: v for k, v in value.items() if isinstance(v, dict) and v and all(
-        _is_scalar(x) or (isinstance(x, list) and all(_is_number(y) for y in x)) for x in v.values())}
-    rest = {k: v for k, v in value.items() if k not in scalars and k not in records}
+        return "".join(_render_generic(data, [*path, i], v, depth + 1, structures=structures, notes=notes)
+                       for i, v in enumerate(value))
+    if not isinstance(value, dict):
+        return f"<p>{esc(value)}</p>"
+    items = {k: v for k, v in value.items() if k not in skip}
+    singles = {k: v for k, v in items.items() if _is_plain(v) or _is_interval(v)}
+    records = {k: v for k, v in items.items() if k not in singles and isinstance(v, dict) and v
+               and all(_is_cell(x) for x in v.values())}
+    rest = {k: v for k, v in items.items() if k not in singles and k not in records}
+    by_structure = {k: v for k, v in records.items() if structures and all(n in structures for n in v)}
+    others = {k: v for k, v in records.items() if k not in by_structure}
     out = []
-    if scalars:
+    if singles:
         rows = "".join(
             f'<tr><th>{esc(k)}</th><td class="{"num" if _is_number(v) else ""}">'
-            f"{_scalar_html(data, [*path, k], v)}</td></tr>" for k, v in scalars.items())
+            f"{_cell_html(data, [*path, k], v, notes=notes)}</td></tr>" for k, v in singles.items())
         out.append(f'<table class="kv">{rows}</table>')
-    if records:
-        cols = []
-        for rec in records.values():
-            cols += [k for k in rec if k not in cols]
-        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-        body = "".join(
-            f"<tr><th>{esc(k)}</th>" + "".join(
-                f'<td class="{"num" if _is_number(rec.get(c)) else ""}">'
-                f"{_scalar_html(data, [*path, k, c], rec.get(c), structure=str(k)) if c in rec else '–'}</td>"
-                for c in cols) + "</tr>"
-            for k, rec in records.items())
-        out.append(f'<table class="generic"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>')
+    if by_structure:
+        out.append(_matrix(data, path, by_structure, notes=notes, transpose=True, structures=structures))
+    if len(others) >= 2 and len(set.intersection(*(set(v) for v in others.values()))) >= 1:
+        out.append(_matrix(data, path, others, notes=notes, structures=structures))
+    else:
+        for k, v in others.items():
+            head = "".join(f"<th>{esc(c)}</th>" for c in v)
+            cells = "".join(f'<td class="{"num" if _is_number(x) else ""}">'
+                            f"{_cell_html(data, [*path, k, c], x, notes=notes)}</td>" for c, x in v.items())
+            out.append(f'<div class="table-wrap"><table class="generic"><caption>{esc(k)}</caption><thead><tr>'
+                       f"{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table></div>")
     for k, v in rest.items():
         h = "h3" if depth == 0 else "h4"
-        out.append(f'<div class="twin-part"><{h}>{esc(k)}</{h}>{_render_generic(data, [*path, k], v, depth + 1)}</div>')
+        title = f"cycle {k}" if str(k).isdigit() else str(k)
+        out.append(f'<div class="twin-part"><{h}>{esc(title)}</{h}>'
+                   f"{_render_generic(data, [*path, k], v, depth + 1, structures=structures, notes=notes)}</div>")
     return "".join(out)
 
 
-def _section_twin(data: dict[str, Any]) -> str:
+# Reading order of the twin's output blocks (any other block follows, in its own order).
+_TWIN_ORDER = ("recommendation", "recommended_activity", "prediction", "predictions", "forecast", "forecasts",
+               "estimates", "config", "model")
+_TWIN_TITLES = {
+    "recommendation": "Recommended activity for the next cycle",
+    "prediction": "Prediction for the next cycle",
+    "predictions": "Predictions",
+    "forecast": "Risk forecasts (toxicity and response)",
+    "forecasts": "Risk forecasts (toxicity and response)",
+    "estimates": "Twin estimates for sparsely imaged cycles",
+    "config": "Twin settings",
+    "model": "Twin model",
+}
+
+
+def _section_twin(data: dict[str, Any], structures: list[str]) -> str:
     twin = data.get("twin")
-    body = ('<p class="none">The digital-twin stage did not run or produced no prediction.</p>' if not twin
-            else _render_generic(data, ["twin"], twin))
+    if not twin:
+        body = '<p class="none">The digital-twin stage did not run or produced no prediction.</p>'
+    elif not isinstance(twin, dict):
+        body = _render_generic(data, ["twin"], twin, structures=structures)
+    else:
+        keys = [k for k in _TWIN_ORDER if k in twin] + [k for k in twin if k not in _TWIN_ORDER]
+        parts = []
+        for k in keys:
+            v = twin[k]
+            if k == "notice":
+                continue  # the same research-use notice is shown in the label above
+            # per-structure priors are long and unchanged between patients: they stay in results.json
+            skip = ("structures", "notice") if k == "model" else ("notice",)
+            title = _TWIN_TITLES.get(k, k)
+            if _is_plain(v) or _is_interval(v):
+                parts.append(f'<table class="kv"><tr><th>{esc(k)}</th><td>{_cell_html(data, ["twin", k], v)}</td>'
+                             "</tr></table>")
+            else:
+                notes: list[str] = []
+                inner = _render_generic(data, ["twin", k], v, depth=1, skip=skip, structures=structures, notes=notes)
+                parts.append(f'<div class="twin-part" id="twin-{esc(k)}"><h3>{esc(title)}</h3>{inner}'
+                             f"{_notes_html(notes)}</div>")
+        body = "".join(parts)
     return (
         '<section id="twin"><h2>Digital twin: next-cycle prediction, recommendation and risk forecasts</h2>'
-        '<p class="twin-label">RESEARCH USE ONLY — model predictions with their intervals; not validated for '
-        "treatment decisions.</p>" + body + "</section>"
+        '<p class="twin-label">RESEARCH USE ONLY — model predictions; intervals are prediction intervals from '
+        "the posterior (mean [low–high]); not validated for treatment decisions.</p>" + body + "</section>"
     )
 
 
 def _section_warnings(data: dict[str, Any]) -> str:
+    """Warnings, most severe first; identical messages of one stage and cycle are grouped over structures."""
     warnings = data.get("warnings") or []
     if not warnings:
         return '<section id="warnings"><h2>Warnings</h2><p class="none">No warning was raised.</p></section>'
-    rows = []
+    order = {"error": 0, "warning": 1, "info": 2}
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
     for i, w in enumerate(warnings):
-        sev = str(w.get("severity", "warning"))
-        cyc = number_span(data, ["warnings", i, "cycle"]) if _is_number(w.get("cycle")) else ""
+        key = (str(w.get("severity", "warning")), str(w.get("stage", "")), str(w.get("cycle", "")),
+               str(w.get("message", "")))
+        groups.setdefault(key, []).append(i)
+    rows = []
+    for (sev, stage, _, message), idx in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 1), kv[1][0])):
+        first = warnings[idx[0]]
+        cyc = number_span(data, ["warnings", idx[0], "cycle"]) if _is_number(first.get("cycle")) else ""
+        structures = ", ".join(esc(warnings[i].get("structure")) for i in idx if warnings[i].get("structure"))
         rows.append(
-            f'<tr><td class="sev-{esc(sev)}">{esc(sev)}</td><td>{esc(w.get("stage", ""))}</td>'
-            f'<td class="num">{cyc}</td><td>{esc(w.get("structure") or "")}</td><td>{esc(w.get("message", ""))}</td></tr>'
+            f'<tr class="sev-{esc(sev)}"><td class="sev-{esc(sev)}">{esc(sev)}</td><td>{esc(stage)}</td>'
+            f'<td class="num">{cyc}</td><td>{structures}</td><td>{esc(message)}</td></tr>'
         )
     return (
         f'<section id="warnings"><h2>Warnings</h2><table class="warnings"><thead><tr><th>Severity</th><th>Stage'
-        f"</th><th>Cycle</th><th>Structure</th><th>Message</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"</th><th>Cycle</th><th>Structures</th><th>Message</th></tr></thead><tbody>{''.join(rows)}</tbody>"
         "</table></section>"
     )
+
+
+def _limit_sources(data: dict[str, Any]) -> str:
+    """Each structure's limit with its note and reference, as stored with the latest cycle's results."""
+    key = _latest_cycle_key(data)
+    if key is None:
+        return ""
+    items = []
+    for name, sr in data["cycles"][key]["structures"].items():
+        lim = sr.get("limit")
+        if not isinstance(lim, dict):
+            continue
+        value = number_span(data, ["cycles", key, "structures", name, "limit", "value_Gy"], unit="Gy",
+                            structure=name, cycle=key)
+        risk = " (with risk factors)" if lim.get("risk_factors") else ""
+        text = " ".join(esc(lim[k]) for k in ("note", "reference") if lim.get(k))
+        items.append(f"<li><b>{esc(name)}</b>: cumulative {esc(lim.get('quantity', ''))} ≤ {value} Gy{risk}. "
+                     f"{text}</li>")
+    return f'<h3>Limits</h3><ul class="limit-refs">{"".join(items)}</ul>' if items else ""
 
 
 def _section_methods(data: dict[str, Any]) -> str:
@@ -506,7 +691,9 @@ def _section_methods(data: dict[str, Any]) -> str:
     blocks = []
     for i, m in enumerate(methods):
         params = m.get("parameters") or {}
-        ptab = _render_generic(data, ["methods", i, "parameters"], params, depth=1) if params else ""
+        pnotes: list[str] = []
+        ptab = (_render_generic(data, ["methods", i, "parameters"], params, depth=1, notes=pnotes)
+                + _notes_html(pnotes)) if params else ""
         for r in m.get("references") or []:
             if r not in refs:
                 refs.append(r)
@@ -518,6 +705,7 @@ def _section_methods(data: dict[str, Any]) -> str:
         )
     if not blocks:
         blocks.append('<p class="none">No method was recorded.</p>')
+    blocks.append(_limit_sources(data))
     ref_html = ("<h3>References</h3><ol class=\"refs\">" + "".join(f"<li>{esc(r)}</li>" for r in refs) + "</ol>"
                 if refs else "")
     return (
@@ -526,6 +714,17 @@ def _section_methods(data: dict[str, Any]) -> str:
         f'<span data-path=\'["software","version"]\'>{esc(software.get("version", ""))}</span>; schema '
         f'{esc(data.get("schema", ""))}.</p>' + "".join(blocks) + ref_html + "</section>"
     )
+
+
+def _ordered_structures(results: Results) -> list[str]:
+    """Structures in reading order: organs at risk, other organs, lesions, then the body."""
+    names = results.structure_names()
+    seg = results.study.segmentation if results.study is not None else None
+    if seg is None:
+        return names
+    rank = {"organ_at_risk": 0, "organ": 1, "lesion": 2, "body": 3}
+    roles = {st.name: rank.get(st.role.value, 1) for st in seg.structures}
+    return sorted(names, key=lambda n: (roles.get(n, 1), names.index(n)))
 
 
 def _masks_for(results: Results, masks: dict[str, np.ndarray] | None, shape: tuple[int, int, int] | None,
@@ -569,7 +768,7 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
     cfg = config or ReportConfig()
     data = results_json_data(results)
     report(progress, 0.0, "report: collecting results")
-    names = results.structure_names()
+    names = _ordered_structures(results)
     seg = results.study.segmentation if results.study is not None else None
     colors = structure_colors(list(dict.fromkeys([*names, *(seg.names if seg else [])])))
     shape = activity.shape if activity is not None else (
@@ -583,10 +782,11 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
         _section_glance(data),
         _section_treatment(data),
         _section_warnings(data),
+        _section_dosimetry(data, names),
         struct_html,
         _section_images(results, data, mask_map, activity, colors),
-        _section_dvh(data, colors),
-        _section_twin(data),
+        _section_dvh(results, data, colors),
+        _section_twin(data, names),
         _section_methods(data),
     ]
     page = Template(_read_package_text("report.html")).substitute(
