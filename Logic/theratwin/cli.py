@@ -89,46 +89,38 @@ def _print_summary(results: Any, out: Path) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import build_demo
-    from .dicom import read_study
-    from .pipeline import Pipeline
+    from .pipeline import run_demo
 
     config = _config_from_args(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(args.quiet, "demo patient")
-    try:
-        demo = build_demo(cache_dir=args.cache, seed=args.seed, progress=bar)
-    finally:
-        bar.close()
-    (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
-    study = read_study(demo.dicom_dir)
+    demo_bar = _Progress(args.quiet, "demo patient")
     bar = _Progress(args.quiet, "pipeline")
     try:
-        results = Pipeline(config).run(study, out_dir=out, progress=bar)
+        run = run_demo(out, config=config, cache_dir=args.cache, seed=args.seed, progress=bar,
+                       demo_progress=demo_bar)
     finally:
+        demo_bar.close()
         bar.close()
     if not args.quiet:
-        _print_summary(results, out)
+        _print_summary(run.results, out)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # settings first: a bad config fails before any reading
-    from .dicom import read_study, scan
-    from .pipeline import Pipeline
+    from .dicom import scan
+    from .pipeline import run_folder
 
     inventory = scan(args.input)
     print(inventory.describe(), file=sys.stderr)
-    study = read_study(args.input, strict=args.strict)
     out = Path(args.out)
     bar = _Progress(args.quiet, "pipeline")
     try:
-        results = Pipeline(config).run(study, out_dir=out, progress=bar)
+        run = run_folder(args.input, out, config=config, strict=args.strict, progress=bar)
     finally:
         bar.close()
     if not args.quiet:
-        _print_summary(results, out)
+        _print_summary(run.results, out)
     return 0
 
 
