@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_fhir_support import FhirTestServer
 
-from theratwin.fhir import FhirAuth, FhirClient, push_output_dir, validate_bundle
+from theratwin.fhir import FhirAuth, FhirClient, push_bundle, push_output_dir, validate_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,6 +76,8 @@ def test_demo_push_accepted_read_back_and_not_duplicated(demo_run):
             dose = [x for x in o["component"] if x["code"]["coding"][0]["code"] == "128533"]
             if sr.mean_dose_Gy is not None:
                 assert dose[0]["valueQuantity"]["value"] == pytest.approx(sr.mean_dose_Gy, rel=1e-12)
-        second = push_output_dir(out, srv.url, client=c)
-        assert second.ok and second.sent[0][1].n_created == 0
+        again = push_bundle(bundle, c)  # sent again (as after a lost answer)
+        assert again.n_created == 0 and again.n_existing == len(bundle["entry"])
+        second = push_output_dir(out, srv.url, client=c)  # `theratwin push`: already delivered
+        assert second.ok and second.sent == []
         assert Counter({t: c.count(t) for t in expected}) == expected

@@ -18,11 +18,11 @@ from theratwin.errors import PushError
 from theratwin.fhir import (
     FhirAuth,
     FhirClient,
-    FhirOutbox,
     FhirPushError,
     SmartBackendAuth,
     build_bundle,
     bundle_to_json,
+    fhir_outbox,
     public_jwk,
     push_bundle,
     push_output_dir,
@@ -138,11 +138,38 @@ def test_second_push_creates_nothing(tmp_path: Path, fhir_server: FhirTestServer
     first = push_output_dir(out, fhir_server.url, client=c)
     assert first.ok and first.sent[0][1].n_created == len(bundle["entry"])
     before = counts(c)
+    assert before == expected_counts(bundle)
+    # the same bundle sent again (as after a lost answer): the server resolves every conditional create
+    again = push_bundle(bundle, c)
+    assert again.n_created == 0 and again.n_existing == len(bundle["entry"])
+    assert counts(c) == before
+    # and a bundle rebuilt from the same results is the same bundle: nothing new either
+    rebuilt = build_bundle(make_results(tmp_path / "out"), out_dir=tmp_path / "out")
+    assert push_bundle(rebuilt, c).n_created == 0
+    assert counts(c) == before
+    # `theratwin push` of the same directory: the outbox knows it was delivered
     second = push_output_dir(out, fhir_server.url, client=c)
-    assert second.ok
-    assert second.sent[0][1].n_created == 0 and second.sent[0][1].n_existing == len(bundle["entry"])
-    assert counts(c) == before == expected_counts(bundle)
-    assert "0 created" in second.describe()
+    assert second.ok and second.sent == [] and len(second.already_sent) == 1
+    assert "delivered before" in second.describe()
+    assert counts(c) == before
+
+
+def test_new_analysis_adds_results_but_not_the_patient(tmp_path: Path, fhir_server: FhirTestServer):
+    from datetime import timedelta
+
+    out, bundle = _write_out_dir(tmp_path)
+    c = client(fhir_server.url)
+    push_bundle(bundle, c)
+    res2 = make_results(tmp_path / "out2")
+    res2.created += timedelta(days=1)  # the same patient analysed again the next day
+    b2 = build_bundle(res2, out_dir=tmp_path / "out2")
+    s = push_bundle(b2, c)
+    facts = ("Patient", "ImagingStudy", "MedicationAdministration", "Device")
+    assert all(s.created.get(t, 0) == 0 for t in facts)  # the same patient, studies, administrations, software
+    n = counts(c)
+    assert all(n[t] == expected_counts(bundle)[t] for t in facts)
+    assert n["Observation"] == 2 * expected_counts(bundle)["Observation"]  # a new set of results
+    assert n["Provenance"] == 2 and n["DiagnosticReport"] == 2
 
 
 def test_existing_patient_is_reused(tmp_path: Path, fhir_server: FhirTestServer):
@@ -180,7 +207,7 @@ def test_invalid_resource_reported_and_nothing_stored(tmp_path: Path, fhir_serve
     (out / "fhir-bundle.json").write_text(bundle_to_json(bad))
     report = push_output_dir(out, fhir_server.url, client=c)
     assert not report.ok and "HTTP 400" in report.describe()
-    assert len(FhirOutbox(out).pending()) == 1
+    assert len(fhir_outbox(out).pending("fhir")) == 1
     assert sum(counts(c).values()) == 0
 
 
@@ -197,13 +224,14 @@ def test_server_dies_after_commit_then_repush_completes(tmp_path: Path):
     finally:
         srv.stop()
     assert not report.ok
-    assert len(FhirOutbox(out).pending()) == 1
+    assert len(fhir_outbox(out).pending("fhir")) == 1
     with FhirTestServer(data=data, port=port) as srv2:
         c = client(srv2.url)
         assert counts(c) == expected_counts(bundle)  # it had been stored before the crash
         again = push_output_dir(out, srv2.url, client=c)
         assert again.ok, again.describe()
-        assert FhirOutbox(out).pending() == []
+        assert again.sent[0][1].n_created == 0  # every conditional create found its resource
+        assert fhir_outbox(out).pending("fhir") == []
         assert counts(c) == expected_counts(bundle)  # nothing twice
 
 
@@ -220,7 +248,7 @@ def test_server_down_during_pipeline_push_loses_nothing(tmp_path: Path):
     FhirExportStage().run(ctx)
     assert any(w.stage == "fhir_export" and w.severity == "error" for w in res.warnings)
     assert res.outputs["fhir_outbox"] == "outbox/fhir"
-    assert len(FhirOutbox(out).pending()) == 1
+    assert len(fhir_outbox(out).pending("fhir")) == 1
     bundle = json.loads((out / "fhir-bundle.json").read_text())
     with FhirTestServer(port=port) as srv:
         report = push_output_dir(out, srv.url, client=client(srv.url))

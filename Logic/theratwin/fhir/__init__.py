@@ -17,7 +17,14 @@ from .bundle import (
 )
 from .client import FhirAuth, FhirClient, FhirPushError, outcome_summary
 from .codes import CONCEPTS, THERATWIN_SYSTEM, codesystem_resource, load_published_codesystem
-from .push import FhirOutbox, FhirPushReport, TransactionSummary, push_bundle, push_output_dir
+from .push import (
+    FhirPushReport,
+    TransactionSummary,
+    destination_key,
+    fhir_outbox,
+    push_bundle,
+    push_output_dir,
+)
 from .smart import SmartBackendAuth, public_jwk, sign_rs384_jwt
 
 __all__ = [
@@ -36,7 +43,8 @@ __all__ = [
     "THERATWIN_SYSTEM",
     "codesystem_resource",
     "load_published_codesystem",
-    "FhirOutbox",
+    "fhir_outbox",
+    "destination_key",
     "FhirPushReport",
     "TransactionSummary",
     "push_bundle",

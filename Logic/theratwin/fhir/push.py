@@ -1,65 +1,62 @@
-"""Push FHIR bundles, keep failed pushes in an outbox, and complete the outbox later.
+"""Push FHIR bundles through the durable outbox, and complete the outbox later.
 
-A bundle that cannot be delivered (server unreachable, overloaded, or refusing it) is written to
-``<out_dir>/outbox/fhir/<name>.json`` before the error is reported, so nothing is lost; ``theratwin push DIR
---fhir URL`` (which calls :func:`push_output_dir`) sends ``fhir-bundle.json`` and every bundle waiting in the
-outbox, and removes an outbox entry only after the server confirmed the whole transaction. Because every entry
-of a TheraTwin bundle is a conditional create, re-sending a bundle the server already stored (e.g. when the
-answer was lost) creates nothing twice.
+The FHIR push uses the project's generic outbox (:mod:`theratwin.dicom.outbox`, channel ``"fhir"`` under
+``<out_dir>/outbox``): ``fhir-bundle.json`` is queued (a copy, keyed by the bundle's analysis identifier and the
+credential-free server URL) *before* it is sent, and leaves the queue only after the server confirmed the whole
+transaction. So a bundle that cannot be delivered (server unreachable, overloaded, or refusing it) is never
+lost; ``theratwin push DIR --fhir URL`` (which calls :func:`push_output_dir`) delivers everything still waiting
+for that server. Because every entry of a TheraTwin bundle is a conditional create, re-sending a bundle the
+server already stored (e.g. when its answer was lost) creates nothing twice.
 
-The outbox is a plain directory of JSON files written atomically (write to a temporary name, then rename),
-so a crash mid-write never leaves a half-written entry that could be sent.
+A bundle delivered before with the same content is not sent again (the outbox remembers deliveries); a new
+analysis gives a new bundle identifier and is delivered as new results.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import InvalidInputError, PushError
+from ..dicom.outbox import DeliveryReport, Outbox, OutboxItem, PermanentFailure, StopDelivery
+from ..errors import InvalidInputError
 from .client import FhirClient, FhirPushError
 
-__all__ = ["FhirOutbox", "TransactionSummary", "FhirPushReport", "push_bundle", "push_output_dir",
-           "BUNDLE_FILENAME", "OUTBOX_SUBDIR"]
+__all__ = ["CHANNEL", "BUNDLE_FILENAME", "TransactionSummary", "FhirPushReport", "push_bundle",
+           "push_output_dir", "fhir_outbox", "destination_key", "bundle_key"]
 
 log = logging.getLogger(__name__)
 
+#: File name of the bundle in an output directory.
 BUNDLE_FILENAME = "fhir-bundle.json"
-OUTBOX_SUBDIR = Path("outbox") / "fhir"
+#: Outbox channel of the FHIR push.
+CHANNEL = "fhir"
 
 
-class FhirOutbox:
-    """Bundles waiting to be pushed, one JSON file each, under ``<out_dir>/outbox/fhir``."""
+def fhir_outbox(out_dir: str | Path) -> Outbox:
+    """The outbox of an output directory (``<out_dir>/outbox``; FHIR bundles in channel :data:`CHANNEL`)."""
+    return Outbox(Path(out_dir) / "outbox")
 
-    def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / OUTBOX_SUBDIR
 
-    def add(self, name: str, bundle: Mapping[str, Any], *, reason: str = "") -> Path:
-        """Store ``bundle`` under ``name`` (replacing an entry of the same name); returns its file."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / f"{name}.json"
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(bundle, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, target)
-        if reason:
-            (self.path / f"{name}.reason.txt").write_text(reason + "\n", encoding="utf-8")
-        return target
+def destination_key(fhir_url: str) -> str:
+    """The server URL without user information, query or fragment (never a credential in the outbox)."""
+    parts = urlsplit(fhir_url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return "fhir:" + urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
-    def pending(self) -> list[Path]:
-        """Files waiting, oldest first."""
-        if not self.path.is_dir():
-            return []
-        return sorted((p for p in self.path.glob("*.json")), key=lambda p: (p.stat().st_mtime, p.name))
 
-    def remove(self, entry: Path) -> None:
-        """Drop an entry after its successful push."""
-        entry.unlink(missing_ok=True)
-        entry.with_name(entry.stem + ".reason.txt").unlink(missing_ok=True)
+def bundle_key(bundle: Mapping[str, Any], fallback: str) -> str:
+    """A stable key for a bundle: its analysis tag (see :func:`theratwin.fhir.bundle.analysis_key`)."""
+    for e in bundle.get("entry", []) or []:
+        for t in ((e.get("resource") or {}).get("meta") or {}).get("tag", []) or []:
+            if str(t.get("system", "")).endswith("/sid/analysis") and t.get("code"):
+                return f"bundle-{t['code']}"
+    return fallback
 
 
 @dataclass
@@ -98,29 +95,32 @@ class FhirPushReport:
 
     fhir_url: str
     sent: list[tuple[str, TransactionSummary]] = field(default_factory=list)
+    already_sent: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    not_tried: list[str] = field(default_factory=list)
     outbox_left: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.not_tried and self.outbox_left == 0
 
     def describe(self) -> str:
-        lines = []
-        for name, s in self.sent:
-            lines.append(f"FHIR {self.fhir_url}: {name} stored ({s.n_created} created, "
-                         f"{s.n_existing} already present).")
-        for name, why in self.failed:
-            lines.append(f"FHIR {self.fhir_url}: {name} NOT stored, kept in the outbox: {why}")
-        if not self.sent and not self.failed:
-            lines.append(f"FHIR {self.fhir_url}: nothing to push.")
+        where = destination_key(self.fhir_url).removeprefix("fhir:")
+        lines = [f"FHIR {where}: {name} stored ({s.n_created} created, {s.n_existing} already present)."
+                 for name, s in self.sent]
+        lines += [f"FHIR {where}: {name} was delivered before; not sent again." for name in self.already_sent]
+        lines += [f"FHIR {where}: {name} NOT stored, kept in the outbox: {why}" for name, why in self.failed]
+        if self.not_tried:
+            lines.append(f"FHIR {where}: {len(self.not_tried)} more bundle(s) not tried (server unreachable).")
+        if not lines:
+            lines.append(f"FHIR {where}: nothing to push.")
         if self.outbox_left:
             lines.append(f"FHIR outbox: {self.outbox_left} bundle(s) waiting; run `theratwin push` again.")
         return "\n".join(lines)
 
 
 def push_bundle(bundle: Mapping[str, Any], client: FhirClient) -> TransactionSummary:
-    """Send one transaction bundle; raise :class:`FhirPushError` if the server does not store all of it."""
+    """Send one transaction bundle; raise :class:`FhirPushError` unless the server stored all of it."""
     response = client.transaction(bundle)
     n_in, n_out = len(bundle.get("entry", []) or []), len(response.get("entry", []) or [])
     if n_in != n_out:
@@ -132,17 +132,8 @@ def push_bundle(bundle: Mapping[str, Any], client: FhirClient) -> TransactionSum
     return TransactionSummary.from_response(response)
 
 
-def _outbox_name(bundle: Mapping[str, Any], fallback: str) -> str:
-    """A stable outbox name: the analysis tag of the bundle when present."""
-    for e in bundle.get("entry", []) or []:
-        for t in ((e.get("resource") or {}).get("meta") or {}).get("tag", []) or []:
-            if str(t.get("system", "")).endswith("/sid/analysis") and t.get("code"):
-                return f"bundle-{t['code']}"
-    return fallback
-
-
 def push_output_dir(out_dir: str | Path, fhir_url: str, *, client: FhirClient | None = None) -> FhirPushReport:
-    """Push ``<out_dir>/fhir-bundle.json`` and every bundle waiting in the FHIR outbox.
+    """Queue ``<out_dir>/fhir-bundle.json`` in the outbox and deliver every bundle waiting for ``fhir_url``.
 
     Parameters
     ----------
@@ -151,7 +142,7 @@ def push_output_dir(out_dir: str | Path, fhir_url: str, *, client: FhirClient | 
     fhir_url
         FHIR R4 base URL. Credentials come from the environment (see :mod:`theratwin.fhir.client`).
     client
-        A ready client (tests); default ``FhirClient(fhir_url)``.
+        A ready client (tests, custom retries); default ``FhirClient(fhir_url)``.
 
     Returns
     -------
@@ -162,30 +153,35 @@ def push_output_dir(out_dir: str | Path, fhir_url: str, *, client: FhirClient | 
     if not out.is_dir():
         raise InvalidInputError(f"{out} is not a TheraTwin output directory.")
     client = client or FhirClient(fhir_url)
-    outbox = FhirOutbox(out)
+    dest = destination_key(fhir_url)
+    outbox = fhir_outbox(out)
     report = FhirPushReport(fhir_url)
-    todo: list[tuple[str, dict[str, Any], Path | None]] = []
-    for waiting in outbox.pending():
-        try:
-            todo.append((waiting.stem, json.loads(waiting.read_text(encoding="utf-8")), waiting))
-        except (OSError, ValueError) as exc:
-            report.failed.append((waiting.name, f"unreadable outbox entry ({exc}); left in place"))
     main = out / BUNDLE_FILENAME
     if main.is_file():
-        bundle = json.loads(main.read_text(encoding="utf-8"))
-        name = _outbox_name(bundle, "fhir-bundle")
-        if not any(n == name for n, _, _ in todo):
-            todo.append((name, bundle, None))
-    for name, bundle, entry in todo:
         try:
-            summary = push_bundle(bundle, client)
-        except PushError as exc:
-            if entry is None:
-                outbox.add(name, bundle, reason=str(exc))
-            report.failed.append((name, str(exc)))
-            continue
-        if entry is not None:
-            outbox.remove(entry)
-        report.sent.append((name, summary))
-    report.outbox_left = len(outbox.pending())
+            key = bundle_key(json.loads(main.read_text(encoding="utf-8")), "fhir-bundle")
+        except ValueError as exc:
+            raise InvalidInputError(f"{main} is not JSON ({exc}); run the pipeline again to rewrite it.") from exc
+        item = outbox.add(CHANNEL, main, key=key, destination=dest)
+        if item.status == "sent":
+            report.already_sent.append(key)
+
+    summaries: dict[str, TransactionSummary] = {}
+
+    def send(path: Path, item: OutboxItem) -> None:
+        try:
+            bundle = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PermanentFailure(f"unreadable outbox copy {path.name} ({exc})") from exc
+        try:
+            summaries[item.key] = push_bundle(bundle, client)
+        except FhirPushError as exc:
+            # unreachable / overloaded: stop and keep everything for later; refused: try the others
+            raise (StopDelivery(str(exc)) if exc.retriable else PermanentFailure(str(exc))) from exc
+
+    rep: DeliveryReport = outbox.deliver(CHANNEL, dest, send)
+    report.sent = [(k, summaries[k]) for k in rep.sent]
+    report.failed = list(rep.failed.items())
+    report.not_tried = list(rep.not_tried)
+    report.outbox_left = len(outbox.pending(CHANNEL, dest))
     return report
