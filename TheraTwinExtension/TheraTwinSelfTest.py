@@ -66,8 +66,9 @@ class TheraTwinSelfTestLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
-    def runWorkflow(self, scene, outputDirectory, *, fast=False, progress=None) -> dict:
-        """Load the demo patient, then run Kinetics, Dosimetry, Twin and Export on it.
+    def runWorkflow(self, scene, outputDirectory, *, fast=False, loaded=None, progress=None) -> dict:
+        """Load the demo patient (unless ``loaded`` = ``(StudyNodes, DemoPatient)`` is given), then run Kinetics,
+        Dosimetry, Twin and Export on it.
 
         Returns
         -------
@@ -82,7 +83,9 @@ class TheraTwinSelfTestLogic(ScriptedLoadableModuleLogic):
         import TheraTwinSampleData
         import TheraTwinTwin
 
-        nodes, demo = TheraTwinSampleData.TheraTwinSampleDataLogic().loadDemo(scene, fast=fast, verify=False)
+        if loaded is None:
+            loaded = TheraTwinSampleData.TheraTwinSampleDataLogic().loadDemo(scene, fast=fast)
+        nodes, demo = loaded
         timePoints = nodes.allTimePoints()
         out = {"nodes": nodes, "demo": demo}
         logging.info("TheraTwin self-test: kinetics")

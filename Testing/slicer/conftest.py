@@ -111,3 +111,32 @@ def results(study: tt.Study) -> tt.Results:
     res.maps["cycle1/dose"] = tt.ImageVolume.from_geometry(ramp, grid, "Gy")
     res.maps["cycle1/bed"] = tt.ImageVolume.from_geometry(ramp * 1.1, grid, "Gy")
     return res
+
+
+@pytest.fixture(scope="session")
+def demo_scene(fresh_demo_cache):
+    """The fast demo patient (built by the current generator, verified against the registered SHA256 list)
+    loaded into a scene once per session: ``{"scene", "nodes", "demo"}``."""
+    from modules import ROOT, loadModuleFile
+
+    sampleData = loadModuleFile("TheraTwinSampleData", ROOT / "TheraTwinExtension" / "TheraTwinSampleData.py")
+    scene = slicer.vtkMRMLScene()
+    nodes, demo = sampleData.TheraTwinSampleDataLogic().loadDemo(scene, fast=True)
+    yield {"scene": scene, "nodes": nodes, "demo": demo}
+    scene.Clear(True)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_scene):
+    """The pipeline through the twin on the demo patient's nodes (kept by TheraTwinLib: the module Logic
+    tests on the same nodes continue this run instead of registering again)."""
+    import TheraTwinLib as L
+    from theratwin.pipeline.core import STAGES, load_builtin_stages
+
+    load_builtin_stages()
+    stages = ("registration", "kinetics", "dosimetry", "radiobiology", "twin")
+    missing = [s for s in stages if s not in STAGES]
+    if missing:
+        pytest.skip(f"pipeline stages not installed yet: {missing}")
+    nodes = demo_scene["nodes"]
+    return L.runPipelineOnNodes(nodes.allTimePoints(), segmentationNode=nodes.segmentation, stages=stages)

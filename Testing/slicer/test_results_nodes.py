@@ -112,3 +112,53 @@ def test_unit_of_tia_map(scene, results) -> None:
     node = L.showMap(scene, results, "cycle1/tia")
     assert L.imageFromVolumeNode(node).unit == "Bq.h/mL"
     assert isinstance(L.imageFromVolumeNode(node), tt.ImageVolume)
+
+
+# ------------------------------------------------------------------------------------------- on the demo patient
+
+
+def test_demo_results_in_tables_and_charts(demo_scene, demo_run) -> None:
+    scene, results = demo_scene["scene"], demo_run.results
+    table = L.structureResultsTableNode(scene, results, name="demo results")
+    rows = [(c, s) for c in sorted(results.cycles) for s in results.cycles[c].structures.values()]
+    assert table.GetNumberOfRows() == len(rows) > 20
+    names = list(L.tableColumn(table, "Structure"))
+    kidneys = names.index("kidneys")  # first cycle's kidneys row
+    assert L.tableColumn(table, "TIA_MBq_h")[kidneys] == results.cycles[1].structure("kidneys").tia_MBq_h
+    assert L.tableColumn(table, "MeanDose_Gy")[kidneys] == results.cycles[1].structure("kidneys").mean_dose_Gy
+    # the TAC chart draws each structure's own fit: it passes near that structure's measurements
+    chart = L.timeActivityChartNode(scene, results, 1, fittedCurves=L.fittedCurves(results, 1, demo_run.state))
+    series = {s.GetName(): s for s in L.seriesOfChart(chart)}
+    measured, fit = series["kidneys (measured)"], series["kidneys (fit)"]
+    s = results.cycles[1].structure("kidneys")
+    np.testing.assert_array_equal(L.tableColumn(measured.GetTableNode(), measured.GetYColumnName()), s.activity_MBq)
+    t = L.tableColumn(fit.GetTableNode(), "time_h")
+    curve = L.tableColumn(fit.GetTableNode(), fit.GetYColumnName())
+    np.testing.assert_allclose(np.interp(s.time_h, t, curve), s.activity_MBq, rtol=0.25)
+    # cumulative DVH from 100 % down, never increasing
+    dvh = {x.GetName(): x for x in L.seriesOfChart(L.dvhChartNode(scene, results, 1))}["kidneys DVH"]
+    volume = L.tableColumn(dvh.GetTableNode(), dvh.GetYColumnName())
+    volume = volume[np.isfinite(volume)]
+    assert volume[0] == pytest.approx(100.0) and np.all(np.diff(volume) <= 1e-9)
+
+
+def test_demo_scene_saved_to_mrb_and_read_back(demo_scene, demo_run, tmp_path) -> None:
+    scene, nodes = demo_scene["scene"], demo_scene["nodes"]
+    maps = L.showMaps(scene, demo_run.results, ("dose", "tia"))
+    path = L.saveSceneToBundle(scene, tmp_path / "demo.mrb")
+    loaded = L.loadSceneFromBundle(path)
+    for key, node in maps.items():
+        back = loaded.GetFirstNodeByName(node.GetName())
+        assert np.array_equal(L.imageFromVolumeNode(back).array, demo_run.results.maps[key].array), key
+        assert L.isDoseVolume(back) == (key.endswith("/dose"))
+    study = L.studyFromNodes(L.timePointNodes(loaded),
+                             segmentationNode=loaded.GetFirstNodeByName(nodes.segmentation.GetName()))
+    original = demo_run.study
+    assert study.patient == original.patient and study.study_uid == original.study_uid
+    for c0, c1 in zip(original.cycles, study.cycles, strict=True):
+        assert c1.administration == c0.administration
+        for t0, t1 in zip(c0.time_points, c1.time_points, strict=True):
+            assert np.array_equal(t1.image.array, t0.image.array)
+            assert t1.source == t0.source
+    for name in original.segmentation.names:
+        assert np.array_equal(study.segmentation.masks[name], original.segmentation.masks[name]), name
