@@ -29,3 +29,15 @@ def small_study(small_geometry: tt.Geometry) -> tt.Study:
     mask[2:6, 3:7, 4:8] = True
     seg = tt.Segmentation(small_geometry, [tt.Structure("kidneys", 1)], {"kidneys": mask})
     return tt.Study(tt.Patient("TT-TEST-1"), [tt.Cycle(1, adm, tps)], seg)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """The README's main job, run once per test session: the full demo patient through every stage.
+
+    Returns :class:`theratwin.pipeline.RunOutput` (``results``, ``context``, ``out_dir``, ``truth``). Tests that
+    only read outputs share it instead of running the pipeline again (the whole suite must fit CI's budget).
+    """
+    from theratwin.pipeline import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo-run"))
