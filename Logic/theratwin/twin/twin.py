@@ -436,16 +436,19 @@ class PatientTwin:
         return self._posterior
 
     # ------------------------------------------------------------------ draws
-    def _draw_eta(self, cycles: list[int], n_draws: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
-        """Joint posterior(-predictive) draws of η (S, N, p) for each requested cycle."""
+    def _draw_eta(self, cycles: list[int], n_draws: int, rng: np.random.Generator,
+                  rows: list[int] | None = None) -> dict[int, np.ndarray]:
+        """Joint posterior(-predictive) draws of η (S, N, p) for each requested cycle (``rows``: structures)."""
         post = self.posterior()
-        s_n, n_x = post.mode.shape
+        idx = list(range(post.mode.shape[0])) if rows is None else list(rows)
+        mode, cov = post.mode[idx], post.cov[idx]
+        s_n, n_x = mode.shape
         p = post.n_params
-        chol = np.linalg.cholesky(post.cov + 1e-12 * np.eye(n_x))
+        chol = np.linalg.cholesky(cov + 1e-12 * np.eye(n_x))
         z = rng.standard_normal((s_n, n_draws, n_x))
-        x = post.mode[:, None, :] + np.einsum("sij,snj->sni", chol, z)
+        x = mode[:, None, :] + np.einsum("sij,snj->sni", chol, z)
         theta = x[..., :p]
-        priors = self._post_priors
+        priors = [self._post_priors[i] for i in idx]
         out: dict[int, np.ndarray] = {}
         for c in cycles:
             if c in self._post_cycles:
@@ -518,9 +521,9 @@ class PatientTwin:
                 f"Cycle {cycle} has no observation or plan; call twin.plan({cycle}, administered_MBq) first.")
         a, lig = adm
         rng = np.random.default_rng(self.seed + 7919 * cycle)
-        eta = self._draw_eta([cycle], n_draws, rng)[cycle]
         i = self._post_structures.index(structure)
-        coef, rate = self.model.exponentials(eta[i:i + 1], np.asarray(a), np.asarray(lig), [structure], self._lambda_phys)
+        eta = self._draw_eta([cycle], n_draws, rng, rows=[i])[cycle]
+        coef, rate = self.model.exponentials(eta, np.asarray(a), np.asarray(lig), [structure], self._lambda_phys)
         draws = tia_from_exponentials(coef, rate)[0]
         iv = Interval.from_draws(draws, level)
         ob = self.observations.get((cycle, structure))
