@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,25 @@ def test_smart_backend_services(tmp_path: Path):
                         retries=0)
         s = push_bundle(bundle, ok)
         assert s.n_created == len(bundle["entry"])
+
+
+def test_cli_push_completes_the_outbox(tmp_path: Path):
+    """`theratwin push DIR --fhir URL`: fails cleanly while the server is down, completes once it is up."""
+    import subprocess
+    import sys
+
+    out, bundle = _write_out_dir(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "theratwin", "push", str(out), "--fhir", url]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THERATWIN_FHIR")}
+    down = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert down.returncode != 0
+    assert "NOT stored, kept in the outbox" in down.stdout + down.stderr
+    assert len(fhir_outbox(out).pending("fhir")) == 1
+    with FhirTestServer(port=port) as srv:
+        up = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"{len(bundle['entry'])} created" in up.stdout
+        assert fhir_outbox(out).pending("fhir") == []
+        assert counts(client(srv.url)) == expected_counts(bundle)
