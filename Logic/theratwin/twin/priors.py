@@ -34,11 +34,10 @@ References
           cancer with [177Lu]DKFZ-PSMA-617. Mol Imaging Biol 2016;18:437. Lacrimal 2.82, salivary 0.72,
           kidneys 0.53 mGy/MBq.
 [VIOL19]  Violet J et al. Dosimetry of 177Lu-PSMA-617 in metastatic castration-resistant prostate cancer.
-          J Nucl Med 2019;60:517. Kidney 0.39 ± 0.15 Gy/GBq (CV ≈ 0.38); tumour dose–PSA response.
+          J Nucl Med 2019;60:517. Kidney ≈ 0.39 Gy/GBq with CV ≈ 0.38 (SD as recalled by the author of this
+          module, not re-checked against the paper's table); tumour dose–PSA response.
 [DELK16]  Delker A et al. Dosimetry for 177Lu-DKFZ-PSMA-617. Eur J Nucl Med Mol Imaging 2016;43:42. Liver and
           spleen ≈ 0.1 Gy/GBq (indicative; table value not re-checked for this module).
-[HERR24]  Herrmann K et al. Dosimetry of 177Lu-PSMA-617 in the VISION sub-study. J Nucl Med 2024. Used only as
-          a cross-check of the order of magnitude (not re-checked for this module).
 [CNM13]   Dosimetric analyses of kidneys, liver, spleen, pituitary gland, and neuroendocrine tumors of patients
           treated with 177Lu-DOTATATE. Clin Nucl Med 2013;38(3). Kidneys 0.57 ± 0.09, liver 0.27 ± 0.05,
           spleen 1.17 ± 0.14, NETs 3.41 ± 0.68 mGy/MBq (61 patients).
@@ -70,7 +69,7 @@ lacrimal_glands (PSMA-617)    2.82 [HOHB16]                1.4 unp.      40 ind.
 liver (PSMA-617)              0.10 [DELK16] ind.           1800 [ICRP89] 22.9 [AAPM26] 1.0 unp.  0.40 unp. / 0.25 unp.
 spleen (PSMA-617)             0.10 [DELK16] ind.           150 [ICRP89]  16.8 [AAPM26] 1.0 unp.  0.40 unp. / 0.25 unp.
 red_marrow (PSMA-617)         0.030 [KABA17]               1170 [ICRP89] 32.0 [AAPM26] 0.5 unp.  0.27 [KABA17] / 0.25 unp.
-bladder (PSMA-617)            0.30 ind. [HERR24]           50 [ICRP89]   12 unp.     0.5 unp.    0.50 unp. / 0.30 unp.
+bladder (PSMA-617)            0.30 unp.                    50 [ICRP89]   12 unp.     0.5 unp.    0.50 unp. / 0.30 unp.
 lesion (PSMA-617, per 10 g)   5.0 ind. [ELLS24, VIOL19]    10 unp.       60 ind.     2.0 unp.    1.00 unp. / 0.25 unp.
 kidneys (DOTATATE)            0.46 [STAA21]                310 [ICRP89]  50 ind.     2.0 unp.    0.40 [STP18 0.19/0.38] / 0.20 unp.
 liver (DOTATATE)              0.27 [CNM13]                 1800 [ICRP89] 70 ind.     2.0 unp.    0.19 [CNM13] / 0.25 unp.
@@ -191,7 +190,7 @@ PRIOR_SPECS: dict[str, dict[str, KineticPriorSpec]] = {
         "liver": _spec(0.10, 1800.0, 22.9, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; T_eff AAPM26; rest unp."),
         "spleen": _spec(0.10, 150.0, 16.8, 1.0, 0.40, 0.25, "d DELK16 ind.; m ICRP89; T_eff AAPM26; rest unp."),
         "red_marrow": _spec(0.030, 1170.0, 32.0, 0.5, 0.27, 0.25, "d, CV_U KABA17; m ICRP89; T_eff AAPM26; rest unp."),
-        "bladder": _spec(0.30, 50.0, 12.0, 0.5, 0.50, 0.30, "d HERR24 ind.; m ICRP89; rest unp."),
+        "bladder": _spec(0.30, 50.0, 12.0, 0.5, 0.50, 0.30, "unp. (urine content with voiding); m ICRP89"),
         "lesion": _spec(5.0, 10.0, 60.0, 2.0, 1.00, 0.25, "d ELLS24/VIOL19 ind.; rest unp.", _LESION_IOV),
         "other": _spec(0.05, 1000.0, 30.0, 1.0, 1.00, 0.50, "vague prior, unp."),
     },
