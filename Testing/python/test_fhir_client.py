@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from theratwin.errors import ConfigurationError
 from theratwin.fhir import FhirAuth, FhirClient, outcome_summary, public_jwk, sign_rs384_jwt
 
 
@@ -23,9 +24,9 @@ def test_smart_settings_from_environment(tmp_path: Path):
                               "THERATWIN_FHIR_TOKEN_URL": "https://ehr.example/token"})
     assert auth.smart is not None and auth.describe() == "SMART backend services (client c1)"
     assert "PRIVATE" not in repr(auth)
-    with pytest.raises(Exception, match="THERATWIN_FHIR_TOKEN_URL"):
+    with pytest.raises(ConfigurationError, match="THERATWIN_FHIR_TOKEN_URL"):
         FhirAuth.from_env({"THERATWIN_FHIR_CLIENT_ID": "c1"})
-    with pytest.raises(Exception, match="TLS verification"):
+    with pytest.raises(ConfigurationError, match="TLS verification"):
         FhirClient("https://ehr.example/fhir", auth=FhirAuth(), verify=False)
     assert FhirClient("https://ehr.example/fhir", auth=FhirAuth()).verify is True
 
@@ -61,3 +62,9 @@ def test_outcome_summary_names_issue_and_place():
          "expression": ["Observation.value[x].value"]}]}
     assert outcome_summary(oo) == "error structure at Observation.value[x].value: Invalid JSON type"
     assert outcome_summary({"resourceType": "Patient"}) == ""
+
+
+def test_credentials_in_the_url_are_refused():
+    with pytest.raises(ConfigurationError, match="user information") as err:
+        FhirClient("https://user:hunter2@ehr.example/fhir", auth=FhirAuth())
+    assert "hunter2" not in str(err.value)

@@ -475,7 +475,7 @@ def _measured_components(sr: StructureResult) -> list[dict[str, Any]]:
     applies to, with interpretation H (above) or N. A sparsely imaged cycle's TIA estimated by the twin is a
     separate component (with its interval), next to the kinetics stage's own value, so they stay apart.
     """
-    comps = []
+    comps: list[dict[str, Any]] = []
     for fld, code, unit in _MEASURED_COMPONENTS:
         v = _finite(getattr(sr, fld))
         if v is not None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, PushError
 from .smart import SmartBackendAuth
@@ -128,6 +129,11 @@ class FhirClient:
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"FHIR base URL must start with http:// or https://; got {base_url!r}.")
+        parts = urlsplit(base_url)
+        if parts.username or parts.password:
+            # never repeat the URL here: it holds a secret
+            raise ConfigurationError("The FHIR base URL contains user information; give credentials through "
+                                     "THERATWIN_FHIR_USER / THERATWIN_FHIR_PASSWORD or THERATWIN_FHIR_TOKEN instead.")
         self.base_url = base_url.rstrip("/")
         self.auth = auth if auth is not None else FhirAuth.from_env()
         if verify is None:
