@@ -3,6 +3,7 @@
 import enum
 import logging
 import os
+import pathlib
 from typing import Annotated
 
 import slicer
@@ -82,6 +83,7 @@ class KineticModel(enum.Enum):
 @parameterNodeWrapper
 class TheraTwinKineticsParameterNode:
     """
+    dicomFolder - a folder of DICOM files of one patient to import (SPECT/PET time points, CT, SEG).
     timePointVolume - any time-point volume of the patient; every time point of that patient is used.
     segmentation - the structures (organs, lesions).
     registerTimePoints - align time points without CT to the first one (SPECT to SPECT); time points with a CT
@@ -91,6 +93,7 @@ class TheraTwinKineticsParameterNode:
     tiaVolume, tacChart, resultsTable - outputs.
     """
 
+    dicomFolder: pathlib.Path
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     registerTimePoints: bool = True
@@ -124,6 +127,7 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.importDicomButton.connect("clicked(bool)", self.onImportDicomButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -144,6 +148,9 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        if getattr(slicer, "dicomDatabase", None) is not None:
+            # volumes loaded by the DICOM module become time points when their headers say so
+            TheraTwinLib.annotateSceneFromDicom(slicer.mrmlScene, slicer.dicomDatabase.fileForInstance)
         if not self._parameterNode.timePointVolume:
             timePoints = TheraTwinLib.timePointNodes(slicer.mrmlScene)
             if timePoints:
@@ -166,6 +173,12 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Fit the time-activity curves") if ready else _(
             "Select a time-point volume and a segmentation")
+
+    def onImportDicomButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The DICOM study could not be imported."), waitCursor=True):
+            nodes = self.logic.importDicom(slicer.mrmlScene, [self._parameterNode.dicomFolder])
+            self._parameterNode.timePointVolume = nodes.allTimePoints()[0]
+            self._parameterNode.segmentation = nodes.segmentation
 
     def onApplyButton(self) -> None:
         progressDialog = slicer.util.createProgressDialog(labelText=_("Fitting time-activity curves..."), maximum=100)
@@ -223,6 +236,23 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         parameterNode.tacChart = outputs["chart"]
         parameterNode.resultsTable = outputs["table"]
         return outputs
+
+    def importDicom(self, scene, paths, progress=None):
+        """Import one patient's DICOM (folders or files: SPECT/PET time points, CT, SEG) with the core's reader.
+
+        Returns ``TheraTwinLib.StudyNodes`` (time-point volumes with their acquisition and administration
+        attributes, CTs, the segmentation).
+        """
+        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        return TheraTwinLib.loadStudyFromDicom(scene, [p for p in paths if p], progress=progress)
+
+    def importDicomStudy(self, scene, studyInstanceUID, progress=None):
+        """Import a study of Slicer's DICOM database (application only) by its StudyInstanceUID."""
+        database = slicer.dicomDatabase
+        files = [f for series in database.seriesForStudy(studyInstanceUID) for f in database.filesForSeries(series)]
+        if not files:
+            raise ValueError(_("The DICOM database has no files of study {uid}.").format(uid=studyInstanceUID))
+        return self.importDicom(scene, files, progress=progress)
 
     def process(self, timePointNodes, segmentationNode, *, registerTimePoints=True, kineticModel="auto", cycle=1,
                 progress=None) -> dict:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import slicer
@@ -53,6 +56,8 @@ __all__ = [
     "nuclideFromCodeMeaning",
     "studyFromNodes",
     "addStudyToScene",
+    "loadStudyFromDicom",
+    "annotateSceneFromDicom",
 ]
 
 ATTRIBUTE_PREFIX = "TheraTwin."
@@ -165,6 +170,21 @@ def _dicomDatetime(dateText: str, timeText: str) -> datetime:
     return datetime.strptime(dateText + timeText, "%Y%m%d%H%M%S")
 
 
+def _administeredActivity_MBq(ds: Any, item: Any, path: str) -> float:
+    """RadionuclideTotalDose (0018,1074) in MBq: the NM Isotope module gives it in MBq (PS3.3 C.8.4.10.1.7),
+    the PET Isotope module in Bq (PS3.3 C.8.9.2). Values off by 10^6 for their modality (a common vendor
+    mistake) are taken in the other unit, as the core's DICOM reader does."""
+    import theratwin as tt
+
+    dose = float(item.get("RadionuclideTotalDose", 0) or 0)
+    if dose <= 0:
+        raise tt.DicomReadError("RadionuclideTotalDose is missing or not positive; the administered activity is "
+                                "unknown. Enter it in the module panel.", path=path, tag="RadionuclideTotalDose")
+    if ds.get("Modality") == "PT":
+        return dose / 1e6 if dose >= 1e5 else dose
+    return dose / 1e6 if dose > 1e6 else dose
+
+
 def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *, cycle: int | None = None) -> bool:
     """Set the time-point attributes of a volume loaded by Slicer's DICOM module from its DICOM header.
 
@@ -216,9 +236,8 @@ def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *,
     if ds.get("Modality") == "NM":
         # NM: ActualFrameDuration is per projection; the acquisition lasts for all frames of one detector
         duration_s *= max(frames // max(int(ds.get("NumberOfDetectors", 1) or 1), 1), 1)
-    activity_Bq = float(item.get("RadionuclideTotalDose", 0) or 0)
     administration = tt.Administration(str(item.get("Radiopharmaceutical", "")) or "unknown", nuclide,
-                                       activity_Bq / 1e6, adminStart)
+                                       _administeredActivity_MBq(ds, item, path), adminStart)
     setTimePointAttributes(volumeNode, cycle=cycle or 0, acquisitionStart=start, acquisitionDuration_s=duration_s,
                            administration=administration)
     if cycle is None:
@@ -355,3 +374,48 @@ def addStudyToScene(scene: Any, study: Any, *, prefix: str = "") -> StudyNodes:
         _setSource(result.segmentation, study.segmentation.source)
         sh.CreateItem(studyItem, result.segmentation)
     return result
+
+
+def loadStudyFromDicom(scene: Any, paths: Sequence[str | os.PathLike[str]], *, prefix: str = "",
+                       progress: Callable[[float, str], None] | None = None) -> StudyNodes:
+    """Read DICOM files or folders with the core's reader and add the study to ``scene``.
+
+    The core reader applies the Real World Value Mapping of quantitative SPECT (Bq/mL), groups series into
+    time points and cycles by their datetimes and RadiopharmaceuticalInformationSequence, and reads the SEG,
+    which Slicer's generic DICOM loading does not do for therapy studies.
+
+    Parameters
+    ----------
+    paths
+        One folder, or the files of one patient (e.g. ``slicer.dicomDatabase.filesForSeries`` of each series of
+        a study). Files are linked into a folder of their own that is kept (the exports reference them).
+    """
+    from theratwin.dicom import read_study
+
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="theratwin-dicom-"))
+        for index, path in enumerate(paths):
+            target = folder / f"{index:06d}_{path.name}"
+            try:
+                target.symlink_to(path.resolve())
+            except OSError:  # no symlinks (Windows without privilege): copy
+                import shutil
+
+                shutil.copy2(path, target)
+    return addStudyToScene(scene, read_study(folder, progress=progress), prefix=prefix)
+
+
+def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) -> list[Any]:
+    """:func:`annotateFromDicom` for every volume loaded by Slicer's DICOM module that is not yet a time point
+    (CT and other series without radiopharmaceutical information are left alone). Returns the new time points."""
+    annotated = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetAttribute(ROLE) or not node.GetAttribute(DICOM_INSTANCE_UIDS):
+            continue
+        if annotateFromDicom(node, fileForInstance):
+            annotated.append(node)
+    return annotated

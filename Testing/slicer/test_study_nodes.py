@@ -73,8 +73,10 @@ def test_missing_administration_is_reported(scene, study) -> None:
         L.studyFromNodes([node])
 
 
-def test_annotate_from_dicom_header(scene, tmp_path) -> None:
-    """Acquisition and administration come from a real DICOM header, as Slicer's DICOM module leaves them."""
+@pytest.mark.parametrize(("modality", "total_dose"), [("NM", 7400.0), ("PT", 7.4e9)])
+def test_annotate_from_dicom_header(scene, tmp_path, modality, total_dose) -> None:
+    """Acquisition and administration come from a real DICOM header, as Slicer's DICOM module leaves them.
+    RadionuclideTotalDose is in MBq for NM (PS3.3 C.8.4.10.1.7) and in Bq for PET (PS3.3 C.8.9.2)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -84,13 +86,13 @@ def test_annotate_from_dicom_header(scene, tmp_path) -> None:
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.20"
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Modality = "NM"
+    ds.Modality = modality
     ds.AcquisitionDate, ds.AcquisitionTime = "20260303", "093000.00"
     ds.ActualFrameDuration = 15000  # ms per projection
     ds.NumberOfFrames, ds.NumberOfDetectors = 120, 2
     info = Dataset()
     info.Radiopharmaceutical = "PSMA-617"
-    info.RadionuclideTotalDose = 7.4e9  # Bq
+    info.RadionuclideTotalDose = total_dose
     info.RadiopharmaceuticalStartDateTime = "20260302093000"
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-145A4", "SRT", "^177^Lutetium"
@@ -107,11 +109,53 @@ def test_annotate_from_dicom_header(scene, tmp_path) -> None:
     assert cycle.administration.nuclide == "Lu-177"
     assert cycle.administration.activity_MBq == pytest.approx(7400.0)
     assert cycle.times_h[0] == pytest.approx(24.0)
-    # 120 frames over 2 detectors of 15 s each: 60 stops x 15 s = 900 s
-    assert cycle.time_points[0].acquisition_duration_s == pytest.approx(900.0)
+    # NM: 120 frames over 2 detectors of 15 s each = 60 stops x 15 s = 900 s; PET: one frame of 15 s
+    assert cycle.time_points[0].acquisition_duration_s == pytest.approx(900.0 if modality == "NM" else 15.0)
 
 
 def test_nuclide_code_meanings() -> None:
     assert L.nuclideFromCodeMeaning("^177^Lutetium") == "Lu-177"
     assert L.nuclideFromCodeMeaning("^225^Actinium") == "Ac-225"
     assert L.nuclideFromCodeMeaning("Y-90") == "Y-90"
+
+
+def test_import_dicom_files_of_the_demo_patient(scene, demo_scene) -> None:
+    """The Kinetics module's DICOM import (file list, as Slicer's DICOM database gives it) makes the same time
+    points as reading the demo folder, and the SEG's structures."""
+    from modules import loadModuleFile
+
+    files = sorted(p for p in demo_scene["demo"].dicom_dir.rglob("*") if p.is_file())
+    kinetics = loadModuleFile("TheraTwinKinetics").TheraTwinKineticsLogic()
+    nodes = kinetics.importDicom(scene, files)
+    reference = demo_scene["nodes"]
+    assert {c: len(v) for c, v in nodes.timePoints.items()} == {c: len(v) for c, v in reference.timePoints.items()}
+    for a, b in zip(nodes.allTimePoints(), reference.allTimePoints(), strict=True):
+        assert a.GetAttribute("TheraTwin.AcquisitionStart") == b.GetAttribute("TheraTwin.AcquisitionStart")
+        assert np.array_equal(slicer.util.arrayFromVolume(a), slicer.util.arrayFromVolume(b))
+    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == \
+        reference.segmentation.GetSegmentation().GetNumberOfSegments()
+
+
+def test_annotate_a_scene_loaded_by_slicer_dicom(scene, demo_scene) -> None:
+    """Volumes as Slicer's DICOM module leaves them (only DICOM.instanceUIDs) become time points from their
+    headers; the CT (no radiopharmaceutical) does not."""
+    import pydicom
+
+    files = {}
+    for path in demo_scene["demo"].dicom_dir.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        files[str(ds.SOPInstanceUID)] = str(path)
+    loaded = []
+    for original in demo_scene["nodes"].allTimePoints()[:2] + demo_scene["nodes"].cts[:1]:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", original.GetName())
+        slicer.util.updateVolumeFromArray(node, np.zeros((2, 2, 2), np.float32))
+        node.SetAttribute("DICOM.instanceUIDs", original.GetAttribute("DICOM.instanceUIDs"))
+        loaded.append((node, original))
+    annotated = L.annotateSceneFromDicom(scene, files.__getitem__)
+    assert [n.GetName() for n in annotated] == [o.GetName() for _, o in loaded[:2]]
+    for node, original in loaded[:2]:
+        for attribute in ("TheraTwin.AcquisitionStart", "TheraTwin.Nuclide", "TheraTwin.AdministrationStart"):
+            assert node.GetAttribute(attribute) == original.GetAttribute(attribute), attribute
+        assert float(node.GetAttribute("TheraTwin.AdministeredActivity_MBq")) == pytest.approx(
+            float(original.GetAttribute("TheraTwin.AdministeredActivity_MBq")))
+    assert loaded[2][0].GetAttribute("TheraTwin.Role") is None
