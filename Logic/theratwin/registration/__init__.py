@@ -7,9 +7,11 @@ from .register import (
     RegistrationConfig,
     RegistrationResult,
     body_mask,
+    reference_surface_points,
     register_images,
     resample_activity,
     residual_misalignment_mm,
+    shrink_volume,
     transform_parameters,
 )
 
@@ -21,4 +23,6 @@ __all__ = [
     "residual_misalignment_mm",
     "body_mask",
     "transform_parameters",
+    "reference_surface_points",
+    "shrink_volume",
 ]

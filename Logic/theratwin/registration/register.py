@@ -30,6 +30,9 @@ __all__ = [
     "residual_misalignment_mm",
     "body_mask",
     "transform_parameters",
+    "reference_surface_points",
+    "shrink_volume",
+    "RESIDUAL_VOXEL_MM",
 ]
 
 
@@ -147,7 +150,7 @@ def transform_parameters(transform: Any) -> tuple[tuple[float, float, float], tu
 
 
 def body_mask(ct: ImageVolume, threshold_HU: float = -400.0) -> np.ndarray:
-    """Body mask of a CT: voxels above ``threshold_HU``, largest connected component, holes filled per slice."""
+    """Body mask of a CT: voxels above ``threshold_HU``, largest connected component, holes filled."""
     from scipy import ndimage
 
     m = np.asarray(ct.array) > threshold_HU
@@ -158,6 +161,17 @@ def body_mask(ct: ImageVolume, threshold_HU: float = -400.0) -> np.ndarray:
         sizes = ndimage.sum_labels(m, lab, index=np.arange(1, n + 1))
         m = lab == (int(np.argmax(sizes)) + 1)
     return ndimage.binary_fill_holes(m)
+
+
+def shrink_volume(img: ImageVolume, max_voxel_mm: float) -> ImageVolume:
+    """Average ``img`` over blocks of whole voxels so that its voxels are at most ``max_voxel_mm`` (per axis
+    factor ``floor(max_voxel_mm / spacing)``, at least 1); geometry follows ITK's BinShrink."""
+    sitk = _sitk()
+    factors = [max(1, int(max_voxel_mm // sp)) for sp in img.spacing_mm]
+    if factors == [1, 1, 1]:
+        return img
+    src = ImageVolume.from_geometry(np.asarray(img.array, dtype=np.float32), img.geometry, img.unit).to_sitk()
+    return ImageVolume.from_sitk(sitk.BinShrink(src, factors), img.unit)
 
 
 def _surface_points_mm(mask: np.ndarray, geometry: Geometry, max_points: int, seed: int) -> np.ndarray:
@@ -171,30 +185,46 @@ def _surface_points_mm(mask: np.ndarray, geometry: Geometry, max_points: int, se
     return geometry.index_to_lps(zyx[:, ::-1].astype(float))
 
 
+#: CT voxel size (mm) used for the residual estimate (body masks and distance maps)
+RESIDUAL_VOXEL_MM = 5.0
+
+
+def reference_surface_points(reference_ct: ImageVolume, *, threshold_HU: float = -400.0, max_points: int = 5000,
+                             seed: int = 0) -> np.ndarray:
+    """Points (LPS mm) on the body surface of the reference CT, for :func:`residual_misalignment_mm`."""
+    ref = shrink_volume(reference_ct, RESIDUAL_VOXEL_MM)
+    ref_mask = body_mask(ref, threshold_HU)
+    if not ref_mask.any():
+        return np.zeros((0, 3))
+    return _surface_points_mm(ref_mask, ref.geometry, max_points, seed)
+
+
 def residual_misalignment_mm(reference_ct: ImageVolume, moving_ct: ImageVolume, transform: Any, *,
-                             threshold_HU: float = -400.0, max_points: int = 5000, seed: int = 0) -> float:
+                             threshold_HU: float = -400.0, max_points: int = 5000, seed: int = 0,
+                             reference_points_mm: np.ndarray | None = None) -> float:
     """Mean distance (mm) between the reference body surface and the registered moving body surface.
 
     Points on the reference body surface are mapped through ``transform`` into the moving CT, and their
     distance to the moving body surface is read (trilinear interpolation) from the Euclidean distance map of
     that surface. The mean over points is a lower bound of the target registration error (misalignment
-    along the surface is not seen) and includes the surface voxelisation (a fraction of a CT voxel).
+    along the surface is not seen) and includes the surface voxelisation (CTs are averaged to about
+    ``RESIDUAL_VOXEL_MM`` first; expect a floor of roughly 1-1.5 mm for a perfect registration).
+    ``reference_points_mm`` (from :func:`reference_surface_points`) avoids recomputing the reference side.
     """
     from scipy import ndimage
 
-    ref_mask = body_mask(reference_ct, threshold_HU)
-    mov_mask = body_mask(moving_ct, threshold_HU)
-    if not ref_mask.any() or not mov_mask.any():
-        return float("nan")
-    pts = _surface_points_mm(ref_mask, reference_ct.geometry, max_points, seed)
-    if pts.shape[0] == 0:
+    pts = reference_points_mm if reference_points_mm is not None else reference_surface_points(
+        reference_ct, threshold_HU=threshold_HU, max_points=max_points, seed=seed)
+    mov = shrink_volume(moving_ct, RESIDUAL_VOXEL_MM)
+    mov_mask = body_mask(mov, threshold_HU)
+    if pts.shape[0] == 0 or not mov_mask.any():
         return float("nan")
     mapped = np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in pts])
     surf = mov_mask & ~ndimage.binary_erosion(mov_mask, border_value=1)
-    sp = moving_ct.geometry.spacing_mm
+    sp = mov.geometry.spacing_mm
     dist = ndimage.distance_transform_edt(~surf, sampling=(sp[2], sp[1], sp[0]))
-    idx = moving_ct.geometry.lps_to_index(mapped)  # (x, y, z) continuous
-    shape = moving_ct.geometry.shape
+    idx = mov.geometry.lps_to_index(mapped)  # (x, y, z) continuous
+    shape = mov.geometry.shape
     inside = np.all((idx >= 0) & (idx <= np.array([shape[2], shape[1], shape[0]]) - 1), axis=1)
     if not inside.any():
         return float("nan")
@@ -231,8 +261,11 @@ def register_images(fixed: ImageVolume, moving: ImageVolume, config: Registratio
     sitk = _sitk()
     cfg = config or RegistrationConfig()
     lo, hi = (-1000.0, 1500.0) if modality == "CT" else (None, None)
-    f = _prepare(fixed, lo, hi)
-    m = _prepare(moving, lo, hi)
+    # average the images down to about the finest pyramid level first: every later step (smoothing,
+    # shrinking, metric, gradients) then works on small images; linear interpolation keeps sub-mm accuracy
+    finest = min(cfg.pyramid_voxel_mm)
+    f = _prepare(shrink_volume(fixed, finest), lo, hi)
+    m = _prepare(shrink_volume(moving, finest), lo, hi)
     centre = f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in f.GetSize()])
     init = sitk.Euler3DTransform()
     init.SetCenter(centre)
@@ -336,25 +369,34 @@ def _is_identity(transform: Any) -> bool:
 def _source_inside(src: Geometry, dst: Geometry, transform: Any) -> np.ndarray | None:
     """Source voxels whose centre maps inside ``dst`` (through the inverse of a rigid ``transform``).
 
-    Returns None for transforms that are not rigid (no closed-form inverse), in which case no conservation
-    scaling is applied.
+    Source index -> LPS -> inverse rigid -> destination index is one affine map, evaluated by broadcasting
+    over the three index axes. Returns None for non-rigid transforms (no closed-form inverse), in which case
+    no conservation scaling is applied.
     """
     sitk = _sitk()
-    z, y, x = np.indices(src.shape, dtype=np.float64)
-    pts = src.index_to_lps(np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1))
     name = transform.GetName()
     if name in ("IdentityTransform",) or (name == "Transform" and len(transform.GetParameters()) == 0):
-        mapped = pts
+        rot, c, tvec = np.eye(3), np.zeros(3), np.zeros(3)
     elif name == "Euler3DTransform" and not isinstance(transform, sitk.CompositeTransform):
         e = sitk.Euler3DTransform(transform)
-        mat = np.asarray(e.GetMatrix()).reshape(3, 3)
+        rot = np.asarray(e.GetMatrix()).reshape(3, 3)
         c = np.asarray(e.GetCenter())
         tvec = np.asarray(e.GetTranslation())
-        # forward: x' = R (x - c) + c + t  =>  inverse: x = R^T (x' - c - t) + c
-        mapped = (pts - c - tvec) @ mat + c
     else:
         return None
-    idx = dst.lps_to_index(mapped)
-    n = np.array([dst.shape[2], dst.shape[1], dst.shape[0]], float)
-    ok = np.all((idx >= -0.5) & (idx <= n - 0.5), axis=1)
-    return ok.reshape(src.shape)
+    # src index i -> p = o_s + D_s S_s i; forward rigid x' = R (x - c) + c + t, inverse x = R^T (x' - c - t) + c;
+    # dst index = S_d^-1 D_d^T (x - o_d)
+    a_src = src.direction_matrix * np.asarray(src.spacing_mm)[None, :]
+    to_dst = (dst.direction_matrix / np.asarray(dst.spacing_mm)[None, :]).T
+    lin = to_dst @ rot.T @ a_src
+    off = to_dst @ (rot.T @ (np.asarray(src.origin_mm) - c - tvec) + c - np.asarray(dst.origin_mm))
+    nz, ny, nx = src.shape
+    ii = np.arange(nx, dtype=np.float32)[None, None, :]
+    jj = np.arange(ny, dtype=np.float32)[None, :, None]
+    kk = np.arange(nz, dtype=np.float32)[:, None, None]
+    n_dst = (dst.shape[2], dst.shape[1], dst.shape[0])
+    ok = np.ones(src.shape, bool)
+    for r in range(3):  # three destination index coordinates (x, y, z), each vectorised over all voxels
+        coord = np.float32(lin[r, 0]) * ii + np.float32(lin[r, 1]) * jj + np.float32(lin[r, 2]) * kk + np.float32(off[r])
+        ok &= (coord >= -0.5) & (coord <= n_dst[r] - 0.5)
+    return ok

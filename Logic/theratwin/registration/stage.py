@@ -29,9 +29,11 @@ from .register import (
     RegistrationConfig,
     RegistrationResult,
     body_mask,
+    reference_surface_points,
     register_images,
     resample_activity,
     residual_misalignment_mm,
+    shrink_volume,
     transform_parameters,
 )
 
@@ -76,6 +78,8 @@ class RegistrationStage:
         aligned: dict[int, list[ImageVolume]] = {}
         regs: dict[int, list[RegistrationResult]] = {}
         n_total = sum(len(c.time_points) for c in study.cycles)
+        ref_points = reference_surface_points(ref_ct, threshold_HU=cfg.body_threshold_HU, seed=cfg.seed) \
+            if ref_ct is not None else None
         done = 0
         for cycle in study.cycles:
             aligned[cycle.number] = []
@@ -89,7 +93,7 @@ class RegistrationStage:
                 elif ref_ct is not None and tp.ct is not None:
                     tr, val = register_images(ref_ct, tp.ct, cfg, modality="CT")
                     resid = residual_misalignment_mm(ref_ct, tp.ct, tr, threshold_HU=cfg.body_threshold_HU,
-                                                     seed=cfg.seed)
+                                                     reference_points_mm=ref_points)
                     rot, trans = transform_parameters(tr)
                     rr = RegistrationResult(tr, resid, "rigid_ct+bspline" if cfg.deformable else "rigid_ct",
                                             rot, trans, val)
@@ -127,8 +131,9 @@ class RegistrationStage:
             res.warn("registration", "The study has no segmentation: no structure masks (only voxel results).")
         body = None
         if ref_ct is not None:
-            bm = body_mask(ref_ct, cfg.body_threshold_HU).astype(np.float32)
-            body = ImageVolume.from_geometry(bm, ref_ct.geometry, "1").resample_to(grid, order=1).array >= 0.5
+            small = shrink_volume(ref_ct, min(grid.spacing_mm))
+            bm = body_mask(small, cfg.body_threshold_HU).astype(np.float32)
+            body = ImageVolume.from_geometry(bm, small.geometry, "1").resample_to(grid, order=1).array >= 0.5
         ctx.state["reference_grid"] = grid
         ctx.state["aligned_spect"] = aligned
         ctx.state["registration"] = regs
