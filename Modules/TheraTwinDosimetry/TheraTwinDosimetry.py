@@ -137,6 +137,7 @@ class TheraTwinDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        TheraTwinLib.clearPipelineCache()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

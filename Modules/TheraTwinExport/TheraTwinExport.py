@@ -135,6 +135,7 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        TheraTwinLib.clearPipelineCache()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

@@ -141,6 +141,7 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        TheraTwinLib.clearPipelineCache()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

@@ -132,6 +132,7 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        TheraTwinLib.clearPipelineCache()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

@@ -109,6 +109,68 @@ def parameterNodeFields(path: Path) -> dict[str, set[str]]:
     return out
 
 
+#: Widgets parameterNodeWrapper.connectGui binds to each kind of field (Slicer developer guide, "GUI creation").
+WIDGETS_FOR = {
+    "bool": {"QCheckBox", "QPushButton", "ctkCheckBox"},
+    "int": {"QSpinBox", "QSlider", "ctkSliderWidget"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QLineEdit", "QComboBox"},
+    "path": {"ctkPathLineEdit"},
+    "enum": {"QComboBox"},
+    "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyComboBox"},
+}
+
+
+def parameterNodeKinds(path: Path) -> dict[str, tuple[str, str]]:
+    """``{field: (kind, detail)}`` of the module's parameter node: kind is a key of WIDGETS_FOR; detail the
+    MRML class of a node field."""
+    tree = ast.parse(path.read_text())
+    enums = {n.name for n in tree.body if isinstance(n, ast.ClassDef)
+             and any(ast.unparse(b).endswith("Enum") for b in n.bases)}
+    kinds = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list)):
+            continue
+        for statement in node.body:
+            if not isinstance(statement, ast.AnnAssign):
+                continue
+            annotation = statement.annotation
+            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+                annotation = annotation.slice.elts[0]  # type: ignore[attr-defined]
+            text = ast.unparse(annotation)
+            if text.startswith("vtkMRML") or text.startswith("slicer.vtkMRML"):
+                kinds[statement.target.id] = ("node", text.split(".")[-1])  # type: ignore[union-attr]
+            elif text in ("pathlib.Path", "Path"):
+                kinds[statement.target.id] = ("path", "")  # type: ignore[union-attr]
+            elif text in enums:
+                kinds[statement.target.id] = ("enum", text)  # type: ignore[union-attr]
+            else:
+                kinds[statement.target.id] = (text, "")  # type: ignore[union-attr]
+    return kinds
+
+
+def widgetTypeOffences(uiPath: Path, kinds: dict[str, tuple[str, str]]) -> list[str]:
+    """Bindings whose widget cannot hold the field's type (e.g. an Enum on a QLineEdit, a segmentation field on
+    a combo box listing only volumes)."""
+    offences = []
+    for widget in ET.parse(uiPath).getroot().iter("widget"):
+        props = {p.get("name"): p for p in widget.findall("property")}
+        if "SlicerParameterName" not in props:
+            continue
+        field = props["SlicerParameterName"].findtext("string")
+        if field not in kinds:
+            continue
+        kind, detail = kinds[field]
+        if widget.get("class") not in WIDGETS_FOR.get(kind, set()):
+            offences.append(f"{uiPath.name}: '{field}' ({kind}) is bound to a {widget.get('class')}")
+        if kind == "node":
+            types = [s.text for s in props["nodeTypes"].iter("string")] if "nodeTypes" in props else []
+            if types != [detail]:
+                offences.append(f"{uiPath.name}: '{field}' is a {detail} but its combo box lists {types}")
+    return offences
+
+
 def uiOffences(uiPath: Path, fields: set[str]) -> list[str]:
     """Problems of a Qt Designer file: not well-formed, not a <ui>, or bindings that do not match ``fields``."""
     try:
@@ -220,6 +282,7 @@ def test_ui_binds_exactly_the_parameter_node(path: Path) -> None:
     fields = parameterNodeFields(path)
     assert list(fields) == [f"{path.stem}ParameterNode"], "one @parameterNodeWrapper class per module"
     assert uiOffences(ui, fields[f"{path.stem}ParameterNode"]) == []
+    assert widgetTypeOffences(ui, parameterNodeKinds(path)) == []
     # every self.ui.<name> the Widget uses exists in the form
     used = set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
     assert used <= uiWidgetNames(ui), f"{path.name} uses widgets not in the .ui: {used - uiWidgetNames(ui)}"
@@ -294,3 +357,32 @@ def test_checkers_catch_pins_and_bundled_packages(tmp_path: Path) -> None:
     requirements.write_text("highdicom>=0.27\nnumpy>=1.24\nfhir.resources==8.0\n")
     assert requirementsOffences(requirements) == ["M: 'numpy' is bundled by Slicer",
                                                   "M: 'fhir.resources==8.0' is not 'name' or 'name>=version'"]
+
+
+def test_checkers_catch_a_widget_of_the_wrong_type(tmp_path: Path) -> None:
+    module = tmp_path / "M.py"
+    module.write_text("import enum\nimport pathlib\nfrom typing import Annotated\n"
+                      "class Mode(enum.Enum):\n    A = 'a'\n"
+                      "@parameterNodeWrapper\nclass MParameterNode:\n    mode: Mode\n"
+                      "    folder: pathlib.Path\n    level: Annotated[float, WithinRange(0, 1)] = 0.5\n"
+                      "    seg: vtkMRMLSegmentationNode\n")
+    kinds = parameterNodeKinds(module)
+    assert kinds == {"mode": ("enum", "Mode"), "folder": ("path", ""), "level": ("float", ""),
+                     "seg": ("node", "vtkMRMLSegmentationNode")}
+    ui = tmp_path / "M.ui"
+    ui.write_text(
+        "<ui version='4.0'><widget class='qMRMLWidget' name='M'>"
+        "<widget class='QLineEdit' name='a'><property name='SlicerParameterName' stdset='0'><string>mode</string>"
+        "</property></widget>"
+        "<widget class='ctkPathLineEdit' name='b'><property name='SlicerParameterName' stdset='0'>"
+        "<string>folder</string></property></widget>"
+        "<widget class='ctkSliderWidget' name='c'><property name='SlicerParameterName' stdset='0'>"
+        "<string>level</string></property></widget>"
+        "<widget class='qMRMLNodeComboBox' name='d'><property name='nodeTypes'><stringlist>"
+        "<string>vtkMRMLScalarVolumeNode</string></stringlist></property>"
+        "<property name='SlicerParameterName' stdset='0'><string>seg</string></property></widget>"
+        "</widget></ui>")
+    assert widgetTypeOffences(ui, kinds) == [
+        "M.ui: 'mode' (enum) is bound to a QLineEdit",
+        "M.ui: 'seg' is a vtkMRMLSegmentationNode but its combo box lists ['vtkMRMLScalarVolumeNode']",
+    ]
