@@ -379,3 +379,16 @@ def test_dvh_metrics_and_organ_limits(built):
         above = sr.cumulative_bed_Gy > sr.limit["value_Gy"]
         assert above == (n == 2)
         assert cum["interpretation"][0]["coding"][0]["code"] == ("H" if above else "N")
+
+
+def test_dicomweb_endpoint_for_viewers(tmp_path: Path):
+    res = make_results(tmp_path)
+    b = build_bundle(res, out_dir=tmp_path, options=BundleOptions(dicomweb_url="https://pacs.example/dicom-web/"))
+    ep = _by_type(b)["Endpoint"]
+    assert len(ep) == 1 and ep[0]["resource"]["address"] == "https://pacs.example/dicom-web"
+    assert ep[0]["resource"]["connectionType"]["code"] == "dicom-wado-rs"
+    for img in _by_type(b)["ImagingStudy"]:
+        assert img["resource"]["endpoint"] == [{"reference": ep[0]["fullUrl"]}]
+    validate_bundle(b)
+    with pytest.raises(tt.ConfigurationError, match="without credentials"):
+        build_bundle(res, out_dir=tmp_path, options=BundleOptions(dicomweb_url="https://u:p@pacs.example/dw"))

@@ -173,6 +173,19 @@ def test_new_analysis_adds_results_but_not_the_patient(tmp_path: Path, fhir_serv
     assert n["Provenance"] == 2 and n["DiagnosticReport"] == 2
 
 
+def test_endpoint_accepted_and_linked(tmp_path: Path, fhir_server: FhirTestServer):
+    from theratwin.fhir import BundleOptions
+
+    res = make_results(tmp_path)
+    bundle = build_bundle(res, out_dir=tmp_path, options=BundleOptions(dicomweb_url="http://pacs.example/dicom-web"))
+    c = client(fhir_server.url)
+    push_bundle(bundle, c)
+    ep = c.search("Endpoint")
+    assert len(ep) == 1
+    for img in c.search("ImagingStudy"):
+        assert img["endpoint"] == [{"reference": f"Endpoint/{ep[0]['id']}"}]
+
+
 def test_existing_patient_is_reused(tmp_path: Path, fhir_server: FhirTestServer):
     _, bundle = _write_out_dir(tmp_path)
     c = client(fhir_server.url)

@@ -85,6 +85,10 @@ class BundleOptions:
         Patient is created.
     include_reports
         Embed report.pdf / report.html as DiagnosticReport.presentedForm (base64).
+    dicomweb_url
+        DICOMweb base URL of the PACS holding the studies (no credentials); when given, an ``Endpoint``
+        (connection type dicom-wado-rs) is added and every ImagingStudy points to it, so viewers can fetch
+        the images. The stage sets it from ``PipelineConfig.pacs_url`` when that is a DICOMweb URL.
     max_attachment_bytes
         Largest report file embedded (raw bytes). Servers limit string sizes (Medplum: 1 MB per string, and
         base64 inflates by 4/3), so a larger report is not embedded; the DiagnosticReport then says so and
@@ -96,6 +100,7 @@ class BundleOptions:
     timezone: str | None = None
     patient_identifier_system: str | None = None
     include_reports: bool = True
+    dicomweb_url: str | None = None
     max_attachment_bytes: int = 700_000
 
     @classmethod
@@ -407,6 +412,30 @@ def _imaging_study(study_uid: str, series: Mapping[str, Mapping[str, Any]], pati
     return res
 
 
+def _endpoint(b: _Builder, url: str) -> str:
+    """An Endpoint for the PACS's DICOMweb service (WADO-RS), created once per address."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        raise ConfigurationError("fhir_export dicomweb_url must be an http(s) DICOMweb base URL without "
+                                 "credentials.")
+    address = url.rstrip("/")
+    system = f"{IDENTIFIER_BASE}/endpoint"
+    ep = {
+        "resourceType": "Endpoint",
+        "identifier": [{"system": system, "value": address}],
+        "status": "active",
+        "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                           "code": "dicom-wado-rs", "display": "DICOM WADO-RS"},
+        "name": "PACS (DICOMweb)",
+        "payloadType": [{"text": "DICOM"}],
+        "payloadMimeType": ["application/dicom"],
+        "address": address,
+    }
+    return b.add(ep, system=system, value=address)
+
+
 # ------------------------------------------------------------------------------------- resources
 def _medication_concept(radiopharmaceutical: str, nuclide: str) -> dict[str, Any]:
     """CodeableConcept of the radiopharmaceutical; coded only where PS3.16 has the exact product."""
@@ -577,11 +606,14 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
     written = _series_from_dicom(_dicom_files(results, out))
     for st, series in written.items():
         studies.setdefault(st, {}).update(series)
+    endpoint_ref = _endpoint(b, opts.dicomweb_url) if opts.dicomweb_url and studies else None
     imaging_by_uid: dict[str, str] = {}
     for st, series in studies.items():
         acqs = [tp.acquisition_start for c in study.cycles for tp in c.time_points
                 if st in (tp.source.study_uid, tp.ct_source.study_uid)]
         res = _imaging_study(st, series, patient_ref, _fhir_datetime(min(acqs), tz) if acqs else None)
+        if endpoint_ref:
+            res["endpoint"] = [{"reference": endpoint_ref}]
         imaging_by_uid[st] = b.add(res, system=DICOM_UID_SYSTEM, value=f"urn:oid:{st}")
     imaging_refs = list(imaging_by_uid.values())
 
@@ -807,7 +839,8 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         "note": [{"text": RESEARCH_USE_NOTICE}],
     }
     device_ref = b.add(device, system=dev_system, value=dev_value)
-    targets = [e["fullUrl"] for e in b.entries if e["resource"]["resourceType"] not in ("Patient", "Device")]
+    targets = [e["fullUrl"] for e in b.entries
+               if e["resource"]["resourceType"] not in ("Patient", "Device", "Endpoint")]
     entities: list[dict[str, Any]] = [{"role": "source", "what": {"reference": r}} for r in imaging_refs]
     for m in results.methods:
         text = f"{m.stage}: {m.method} ({m.software} {m.version})"

@@ -29,6 +29,9 @@ class FhirExportStage:
 
     def run(self, context: PipelineContext) -> None:
         opts = BundleOptions.from_dict(context.config.options(self.name))
+        pacs = context.config.pacs_url or ""
+        if opts.dicomweb_url is None and pacs.startswith(("http://", "https://")):
+            opts.dicomweb_url = pacs  # where the DICOM export sends the studies
         # recorded before building, so that the bundle's Provenance lists this method too
         context.results.record_method(
             self.name, "FHIR R4 transaction bundle (conditional creates on stable identifiers)",
