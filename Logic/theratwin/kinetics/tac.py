@@ -179,7 +179,7 @@ def mask_recovery_coefficient(mask: np.ndarray, spacing_mm: Sequence[float], sys
 def structure_tacs(
     images: Sequence[ImageVolume],
     masks: dict[str, np.ndarray],
-    time_h: Sequence[float],
+    time_h: Sequence[float] | np.ndarray,
     *,
     acquisition_duration_s: Sequence[float] | None = None,
     counts_per_MBq_s: Sequence[float | None] | None = None,
@@ -252,8 +252,9 @@ def structure_tacs(
         count_rel = np.zeros(t.size)
         if unc.counting:
             for i in range(t.size):
-                if durations[i] and sens[i] and act[i] > 0:
-                    n_counts = act[i] * rc * float(sens[i]) * float(durations[i])  # measured counts
+                dur_s, sens_i = durations[i], sens[i]
+                if dur_s and sens_i and act[i] > 0:
+                    n_counts = act[i] * rc * float(sens_i) * float(dur_s)  # measured counts
                     count_rel[i] = 1.0 / math.sqrt(n_counts)
             comps["counting"] = count_rel.tolist()
         comps["random"] = [unc.random_rel_sd] * t.size

@@ -44,9 +44,22 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
     (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
     study = read_study(demo.dicom_dir)
-    pipe = Pipeline(config)
+    pipe = Pipeline(_with_demo_resolution(config))
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
     return RunOutput(results, pipe.last_context, out, demo.truth)
+
+
+def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
+    """The demo documents its reconstructed SPECT resolution; the kinetics stage uses it for the
+    partial-volume correction unless the caller set one (a site takes it from its own phantom scans)."""
+    from dataclasses import replace
+
+    from ..demo import RESOLUTION_FWHM_MM
+
+    cfg = config or PipelineConfig()
+    options = {k: dict(v) for k, v in cfg.stage_options.items()}
+    options.setdefault("kinetics", {}).setdefault("system_fwhm_mm", RESOLUTION_FWHM_MM)
+    return replace(cfg, stage_options=options)
 
 
 def run_folder(input_dir: str | Path, out_dir: str | Path, *, config: PipelineConfig | None = None,
