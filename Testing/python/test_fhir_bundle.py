@@ -392,3 +392,15 @@ def test_dicomweb_endpoint_for_viewers(tmp_path: Path):
     validate_bundle(b)
     with pytest.raises(tt.ConfigurationError, match="without credentials"):
         build_bundle(res, out_dir=tmp_path, options=BundleOptions(dicomweb_url="https://u:p@pacs.example/dw"))
+
+
+def test_minimal_results_give_a_valid_bundle(small_study: tt.Study):
+    """Only the study (no dosimetry, no twin, no files, no DICOM UIDs): patient, administration, report."""
+    res = tt.Results.for_study(small_study)
+    b = build_bundle(res)
+    types = Counter(e["resource"]["resourceType"] for e in b["entry"])
+    assert types == Counter({"Patient": 1, "MedicationAdministration": 1, "DiagnosticReport": 1, "Device": 1,
+                             "Provenance": 1})
+    dr = _by_type(b)["DiagnosticReport"][0]["resource"]
+    assert "result" not in dr and "presentedForm" not in dr
+    validate_bundle(b)
