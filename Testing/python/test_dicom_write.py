@@ -241,7 +241,19 @@ def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
             assert all(m.method is None or m.method.value != TTWN_CODES["predicted"][0] for m in g.get_measurements())
     # TheraTwin's own reader sees the same
     mine = read_sr_measurements(pydicom.dcmread(out / rep.sr[0]))
-    assert sum(m.predicted for m in mine) == 4 and len({m.group for m in mine}) == 6
+    assert sum(m.predicted for m in mine) == 4 and len({m.group for m in mine}) == 8
+    # twin estimates of a sparsely imaged cycle: their own group, marked as estimated by the twin
+    est_code = TTWN_CODES["twin_estimate"][0]
+    est = by_label["kidneys cycle 2 twin estimate"]
+    ev = {m.name.value: (float(m.value), m.method.value) for m in est.get_measurements()}
+    want = results.cycles[2].structures["kidneys"].estimated_by_twin
+    assert ev["TTW0001"] == (pytest.approx(want["tia_MBq_h"]), est_code)
+    assert ev["TTW0311"][0] == pytest.approx(want["sd"]) and ev["TTW0315"][0] == pytest.approx(want["low"])
+    assert ev["TTW0319"][0] == pytest.approx(want["high"])
+    # cycle 2's own TIA came from the twin (tia_method "twin"): marked too; cycle 1's fitted TIA is not
+    for n, marked in ((1, False), (2, True)):
+        tia = next(m for m in by_label[f"kidneys cycle {n}"].get_measurements() if m.name.value == "TTW0001")
+        assert (tia.method is not None and tia.method.value == est_code) == marked
 
 
 def test_sr_declares_private_scheme_and_method(exported) -> None:

@@ -28,3 +28,22 @@ __all__ = [
 ]
 
 # ---- writers and PACS (appended below by the DICOM-export work; keep the reading exports above) ----
+# Writing RT Dose/SEG/TID 1500 SR (export.py, rtdose.py, seg.py, sr.py) and PACS access (pacs.py, outbox.py).
+from .export import ExportReport, export_dicom  # noqa: E402
+from .outbox import Outbox  # noqa: E402
+from .pacs import PacsClient, PacsEndpoint, open_pacs  # noqa: E402
+from .rtdose import DoseKind, build_rtdose, rtdose_to_image  # noqa: E402
+from .sr import read_sr_measurements  # noqa: E402
+
+__all__ += [
+    "export_dicom",
+    "ExportReport",
+    "DoseKind",
+    "build_rtdose",
+    "rtdose_to_image",
+    "read_sr_measurements",
+    "open_pacs",
+    "PacsClient",
+    "PacsEndpoint",
+    "Outbox",
+]

@@ -31,8 +31,9 @@ method parameters from ``Results.methods`` — kinetic model, TIA method, dose m
 Predictions of the digital twin (``Results.twin``) go into *separate* groups whose Measurement Method is
 (TTW0101, 99TTWN, "Predicted by digital twin") on every measurement, whose tracking identifier ends in
 ``"predicted"`` and whose time point reads ``"Cycle n (predicted)"``; their 90 % prediction interval is given
-by companion measurements (5th and 95th percentile codes, below). TIAs that the twin *estimated* for sparsely imaged cycles carry the method (TTW0102, 99TTWN,
-"Estimated by digital twin").
+by companion measurements (5th and 95th percentile codes, below). TIAs that the twin *estimated* for sparsely imaged cycles (``StructureResult.estimated_by_twin``) form
+their own groups (``"<structure> cycle <n> twin estimate"``) whose measurements carry the method (TTW0102,
+99TTWN, "Estimated by digital twin"), as does a cycle's TIA when its ``tia_method`` is the twin's.
 
 Private codes
 -------------
@@ -45,7 +46,7 @@ its Coding Scheme Identification Sequence.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,10 +132,12 @@ _MEANINGS = {"tia": "time-integrated activity", "mean_dose": "mean absorbed dose
 for _key, _i in _UNCERTAIN.items():
     TTWN_CODES[f"{_key}:sd"] = (f"TTW03{_i}1", f"SD of {_MEANINGS[_key]}"[:64],
                                 f"Standard deviation (standard uncertainty) of the {_MEANINGS[_key]} estimate.")
-    TTWN_CODES[f"{_key}:low"] = (f"TTW03{_i}5", f"5th percentile of predicted {_MEANINGS[_key]}"[:64],
-                                 f"Lower limit of the 90 % prediction interval of the {_MEANINGS[_key]}.")
-    TTWN_CODES[f"{_key}:high"] = (f"TTW03{_i}9", f"95th percentile of predicted {_MEANINGS[_key]}"[:64],
-                                  f"Upper limit of the 90 % prediction interval of the {_MEANINGS[_key]}.")
+    TTWN_CODES[f"{_key}:low"] = (f"TTW03{_i}5", f"5th percentile of twin {_MEANINGS[_key]}"[:64],
+                                 f"Lower limit of the 90 % interval of the twin's predictive (or, for an "
+                                 f"estimate, posterior) distribution of the {_MEANINGS[_key]}.")
+    TTWN_CODES[f"{_key}:high"] = (f"TTW03{_i}9", f"95th percentile of twin {_MEANINGS[_key]}"[:64],
+                                  f"Upper limit of the 90 % interval of the twin's predictive (or, for an "
+                                  f"estimate, posterior) distribution of the {_MEANINGS[_key]}.")
 
 
 def _ttwn(key: str) -> hd.sr.CodedConcept:
@@ -194,6 +197,7 @@ class SRMeasurement:
     sd: float | None = None
     low: float | None = None
     high: float | None = None
+    estimate: bool = False
 
 
 def _finite(x: Any) -> float | None:
@@ -311,6 +315,12 @@ def planned_measurements(results: Results, structures: Sequence[str]) -> list[SR
                     continue
                 sd = _finite(getattr(sr, _SD_FIELD[key], None)) if key in _SD_FIELD else None
                 out.append(SRMeasurement(group, name, n, _code_tuple(key), v, unit, sd=sd))
+            est = sr.estimated_by_twin
+            if est and _finite(est.get("tia_MBq_h")) is not None:
+                low, high = _finite(est.get("low")), _finite(est.get("high"))
+                out.append(SRMeasurement(f"{name} cycle {n} twin estimate", name, n, _code_tuple("tia"),
+                                         float(est["tia_MBq_h"]), "MBq.h", sd=_finite(est.get("sd")), low=low,
+                                         high=high, estimate=True))
     for cycle, name, q in _prediction_items(results.twin):
         if name not in structures:
             continue
@@ -336,18 +346,15 @@ def _code_tuple(key: str) -> tuple[str, str]:
 
 # --- building ---------------------------------------------------------------------------------------------------
 
-def _algorithms(methods: Iterable[MethodRecord]) -> dict[str, hd.sr.AlgorithmIdentification]:
-    """One TID 4019 Algorithm Identification per pipeline stage, with its methods as parameters."""
-    by_stage: dict[str, list[str]] = {}
-    for m in methods:
-        params = [f"method={m.method}"] + [f"{k}={v}" for k, v in sorted(m.parameters.items())
-                                           if isinstance(v, (str, int, float, bool))]
-        by_stage.setdefault(m.stage, []).extend(p[:1024] for p in params)
-    return {
-        stage: hd.sr.AlgorithmIdentification(name=f"TheraTwin {stage}"[:64], version=__version__,
-                                             parameters=params[:64] or None)
-        for stage, params in by_stage.items()
-    }
+def _algorithm(stage: str, methods: Sequence[MethodRecord], extra: Sequence[str] = ()) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of a pipeline stage: its method(s) and the structure's own choices.
+
+    Only the method names go into the SR (they repeat on every measurement); the full parameter sets are in
+    ``results.json`` and the FHIR Provenance.
+    """
+    params = [f"{m.method}"[:1024] for m in methods if m.stage == stage] + [e[:1024] for e in extra]
+    return hd.sr.AlgorithmIdentification(name=f"TheraTwin {stage}"[:64], version=__version__,
+                                         parameters=params[:16] or None)
 
 
 def _companions(key: str, m: SRMeasurement) -> list[tuple[str, float]]:
@@ -396,10 +403,7 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
     evidence
         Further objects the SR summarises (RT Dose objects, source images), listed as evidence.
     """
-    algos = _algorithms(results.methods)
-    software = hd.sr.AlgorithmIdentification(name="TheraTwin", version=__version__,
-                                             parameters=[f"{m.stage}: {m.method}"[:1024] for m in results.methods][:64]
-                                             or None)
+    methods = list(results.methods)
     ct_series = str(ctx.reference_ct[0].SeriesInstanceUID) if ctx.reference_ct else None
     plan = planned_measurements(results, list(segments))
     groups: dict[str, list[SRMeasurement]] = {}
@@ -417,8 +421,15 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         predicted = first.predicted
         sres = results.cycles.get(first.cycle).structures.get(first.structure) if (
             first.cycle in results.cycles) else None
-        twin_tia = bool(sres is not None and sres.estimated_by_twin) or (
-            sres is not None and (sres.tia_method or "").startswith("twin"))
+        estimate = first.estimate
+        twin_tia = sres is not None and (sres.tia_method or "").startswith("twin")
+        extra = {
+            "kinetics": [f"kinetic model={sres.kinetic_model}" if sres and sres.kinetic_model else "",
+                         f"TIA method={sres.tia_method}" if sres and sres.tia_method else ""],
+            "dosimetry": [f"dose method={sres.dose_method}" if sres and sres.dose_method else ""],
+        }
+        algos = {stage: _algorithm(stage, methods, [e for e in extra.get(stage, []) if e])
+                 for stage in ("kinetics", "dosimetry", "radiobiology", "twin")}
         measurements = []
         for m in items:
             key = key_of[m.code]
@@ -426,16 +437,17 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
             method = None
             if predicted:
                 method = _ttwn("predicted")
-            elif key in ("tia", "tiac") and twin_tia:
+            elif estimate or (key in ("tia", "tiac") and twin_tia):
                 method = _ttwn("twin_estimate")
-            stage = "twin" if predicted else stage_of.get(key, "")
-            algo = None if stage == "segmentation" else (algos.get(stage) or software)
+            stage = "twin" if (predicted or estimate) else stage_of.get(key, "")
+            algo = algos.get(stage)
             for name_key, value in [(key, m.value), *_companions(key, m)]:
                 measurements.append(hd.sr.Measurement(name=_concept(name_key), value=value, unit=unit,
                                                       method=method, algorithm_id=algo))
         # Time Point Order (126073, DCM) is left out: pixelmed's TID 1419 (2022) takes it for a measurement
         tp = hd.sr.TimePointContext(
-            time_point=f"Cycle {first.cycle}" + (" (predicted)" if predicted else ""),
+            time_point=f"Cycle {first.cycle}" + (" (predicted)" if predicted else " (twin estimate)" if estimate
+                                                 else ""),
             protocol_time_point_identifier=f"cycle{first.cycle}",
         )
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -528,5 +540,5 @@ def read_sr_measurements(ds: Dataset) -> list[SRMeasurement]:
         for d in mains.values():
             e = extra.get(key_of.get(d["code"], ""), {})
             out.append(SRMeasurement(label, structure, cycle, d["code"], d["value"], d["unit"], predicted,
-                                     e.get("sd"), e.get("low"), e.get("high")))
+                                     e.get("sd"), e.get("low"), e.get("high"), label.endswith("twin estimate")))
     return out
