@@ -20,7 +20,7 @@ from .model import (
     tia_from_exponentials,
 )
 from .outcome import OUTCOME_MODELS, LKBModel, LogisticDoseResponse, OutcomeModel
-from .pbpk import PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
+from .pbpk import PBPKPatientFit, PBPKPosterior, PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
 from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
 from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
 from .twin import (
@@ -66,6 +66,8 @@ __all__ = [
     "PSMAPBPKModel",
     "PSMAPBPKParameters",
     "PBPKSaturationModel",
+    "PBPKPatientFit",
+    "PBPKPosterior",
     "VirtualCohort",
     "VirtualPatient",
     "make_cohort",

@@ -23,8 +23,10 @@ truth in 85-95 % of patients.
 
 Limitations (research use): several prior numbers and all IOV values are unpublished assumptions
 (:mod:`theratwin.twin.priors`); structures are independent given the data (no between-organ correlation);
-the dose per TIA is taken as exact (no mass/S-value uncertainty); the PBPK option applies a population
-saturation curve to the patient's fitted kinetics rather than fitting patient-specific receptor densities;
+the dose per TIA is taken as exact (no mass/S-value uncertainty); the PBPK option applies a saturation
+curve to the patient's fitted kinetics — the population one, or the patient's own from
+:class:`~theratwin.twin.pbpk.PBPKPatientFit` (a separate MAP + Laplace fit of receptor amounts and release
+rates, not yet propagated into the twin's intervals);
 the outcome models come from external-beam data or small cohorts; coverage drops to about 80 % if the true
 inter-cycle variability is twice the assumed one.
 """
@@ -769,6 +771,7 @@ class PatientTwin:
             "nuclide": self.nuclide,
             "radiopharmaceutical": self.radiopharmaceutical,
             "model": self.model_name,
+            "model_config": self.model.to_dict() if hasattr(self.model, "to_dict") else None,
             "reference_ligand_nmol": self.reference_ligand_nmol,
             "seed": self.seed,
             "measurement": asdict(self.measurement),
@@ -791,8 +794,13 @@ class PatientTwin:
             raise InvalidInputError(
                 f"Twin state schema '{schema}' is not readable by TheraTwin {__version__} (reads {list(_READABLE)}); "
                 "upgrade TheraTwin or re-create the twin from the observations.")
+        model: Any = d.get("model", "biexp")
+        if d.get("model_config") is not None:
+            entry = TWIN_MODELS.get(model)
+            if hasattr(entry, "from_dict"):
+                model = entry.from_dict(d["model_config"])
         twin = cls(
-            d["nuclide"], d["radiopharmaceutical"], model=d.get("model", "biexp"),
+            d["nuclide"], d["radiopharmaceutical"], model=model,
             prior_overrides={k: KineticPriorSpec.from_dict(v) for k, v in d.get("prior_overrides", {}).items()},
             measurement=MeasurementErrorModel(**d.get("measurement", {})),
             tissues={k: TissueParameters(**v) for k, v in d.get("tissues", {}).items()},
