@@ -232,6 +232,43 @@ def json_at(data: Any, path: list[Any]) -> Any:
     return data
 
 
+def _check_number(path: list[Any], text: str, value: Any) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (path, value)
+    if isinstance(value, int):  # counts, cycle numbers, integer limits: shown exactly
+        assert text == str(value), (path, text, value)
+        return
+    tol = decimals_shown(text)
+    assert abs(float(text) - value) <= tol * (1 + 1e-9), (path, text, value)
+    # and the precision is not absurdly coarse: at least 2 significant digits
+    assert tol <= 0.05 * abs(value) + 1e-12 or value == 0, (path, text, value)
+
+
+def check_annotated(attrs: dict[str, str], text: str, data: dict[str, Any]) -> int:
+    """Check one annotated element of the report against results.json; return how many numbers it shows."""
+    path = json.loads(attrs["data-path"])
+    value = json_at(data, path)
+    kind = attrs.get("data-kind")
+    if attrs.get("data-structure"):
+        assert attrs["data-structure"] in path, (path, attrs)
+    if attrs.get("data-cycle"):
+        assert attrs["data-cycle"] in [str(p) for p in path], (path, attrs)
+    if kind == "datetime":
+        assert text.replace(" ", "T") == value
+        return 0
+    if kind == "interval":
+        m = re.fullmatch(r"(\S+) \[(\S+)–(\S+)\]", text)
+        assert m, (path, text)
+        low_path, high_path = json.loads(attrs["data-low-path"]), json.loads(attrs["data-high-path"])
+        for shown, p in zip(m.groups(), (path, low_path, high_path), strict=True):
+            _check_number(p, shown, json_at(data, p))
+        return 3
+    if isinstance(value, str):
+        assert text == value, (path, text, value)
+        return 0
+    _check_number(path, text, value)
+    return 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------------------
@@ -274,32 +311,7 @@ class TestNumberFormat:
 
 class TestNumbersMatchResultsJson:
     def test_every_annotated_number_equals_json_at_displayed_precision(self, written: dict[str, Any]) -> None:
-        data, parsed = written["json"], written["parsed"]
-        n_numbers = 0
-        for attrs, text in parsed.annotated:
-            path = json.loads(attrs["data-path"])
-            value = json_at(data, path)
-            if attrs.get("data-kind") == "datetime":
-                assert text.replace(" ", "T") == value
-                continue
-            if isinstance(value, str):
-                assert text == value, (path, text, value)
-                continue
-            assert isinstance(value, (int, float)) and not isinstance(value, bool), (path, value)
-            if isinstance(value, int):  # counts, cycle numbers, integer limits: shown exactly
-                assert text == str(value), (path, text, value)
-                n_numbers += 1
-                continue
-            shown = float(text)
-            tol = decimals_shown(text)
-            assert abs(shown - value) <= tol * (1 + 1e-9), (path, text, value)
-            # and the precision is not absurdly coarse: at least 2 significant digits
-            assert tol <= 0.05 * abs(value) + 1e-12 or value == 0, (path, text, value)
-            if attrs.get("data-structure"):
-                assert attrs["data-structure"] in path
-            if attrs.get("data-cycle"):
-                assert attrs["data-cycle"] in [str(p) for p in path]
-            n_numbers += 1
+        n_numbers = sum(check_annotated(attrs, text, written["json"]) for attrs, text in written["parsed"].annotated)
         assert n_numbers > 100
 
     def test_key_quantities_are_shown(self, written: dict[str, Any]) -> None:
@@ -333,7 +345,8 @@ class TestNumbersMatchResultsJson:
         assert ">8123<" in card and "limited by kidneys" in card
 
     def test_twin_intervals_are_shown_with_their_bounds(self, written: dict[str, Any]) -> None:
-        paths = {tuple(json.loads(a["data-path"])) for a, _ in written["parsed"].annotated}
+        paths = {tuple(json.loads(a[k])) for a, _ in written["parsed"].annotated
+                 for k in ("data-path", "data-low-path", "data-high-path") if k in a}
         for end in ("mean", "low", "high"):
             assert ("twin", "recommendation", "predicted_cumulative", "kidneys", end) in paths
             assert ("twin", "recommendation", "lesion_dose_Gy", "lesion_1", end) in paths

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_number", "number_span", "lookup", "esc", "NumberStyle"]
+__all__ = ["format_number", "number_span", "interval_span", "lookup", "esc", "NumberStyle"]
 
 #: Significant digits shown for measured/derived quantities. Three is what dosimetry reports quote
 #: (uncertainties of image-based dosimetry are 10-30 %, EANM guidance, Gear et al. 2018, EJNMMI 45:2456).
@@ -117,3 +117,30 @@ def number_span(data: dict[str, Any], path: Sequence[str | int], *, unit: str | 
         attrs["data-unit"] = unit
     attr_text = " ".join(f'{k}="{esc(v)}"' for k, v in attrs.items())
     return f"<{tag} {attr_text}>{esc(format_number(value, style))}</{tag}>"
+
+
+def interval_span(data: dict[str, Any], path: Sequence[str | int], *, centre: str = "mean", tag: str = "span",
+                  css_class: str = "num interval", structure: str | None = None) -> str:
+    """One element showing ``centre [low–high]`` of the interval mapping at ``path``.
+
+    The element carries ``data-kind="interval"`` and the JSON paths of the three numbers (``data-path`` for
+    the centre, ``data-low-path`` and ``data-high-path``), in the order they are shown. One element instead
+    of three keeps long tables cheap to lay out in the PDF.
+    """
+    parts = [list(path) + [k] for k in (centre, "low", "high")]
+    values = [lookup(data, q) for q in parts]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return f'<{tag} class="{css_class} missing">–</{tag}>'
+    c, lo, hi = (format_number(v) for v in values)
+    attrs = {
+        "class": css_class,
+        "data-kind": "interval",
+        "data-path": json.dumps(parts[0], ensure_ascii=False),
+        "data-low-path": json.dumps(parts[1], ensure_ascii=False),
+        "data-high-path": json.dumps(parts[2], ensure_ascii=False),
+        "data-field": str(path[-1]) if path else "",
+    }
+    if structure is not None:
+        attrs["data-structure"] = structure
+    attr_text = " ".join(f'{k}="{esc(v)}"' for k, v in attrs.items())
+    return f"<{tag} {attr_text}>{esc(c)} [{esc(lo)}–{esc(hi)}]</{tag}>"

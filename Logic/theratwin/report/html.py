@@ -26,7 +26,7 @@ from .figures import (
     structure_colors,
     tac_figure,
 )
-from .format import esc, lookup, number_span
+from .format import esc, interval_span, lookup, number_span
 
 __all__ = ["ReportConfig", "render_html", "results_json_data", "limit_status"]
 
@@ -130,10 +130,10 @@ def _limit_cells(data: dict[str, Any], cycle_key: str, structure: str) -> str:
     if not isinstance(limit, dict):
         return '<td class="missing">–</td><td class="num missing">–</td>'
     quantity = esc(limit.get("quantity", ""))
-    value = number_span(data, [*base, "value_Gy"], unit="Gy", structure=structure, cycle=cycle_key)
+    value = number_span(data, [*base, "value_Gy"], unit="Gy", structure=structure, cycle=cycle_key, tag="td")
     ref = limit.get("reference")
     title = f' title="{esc(ref)}"' if ref else ""
-    return f"<td{title}>{quantity}</td><td class=\"num\">{value}</td>"
+    return f"<td{title}>{quantity}</td>{value}"
 
 
 def _section_summary(data: dict[str, Any], results: Results, config: ReportConfig) -> str:
@@ -167,11 +167,11 @@ def _section_treatment(data: dict[str, Any]) -> str:
         ) or '<span class="none">none</span>'
         start = str(c.get("administration_start", ""))
         rows.append(
-            f'<tr><td class="num">{number_span(data, [*base, "cycle"], cycle=key)}</td>'
+            f'<tr>{number_span(data, [*base, "cycle"], cycle=key, tag="td")}'
             f'<td><span data-path=\'{esc(json.dumps([*base, "administration_start"]))}\' '
             f'data-kind="datetime">{esc(start.replace("T", " "))}</span></td>'
             f'<td>{esc(c.get("radiopharmaceutical", ""))}</td><td>{esc(c.get("nuclide", ""))}</td>'
-            f'<td class="num">{number_span(data, [*base, "administered_MBq"], unit="MBq", cycle=key)}</td>'
+            f'{number_span(data, [*base, "administered_MBq"], unit="MBq", cycle=key, tag="td")}'
             f"<td>{times}</td></tr>"
         )
     if not rows:
@@ -281,12 +281,16 @@ def _dosimetry_table(data: dict[str, Any], key: str, names: list[str]) -> str:
         sr = structures[name]
         cells = []
         for field, _, unit in _STRUCTURE_COLUMNS:
-            span = number_span(data, _field_path(key, name, field), unit=unit, structure=name, cycle=key)
             sd_field = {"tia_MBq_h": "tia_sd_MBq_h", "mean_dose_Gy": "mean_dose_sd_Gy"}.get(field)
             if sd_field and _is_number(sr.get(sd_field)):
-                span += ' <span class="sd">± ' + number_span(
-                    data, _field_path(key, name, sd_field), unit=unit, structure=name, cycle=key) + "</span>"
-            cells.append(f'<td class="num">{span}</td>')
+                # the "±" is drawn by CSS (.sd::before) so that the element holds the number only
+                span = number_span(data, _field_path(key, name, field), unit=unit, structure=name, cycle=key)
+                span += number_span(data, _field_path(key, name, sd_field), unit=unit, structure=name, cycle=key,
+                                    css_class="num sd")
+                cells.append(f'<td class="num">{span}</td>')
+            else:
+                cells.append(number_span(data, _field_path(key, name, field), unit=unit, structure=name,
+                                         cycle=key, tag="td"))
         model = sr.get("kinetic_model") or sr.get("tia_method") or "–"
         twin_note = ' <span class="sd">(twin estimate)</span>' if sr.get("estimated_by_twin") else ""
         _, status = limit_status(data, key, name)
@@ -469,9 +473,7 @@ def _cell_html(data: dict[str, Any], path: list[str | int], value: Any, *, struc
                notes: list[str] | None = None) -> str:
     if _is_interval(value):
         centre = "mean" if _is_number(value.get("mean")) else "median"
-        return (f"{number_span(data, [*path, centre], structure=structure)} <span class=\"range\">["
-                f"{number_span(data, [*path, 'low'], structure=structure)}–"
-                f"{number_span(data, [*path, 'high'], structure=structure)}]</span>")
+        return interval_span(data, path, centre=centre, structure=structure)
     if isinstance(value, dict):
         bits = []
         for k, v in value.items():
@@ -484,6 +486,17 @@ def _cell_html(data: dict[str, Any], path: list[str | int], value: Any, *, struc
                 bits.append(f"{esc(k)} {_scalar_html(data, [*path, k], v, structure=structure)}")
         return '<span class="compact">' + "; ".join(bits) + "</span>"
     return _scalar_html(data, path, value, structure=structure)
+
+
+def _td(data: dict[str, Any], path: list[str | int], value: Any, *, structure: str | None = None,
+        notes: list[str] | None = None) -> str:
+    """A table cell; a number or an interval is annotated on the cell itself (fewer boxes to lay out)."""
+    if _is_number(value):
+        return number_span(data, path, structure=structure, tag="td")
+    if _is_interval(value):
+        centre = "mean" if _is_number(value.get("mean")) else "median"
+        return interval_span(data, path, centre=centre, structure=structure, tag="td")
+    return f"<td>{_cell_html(data, path, value, structure=structure, notes=notes)}</td>"
 
 
 def _notes_html(notes: list[str]) -> str:
@@ -506,8 +519,7 @@ def _matrix(data: dict[str, Any], path: list[str | int], rows: dict[str, dict[st
         head = "".join(f"<th>{esc(c)}</th>" for c in cols)
         body = "".join(
             f"<tr><th>{esc(r)}</th>" + "".join(
-                f'<td class="{"num" if _is_number(rows[c].get(r)) else ""}">'
-                f"{_cell_html(data, [*path, c, r], rows[c][r], structure=r, notes=notes) if r in rows[c] else '–'}</td>"
+                _td(data, [*path, c, r], rows[c][r], structure=r, notes=notes) if r in rows[c] else "<td>–</td>"
                 for c in cols) + "</tr>"
             for r in row_names)
     else:
@@ -519,9 +531,8 @@ def _matrix(data: dict[str, Any], path: list[str | int], rows: dict[str, dict[st
         head = "".join(f"<th>{esc(c)}</th>" for c in cols)
         body = "".join(
             f"<tr><th>{esc(k)}</th>" + "".join(
-                f'<td class="{"num" if _is_number(rec.get(c)) else ""}">'
-                + (_cell_html(data, [*path, k, c], rec[c], structure=str(k) if is_structure else None, notes=notes)
-                   if c in rec else "–") + "</td>"
+                _td(data, [*path, k, c], rec[c], structure=str(k) if is_structure else None, notes=notes)
+                if c in rec else "<td>–</td>"
                 for c in cols) + "</tr>"
             for k, rec in rows.items())
     return (f'<div class="table-wrap"><table class="generic"><thead><tr><th></th>{head}</tr></thead>'
@@ -550,8 +561,7 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
                 cols += [k for k in v if k not in cols]
             head = "".join(f"<th>{esc(c)}</th>" for c in cols)
             body = "".join(
-                "<tr>" + "".join(f'<td class="{"num" if _is_number(v.get(c)) else ""}">'
-                                 f"{_cell_html(data, [*path, i, c], v.get(c), notes=notes) if c in v else '–'}</td>"
+                "<tr>" + "".join(_td(data, [*path, i, c], v[c], notes=notes) if c in v else "<td>–</td>"
                                  for c in cols) + "</tr>"
                 for i, v in enumerate(value))
             return f'<table class="generic"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -569,8 +579,7 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
     out = []
     if singles:
         rows = "".join(
-            f'<tr><th>{esc(k)}</th><td class="{"num" if _is_number(v) else ""}">'
-            f"{_cell_html(data, [*path, k], v, notes=notes)}</td></tr>" for k, v in singles.items())
+            f"<tr><th>{esc(k)}</th>{_td(data, [*path, k], v, notes=notes)}</tr>" for k, v in singles.items())
         out.append(f'<table class="kv">{rows}</table>')
     if by_structure:
         out.append(_matrix(data, path, by_structure, notes=notes, transpose=True, structures=structures))
@@ -579,8 +588,7 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
     else:
         for k, v in others.items():
             head = "".join(f"<th>{esc(c)}</th>" for c in v)
-            cells = "".join(f'<td class="{"num" if _is_number(x) else ""}">'
-                            f"{_cell_html(data, [*path, k, c], x, notes=notes)}</td>" for c, x in v.items())
+            cells = "".join(_td(data, [*path, k, c], x, notes=notes) for c, x in v.items())
             out.append(f'<div class="table-wrap"><table class="generic"><caption>{esc(k)}</caption><thead><tr>'
                        f"{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table></div>")
     for k, v in rest.items():
@@ -623,8 +631,7 @@ def _section_twin(data: dict[str, Any], structures: list[str]) -> str:
             skip = ("structures", "notice") if k == "model" else ("notice",)
             title = _TWIN_TITLES.get(k, k)
             if _is_plain(v) or _is_interval(v):
-                parts.append(f'<table class="kv"><tr><th>{esc(k)}</th><td>{_cell_html(data, ["twin", k], v)}</td>'
-                             "</tr></table>")
+                parts.append(f'<table class="kv"><tr><th>{esc(k)}</th>{_td(data, ["twin", k], v)}</tr></table>')
             else:
                 notes: list[str] = []
                 inner = _render_generic(data, ["twin", k], v, depth=1, skip=skip, structures=structures, notes=notes)
