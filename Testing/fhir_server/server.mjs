@@ -17,7 +17,7 @@
 //   * optional bearer-token check (--token or env FHIR_TEST_SERVER_TOKEN), HTTP basic authentication
 //     (env FHIR_TEST_SERVER_BASIC=user:password) and a SMART backend-services token endpoint (--smart-jwks):
 //     POST /auth/token with grant_type=client_credentials and an RS384 client_assertion verified with
-//     node:crypto against the given public JWK set;
+//     node:crypto against the given public JWK set, advertised at /.well-known/smart-configuration;
 //   * optional TLS (--tls-cert / --tls-key, PEM files): the server speaks https;
 //   * fault injection for client tests: --fail-first N answers the first N FHIR requests with
 //     --fail-status (default 503, Retry-After: 0); --crash-after-commit N exits after committing the Nth
@@ -217,6 +217,19 @@ async function handle(req, res) {
   const text = await readBody(req);
 
   if (pathname === '/healthz') return send(res, 200, { status: 'ok' });
+
+  if (pathname === '/.well-known/smart-configuration' && smartKeys.length) {
+    const base = `${opts.tlsCert ? 'https' : 'http'}://${req.headers.host}`;
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    return res.end(JSON.stringify({
+      token_endpoint: `${base}/auth/token`,
+      grant_types_supported: ['client_credentials'],
+      token_endpoint_auth_methods_supported: ['private_key_jwt'],
+      token_endpoint_auth_signing_alg_values_supported: ['RS384'],
+      scopes_supported: ['system/*.read', 'system/*.write'],
+      capabilities: ['client-confidential-asymmetric'],
+    }));
+  }
 
   if (pathname === '/auth/token' && req.method === 'POST') {
     const form = new URLSearchParams(text);

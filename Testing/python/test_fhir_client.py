@@ -24,7 +24,7 @@ def test_smart_settings_from_environment(tmp_path: Path):
                               "THERATWIN_FHIR_TOKEN_URL": "https://ehr.example/token"})
     assert auth.smart is not None and auth.describe() == "SMART backend services (client c1)"
     assert "PRIVATE" not in repr(auth)
-    with pytest.raises(ConfigurationError, match="THERATWIN_FHIR_TOKEN_URL"):
+    with pytest.raises(ConfigurationError, match="THERATWIN_FHIR_PRIVATE_KEY"):
         FhirAuth.from_env({"THERATWIN_FHIR_CLIENT_ID": "c1"})
     with pytest.raises(ConfigurationError, match="TLS verification"):
         FhirClient("https://ehr.example/fhir", auth=FhirAuth(), verify=False)

@@ -365,6 +365,14 @@ def test_smart_backend_services(tmp_path: Path):
                         retries=0)
         s = push_bundle(bundle, ok)
         assert s.n_created == len(bundle["entry"])
+        # token endpoint discovered from .well-known/smart-configuration
+        key = tmp_path / "client.pem"
+        key.write_bytes(good)
+        auth = FhirAuth.from_env({"THERATWIN_FHIR_CLIENT_ID": "theratwin", "THERATWIN_FHIR_PRIVATE_KEY": str(key),
+                                  "THERATWIN_FHIR_KID": "k1"})
+        discovered = FhirClient(srv.url, auth=auth, retries=0)
+        assert push_bundle(bundle, discovered).n_created == 0
+        assert auth.smart is not None and auth.smart.token_url == token_url
 
 
 def test_cli_push_completes_the_outbox(tmp_path: Path):

@@ -4,8 +4,9 @@ Authentication (from the environment, never from the command line, never logged 
 
 * ``THERATWIN_FHIR_TOKEN`` — a bearer token;
 * ``THERATWIN_FHIR_USER`` / ``THERATWIN_FHIR_PASSWORD`` — HTTP basic authentication;
-* ``THERATWIN_FHIR_CLIENT_ID`` / ``THERATWIN_FHIR_PRIVATE_KEY`` / ``THERATWIN_FHIR_TOKEN_URL`` — SMART
-  backend services (:class:`~theratwin.fhir.smart.SmartBackendAuth`).
+* ``THERATWIN_FHIR_CLIENT_ID`` / ``THERATWIN_FHIR_PRIVATE_KEY`` (/ ``THERATWIN_FHIR_TOKEN_URL``, else
+  discovered from ``.well-known/smart-configuration``) — SMART backend services
+  (:class:`~theratwin.fhir.smart.SmartBackendAuth`).
 
 TLS certificates are verified by default (``THERATWIN_FHIR_CA_BUNDLE`` may name a CA file). 429 and 5xx
 answers and connection failures are retried with exponential backoff (honouring ``Retry-After``); a
@@ -155,6 +156,7 @@ class FhirClient:
     def _headers(self, refresh: bool = False) -> dict[str, str]:
         h = {"Accept": _FHIR_JSON, "Content-Type": f"{_FHIR_JSON}; charset=utf-8"}
         if self.auth.smart is not None:
+            self.auth.smart.discover(self.session, self.base_url, verify=self.verify, timeout_s=self.timeout_s)
             if refresh:
                 self.auth.smart._token = None
             h["Authorization"] = "Bearer " + self.auth.smart.token(self.session, verify=self.verify,

@@ -84,7 +84,8 @@ class SmartBackendAuth:
     Parameters
     ----------
     token_url
-        The server's token endpoint (from ``.well-known/smart-configuration``).
+        The server's token endpoint; empty: discovered from ``[base]/.well-known/smart-configuration``
+        (``token_endpoint``) on first use, as SMART App Launch 2.x specifies.
     client_id
         The client id registered with the server.
     private_key_pem
@@ -105,17 +106,17 @@ class SmartBackendAuth:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> SmartBackendAuth | None:
-        """From ``THERATWIN_FHIR_CLIENT_ID``, ``THERATWIN_FHIR_PRIVATE_KEY`` (path to PEM),
-        ``THERATWIN_FHIR_TOKEN_URL``, optional ``THERATWIN_FHIR_KID`` and ``THERATWIN_FHIR_SCOPE``."""
+        """From ``THERATWIN_FHIR_CLIENT_ID``, ``THERATWIN_FHIR_PRIVATE_KEY`` (path to PEM), optional
+        ``THERATWIN_FHIR_TOKEN_URL`` (default: discovered), ``THERATWIN_FHIR_KID`` and ``THERATWIN_FHIR_SCOPE``."""
         cid = env.get("THERATWIN_FHIR_CLIENT_ID")
         key_path = env.get("THERATWIN_FHIR_PRIVATE_KEY")
-        url = env.get("THERATWIN_FHIR_TOKEN_URL")
+        url = env.get("THERATWIN_FHIR_TOKEN_URL", "")
         if not (cid or key_path or url):
             return None
-        if not (cid and key_path and url):
+        if not (cid and key_path):
             raise ConfigurationError(
-                "SMART backend services needs THERATWIN_FHIR_CLIENT_ID, THERATWIN_FHIR_PRIVATE_KEY (PEM file) and "
-                "THERATWIN_FHIR_TOKEN_URL together; some are missing."
+                "SMART backend services needs THERATWIN_FHIR_CLIENT_ID and THERATWIN_FHIR_PRIVATE_KEY (PEM file) "
+                "together (THERATWIN_FHIR_TOKEN_URL is optional); some are missing."
             )
         try:
             pem = Path(key_path).read_bytes()
@@ -131,10 +132,31 @@ class SmartBackendAuth:
                   "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
         return sign_rs384_jwt(claims, self.private_key_pem, kid=self.kid)
 
+    def discover(self, session: Any, base_url: str, *, verify: bool | str = True, timeout_s: float = 30.0) -> str:
+        """Set ``token_url`` from ``[base]/.well-known/smart-configuration`` (when it is not set yet)."""
+        if self.token_url:
+            return self.token_url
+        url = base_url.rstrip("/") + "/.well-known/smart-configuration"
+        try:
+            r = session.get(url, verify=verify, timeout=timeout_s, headers={"Accept": "application/json"})
+            conf = r.json() if r.status_code == 200 else {}
+        except Exception as exc:
+            raise PushError(f"SMART discovery at {url} failed: {exc}") from exc
+        token_url = conf.get("token_endpoint") if isinstance(conf, dict) else None
+        if not token_url:
+            raise PushError(f"{url} names no token_endpoint (HTTP {r.status_code}); set THERATWIN_FHIR_TOKEN_URL.")
+        if "client_credentials" not in conf.get("grant_types_supported", ["client_credentials"]):
+            raise PushError(f"The FHIR server at {base_url} does not offer the client_credentials grant "
+                            "(SMART backend services).")
+        self.token_url = str(token_url)
+        return self.token_url
+
     def token(self, session: Any, *, verify: bool | str = True, timeout_s: float = 30.0) -> str:
         """A valid access token (fetched when none is cached or it expires within 30 s)."""
         if self._token and time.time() < self._expires_s - 30:
             return self._token
+        if not self.token_url:
+            raise PushError("SMART token endpoint unknown: call discover() or set THERATWIN_FHIR_TOKEN_URL.")
         form = {"grant_type": "client_credentials", "scope": self.scope,
                 "client_assertion_type": _ASSERTION_TYPE, "client_assertion": self.assertion()}
         try:
