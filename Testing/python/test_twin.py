@@ -331,6 +331,17 @@ def _run_twin_pipeline(tmp_path, options=None):
 
 
 class TestStage:
+    def test_pbpk_model_with_patient_fit_in_the_pipeline(self, tmp_path) -> None:
+        res, ctx = _run_twin_pipeline(tmp_path, {"model": "pbpk_psma", "n_draws": 2000})
+        fit = res.twin["pbpk"]["patient_fit"]
+        assert fit is not None and set(fit["scales"]) == {"kidneys", "tumour"}
+        from theratwin.twin import PSMAPBPKParameters
+
+        population = PSMAPBPKParameters().receptor_nmol["kidneys"]
+        assert ctx.state["twin"].model.pbpk.p.receptor_nmol["kidneys"] == pytest.approx(
+            population * fit["scales"]["kidneys"]["receptor"])
+
+
     def test_pipeline_writes_estimates_prediction_state(self, tmp_path) -> None:
         res, ctx = _run_twin_pipeline(tmp_path)
         p = ctx.state["truth"]

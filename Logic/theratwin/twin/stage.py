@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..pipeline.core import STAGES, PipelineContext
 from ..results import RESEARCH_USE_NOTICE
@@ -55,6 +57,9 @@ class TwinStageConfig:
     sparse_max_points
         A structure in a cycle with at most this many time points is "sparsely imaged" and gets
         ``estimated_by_twin``.
+    pbpk_patient_fit
+        With ``model="pbpk_psma"``: fit the patient's receptor amounts and release rates to the first fully
+        imaged cycle (:class:`~theratwin.twin.pbpk.PBPKPatientFit`) and use the patient's saturation curve.
     max_activity_MBq
         Upper end of the activity search of the recommendation (status ``"upper_bound"`` when no limit is
         reached below it).
@@ -72,6 +77,7 @@ class TwinStageConfig:
     sparse_max_points: int = 2
     horizon_cycle: int = 6
     max_activity_MBq: float = 15000.0
+    pbpk_patient_fit: bool = True
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
@@ -105,6 +111,30 @@ def _ligand_nmol_by_cycle(ctx: PipelineContext) -> dict[int, float]:
     return out
 
 
+def _patient_pbpk_model(res: Any, ligand: dict[int, float]) -> tuple[Any, dict[str, Any]]:
+    """The PBPK saturation model with the patient's own parameters, fitted to the first cycle with >= 3 points.
+
+    Falls back to the population curve (and says why) when no cycle qualifies or the fit fails.
+    """
+    from .pbpk import PBPKPatientFit, PBPKSaturationModel, pbpk_tissue
+
+    for n, cr in sorted(res.cycles.items()):
+        obs = {s: (sr.time_h, sr.activity_MBq) for s, sr in cr.structures.items()
+               if sr.time_h and sr.activity_MBq and len(sr.time_h) >= 3 and pbpk_tissue(s) is not None}
+        if not obs:
+            continue
+        lig = ligand.get(n, 100.0)
+        try:
+            post = PBPKPatientFit().fit(obs, cr.administered_MBq, lig)
+        except (InvalidInputError, FitError) as exc:
+            return "pbpk_psma", {"patient_fit": None, "reason": str(exc)}
+        return PBPKSaturationModel(post.parameters), {
+            "patient_fit": {"cycle": n, "ligand_nmol": lig, "scales": post.scales(),
+                            "sd_log": dict(zip([f"{t}:{q}" for t in post.tissues for q in ("receptor", "release")],
+                                               np.sqrt(np.diag(post.cov)).tolist(), strict=True))}}
+    return "pbpk_psma", {"patient_fit": None, "reason": "no cycle with >= 3 time points of a PBPK tissue"}
+
+
 class TwinStage:
     """The ``twin`` pipeline stage (see the module docstring)."""
 
@@ -121,14 +151,18 @@ class TwinStage:
             res.warn("twin", "The radiobiology stage did not run; the twin's BED uses its own tissue table.",
                      severity="info")
         first = res.cycles[min(res.cycles)]
+        ligand = _ligand_nmol_by_cycle(ctx)
+        model: Any = cfg.model
+        pbpk_info: dict[str, Any] | None = None
+        if cfg.model == "pbpk_psma" and cfg.pbpk_patient_fit:
+            model, pbpk_info = _patient_pbpk_model(res, ligand)
         try:
-            twin = PatientTwin(first.nuclide, first.radiopharmaceutical, model=cfg.model,
+            twin = PatientTwin(first.nuclide, first.radiopharmaceutical, model=model,
                                limits=cfg.limits, patient_id=getattr(getattr(ctx.study, "patient", None), "patient_id", None))
         except ConfigurationError as exc:
             res.warn("twin", f"Twin not built: {exc}")
             return
         n_obs = 0
-        ligand = _ligand_nmol_by_cycle(ctx)
         for n, cr in sorted(res.cycles.items()):
             for s, sr in cr.structures.items():
                 if not sr.time_h or not sr.activity_MBq:
@@ -174,6 +208,8 @@ class TwinStage:
             "estimates": estimates,
             "prediction": pred.to_dict(),
         }
+        if pbpk_info is not None:
+            out["pbpk"] = pbpk_info
         if cfg.horizon_cycle > cycle:
             traj = twin.predict(cfg.horizon_cycle, activity, n_draws=min(cfg.n_draws, 4000))
             out["trajectory"] = {"administered_MBq_per_future_cycle": activity,
