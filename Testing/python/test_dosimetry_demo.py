@@ -27,9 +27,14 @@ def demo_case() -> tuple:
 
     opts = DemoOptions(fast=True, noise=False, blur=False, misalign=False)
     sim = simulate(None, opts)
+    # the demo's private helpers (this test follows the generator's own construction of its truth)
     spect_geo, fine, _, _ = db._grids(opts)
-    labels = paint_labels(fine["shape"], fine["origin"], fine["spacing"])
-    luts, _ = db._compartment_luts(labels, fine["spacing"] ** 3 / 1000.0)
+
+    def attr(name: str):
+        return fine[name] if isinstance(fine, dict) else getattr(fine, name)
+
+    labels = paint_labels(attr("shape"), attr("origin"), attr("spacing"))
+    luts, _ = db._compartment_luts(labels, attr("spacing") ** 3 / 1000.0)
     ct = tt.ImageVolume.from_geometry(sim.cycles[0].time_points[0].ct_hu.astype(np.float32), sim.ct_geometry, "HU")
     structures = [tt.Structure(name, i + 1) for i, name in enumerate(sim.seg_masks)]
     seg = tt.Segmentation(sim.ct_geometry, structures, dict(sim.seg_masks))
