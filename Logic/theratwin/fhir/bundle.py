@@ -40,7 +40,7 @@ from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import ConfigurationError, InvalidInputError
 from ..results import RESEARCH_USE_NOTICE, CycleResult, Results, StructureResult
@@ -331,12 +331,13 @@ def _dicom_files(results: Results, out_dir: Path | None) -> list[Path]:
 def _series_from_dicom(files: Iterable[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     """{study UID: {series UID: {"modality", "number", "description", "instances": {uid: (class, number)}}}}."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     studies: dict[str, dict[str, dict[str, Any]]] = {}
     for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # a non-DICOM file in dicom/ (e.g. a README) is skipped, not fatal
+        except (InvalidDicomError, OSError) as exc:  # a non-DICOM file in dicom/ is skipped, not fatal
             log.info("FHIR export: %s is not DICOM (%s); not listed in ImagingStudy", f, exc)
             continue
         st = str(ds.get("StudyInstanceUID", ""))
@@ -571,7 +572,7 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         raise InvalidInputError("FHIR export needs results.study (the patient and administrations come from it).")
     try:
         tz: tzinfo | None = ZoneInfo(opts.timezone) if opts.timezone else None
-    except Exception as exc:
+    except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigurationError(f"fhir_export timezone {opts.timezone!r} is not an IANA zone: {exc}") from exc
     out = Path(out_dir) if out_dir is not None else None
     key = analysis_key(results)

@@ -134,13 +134,15 @@ class SmartBackendAuth:
 
     def discover(self, session: Any, base_url: str, *, verify: bool | str = True, timeout_s: float = 30.0) -> str:
         """Set ``token_url`` from ``[base]/.well-known/smart-configuration`` (when it is not set yet)."""
+        import requests
+
         if self.token_url:
             return self.token_url
         url = base_url.rstrip("/") + "/.well-known/smart-configuration"
         try:
             r = session.get(url, verify=verify, timeout=timeout_s, headers={"Accept": "application/json"})
             conf = r.json() if r.status_code == 200 else {}
-        except Exception as exc:
+        except (requests.RequestException, ValueError) as exc:
             raise PushError(f"SMART discovery at {url} failed: {exc}") from exc
         token_url = conf.get("token_endpoint") if isinstance(conf, dict) else None
         if not token_url:
@@ -155,6 +157,8 @@ class SmartBackendAuth:
         """A valid access token (fetched when none is cached or it expires within 30 s)."""
         if self._token and time.time() < self._expires_s - 30:
             return self._token
+        import requests
+
         if not self.token_url:
             raise PushError("SMART token endpoint unknown: call discover() or set THERATWIN_FHIR_TOKEN_URL.")
         form = {"grant_type": "client_credentials", "scope": self.scope,
@@ -162,7 +166,7 @@ class SmartBackendAuth:
         try:
             r = session.post(self.token_url, data=form, verify=verify, timeout=timeout_s,
                              headers={"Accept": "application/json"})
-        except Exception as exc:
+        except requests.RequestException as exc:
             raise PushError(f"SMART token request to {self.token_url} failed: {exc}") from exc
         if r.status_code != 200:
             try:
