@@ -395,3 +395,17 @@ def test_cli_push_completes_the_outbox(tmp_path: Path):
         assert f"{len(bundle['entry'])} created" in up.stdout
         assert fhir_outbox(out).pending("fhir") == []
         assert counts(client(srv.url)) == expected_counts(bundle)
+
+
+def test_pipeline_stage_pushes_when_a_url_is_configured(tmp_path: Path, fhir_server: FhirTestServer):
+    from theratwin.fhir.stage import FhirExportStage
+    from theratwin.pipeline.core import PipelineConfig, PipelineContext
+
+    out = tmp_path / "out"
+    res = make_results(out)
+    ctx = PipelineContext(res.study, res, PipelineConfig(fhir_url=fhir_server.url), out)
+    FhirExportStage().run(ctx)
+    bundle = json.loads((out / "fhir-bundle.json").read_text())
+    assert not [w for w in res.warnings if w.stage == "fhir_export"]
+    assert f"{len(bundle['entry'])} created" in res.extras["fhir_push"]
+    assert counts(client(fhir_server.url)) == expected_counts(bundle)
