@@ -189,7 +189,7 @@ def _latest_cycle_key(data: dict[str, Any]) -> str | None:
     return max(keys, key=int) if keys else None
 
 
-def _section_glance(data: dict[str, Any]) -> str:
+def _section_glance(data: dict[str, Any], lesions: set[str]) -> str:
     """Organs with a limit, latest cycle: cumulative value against the limit; and the twin's recommendation."""
     key = _latest_cycle_key(data)
     parts = []
@@ -205,12 +205,28 @@ def _section_glance(data: dict[str, Any]) -> str:
                         f'<td class="num">{val}</td>{_status_cell(status)}</tr>')
         if rows:
             parts.append(
-                f'<div class="card"><h3>Organs at risk after cycle {esc(key)} (cumulative)</h3>'
+                f'<div class="card"><h3>Limits after cycle {esc(key)} (cumulative)</h3>'
                 '<table class="glance-limits"><thead><tr><th>Structure</th><th>Limit on</th>'
                 '<th class="num">Limit (Gy)</th><th class="num">Cumulative (Gy)</th><th>Status</th></tr></thead>'
                 f"<tbody>{''.join(rows)}</tbody></table>"
                 '<p class="note">Sources of the limits: see Methods.</p></div>'
             )
+    if key is not None:
+        lesion_rows = []
+        for name in data["cycles"][key]["structures"]:
+            if name not in lesions:
+                continue
+            lesion_rows.append(
+                f"<tr><td>{esc(name)}</td>"
+                + number_span(data, _field_path(key, name, "mean_dose_Gy"), unit="Gy", structure=name, cycle=key,
+                              tag="td")
+                + number_span(data, _field_path(key, name, "cumulative_dose_Gy"), unit="Gy", structure=name,
+                              cycle=key, tag="td") + "</tr>")
+        if lesion_rows:
+            parts.append(
+                f'<div class="card"><h3>Lesions, cycle {esc(key)}</h3><table class="glance-lesions"><thead><tr>'
+                '<th>Lesion</th><th class="num">Mean dose (Gy)</th><th class="num">Cumulative (Gy)</th></tr>'
+                f"</thead><tbody>{''.join(lesion_rows)}</tbody></table></div>")
     rec = _find_recommendation(data.get("twin"))
     if rec is not None:
         path, _ = rec
@@ -646,7 +662,10 @@ def _section_twin(data: dict[str, Any], structures: list[str]) -> str:
 
 
 def _section_warnings(data: dict[str, Any]) -> str:
-    """Warnings, most severe first; identical messages of one stage and cycle are grouped over structures."""
+    """Warnings and errors in a table, most severe first; information notes in a compact list after it.
+
+    Identical messages of one stage and cycle are grouped over structures.
+    """
     warnings = data.get("warnings") or []
     if not warnings:
         return '<section id="warnings"><h2>Warnings</h2><p class="none">No warning was raised.</p></section>'
@@ -656,20 +675,26 @@ def _section_warnings(data: dict[str, Any]) -> str:
         key = (str(w.get("severity", "warning")), str(w.get("stage", "")), str(w.get("cycle", "")),
                str(w.get("message", "")))
         groups.setdefault(key, []).append(i)
-    rows = []
+    rows, infos = [], []
     for (sev, stage, _, message), idx in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 1), kv[1][0])):
         first = warnings[idx[0]]
         cyc = number_span(data, ["warnings", idx[0], "cycle"]) if _is_number(first.get("cycle")) else ""
         structures = ", ".join(esc(warnings[i].get("structure")) for i in idx if warnings[i].get("structure"))
+        if sev == "info":
+            where = " · ".join(x for x in (f"cycle {cyc}" if cyc else "", structures) if x)
+            infos.append(f"<li><b>{esc(stage)}</b>{' (' + where + ')' if where else ''}: {esc(message)}</li>")
+            continue
         rows.append(
             f'<tr class="sev-{esc(sev)}"><td class="sev-{esc(sev)}">{esc(sev)}</td><td>{esc(stage)}</td>'
-            f'<td class="num">{cyc}</td><td>{structures}</td><td>{esc(message)}</td></tr>'
+            f'<td class="num">{cyc}</td><td>{esc(message)}</td><td class="structures">{structures}</td></tr>'
         )
-    return (
-        f'<section id="warnings"><h2>Warnings</h2><table class="warnings"><thead><tr><th>Severity</th><th>Stage'
-        f"</th><th>Cycle</th><th>Structures</th><th>Message</th></tr></thead><tbody>{''.join(rows)}</tbody>"
-        "</table></section>"
+    table = (
+        '<table class="warnings"><thead><tr><th>Severity</th><th>Stage</th><th>Cycle</th><th>Message</th>'
+        f"<th>Structures</th></tr></thead><tbody>{''.join(rows)}</tbody></table>" if rows
+        else '<p class="none">No warning or error was raised.</p>'
     )
+    info_html = (f'<h3>Notes from the run</h3><ul class="info-notes">{"".join(infos)}</ul>' if infos else "")
+    return f'<section id="warnings"><h2>Warnings</h2>{table}{info_html}</section>'
 
 
 def _limit_sources(data: dict[str, Any]) -> str:
@@ -721,6 +746,12 @@ def _section_methods(data: dict[str, Any]) -> str:
         f'<span data-path=\'["software","version"]\'>{esc(software.get("version", ""))}</span>; schema '
         f'{esc(data.get("schema", ""))}.</p>' + "".join(blocks) + ref_html + "</section>"
     )
+
+
+def _lesions(results: Results) -> set[str]:
+    """Names of the structures whose role is lesion (from the segmentation's coded kinds)."""
+    seg = results.study.segmentation if results.study is not None else None
+    return {st.name for st in seg.structures if st.is_lesion} if seg is not None else set()
 
 
 def _ordered_structures(results: Results) -> list[str]:
@@ -786,7 +817,7 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
     report(progress, 0.6, "report: projections and DVH")
     parts = [
         _section_summary(data, results, cfg),
-        _section_glance(data),
+        _section_glance(data, _lesions(results)),
         _section_treatment(data),
         _section_warnings(data),
         _section_dosimetry(data, names),
