@@ -133,6 +133,8 @@ class TestBayesianUpdate:
             twin.observe(3, "kidneys", [0.0], [3.0], 7400.0)
         with pytest.raises(tt.InvalidInputError, match="administered_MBq"):
             twin.observe(3, "kidneys", [1.0], [3.0], -5.0)
+        with pytest.raises(tt.InvalidInputError, match="one cycle has one administration"):
+            twin.observe(1, "liver", [24.0], [100.0], 6000.0)
         with pytest.raises(tt.ConfigurationError, match="No built-in twin prior"):
             PatientTwin("Lu-177", "radium chloride")
 

@@ -366,6 +366,12 @@ class PatientTwin:
                           ("dose_per_tia_Gy_per_MBq_h", dose_per_tia_Gy_per_MBq_h)):
             if val is not None and not (val > 0 and math.isfinite(val)):
                 raise InvalidInputError(f"'{structure}', cycle {cycle}: {name} must be positive, got {val}.")
+        for (c, other), ob in self.observations.items():
+            if c == int(cycle) and other != structure and not math.isclose(ob.administered_MBq, administered_MBq,
+                                                                           rel_tol=1e-6):
+                raise InvalidInputError(
+                    f"Cycle {cycle}: administered_MBq {administered_MBq} for '{structure}' differs from "
+                    f"{ob.administered_MBq} given for '{other}'; one cycle has one administration.")
         self.observations[(int(cycle), structure)] = Observation(
             int(cycle), structure, t, a, float(administered_MBq), sd,
             None if ligand_nmol is None else float(ligand_nmol), None if mass_g is None else float(mass_g),
@@ -402,6 +408,7 @@ class PatientTwin:
         return None
 
     def _default_ligand(self, administered_MBq: float) -> float:
+        """Ligand amount assumed when none is given (the twin's reference amount, whatever the activity)."""
         return self.reference_ligand_nmol
 
     # ------------------------------------------------------------------ posterior
