@@ -307,9 +307,21 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
         summary = {kind: value for kind, value in run.results.outputs.items()}
         summary["imported_into_dicom_database"] = len(imported)
         summary["warnings"] = [w.message for w in run.results.warnings if w.severity != "info"]
+        summary = self._withoutEndpoints(summary, endpoints)
         table = TheraTwinLib.keyValueTableNode(segmentationNode.GetScene(), summary, name="TheraTwin export")
         return {"run": run, "outputDirectory": outputDirectory, "files": dict(run.results.outputs),
                 "imported": imported, "table": table}
+
+    @staticmethod
+    def _withoutEndpoints(summary: dict, endpoints: dict) -> dict:
+        """The summary goes into the scene, which may be shared: name the endpoints, do not spell them out."""
+        import json
+
+        text = json.dumps(summary, default=str)
+        for label, url in (("<PACS>", endpoints["pacsUrl"]), ("<FHIR server>", endpoints["fhirUrl"])):
+            if url:
+                text = text.replace(url.rstrip("/"), label)
+        return json.loads(text)
 
     @staticmethod
     def importIntoDicomDatabase(folder) -> list:
