@@ -75,9 +75,12 @@ def test_bench_fit_voxels_128_cubed() -> None:
         times.append(time.perf_counter() - t0)
     assert vf is not None
     best = min(times)
-    t0 = time.perf_counter()
-    vf_all = fit_voxels(T, series)  # no mask: every voxel of the cube (noise outside the body included)
-    all_s = time.perf_counter() - t0
+    all_times = []
+    for _ in range(2):  # no mask: every voxel of the cube (noise outside the body included)
+        t0 = time.perf_counter()
+        vf_all = fit_voxels(T, series)
+        all_times.append(time.perf_counter() - t0)
+    all_s = min(all_times)
     n_all = int((vf_all.model_map > 0).sum())
     n_fit = int(body.sum())
     # the same voxels for the baseline: decreasing curves inside the body (what the loop can fit)

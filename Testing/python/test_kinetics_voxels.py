@@ -34,7 +34,7 @@ def test_matches_fit_tac_on_the_same_noisy_curves() -> None:
     c0 = rng.uniform(500, 2000, (3, 4, 5))
     lam = LP + rng.uniform(0.005, 0.05, (3, 4, 5))
     noisy = _series(c0, lam) * (1 + 0.05 * rng.standard_normal((4, 3, 4, 5)))
-    vf = fit_voxels(T, noisy, model="mono_exp")
+    vf = fit_voxels(T, noisy, model="mono_exp", noise_model="none")
     for idx in [(0, 0, 0), (1, 2, 3), (2, 3, 4), (0, 3, 1)]:
         curve = noisy[(slice(None), *idx)]
         ft = fit_tac(T, curve, model="mono_exp")  # unweighted, error scale from the residuals
@@ -96,3 +96,17 @@ def test_bad_shapes_and_times_raise() -> None:
         fit_voxels(T[::-1], np.ones((4, 2, 2, 2)))
     with pytest.raises(tt.InvalidInputError, match="mask"):
         fit_voxels(T, np.ones((4, 2, 2, 2)), mask=np.ones((2, 2, 3), bool))
+
+
+@pytest.mark.parametrize(("noise_model", "kind"), [("poisson", "poisson"), ("constant", "constant")])
+def test_pooled_noise_model_gives_honest_voxel_sd(noise_model: str, kind: str) -> None:
+    # uniform region, 16 000 voxels: the reported SD matches the scatter and +-1 SD covers ~68 %
+    rng = np.random.default_rng(5)
+    lam = LP + 0.02
+    clean = 1000.0 * np.exp(-lam * T)[:, None, None, None] * np.ones((4, 10, 40, 40))
+    sd = np.sqrt(5.0 * clean) if kind == "poisson" else np.full_like(clean, 30.0)
+    vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), noise_model=noise_model)
+    err = vf.tia_Bq_h_per_mL - 1000.0 / lam
+    assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.08)
+    assert 0.64 <= float(np.mean(np.abs(err) <= vf.tia_sd_Bq_h_per_mL)) <= 0.72
+    assert abs(float(np.mean(err))) < 0.01 * 1000.0 / lam

@@ -8,8 +8,12 @@ the mask simultaneously with numpy (no loop over voxels):
 2. a few Gauss-Newton iterations on ``(C0, lambda)`` with Levenberg damping, each followed by the exact
    linear solution for ``C0`` (variable projection, Golub & Pereyra 1973 SIAM J Numer Anal 10:413), with
    ``lambda`` projected onto ``[lambda_phys, inf)``; voxels leave the iteration when converged;
-3. covariance ``s^2 (J^T W J)^-1`` with ``s^2 = RSS/(T-2)`` (or absolute when SDs are given), and the TIA
-   ``C0/lambda`` with its SD by the delta method.
+3. the TIA ``C0/lambda`` with its SD by the delta method. With given SDs the covariance is
+   ``(J^T W J)^-1``; otherwise a noise model supplies it: by default counting-like variance ``k C(t)`` with
+   ``k`` pooled over the 3x3x3 neighbourhood (ratio of residual sums to their expectations
+   ``sum f_i (1 - h_ii)``, leverages ``h_ii`` of the fit) and the sandwich covariance
+   ``A^-1 (sum k f_i J_i J_i^T) A^-1`` of the unweighted estimate (White 1980 Econometrica 48:817). Pooling
+   gives the SD many degrees of freedom where a single 4-point voxel curve has only two.
 
 Voxels whose curve never decreases (maximum at the last sample), or whose fit fails, get the trapezoidal
 rule with ``C(0) = 0`` and a physical-decay tail (linear in the samples, so its SD follows from the residual
@@ -186,8 +190,23 @@ def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
         ss_tot = (ones @ (yf * yf)).astype(np.float64) - T * ym**2
         r2 = 1.0 - rss_plain / ss_tot
         tia = a64 / lam64
+        # unit-variance pieces for the pooled noise models (see fit_voxels): u = A^-1 g, w = A^-1 e_lambda
+        u1, u2 = (j22 * g_a - j12 * g_l) / det, (-j12 * g_a + j11 * g_l) / det
+        w1, w2 = -j12 / det, j11 / det
+        e3 = ee * e if wf is None else e * e * e
+        s_e3, s_te3, s_tte3 = (ones @ e3).astype(np.float64), (t32 @ e3).astype(np.float64), (tt32 @ e3).astype(np.float64)
+        a_pos = np.maximum(a64, 0.0)
+        # Poisson-like variance k*f_i with f = C0 exp(-lambda t): M = sum f_i J_i J_i^T
+        m11, m12, m22 = a_pos * s_e3, -a_pos * a64 * s_te3, a_pos * a64 * a64 * s_tte3
+        v_pois = m11 * u1 * u1 + 2 * m12 * u1 * u2 + m22 * u2 * u2
+        lv_pois = m11 * w1 * w1 + 2 * m12 * w1 * w2 + m22 * w2 * w2
+        v_const = g_a * u1 + g_l * u2
+        lv_const = j11 / det
+        # expected RSS per unit k: sum_i f_i (1 - h_ii) = sum f - tr(A^-1 M) (leverages h_ii of the fit)
+        sum_f = a_pos * (ones @ e).astype(np.float64) - (j22 * m11 - 2 * j12 * m12 + j11 * m22) / det
     out = {"tia": tia, "tia_sd": np.sqrt(np.maximum(var, 0.0)), "lam": lam64, "lam_sd": np.sqrt(np.maximum(c22, 0.0)),
-           "c0": a64, "r2": r2, "s2r": s2r}
+           "c0": a64, "r2": r2, "s2r": s2r, "rss": rss, "sum_f": sum_f, "v_pois": v_pois, "lv_pois": lv_pois,
+           "v_const": v_const, "lv_const": lv_const}
     return out, iters
 
 
@@ -203,6 +222,8 @@ def fit_voxels(
     mask: Any = None,
     *,
     concentration_sd_Bq_per_mL: Any = None,
+    noise_model: str = "poisson",
+    pool_radius_voxels: int = 1,
     max_iterations: int = 12,
     tolerance: float = 1e-4,
     progress: ProgressCallback | None = None,
@@ -224,8 +245,15 @@ def fit_voxels(
         Boolean ``(Z, Y, X)``: voxels to fit (e.g. the body); others get 0. Default: every voxel with a
         positive sample.
     concentration_sd_Bq_per_mL
-        Optional SDs ``(T, Z, Y, X)`` used as weights (absolute); otherwise unweighted with the error scale
-        estimated from the residuals (needs T >= 3 for an SD).
+        Optional SDs ``(T, Z, Y, X)`` used as weights (absolute); otherwise the fit is unweighted and the SD
+        comes from ``noise_model`` (needs T >= 3).
+    noise_model
+        How the TIA SD is estimated without given SDs (the point estimate is the same in every case):
+        ``"poisson"`` (default): variance ``k * C(t)`` (counting-like), ``k`` pooled over the
+        ``(2r+1)^3`` neighbourhood (``r = pool_radius_voxels``) of fitted voxels, covariance by the sandwich
+        ``A^-1 (sum k f_i J_i J_i^T) A^-1``; ``"constant"``: one variance pooled over the neighbourhood;
+        ``"none"``: each voxel's own residual variance ``RSS/(T-2)`` (as :func:`fit_tac` without SDs; with
+        T = 4 only 2 degrees of freedom, so individual SDs scatter widely).
     max_iterations, tolerance
         Gauss-Newton iteration limit and relative step tolerance on lambda (1e-4: TIA converged to ~1e-4).
     progress
@@ -248,6 +276,8 @@ def fit_voxels(
         )
     if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0) or np.any(t < 0):
         raise InvalidInputError(f"time_h must be finite, >= 0 and strictly increasing; got {t.tolist()}.")
+    if noise_model not in ("poisson", "constant", "none"):
+        raise InvalidInputError(f"noise_model must be 'poisson', 'constant' or 'none'; got {noise_model!r}.")
     if model not in ("auto", "mono_exp", "trapezoid"):
         raise InvalidInputError(f"fit_voxels model must be 'auto', 'mono_exp' or 'trapezoid'; got {model!r}.")
     if model != "trapezoid" and t.size < 2:
@@ -276,6 +306,8 @@ def fit_voxels(
                                     f"expected {c.shape}.")
 
     res = {k: np.full(n_vox, np.nan) for k in ("tia", "tia_sd", "lam", "lam_sd", "c0", "r2")}
+    # per voxel pieces of the pooled noise models: residual sum, its expectation per unit k, unit variances
+    pool = {k: np.zeros(n_vox) for k in ("num", "den", "v", "lv")}
     code = np.zeros(n_vox, np.uint8)
     wt = _trapezoid_weights(t, lp)
     wt32 = wt.astype(np.float32)
@@ -285,6 +317,8 @@ def fit_voxels(
     for ci in range(n_chunks):  # blocks of voxels, each vectorised
         sl = slice(ci * _CHUNK, min((ci + 1) * _CHUNK, n_vox))
         cols = flat[sl]
+        if cols.size and cols[-1] - cols[0] == cols.size - 1:  # contiguous block: a view, no gather
+            cols = slice(int(cols[0]), int(cols[-1]) + 1)  # type: ignore[assignment]
         yf = c2[:, cols].astype(np.float32, copy=False)
         wf = None
         if sd2 is not None:
@@ -306,6 +340,14 @@ def fit_voxels(
             for k in res:
                 res[k][sl] = out[k]
             s2r = out["s2r"]
+            if noise_model == "poisson":
+                pool["num"][sl] = np.where(fb, 0.0, out["rss"])
+                pool["den"][sl] = np.where(fb | ~np.isfinite(out["sum_f"]), 0.0, out["sum_f"])
+                pool["v"][sl], pool["lv"][sl] = out["v_pois"], out["lv_pois"]
+            elif noise_model == "constant":
+                pool["num"][sl] = np.where(fb, 0.0, out["rss"])
+                pool["den"][sl] = np.where(fb, 0.0, float(T - 2))
+                pool["v"][sl], pool["lv"][sl] = out["v_const"], out["lv_const"]
         else:
             fb = np.ones(nch, bool)
             ch_code = np.full(nch, 2, np.uint8)
@@ -319,12 +361,43 @@ def fit_voxels(
                 # residual scale of the attempted fit as the sample SD (conservative: includes misfit)
                 sd_fb = np.sqrt(s2r[fb]) * wt_norm
             idx = np.arange(sl.start, sl.stop)[fb]
+            if noise_model == "poisson":
+                pool["v"][idx] = ((wt32[:, None] ** 2) * np.maximum(yfb, 0)).sum(0)
+            else:
+                pool["v"][idx] = wt_norm**2
+            pool["lv"][idx] = np.nan
             res["tia"][idx] = tia_fb
             res["tia_sd"][idx] = sd_fb
             for k in ("lam", "lam_sd", "c0", "r2"):
                 res[k][idx] = np.nan
         code[sl] = ch_code
         report(progress, (ci + 1) / n_chunks, "voxel fits")
+
+    if sd2 is None and noise_model != "none" and n_vox and T > 2:
+        # pool the noise scale k over the neighbourhood: k = sum(RSS) / sum(E[RSS]/k) (ratio of sums)
+        from scipy.ndimage import uniform_filter
+
+        size = 2 * int(pool_radius_voxels) + 1
+        # box sums on the bounding box of the fitted voxels only (float32 is ample for a ratio of sums)
+        zyx = np.unravel_index(flat, shape)
+        lo = [max(int(a.min()) - size, 0) for a in zyx]
+        hi = [min(int(a.max()) + size + 1, n) for a, n in zip(zyx, shape, strict=True)]
+        box = tuple(hi[i] - lo[i] for i in range(3))
+        local = np.ravel_multi_index(tuple(a - o for a, o in zip(zyx, lo, strict=True)), box)
+        vol = np.zeros(int(np.prod(box)), np.float32)
+        vol[local] = pool["num"]
+        num = uniform_filter(vol.reshape(box), size=size, mode="constant").ravel()[local].astype(np.float64)
+        vol[:] = 0.0
+        vol[local] = pool["den"]
+        den = uniform_filter(vol.reshape(box), size=size, mode="constant").ravel()[local].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k_pool = np.where(den > 0, num / den, np.nan)
+            own = np.where(pool["den"] > 0, pool["num"] / pool["den"], np.nan)
+        k_pool = np.where(np.isfinite(k_pool), k_pool, own)
+        fitted = np.isfinite(res["tia"]) & np.isfinite(k_pool)
+        res["tia_sd"] = np.where(fitted, np.sqrt(np.maximum(k_pool * pool["v"], 0.0)), res["tia_sd"])
+        code_is_fit = np.isfinite(pool["lv"]) & np.isfinite(k_pool)
+        res["lam_sd"] = np.where(code_is_fit, np.sqrt(np.maximum(k_pool * pool["lv"], 0.0)), res["lam_sd"])
 
     def put(v: np.ndarray, fill: float, dtype: Any = np.float32) -> np.ndarray:
         full = np.full(int(np.prod(shape)), fill, dtype=dtype)
