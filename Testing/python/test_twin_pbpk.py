@@ -48,6 +48,15 @@ def test_doubling_ligand_lowers_salivary_and_kidney_dose_per_gbq(model: PSMAPBPK
     assert b.tia_MBq_h["kidneys"] == pytest.approx(a.tia_MBq_h["kidneys"], rel=0.01)
 
 
+def test_tumour_sink_effect() -> None:
+    """Begum 2018: a larger tumour burden (more PSMA receptors) takes ligand from the kidneys and glands."""
+    small = PSMAPBPKModel(tumour_receptor_nmol=2.0).simulate(100.0, 7400.0)
+    large = PSMAPBPKModel(tumour_receptor_nmol=40.0).simulate(100.0, 7400.0)
+    assert large.tia_MBq_h["tumour"] > 5 * small.tia_MBq_h["tumour"]
+    for tissue in ("kidneys", "salivary_glands"):
+        assert large.tia_MBq_h[tissue] < 0.97 * small.tia_MBq_h[tissue], tissue
+
+
 def test_pbpk_twin_predicts_lower_dose_per_gbq_with_more_ligand() -> None:
     p = make_cohort(1, structures=("kidneys", "parotid_glands", "lesion_1"), seed=4).patients[0]
     twin = PatientTwin("Lu-177", "PSMA-617", model="pbpk_psma")
