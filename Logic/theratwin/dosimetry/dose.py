@@ -84,7 +84,7 @@ def _check_inputs(tia: np.ndarray, voxel_mm: Any, density: np.ndarray | None) ->
 
 # Cache of kernel spectra: computing one costs as much as the convolution itself.
 _SPECTRUM_CACHE: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-_SPECTRUM_CACHE_SIZE = 2
+_SPECTRUM_CACHE_SIZE = 4
 
 
 def _kernel_spectrum(kernel: np.ndarray, padded: tuple[int, int, int], key: tuple[Any, ...], workers: int) -> np.ndarray:
@@ -184,6 +184,12 @@ class DVKEngine:
         to the electrons' reach when that is larger (e.g. 90Y in 2 mm voxels).
     include_photons
         Include the photon contribution of the kernel.
+    density_method
+        ``"scale"`` (default): water kernel, dose scaled by 1/density (Dieudonne et al. 2013).
+        ``"multi_kernel"``: kernels for homogeneous media at ``density_levels_g_per_mL``, interpolated per voxel
+        in density (see :meth:`_multi_kernel`); one convolution per level.
+    density_levels_g_per_mL
+        Densities of the level kernels (default lung 0.3, water 1.0, 1.5 and cortical bone 1.92 g/mL).
     """
 
     name = "dvk"
@@ -196,10 +202,21 @@ class DVKEngine:
         "Dieudonne A et al. J Nucl Med 2013;54:236-243 (density correction)",
     ]
 
-    def __init__(self, radius_voxels: int = 10, include_photons: bool = True, workers: int | None = None) -> None:
+    def __init__(self, radius_voxels: int = 10, include_photons: bool = True, workers: int | None = None,
+                 density_method: str = "scale",
+                 density_levels_g_per_mL: tuple[float, ...] = (0.3, 1.0, 1.5, 1.92)) -> None:
+        if density_method not in ("scale", "multi_kernel"):
+            raise InvalidInputError(
+                f"density_method must be 'scale' or 'multi_kernel'; got {density_method!r}."
+            )
+        levels = tuple(sorted(float(d) for d in density_levels_g_per_mL))
+        if len(levels) < 2 or min(levels) <= 0:
+            raise InvalidInputError(f"density_levels_g_per_mL needs >= 2 positive densities; got {density_levels_g_per_mL!r}.")
         self.radius_voxels = int(radius_voxels)
         self.include_photons = bool(include_photons)
         self.workers = workers
+        self.density_method = density_method
+        self.density_levels_g_per_mL = levels
 
     def compute(self, tia_Bq_h_per_mL: np.ndarray, voxel_mm: tuple[float, float, float], nuclide: str, *,
                 density_g_per_mL: np.ndarray | None = None,
@@ -210,9 +227,11 @@ class DVKEngine:
         spec = emission_spectrum(nuclide)
         reach_mm = float(csda_range_mm(spec.electron_energy_MeV.max())) * DPK_X_MAX if spec.electron_weight_MeV.size else 0.0
         radius = max(self.radius_voxels, min(64, int(np.ceil(reach_mm / min(vox))) + 1))
-        kernel = voxel_kernel(nuclide, vox, radius, include_photons=self.include_photons)
         # decays per voxel in MBq s: Bq h/mL x mL x 3600 s/h x 1e-6 MBq/Bq
         scale = float(np.prod(vox)) / 1000.0 * _S_PER_H * 1e-6 * 1e-3  # x mGy/(MBq s) -> Gy
+        if rho is not None and self.density_method == "multi_kernel":
+            return self._multi_kernel(tia, vox, nuclide, rho, radius, scale, progress)
+        kernel = voxel_kernel(nuclide, vox, radius, include_photons=self.include_photons)
         key = ("dvk", nuclide, vox, radius, self.include_photons)
         dose = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, progress=progress)
         # float32 FFT round-off leaves values of order 1e-7 x max around zero; dose cannot be negative
@@ -220,6 +239,37 @@ class DVKEngine:
         if rho is not None:
             dose /= rho
         return dose
+
+    def _multi_kernel(self, tia: np.ndarray, vox: tuple[float, float, float], nuclide: str, rho: np.ndarray,
+                      radius: int, scale: float, progress: ProgressCallback | None) -> np.ndarray:
+        """Density-level kernels: the TIA map is convolved with the kernel of a homogeneous medium at each
+        density level (ranges and attenuation scaled with density, :func:`voxel_kernel`), and each voxel takes the
+        energy per volume (dose x density) interpolated linearly in density between the two levels around its
+        own density, divided by its density. Exact in homogeneous regions at a level; in between it moves the
+        electron and photon ranges with the local density, which the "scale" method cannot (cf. the multiple
+        voxel S-value approach of Lee MS et al. J Nucl Med 2018;59:1133-1139)."""
+        levels = np.asarray(self.density_levels_g_per_mL)
+        # radius in voxels must cover the electrons at the lowest density too
+        spec = emission_spectrum(nuclide)
+        reach_mm = (float(csda_range_mm(spec.electron_energy_MeV.max(), float(levels[0]))) * DPK_X_MAX
+                    if spec.electron_weight_MeV.size else 0.0)
+        radius = max(radius, min(64, int(np.ceil(reach_mm / min(vox))) + 1))
+        r = np.clip(rho, levels[0], levels[-1])
+        idx = np.clip(np.searchsorted(levels, r, side="right") - 1, 0, levels.size - 2)
+        w_hi = ((r - levels[idx]) / (levels[idx + 1] - levels[idx])).astype(np.float32)
+        energy = np.zeros(tia.shape, np.float32)  # dose x density (energy per volume, Gy g/mL)
+        for k, level in enumerate(levels):
+            weight = np.where(idx == k, 1.0 - w_hi, 0.0) + np.where(idx + 1 == k, w_hi, 0.0)
+            if not np.any(weight > 0):
+                continue
+            kernel = voxel_kernel(nuclide, vox, radius, density_g_per_mL=float(level),
+                                  include_photons=self.include_photons)
+            key = ("dvk", nuclide, vox, radius, self.include_photons, float(level))
+            d_k = fft_convolve(tia, kernel * scale, key=key, workers=self.workers)
+            np.maximum(d_k, 0.0, out=d_k)
+            energy += (weight * float(level)).astype(np.float32) * d_k
+            report(progress, (k + 1) / levels.size, f"density level {level:g} g/mL")
+        return energy / rho
 
 
 class LEDEngine:
