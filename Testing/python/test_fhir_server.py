@@ -385,6 +385,7 @@ def test_cli_push_completes_the_outbox(tmp_path: Path):
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "theratwin", "push", str(out), "--fhir", url]
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERATWIN_FHIR")}
+    env.update(THERATWIN_FHIR_RETRIES="1", THERATWIN_FHIR_BACKOFF_S="0.05")
     down = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert down.returncode != 0
     assert "NOT stored, kept in the outbox" in down.stdout + down.stderr

@@ -94,7 +94,7 @@ class BundleOptions:
         base64 inflates by 4/3), so a larger report is not embedded; the DiagnosticReport then says so and
         points to the DICOM Encapsulated PDF listed in the ImagingStudy.
 
-    The stage also reads ``push_retries`` (default 4) and ``push_backoff_s`` (default 0.5 s) for the push.
+    The stage also reads ``push_retries`` and ``push_backoff_s`` for the push (see :class:`FhirClient`).
     """
 
     timezone: str | None = None

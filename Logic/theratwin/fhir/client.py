@@ -119,14 +119,22 @@ class FhirClient:
     timeout_s
         Timeout of one HTTP request in s.
     retries
-        How many times a 429/5xx answer or a connection failure is retried.
+        How many times a 429/5xx answer or a connection failure is retried (default 4, or
+        ``THERATWIN_FHIR_RETRIES``).
     backoff_s
-        First backoff delay in s; doubled on every retry (capped at 30 s), or the server's Retry-After.
+        First backoff delay in s; doubled on every retry (capped at 30 s), or the server's Retry-After
+        (default 0.5 s, or ``THERATWIN_FHIR_BACKOFF_S``).
     """
 
     def __init__(self, base_url: str, *, auth: FhirAuth | None = None, verify: bool | str | None = None,
-                 timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 0.5) -> None:
+                 timeout_s: float = 60.0, retries: int | None = None, backoff_s: float | None = None) -> None:
         import requests
+
+        try:
+            retries = int(os.environ.get("THERATWIN_FHIR_RETRIES", 4)) if retries is None else retries
+            backoff_s = float(os.environ.get("THERATWIN_FHIR_BACKOFF_S", 0.5)) if backoff_s is None else backoff_s
+        except ValueError as exc:
+            raise ConfigurationError(f"THERATWIN_FHIR_RETRIES / THERATWIN_FHIR_BACKOFF_S must be numbers: {exc}") from exc
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"FHIR base URL must start with http:// or https://; got {base_url!r}.")

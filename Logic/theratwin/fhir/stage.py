@@ -52,8 +52,10 @@ class FhirExportStage:
             context.stage_progress(0.5, "pushing FHIR bundle")
             try:
                 raw = context.config.options(self.name)
-                client = FhirClient(context.config.fhir_url, retries=int(raw.get("push_retries", 4)),
-                                    backoff_s=float(raw.get("push_backoff_s", 0.5)))
+                retries = raw.get("push_retries")
+                backoff = raw.get("push_backoff_s")
+                client = FhirClient(context.config.fhir_url, retries=None if retries is None else int(retries),
+                                    backoff_s=None if backoff is None else float(backoff))
                 report = push_output_dir(context.out_dir, context.config.fhir_url, client=client)
             except PushError as exc:  # e.g. bad settings: keep the run, say why
                 context.results.warn(self.name, f"FHIR push not done: {exc}", severity="error")
