@@ -589,10 +589,11 @@ def build_bundle(results: Results, *, out_dir: str | Path | None = None,
         "identifier": [{"use": "usual", "system": pid_system, "value": p.patient_id}],
         "gender": {"M": "male", "F": "female", "O": "other"}.get(p.sex, "unknown"),
     }
-    if p.name:
-        family, _, rest = p.name.partition("^")
+    alphabetic = p.name.split("=")[0]  # DICOM PN: alphabetic=ideographic=phonetic groups; FHIR text is alphabetic
+    if alphabetic:
+        family, _, rest = alphabetic.partition("^")
         given = [g for g in rest.split("^")[:2] if g]
-        human_name: dict[str, Any] = {"text": " ".join([*given, family]).strip() or p.name}
+        human_name: dict[str, Any] = {"text": " ".join([*given, family]).strip() or alphabetic}
         if family:
             human_name["family"] = family
         if given:
