@@ -27,8 +27,9 @@ cycle). The negative log posterior is the sum of squares of
   (σ_add² + sd_j²) / y_j²``: proportional plus additive error, the additive part evaluated at the datum),
 * ``L_Ω⁻¹ (θ − μ)`` (IIV prior) and ``L_Γ⁻¹ κ_k`` (IOV prior),
 
-i.e. a nonlinear least-squares problem (Sheiner & Beal's NONMEM first-order conditional estimation
-objective for one subject). It is solved for all structures at once by a batched Levenberg–Marquardt
+i.e. a nonlinear least-squares problem — the Bayesian (MAP, "empirical Bayes") individualisation objective
+of population pharmacokinetics (Sheiner LB, Beal SL. J Pharm Sci 1982;71:1344), extended by the
+inter-occasion terms (Karlsson MO, Sheiner LB. J Pharmacokinet Biopharm 1993;21:735). It is solved for all structures at once by a batched Levenberg–Marquardt
 iteration (Marquardt 1963) with the analytic Jacobian; the Laplace approximation of the posterior is
 N(x̂, (JᵀJ)⁻¹) with the Gauss–Newton Hessian at the mode (Bates & Watts 1988, ch. 2).
 """

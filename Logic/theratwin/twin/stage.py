@@ -28,7 +28,8 @@ from .twin import PatientTwin
 __all__ = ["TwinStageConfig", "TwinStage"]
 
 _REFERENCES = [
-    "Sheiner LB, Beal SL. J Pharmacokinet Biopharm 1980;8:553 (nonlinear mixed-effects estimation)",
+    "Sheiner LB, Beal SL. J Pharm Sci 1982;71:1344 (Bayesian individualisation of pharmacokinetics)",
+    "Karlsson MO, Sheiner LB. J Pharmacokinet Biopharm 1993;21:735 (inter-occasion variability)",
     "Dale RG. Br J Radiol 1985;58:515 (BED, Lea-Catcheside factor)",
     "Kletting P et al. PLoS One 2016;11:e0162303 (PSMA PBPK, ligand amount)",
     "Hanscheid H et al. J Nucl Med 2018;59:75; Madsen MT et al. Med Phys 2018;45:2318 (single-time-point)",
