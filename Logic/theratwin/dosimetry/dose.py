@@ -62,7 +62,8 @@ def _check_inputs(tia: np.ndarray, voxel_mm: Any, density: np.ndarray | None) ->
         raise InvalidInputError(f"The TIA map must be a 3D array (Z, Y, X) in Bq.h/mL; got shape {a.shape}.")
     if not np.issubdtype(a.dtype, np.number) or a.dtype == bool:
         raise InvalidInputError(f"The TIA map must be numeric; got dtype {a.dtype}.")
-    if not np.all(np.isfinite(a)):
+    # a float64 sum is finite unless a value is NaN or infinite (and costs no temporary array)
+    if not np.isfinite(a.sum(dtype=np.float64)):
         raise InvalidInputError("The TIA map contains NaN or infinite values; fix the kinetic fit or mask them.")
     try:
         vox = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,)))
@@ -105,7 +106,7 @@ def _kernel_spectrum(kernel: np.ndarray, padded: tuple[int, int, int], key: tupl
 
 
 def fft_convolve(values: np.ndarray, kernel: np.ndarray, *, key: tuple[Any, ...] | None = None,
-                 workers: int | None = None, max_voxels: int = 320**3,
+                 workers: int | None = None, max_voxels: int = 320**3, clip_negative: bool = False,
                  progress: ProgressCallback | None = None) -> np.ndarray:
     """Linear ('same'-size) convolution of ``values`` with an odd-sized, centred ``kernel`` by real FFTs.
 
@@ -113,7 +114,8 @@ def fft_convolve(values: np.ndarray, kernel: np.ndarray, *, key: tuple[Any, ...]
     ``N + r`` voxels per axis equals the linear one on the first ``N``: no wrap-around), to a size that is
     fast for FFTs, and computed in float32. When the padded grid exceeds ``max_voxels`` the volume is cut into
     slabs along z and the slab results are added with their overlaps (overlap-add), bounding memory.
-    ``key`` identifies the kernel for caching its spectrum (None: not cached).
+    ``key`` identifies the kernel for caching its spectrum (None: not cached). ``clip_negative`` sets the
+    float32 round-off below zero (order 1e-7 x max) to zero, for non-negative kernels and values.
     """
     workers = workers or os.cpu_count() or 1
     vals = np.asarray(values, dtype=np.float32)
@@ -129,14 +131,23 @@ def fft_convolve(values: np.ndarray, kernel: np.ndarray, *, key: tuple[Any, ...]
         pz = scipy.fft.next_fast_len(nz + rz, real=True)
         kspec = _kernel_spectrum(kernel, (pz, py, px), key, workers) if key is not None else \
             _kernel_spectrum_uncached(kernel, (pz, py, px), workers)
-        buf = np.zeros((pz, py, px), dtype=np.float32)
+        buf = np.empty((pz, py, px), dtype=np.float32)
         buf[:nz, :ny, :nx] = vals
+        buf[nz:] = 0.0
+        buf[:nz, ny:] = 0.0
+        buf[:nz, :ny, nx:] = 0.0
         spec = scipy.fft.rfftn(buf, workers=workers, overwrite_x=True)
         del buf
         spec *= kspec
-        out = scipy.fft.irfftn(spec, s=(pz, py, px), workers=workers, overwrite_x=True)
+        full = scipy.fft.irfftn(spec, s=(pz, py, px), workers=workers, overwrite_x=True)
+        del spec
         report(progress, 1.0, "convolution done")
-        return np.ascontiguousarray(out[:nz, :ny, :nx])
+        result = np.empty((nz, ny, nx), dtype=np.float32)
+        if clip_negative:
+            np.maximum(full[:nz, :ny, :nx], 0.0, out=result)
+        else:
+            result[...] = full[:nz, :ny, :nx]
+        return result
     # overlap-add over z slabs: each slab's output extends rz voxels beyond it on both sides
     pz = scipy.fft.next_fast_len(slab + 2 * rz, real=True)
     kspec = _kernel_spectrum(kernel, (pz, py, px), key, workers) if key is not None else \
@@ -157,6 +168,8 @@ def fft_convolve(values: np.ndarray, kernel: np.ndarray, *, key: tuple[Any, ...]
         if lo < z0:
             out[lo:z0] += res[pz - (z0 - lo):, :ny, :nx]
         report(progress, (i + 1) / len(starts), f"convolution slab {i + 1}/{len(starts)}")
+    if clip_negative:
+        np.maximum(out, 0.0, out=out)
     return out
 
 
@@ -233,9 +246,9 @@ class DVKEngine:
             return self._multi_kernel(tia, vox, nuclide, rho, radius, scale, progress)
         kernel = voxel_kernel(nuclide, vox, radius, include_photons=self.include_photons)
         key = ("dvk", nuclide, vox, radius, self.include_photons)
-        dose = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, progress=progress)
         # float32 FFT round-off leaves values of order 1e-7 x max around zero; dose cannot be negative
-        np.maximum(dose, 0.0, out=dose)
+        dose = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, clip_negative=True,
+                            progress=progress)
         if rho is not None:
             dose /= rho
         return dose
@@ -265,8 +278,7 @@ class DVKEngine:
             kernel = voxel_kernel(nuclide, vox, radius, density_g_per_mL=float(level),
                                   include_photons=self.include_photons)
             key = ("dvk", nuclide, vox, radius, self.include_photons, float(level))
-            d_k = fft_convolve(tia, kernel * scale, key=key, workers=self.workers)
-            np.maximum(d_k, 0.0, out=d_k)
+            d_k = fft_convolve(tia, kernel * scale, key=key, workers=self.workers, clip_negative=True)
             energy += (weight * float(level)).astype(np.float32) * d_k
             report(progress, (k + 1) / levels.size, f"density level {level:g} g/mL")
         return energy / rho
