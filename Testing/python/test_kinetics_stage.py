@@ -121,3 +121,21 @@ def test_partial_volume_option_raises_small_structure_activity(run) -> None:
     with pytest.raises(tt.ConfigurationError, match="Unknown kinetics options"):
         Pipeline(PipelineConfig(stages=("registration", "kinetics"),
                                 stage_options={"kinetics": {"fwhm": 10.0}})).run(study)
+
+
+def test_two_time_point_cycle_reports_its_fallbacks() -> None:
+    masks = _masks()
+    seg = tt.Segmentation(GEOM, [tt.Structure("kidneys", 1), tt.Structure("lesion_1", 2)], masks)
+    study = tt.Study(tt.Patient("KIN-2"), [_cycle(1, [24.0, 96.0])], seg)
+    res = Pipeline(PipelineConfig(stages=("registration", "kinetics"),
+                                  stage_options={"registration": {"spect_to_spect": False}})).run(study)
+    sr = res.cycles[1].structures["kidneys"]
+    assert sr.tia_method == "fallback:trapezoid_fitted_tail"
+    # trapezoid from A(0)=0 plus the mono-exponential tail through the two samples: exact tail, linear rise
+    vol = masks["kidneys"].sum() * GEOM.voxel_volume_mL
+    a = CONC_K * vol / 1e6 * np.exp(-LAM_K * np.array([24.0, 96.0]))
+    expected = 0.5 * 24 * a[0] + 0.5 * 72 * (a[0] + a[1]) + a[1] / LAM_K
+    assert sr.tia_MBq_h == pytest.approx(expected, rel=1e-6)
+    assert any("Fallback" in w.message and w.structure == "kidneys" for w in res.warnings)
+    assert any("cannot be estimated" in w.message for w in res.warnings)
+    assert np.all(np.isfinite(res.maps["cycle1/tia_sd"].array))

@@ -53,8 +53,10 @@ class KineticsConfig:
         Structure-level model (``"auto"`` = AICc selection with model averaging, or a model name).
     candidates
         Models for ``"auto"`` (None: all selectable).
-    voxel_fits, voxel_model
-        Whether to fit voxels, and with which voxel model (``"auto"``, ``"mono_exp"``, ``"trapezoid"``).
+    voxel_fits, voxel_model, voxel_noise_model
+        Whether to fit voxels, with which voxel model (``"auto"``, ``"mono_exp"``, ``"trapezoid"``) and which
+        noise model for the voxel SDs (``"poisson"``, ``"constant"``, ``"none"``; see
+        :func:`~theratwin.kinetics.fit_voxels`).
     calibration_rel_sd, segmentation_rel_sd, random_rel_sd, counting
         Activity uncertainty components (:class:`~theratwin.kinetics.ActivityUncertaintyModel`).
     pvc_method, system_fwhm_mm, pvc_max_volume_mL
@@ -72,6 +74,7 @@ class KineticsConfig:
     candidates: list[str] | None = None
     voxel_fits: bool = True
     voxel_model: str = "auto"
+    voxel_noise_model: str = "poisson"
     calibration_rel_sd: float = 0.05
     segmentation_rel_sd: float = 0.03
     random_rel_sd: float = 0.03
@@ -297,9 +300,16 @@ class KineticsStage:
         body = ctx.state.get("body_mask")
         if times.size >= 2:
             series = np.stack([np.asarray(im.array, dtype=np.float32) for im in images])
-            vf = fit_voxels(times, series, nuclide=nuclide, model=cfg.voxel_model, mask=body)
+            vf = fit_voxels(times, series, nuclide=nuclide, model=cfg.voxel_model, mask=body,
+                            noise_model=cfg.voxel_noise_model)
             voxel_all[n] = vf
             tia, tia_sd = vf.tia_Bq_h_per_mL, vf.tia_sd_Bq_h_per_mL
+            unknown = ~np.isfinite(tia_sd)
+            if unknown.any():
+                tia_sd = np.where(unknown, 0.0, tia_sd).astype(np.float32)
+                res.warn("kinetics", f"Cycle {n}: the TIA SD of {int(unknown.sum())} voxels cannot be estimated "
+                         f"from {times.size} time points; set to 0 in the map 'cycle{n}/tia_sd' (unknown, not "
+                         "zero).", cycle=n)
             thalf = np.nan_to_num(vf.effective_half_life_h, nan=0.0).astype(np.float32)
             res.maps[f"cycle{n}/effective_half_life"] = ImageVolume.from_geometry(thalf, grid, "h")
             summary = vf.summary()
