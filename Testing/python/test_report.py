@@ -439,6 +439,14 @@ class TestPdf:
         assert format_number(kid["mean_dose_Gy"]) in text
 
 
+    @pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "file:///etc/hostname"])
+    def test_pdf_never_fetches_external_resources(self, url: str) -> None:
+        from theratwin.report import html_to_pdf
+
+        with pytest.raises(tt.InvalidInputError, match="external resource"):
+            html_to_pdf(f'<html><body><img src="{url}"><p>x</p></body></html>')
+
+
 class TestEncapsulatedPdf:
     def test_dciodvfy_has_no_errors(self, written: dict[str, Any]) -> None:
         dcm = written["files"].dicom

@@ -469,6 +469,30 @@ def _scalar_html(data: dict[str, Any], path: list[str | int], value: Any, *, str
     return esc(value if value is not None else "–")
 
 
+# Unit suffixes of JSON keys (the project's naming rule) and how a header shows them.
+_UNIT_SUFFIXES = (
+    ("_Gy_per_MBq_h", "Gy/(MBq·h)"), ("_Gy_per_GBq", "Gy/GBq"), ("_MBq_h", "MBq·h"), ("_per_h", "1/h"),
+    ("_Gy", "Gy"), ("_MBq", "MBq"), ("_GBq", "GBq"), ("_nmol", "nmol"), ("_ug", "µg"), ("_mL", "mL"),
+    ("_g", "g"), ("_h", "h"), ("_mm", "mm"),
+)
+
+
+_ACRONYMS = {"tia": "TIA", "bed": "BED", "eqd2": "EQD2", "ntcp": "NTCP", "tcp": "TCP", "dvh": "DVH", "sd": "SD",
+             "geud": "gEUD", "aicc": "AICc", "iov": "IOV", "cv": "CV"}
+
+
+def _label(key: Any) -> str:
+    """A readable, wrappable header for a JSON key: ``cumulative_bed_Gy`` -> ``cumulative bed (Gy)``."""
+    text = str(key)
+    unit = ""
+    for suffix, shown in _UNIT_SUFFIXES:
+        if text.endswith(suffix) and len(text) > len(suffix):
+            text, unit = text[: -len(suffix)], shown
+            break
+    text = " ".join(_ACRONYMS.get(w, w) for w in text.split("_"))
+    return esc(f"{text} ({unit})" if unit else text)
+
+
 def _is_interval(v: Any) -> bool:
     """A summary of a predictive distribution: a central value and a ``low``-``high`` interval."""
     return (isinstance(v, dict) and _is_number(v.get("low")) and _is_number(v.get("high"))
@@ -532,7 +556,7 @@ def _matrix(data: dict[str, Any], path: list[str | int], rows: dict[str, dict[st
         order = structures or []
         row_names.sort(key=lambda n: order.index(n) if n in order else len(order))
         cols = list(rows)
-        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+        head = "".join(f"<th>{_label(c)}</th>" for c in cols)
         body = "".join(
             f"<tr><th>{esc(r)}</th>" + "".join(
                 _td(data, [*path, c, r], rows[c][r], structure=r, notes=notes) if r in rows[c] else "<td>–</td>"
@@ -544,7 +568,7 @@ def _matrix(data: dict[str, Any], path: list[str | int], rows: dict[str, dict[st
             # a column repeating the row key (e.g. "structure") says nothing new
             cols += [k for k, v in rec.items() if k not in cols and v != name]
         is_structure = bool(structures) and all(k in (structures or []) for k in rows)
-        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+        head = "".join(f"<th>{_label(c)}</th>" for c in cols)
         body = "".join(
             f"<tr><th>{esc(k)}</th>" + "".join(
                 _td(data, [*path, k, c], rec[c], structure=str(k) if is_structure else None, notes=notes)
@@ -575,7 +599,7 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
             cols: list[str] = []
             for v in value:
                 cols += [k for k in v if k not in cols]
-            head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+            head = "".join(f"<th>{_label(c)}</th>" for c in cols)
             body = "".join(
                 "<tr>" + "".join(_td(data, [*path, i, c], v[c], notes=notes) if c in v else "<td>–</td>"
                                  for c in cols) + "</tr>"
@@ -595,7 +619,7 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
     out = []
     if singles:
         rows = "".join(
-            f"<tr><th>{esc(k)}</th>{_td(data, [*path, k], v, notes=notes)}</tr>" for k, v in singles.items())
+            f"<tr><th>{_label(k)}</th>{_td(data, [*path, k], v, notes=notes)}</tr>" for k, v in singles.items())
         out.append(f'<table class="kv">{rows}</table>')
     if by_structure:
         out.append(_matrix(data, path, by_structure, notes=notes, transpose=True, structures=structures))
@@ -603,14 +627,14 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
         out.append(_matrix(data, path, others, notes=notes, structures=structures))
     else:
         for k, v in others.items():
-            head = "".join(f"<th>{esc(c)}</th>" for c in v)
+            head = "".join(f"<th>{_label(c)}</th>" for c in v)
             cells = "".join(_td(data, [*path, k, c], x, notes=notes) for c, x in v.items())
-            out.append(f'<div class="table-wrap"><table class="generic"><caption>{esc(k)}</caption><thead><tr>'
+            out.append(f'<div class="table-wrap"><table class="generic"><caption>{_label(k)}</caption><thead><tr>'
                        f"{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table></div>")
     for k, v in rest.items():
         h = "h3" if depth == 0 else "h4"
-        title = f"cycle {k}" if str(k).isdigit() else str(k)
-        out.append(f'<div class="twin-part"><{h}>{esc(title)}</{h}>'
+        title = f"cycle {k}" if str(k).isdigit() else _label(k)
+        out.append(f'<div class="twin-part"><{h}>{title}</{h}>'
                    f"{_render_generic(data, [*path, k], v, depth + 1, structures=structures, notes=notes)}</div>")
     return "".join(out)
 
@@ -647,7 +671,7 @@ def _section_twin(data: dict[str, Any], structures: list[str]) -> str:
             skip = ("structures", "notice") if k == "model" else ("notice",)
             title = _TWIN_TITLES.get(k, k)
             if _is_plain(v) or _is_interval(v):
-                parts.append(f'<table class="kv"><tr><th>{esc(k)}</th>{_td(data, ["twin", k], v)}</tr></table>')
+                parts.append(f'<table class="kv"><tr><th>{_label(k)}</th>{_td(data, ["twin", k], v)}</tr></table>')
             else:
                 notes: list[str] = []
                 inner = _render_generic(data, ["twin", k], v, depth=1, skip=skip, structures=structures, notes=notes)

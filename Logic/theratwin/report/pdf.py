@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidInputError
 
 __all__ = ["html_to_pdf"]
 
@@ -22,8 +22,8 @@ def _offline_fetcher() -> Any:
     def fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:  # older WeasyPrint: a function
         if url.startswith("data:"):
             return urls.default_url_fetcher(url, *args, **kwargs)
-        raise ConfigurationError(f"The report refers to an external resource ({url[:80]}); it must be "
-                                 "self-contained.")
+        raise InvalidInputError(f"The report refers to an external resource ({url[:80]}); it must be "
+                                "self-contained.")
 
     return fetch
 
@@ -48,8 +48,19 @@ def html_to_pdf(html: str, path: str | Path | None = None) -> bytes:
     # WeasyPrint logs every unsupported CSS property at WARNING; they are harmless screen-only properties.
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
+    from weasyprint import urls
+
     doc = weasyprint.HTML(string=html, url_fetcher=_offline_fetcher(), base_url=None)
-    pdf = doc.write_pdf()
+    fatal = getattr(urls, "FatalURLFetchingError", None)
+    try:
+        pdf = doc.write_pdf()
+    except BaseException as exc:  # WeasyPrint's fatal fetch error derives from BaseException
+        if fatal is not None and isinstance(exc, fatal):
+            raise InvalidInputError(
+                f"The report HTML refers to an external resource ({exc}); only embedded data: URIs are allowed, "
+                "so that the PDF is made offline. Embed the image or remove the reference."
+            ) from exc
+        raise
     if pdf is None:  # pragma: no cover - write_pdf returns bytes when no target is given
         raise ConfigurationError("WeasyPrint returned no PDF for the report.")
     if path is not None:
