@@ -14,7 +14,7 @@ import pytest
 from scipy import integrate, ndimage
 
 from theratwin import nuclides
-from theratwin.demo import CYCLE1_KINETICS, DemoOptions, build_demo, simulate
+from theratwin.demo import CYCLE1_KINETICS, DEMO_SCHEMA_VERSION, DemoOptions, build_demo, simulate
 from theratwin.demo.build import SENSITIVITY_CPS_PER_MBQ
 from theratwin.demo.phantom import TISSUES
 
@@ -229,7 +229,7 @@ class TestBuild:
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("THERATWIN_CACHE", str(demo_cache))
         d = build_demo(seed=SEED, fast=True, noise=False, blur=False)
-        assert d.dicom_dir.parent == demo_cache / f"demo-v1-seed{SEED}-fast-nonoise-noblur"
+        assert d.dicom_dir.parent == demo_cache / f"demo-v{DEMO_SCHEMA_VERSION}-seed{SEED}-fast-nonoise-noblur"
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")

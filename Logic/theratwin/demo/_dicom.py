@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from .._version import __version__
 
@@ -84,10 +84,10 @@ def _code_item(code: object) -> Dataset:
 
 def _base_dataset(patient: dict, study: dict, series: dict, sop_class: str, sop_uid: str) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"  # pydicom's root UID
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")  # pydicom's root UID
     meta.ImplementationVersionName = "THERATWIN_" + __version__.replace(".", "")[:6]
     ds = Dataset()
     ds.file_meta = meta
@@ -318,7 +318,7 @@ def write_ct_series(
         meta = FileMetaDataset()
         meta.update(base.file_meta)
         sop_uid = uid("ct-instance", series["uid"], k)
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         ds.file_meta = meta
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1
@@ -403,12 +403,12 @@ def write_seg(
         omit_empty_frames=True,
     )
     # highdicom stamps the creation time and a random dimension-organisation UID; pin both for determinism
-    seg.ContentDate = _da(series["datetime"])
-    seg.ContentTime = _tm(series["datetime"])
-    seg.SeriesDate = _da(series["datetime"])
-    seg.SeriesTime = _tm(series["datetime"])
-    seg.InstanceCreationDate = _da(series["datetime"])
-    seg.InstanceCreationTime = _tm(series["datetime"])
+    seg.ContentDate = _da(series["datetime"])  # type: ignore[assignment]
+    seg.ContentTime = _tm(series["datetime"])  # type: ignore[assignment]
+    seg.SeriesDate = _da(series["datetime"])  # type: ignore[assignment]
+    seg.SeriesTime = _tm(series["datetime"])  # type: ignore[assignment]
+    seg.InstanceCreationDate = _da(series["datetime"])  # type: ignore[assignment]
+    seg.InstanceCreationTime = _tm(series["datetime"])  # type: ignore[assignment]
     for item in getattr(seg, "ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = _dt(series["datetime"])

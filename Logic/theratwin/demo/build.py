@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Bump when the generated data change, so old caches are not reused.
-DEMO_SCHEMA_VERSION = 1
+DEMO_SCHEMA_VERSION = 2
 DEFAULT_SEED = 20250303
 
 #: System sensitivity of a dual-head SPECT camera with medium-energy collimators in a 20 % window at the
@@ -184,21 +184,27 @@ def _block_mean(a: np.ndarray) -> np.ndarray:
     return b / 8.0
 
 
-def _grids(options: DemoOptions) -> tuple[Geometry, dict[str, Any], Geometry, tuple[int, int]]:
+@dataclass(frozen=True)
+class _FineGrid:
+    """The 2x-finer grid the anatomy is painted on (its centre block is the CT)."""
+
+    shape: tuple[int, int, int]
+    origin: tuple[float, float, float]
+    spacing: float
+
+
+def _grids(options: DemoOptions) -> tuple[Geometry, _FineGrid, Geometry, tuple[int, int]]:
     v = options.spect_voxel_mm
-    n = tuple(int(round(fov / v)) for fov in _SPECT_FOV_MM)  # x, y, z
-    spect_origin = tuple(-(k - 1) * v / 2.0 for k in n)
-    spect = Geometry((n[2], n[1], n[0]), (v, v, v), spect_origin)
+    nx, ny, nz = (int(round(fov / v)) for fov in _SPECT_FOV_MM)
+    spect_origin = (-(nx - 1) * v / 2.0, -(ny - 1) * v / 2.0, -(nz - 1) * v / 2.0)
+    spect = Geometry((nz, ny, nx), (v, v, v), spect_origin)
     fv = v / 2.0
-    fine = {
-        "shape": (2 * n[2], 2 * n[1], 2 * n[0]),
-        "origin": tuple(o - fv / 2.0 for o in spect_origin),
-        "spacing": fv,
-    }
-    ct_n = int(round(2 * n[0] * _CT_FOV_FRACTION))
-    off = (2 * n[0] - ct_n) // 2
-    ct_origin = (fine["origin"][0] + off * fv, fine["origin"][1] + off * fv, fine["origin"][2])
-    ct = Geometry((2 * n[2], ct_n, ct_n), (fv, fv, fv), ct_origin)
+    fine = _FineGrid((2 * nz, 2 * ny, 2 * nx), (spect_origin[0] - fv / 2.0, spect_origin[1] - fv / 2.0,
+                                                 spect_origin[2] - fv / 2.0), fv)
+    ct_n = int(round(2 * nx * _CT_FOV_FRACTION))
+    off = (2 * nx - ct_n) // 2
+    ct_origin = (fine.origin[0] + off * fv, fine.origin[1] + off * fv, fine.origin[2])
+    ct = Geometry((2 * nz, ct_n, ct_n), (fv, fv, fv), ct_origin)
     return spect, fine, ct, (off, ct_n)
 
 
@@ -271,12 +277,12 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
     nuc = nuclides.get(_NUCLIDE)
     lam_phys_per_s = math.log(2.0) / (nuc.half_life_h * 3600.0)
     spect_geo, fine, ct_geo, (ct_off, ct_n) = _grids(options)
-    fv = fine["spacing"]
+    fv = fine.spacing
     fine_voxel_mL = fv**3 / 1000.0
     hu_lut, rho_lut = lookup_tables()
 
     report(progress, 0.02, "painting reference anatomy")
-    labels_ref = paint_labels(fine["shape"], fine["origin"], fv)
+    labels_ref = paint_labels(fine.shape, fine.origin, fv)
     luts, comp_volumes = _compartment_luts(labels_ref, fine_voxel_mL)
 
     # Schedule: administrations and imaging times (seeded jitter on realistic clock times).
@@ -311,7 +317,7 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
             report(progress, 0.05 + 0.8 * done / n_tp, f"simulating cycle {cyc.number} at "
                    f"{(tp.acquisition_start - cyc.administration_start).total_seconds() / 3600:.0f} h")
             static = np.allclose(tp.rotation, np.eye(3)) and not np.any(tp.translation_mm)
-            labels = labels_ref if static else paint_labels(fine["shape"], fine["origin"], fv, tp.rotation,
+            labels = labels_ref if static else paint_labels(fine.shape, fine.origin, fv, tp.rotation,
                                                            tp.translation_mm)
             t_h = (tp.acquisition_start - cyc.administration_start).total_seconds() / 3600.0
             conc_lut = _conc_lut_Bq_per_mL(cyc.kinetics, luts, t_h, cyc.administered_MBq).astype(np.float32)

@@ -159,13 +159,14 @@ def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: boo
         structures.append(Structure(name, number, kind))
         masks[name] = np.zeros(geometry.shape, dtype=bool)
         number_to_name[number] = name
+    assert ks is not None and ii is not None and jj is not None
     for f in range(n_frames):
-        name = number_to_name.get(numbers[f])
-        if name is None:
+        frame_name = number_to_name.get(numbers[f])
+        if frame_name is None:
             raise DicomReadError(f"frame {f + 1} refers to segment {numbers[f]}, which is not in SegmentSequence.",
                                  path=path, tag="ReferencedSegmentNumber")
         k, i0, j0 = ks[f], ii[f], jj[f]
-        masks[name][k, j0:j0 + rows, i0:i0 + cols] |= binary[f]
+        masks[frame_name][k, j0:j0 + rows, i0:i0 + cols] |= binary[f]
     source = SourceRef(
         study_uid=get_text(ds, "StudyInstanceUID"),
         series_uid=get_text(ds, "SeriesInstanceUID"),

@@ -107,7 +107,8 @@ def _nuclide_from_code(value: str, scheme: str) -> str | None:
         from pydicom.sr._concepts_dict import concepts
     except ImportError:  # pragma: no cover - pydicom always ships it
         return None
-    table = concepts.get("SCT" if scheme in ("SCT", "SNM3", "SRT") else scheme, {})
+    table: dict[str, dict[str, tuple[str, list[int]]]] = concepts.get(  # type: ignore[assignment]
+        "SCT" if scheme in ("SCT", "SNM3", "SRT") else scheme, {})
     for entry in table.values():
         if value in entry:
             meaning, cids = entry[value]
@@ -551,7 +552,8 @@ def _plan(inv: Inventory) -> None:
         usable.append(s)
 
     # cycles by administration start
-    usable.sort(key=lambda s: s.administration.start)  # type: ignore[union-attr]
+    usable.sort(key=lambda s: s.administration.start if s.administration and s.administration.start
+                else datetime.min)
     groups: list[list[SeriesInfo]] = []
     for s in usable:
         start = s.administration.start  # type: ignore[union-attr]
@@ -564,7 +566,7 @@ def _plan(inv: Inventory) -> None:
         nuclides = {s.administration.nuclide for s in group}  # type: ignore[union-attr]
         if len(nuclides) > 1:
             _problem(inv, f"mixed radionuclides within cycle {number} (administration "
-                     f"{group[0].administration.start.isoformat()}): {sorted(nuclides)}. "  # type: ignore[union-attr]
+                     f"{group[0].administration.start.isoformat()}): {sorted(str(n) for n in nuclides)}. "  # type: ignore[union-attr]
                      "Each cycle must use one radionuclide.", group[-1], "RadionuclideCodeSequence")
         activities = {round(s.administration.activity_MBq, 1) for s in group}  # type: ignore[union-attr,arg-type]
         if len(activities) > 1:

@@ -108,7 +108,7 @@ def _read_study(path: str | os.PathLike[str], *, strict: bool, progress: Progres
         except InvalidInputError as e:
             raise DicomReadError(str(e), path=planned.time_points[0].emission.first_file,
                                  tag="RadiopharmaceuticalInformationSequence") from e
-        tps = []
+        tps: list[TimePoint] = []
         for ptp in planned.time_points:
             report(progress, 0.3 + 0.6 * done / n_tp, f"reading cycle {planned.number} time point "
                    f"{len(tps) + 1} ({ptp.time_h:.1f} h)")
