@@ -410,6 +410,25 @@ class TestContent:
         assert model_curve("biexp_uptake", {"A0_MBq": 1.0}, tq, nuclide="Lu-177") is None
 
 
+class TestProjectionOrientation:
+    @pytest.mark.parametrize("signs", [(1, 1, 1), (-1, 1, 1), (1, -1, -1), (-1, -1, -1)])
+    def test_display_axes_follow_patient_directions(self, signs: tuple[int, int, int]) -> None:
+        """Whatever the sign of the direction cosines, the displayed columns run to patient left (+L), rows of
+        the axial view to posterior (+P) and the coronal rows to superior (+S)."""
+        from theratwin.report.figures import _display_flips, _oriented
+
+        arr = np.zeros((5, 6, 7), np.float32)
+        arr[1, 2, 1] = 1.0  # voxel a
+        arr[3, 4, 5] = 2.0  # voxel b
+        vol = tt.ImageVolume(arr, spacing_mm=(2.0, 2.0, 2.0), direction=np.diag(signs).astype(float), unit="Gy")
+        lps = {v: vol.geometry.index_to_lps(np.array(idx[::-1], float))
+               for v, idx in ((1.0, (1, 2, 1)), (2.0, (3, 4, 5)))}
+        shown = _oriented(arr, _display_flips(vol))
+        pos = {v: np.argwhere(shown == v)[0] for v in (1.0, 2.0)}  # (z, y, x) display indices
+        for axis_zyx, axis_lps in ((2, 0), (1, 1), (0, 2)):
+            assert (pos[2.0][axis_zyx] > pos[1.0][axis_zyx]) == (lps[2.0][axis_lps] > lps[1.0][axis_lps])
+
+
 class TestPdf:
     def test_pdf_renders_every_page_with_embedded_fonts(self, written: dict[str, Any], tmp_path: Path) -> None:
         pdf = written["files"].pdf

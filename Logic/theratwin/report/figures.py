@@ -208,8 +208,8 @@ def tac_figure(structure: str, cycles: Sequence[Mapping[str, Any]], *, color: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper right", frameon=False)
     ax.tick_params(labelsize=7)
-    ax.xaxis.label.set_size(8)
-    ax.yaxis.label.set_size(8)
+    ax.xaxis.label.set_fontsize(8)
+    ax.yaxis.label.set_fontsize(8)
     fig.tight_layout()
     return fig
 
@@ -264,6 +264,24 @@ def cmap_for(unit: str) -> str:
     return "Greys" if unit in ("Bq/mL", "BQML", "Bq.h/mL") else "inferno"
 
 
+def _display_flips(volume: ImageVolume) -> tuple[bool, bool, bool]:
+    """Which array axes (z, y, x) to reverse so that x runs to patient left, y to posterior, z to superior.
+
+    Only axis-aligned grids (direction cosines a signed permutation that keeps each index axis on its own LPS
+    axis) are reoriented; any other grid is shown in index order.
+    """
+    d = volume.geometry.direction_matrix
+    if not np.allclose(np.abs(d), np.eye(3), atol=1e-3):
+        return (False, False, False)
+    sx, sy, sz = (float(np.sign(d[i, i])) for i in range(3))
+    return (sz < 0, sy < 0, sx < 0)
+
+
+def _oriented(arr: np.ndarray, flips: tuple[bool, bool, bool]) -> np.ndarray:
+    axes = tuple(i for i, f in enumerate(flips) if f)
+    return np.flip(arr, axis=axes) if axes else arr
+
+
 def _projection_extent(geometry_spacing: Sequence[float], shape: Sequence[int], view: str) -> list[float]:
     sx, sy, sz = geometry_spacing
     nz, ny, nx = shape
@@ -295,10 +313,11 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
     panels = [(t, v) for t, v in panels if v is not None and np.size(v.array) > 0]
     if not panels:
         return None
+    flips = _display_flips(panels[0][1])
     fig = Figure(figsize=(7.2, 2.7 * len(panels)))
     axes = np.atleast_2d(fig.subplots(len(panels), 2, squeeze=False))
     for row, (title, vol) in enumerate(panels):
-        arr = np.nan_to_num(np.asarray(vol.array, dtype=np.float32))
+        arr = _oriented(np.nan_to_num(np.asarray(vol.array, dtype=np.float32)), flips)
         unit = vol.unit
         if unit in ("Bq/mL", "BQML") and arr.max(initial=0.0) >= 1e5:
             arr, unit = arr / 1e6, "MBq/mL"  # readable colour-bar ticks; display only
@@ -317,7 +336,7 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
             for name, m in masks.items():
                 if np.shape(m) != arr.shape:
                     continue
-                mp = (np.asarray(m, dtype=np.float32) >= 0.5).any(axis=axis).astype(np.float32)
+                mp = _oriented(np.asarray(m, dtype=np.float32) >= 0.5, flips).any(axis=axis).astype(np.float32)
                 if mp.any() and not mp.all():
                     cs = ax.contour(mp, levels=[0.5], colors=[colors.get(name, "#0072B2")], linewidths=1.3,
                                     origin=origin, extent=extent)

@@ -403,7 +403,7 @@ def _section_images(results: Results, data: dict[str, Any], masks: dict[str, np.
     key = _latest_cycle_key(data) or (str(min(results.cycles)) if results.cycles else None)
     panels: list[tuple[str, ImageVolume]] = []
     if activity is not None:
-        panels.append((f"Activity ({activity.unit})", activity))
+        panels.append(("Activity (first scan)", activity))
     elif key is not None and f"cycle{key}/tia" in results.maps:
         panels.append((f"TIA cycle {key}", results.maps[f"cycle{key}/tia"]))
     if key is not None and f"cycle{key}/dose" in results.maps:
