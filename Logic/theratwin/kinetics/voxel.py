@@ -378,18 +378,12 @@ def fit_voxels(
         from scipy.ndimage import uniform_filter
 
         size = 2 * int(pool_radius_voxels) + 1
-        # box sums on the bounding box of the fitted voxels only (float32 is ample for a ratio of sums)
-        zyx = np.unravel_index(flat, shape)
-        lo = [max(int(a.min()) - size, 0) for a in zyx]
-        hi = [min(int(a.max()) + size + 1, n) for a, n in zip(zyx, shape, strict=True)]
-        box = tuple(hi[i] - lo[i] for i in range(3))
-        local = np.ravel_multi_index(tuple(a - o for a, o in zip(zyx, lo, strict=True)), box)
-        vol = np.zeros(int(np.prod(box)), np.float32)
-        vol[local] = pool["num"]
-        num = uniform_filter(vol.reshape(box), size=size, mode="constant").ravel()[local].astype(np.float64)
-        vol[:] = 0.0
-        vol[local] = pool["den"]
-        den = uniform_filter(vol.reshape(box), size=size, mode="constant").ravel()[local].astype(np.float64)
+        # box sums over the neighbourhood (float32 is ample for a ratio of sums)
+        vol = np.zeros(int(np.prod(shape)), np.float32)
+        vol[flat] = pool["num"]
+        num = uniform_filter(vol.reshape(shape), size=size, mode="constant").ravel()[flat].astype(np.float64)
+        vol[flat] = pool["den"]
+        den = uniform_filter(vol.reshape(shape), size=size, mode="constant").ravel()[flat].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             k_pool = np.where(den > 0, num / den, np.nan)
             own = np.where(pool["den"] > 0, pool["num"] / pool["den"], np.nan)
