@@ -25,6 +25,11 @@ pytestmark = pytest.mark.integration
 
 def test_bench_fhir_push(tmp_path: Path) -> None:
     res = make_results(tmp_path)
+    # the demo patient's size: 15 structures x 2 cycles (+ predictions), like `theratwin demo`
+    for n in res.cycles:
+        for i in range(12):
+            sr = res.cycles[n].structure(f"lesion_node_{i + 1}")
+            sr.mean_dose_Gy, sr.bed_Gy, sr.eqd2_Gy, sr.tia_MBq_h = 10.0 + i, 12.0 + i, 9.0 + i, 5000.0 + 100 * i
     bundle = build_bundle(res, out_dir=tmp_path)
     with FhirTestServer() as srv:
         c = FhirClient(srv.url, auth=FhirAuth(), retries=0)
