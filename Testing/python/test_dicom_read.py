@@ -344,3 +344,45 @@ def test_timedelta_helpers_consistent() -> None:
     assert parse_tm("09:12:40") == timedelta(hours=9, minutes=12, seconds=40)
     assert parse_tm("0912") == timedelta(hours=9, minutes=12)
     assert parse_dt("2025") is None and parse_dt("20251340101010") is None
+
+
+class TestCompanionSeries:
+    def _add_nac(self, copy: Path, quantitative: bool) -> Path:
+        """Add a second reconstruction of the 24 h session (same frame of reference), e.g. without AC."""
+        src = _nm(copy, "cycle1_tp2")
+        ds = pydicom.dcmread(src)
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesNumber = 4
+        ds.SeriesDescription = "SPECT NAC"
+        if not quantitative:
+            del ds.RealWorldValueMappingSequence
+        else:
+            ds.RealWorldValueMappingSequence[0].RealWorldValueSlope = 2 * float(
+                ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
+        out = src.parent / "NM_NAC.dcm"
+        ds.save_as(out)
+        return out
+
+    def test_non_quantitative_companion_is_set_aside(self, copy: Path, study) -> None:
+        self._add_nac(copy, quantitative=False)
+        st = read_study(copy)
+        assert [len(c.time_points) for c in st.cycles] == [4, 1]
+        assert np.array_equal(st.cycles[0].time_points[1].image.array, study.cycles[0].time_points[1].image.array)
+        assert "set aside" in scan(copy).describe()
+        with pytest.raises(DicomReadError) as info:
+            read_study(copy, strict=True)
+        assert info.value.tag == "RealWorldValueMappingSequence"
+
+    def test_second_quantitative_reconstruction_lowest_series_number_kept(self, copy: Path, study) -> None:
+        self._add_nac(copy, quantitative=True)
+        st = read_study(copy)
+        assert [len(c.time_points) for c in st.cycles] == [4, 1]
+        assert np.array_equal(st.cycles[0].time_points[1].image.array, study.cycles[0].time_points[1].image.array)
+
+    def test_gated_multi_frame_refused(self, copy: Path) -> None:
+        _edit(_nm(copy, "cycle1_tp3"), lambda ds: setattr(ds, "NumberOfSlices", 7))
+        with pytest.raises(DicomReadError) as info:
+            read_study(copy)
+        assert info.value.tag == "NumberOfSlices"

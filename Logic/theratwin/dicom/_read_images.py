@@ -151,6 +151,12 @@ def read_volume(
     dr, dc = _pixel_spacing(ds0, path)
     normal = np.cross(row, col)
     if len(datasets) == 1 and (get_int(ds0, "NumberOfFrames") or 1) > 1:
+        n_slices = get_int(ds0, "NumberOfSlices")
+        n_frames = get_int(ds0, "NumberOfFrames")
+        if kind == "nm" and n_slices is not None and n_frames is not None and n_slices != n_frames:
+            raise DicomReadError(f"NumberOfFrames {n_frames} differs from NumberOfSlices {n_slices}: gated or "
+                                 "multi-window reconstructions are not supported; export one volume per series.",
+                                 path=path, tag="NumberOfSlices")
         frames = pixel_array(ds0, path).astype(np.float64)
         ipp = _position(ds0)
         if ipp is None:

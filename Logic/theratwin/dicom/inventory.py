@@ -491,7 +491,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
             # corrupt values decoded lazily by pydicom: keep the series out of the grouping, say why
             s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {e}); not used"
-    _plan(inv)
+    _plan(inv, strict)
     report(progress, 1.0, f"found {len(inv.series)} series")
     return inv
 
@@ -503,7 +503,42 @@ def _problem(inv: Inventory, message: str, series: SeriesInfo | None, tag: str |
     inv.problems.append(DicomReadError(message, path=series.first_file if series else inv.root, tag=tag))
 
 
-def _plan(inv: Inventory) -> None:
+def _quantitative(s: SeriesInfo) -> bool:
+    return bool(s.units) if s.role == "spect" else s.units in ("BQML", "CNTS", "GML")
+
+
+def _drop_companions(inv: Inventory, emission: list[SeriesInfo], strict: bool) -> list[SeriesInfo]:
+    """Tolerant mode: set aside extra reconstructions of one session (same frame of reference).
+
+    Clinical exports often hold a non-quantitative reconstruction (e.g. without attenuation correction) next to
+    the quantitative one, or two quantitative ones. A non-quantitative series with a quantitative companion is
+    ignored; of several quantitative ones the lowest series number is kept. Both with a warning. Strict mode
+    keeps everything (and so refuses non-quantitative series).
+    """
+    if strict:
+        return emission
+    sessions: dict[str, list[SeriesInfo]] = {}
+    for s in emission:
+        sessions.setdefault(s.frame_of_reference_uid or s.series_uid, []).append(s)
+    kept: list[SeriesInfo] = []
+    for members in sessions.values():
+        quantitative = [s for s in members if _quantitative(s)]
+        if not quantitative or len(members) == 1:
+            kept.extend(members)
+            continue
+        quantitative.sort(key=lambda s: (get_int(s.datasets[0], "SeriesNumber") or 0, s.series_uid))
+        chosen = quantitative[0]
+        kept.append(chosen)
+        for s in members:
+            if s is not chosen:
+                s.role = "other"
+                s.note = (f"another reconstruction of the same session; using '{chosen.description}'"
+                          if _quantitative(s) else "not quantitative; the session has a quantitative reconstruction")
+                inv.warnings.append(f"{s.modality} series '{s.description}' set aside: {s.note}")
+    return kept
+
+
+def _plan(inv: Inventory, strict: bool = False) -> None:
     """Group emission series into cycles and time points, match CTs and the SEG; record problems."""
     pids = {s.patient_id for s in inv.series if s.role != "other"}
     if len(pids) > 1:
@@ -513,6 +548,7 @@ def _plan(inv: Inventory) -> None:
     if not emission:
         _problem(inv, "no quantitative SPECT (NM reconstructed tomography) or PET series found.", None, "Modality")
         return
+    emission = _drop_companions(inv, emission, strict)
     usable = []
     for s in emission:
         if s.role == "spect" and not s.units:
