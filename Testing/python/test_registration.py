@@ -179,3 +179,12 @@ def test_optional_bspline_stage_keeps_the_rigid_accuracy(ct_pair) -> None:
     spect = tt.ImageVolume.from_geometry(np.ones(GEOM.shape, np.float32), GEOM, "Bq/mL")
     out, factor = resample_activity(spect, GEOM, tr)
     assert factor == 1.0 and out.geometry.same_grid(GEOM)
+
+
+def test_large_residual_is_warned() -> None:
+    from theratwin.pipeline import Pipeline, PipelineConfig
+
+    # a threshold below the surface-voxelisation floor: every registered time point must be flagged
+    res = Pipeline(PipelineConfig(stages=("registration",),
+                                  stage_options={"registration": {"warn_residual_mm": 0.01}})).run(_study(True))
+    assert any("residual misalignment" in w.message and "exceeds 0.0 mm" in w.message for w in res.warnings)

@@ -414,8 +414,7 @@ class Trapezoidal:
 def _register_builtins() -> None:
     for obj in (MonoExponential(), BiExponentialUptake(), BiExponential(), TriExponential(),
                 Trapezoidal("physical"), Trapezoidal("fitted")):
-        if obj.name not in KINETIC_MODELS._entries:
-            KINETIC_MODELS.register(obj.name, obj)
+        KINETIC_MODELS.register(obj.name, obj, replace=True)
 
 
 _register_builtins()
