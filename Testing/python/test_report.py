@@ -520,6 +520,20 @@ class TestStage:
         assert "RESEARCH USE ONLY" in html and "did not run" in html
         assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF-")
 
+    def test_missing_pdf_library_leaves_the_html_and_a_warning(self, small_study: tt.Study, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        import theratwin.report.writer as writer
+
+        def no_pango(html: str, path: Any = None) -> bytes:
+            raise OSError("cannot load library 'libpango-1.0-0'")
+
+        monkeypatch.setattr(writer, "html_to_pdf", no_pango)
+        res = tt.Results.for_study(small_study)
+        files = write_report(res, tmp_path)
+        assert files.html.exists() and files.pdf is None and files.dicom is None
+        assert not (tmp_path / "report.pdf").exists()
+        assert any(w.stage == "report" and "libpango" in w.message for w in res.warnings)
+
     def test_unknown_option_is_a_configuration_error(self, small_study: tt.Study, tmp_path: Path) -> None:
         cfg = PipelineConfig(stages=("report",), stage_options={"report": {"colour": "red"}})
         with pytest.raises(tt.ConfigurationError, match="report"):

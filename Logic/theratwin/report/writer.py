@@ -55,7 +55,14 @@ def write_report(results: Results, out_dir: str | Path, *, masks: dict[str, np.n
     files.html.write_text(html, encoding="utf-8")
     if cfg.pdf:
         report(progress, 0.6, "report: PDF")
-        pdf = html_to_pdf(html, out / "report.pdf")
+        try:
+            pdf = html_to_pdf(html, out / "report.pdf")
+        except (ImportError, OSError) as exc:
+            # WeasyPrint needs Pango at run time; without it the HTML report still stands on its own
+            results.warn("report", f"report.pdf not written ({exc}); install WeasyPrint and its Pango library "
+                         "(see scripts/bootstrap.sh) to get the PDF and the Encapsulated PDF.")
+            report(progress, 1.0, "report: done (HTML only)")
+            return files
         files.pdf = out / "report.pdf"
         if cfg.dicom:
             report(progress, 0.95, "report: Encapsulated PDF")
