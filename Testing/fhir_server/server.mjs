@@ -332,6 +332,24 @@ async function route(fhirReq) {
   }
 }
 
+// Fast path for the common conditional-create criteria `identifier=system|value` and `_tag=system|code`
+// (exact token match, FHIR R4 search 3.1.1.4.7): MemoryRepository's generic search evaluates FHIRPath on
+// every stored resource and makes a re-push of a few dozen entries take seconds. Other criteria: null,
+// and Medplum's search is used.
+function tokenMatches(resourceType, criteria) {
+  const params = [...new URLSearchParams(criteria).entries()];
+  if (params.length !== 1 || !['identifier', '_tag'].includes(params[0][0])) return null;
+  const [name, token] = params[0];
+  const bar = token.indexOf('|');
+  if (bar < 0) return null;
+  const system = token.slice(0, bar);
+  const code = token.slice(bar + 1);
+  const list = name === 'identifier' ? (r) => r.identifier ?? [] : (r) => r.meta?.tag ?? [];
+  const value = name === 'identifier' ? (x) => x.value : (x) => x.code;
+  return [...(repo.resources.get(resourceType)?.values() ?? [])].filter((r) =>
+    list(r).some((x) => (x.system ?? '') === system && value(x) === code));
+}
+
 function rewriteReferences(value, resolved) {
   if (Array.isArray(value)) return value.map((v) => rewriteReferences(v, resolved));
   if (value && typeof value === 'object') {
@@ -357,7 +375,7 @@ async function runTransaction(fhirReq, bundle) {
     if (cond) {
       let matches;
       try {
-        matches = await repo.searchResources(parseSearchRequest(`${e.request.url}?${cond}`));
+        matches = tokenMatches(e.request.url, cond) ?? await repo.searchResources(parseSearchRequest(`${e.request.url}?${cond}`));
       } catch (err) {
         return [normalizeOperationOutcome(err)];
       }
