@@ -2,7 +2,8 @@
 
 The demo SPECT is blurred with a Gaussian of ``RESOLUTION_FWHM_MM`` and carries Poisson noise and patient
 motion, so the pipeline runs registration and kinetics with the partial-volume correction set to that
-resolution (the only demo-specific setting). Acceptance per structure: ``|TIA - truth| <= 3 SD + (1 - RC)
+resolution and the counting statistics to the demo camera's sensitivity (the demo-specific settings, as
+``theratwin demo`` uses them). Acceptance per structure: ``|TIA - truth| <= 3 SD + (1 - RC)
 truth``, where RC is the structure's spill-out recovery coefficient: the correction removes spill-out but
 not spill-in from hot neighbours, which can add up to about the same fraction (documented in
 ``theratwin.kinetics.tac``). The urinary bladder is excluded: its content peaks before the first scan
@@ -18,7 +19,7 @@ import pytest
 pytest.importorskip("theratwin.demo")
 pytest.importorskip("theratwin.dicom")
 
-from theratwin.demo import RESOLUTION_FWHM_MM, build_demo  # noqa: E402
+from theratwin.demo import RESOLUTION_FWHM_MM, SENSITIVITY_CPS_PER_MBQ, build_demo  # noqa: E402
 from theratwin.dicom import read_study  # noqa: E402
 from theratwin.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
@@ -30,7 +31,8 @@ def demo_run():
     demo = build_demo()
     study = read_study(demo.dicom_dir)
     p = Pipeline(PipelineConfig(stages=("registration", "kinetics"),
-                                stage_options={"kinetics": {"system_fwhm_mm": RESOLUTION_FWHM_MM}}))
+                                stage_options={"kinetics": {"system_fwhm_mm": RESOLUTION_FWHM_MM,
+                                                            "counts_per_MBq_s": SENSITIVITY_CPS_PER_MBQ}}))
     res = p.run(study)
     return demo, study, res, p.last_context
 

@@ -59,6 +59,9 @@ class KineticsConfig:
         :func:`~theratwin.kinetics.fit_voxels`).
     calibration_rel_sd, segmentation_rel_sd, random_rel_sd, counting
         Activity uncertainty components (:class:`~theratwin.kinetics.ActivityUncertaintyModel`).
+    counts_per_MBq_s
+        System sensitivity (counts/(MBq s)) for the counting-statistics component, used for time points that
+        do not carry their own (``TimePoint.counts_per_MBq_s``); None: no counting component for them.
     pvc_method, system_fwhm_mm, pvc_max_volume_mL
         Partial-volume recovery (:class:`~theratwin.kinetics.RecoveryModel`; off while ``system_fwhm_mm``
         is None, as DICOM does not carry the reconstructed resolution: set it from the camera's phantom
@@ -79,6 +82,7 @@ class KineticsConfig:
     segmentation_rel_sd: float = 0.03
     random_rel_sd: float = 0.03
     counting: bool = True
+    counts_per_MBq_s: float | None = None
     pvc_method: str = "mask"
     system_fwhm_mm: float | None = None
     pvc_max_volume_mL: float | None = None
@@ -165,7 +169,7 @@ class KineticsStage:
             tacs = structure_tacs(
                 images, masks, times,
                 acquisition_duration_s=[tp.acquisition_duration_s for tp in cycle.time_points],
-                counts_per_MBq_s=[tp.counts_per_MBq_s for tp in cycle.time_points],
+                counts_per_MBq_s=[tp.counts_per_MBq_s or cfg.counts_per_MBq_s for tp in cycle.time_points],
                 uncertainty=unc, recovery=rec,
             )
             tacs_all[n] = tacs

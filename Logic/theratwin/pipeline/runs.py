@@ -50,15 +50,18 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
 
 
 def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
-    """The demo documents its reconstructed SPECT resolution; the kinetics stage uses it for the
-    partial-volume correction unless the caller set one (a site takes it from its own phantom scans)."""
+    """The demo documents its reconstructed SPECT resolution and camera sensitivity; the kinetics stage uses
+    them for the partial-volume correction and the counting statistics unless the caller set them (a site
+    takes them from its own phantom measurements)."""
     from dataclasses import replace
 
-    from ..demo import RESOLUTION_FWHM_MM
+    from ..demo import RESOLUTION_FWHM_MM, SENSITIVITY_CPS_PER_MBQ
 
     cfg = config or PipelineConfig()
     options = {k: dict(v) for k, v in cfg.stage_options.items()}
-    options.setdefault("kinetics", {}).setdefault("system_fwhm_mm", RESOLUTION_FWHM_MM)
+    kinetics = options.setdefault("kinetics", {})
+    kinetics.setdefault("system_fwhm_mm", RESOLUTION_FWHM_MM)
+    kinetics.setdefault("counts_per_MBq_s", SENSITIVITY_CPS_PER_MBQ)
     return replace(cfg, stage_options=options)
 
 
