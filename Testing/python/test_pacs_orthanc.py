@@ -185,3 +185,39 @@ def test_password_never_in_logs_or_outputs(orthanc: Orthanc, creds_env, tmp_path
     texts += [p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file()]
     for s in secrets + ["wrong-" + orthanc.password]:
         assert not any(s in t for t in texts)
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
+def test_rejected_instance_stays_in_outbox_until_fixed(orthanc: Orthanc, creds_env, tmp_path: Path, kind: str) -> None:
+    study, out, sops = _export(tmp_path)
+    victim = out / "dicom" / "rtdose_cycle1_bed.dcm"
+    ds = pydicom.dcmread(victim)
+    original_description = ds.SeriesDescription
+    ds.SeriesDescription = f"{Orthanc.REJECT_MARKER} {original_description}"[:64]
+    ds.save_as(victim, enforce_file_format=True)
+    url = orthanc.dicomweb_url if kind == "dicomweb" else orthanc.dimse_url
+    res = orthanc.call(push_dicom_directory, out, url)
+    assert not res.ok and list(res.failed) == [str(ds.SOPInstanceUID)] and res.not_tried == []
+    assert set(res.sent) == sops - {str(ds.SOPInstanceUID)}  # the others went through
+    assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == set(res.sent)
+    assert [p.key for p in Outbox(out / "outbox").pending("pacs")] == [str(ds.SOPInstanceUID)]
+    # the object is corrected in place (same SOP Instance UID): the next push sends the new content
+    ds.SeriesDescription = original_description
+    ds.save_as(victim, enforce_file_format=True)
+    res2 = orthanc.call(push_dicom_directory, out, url)
+    assert res2.ok and res2.sent == [str(ds.SOPInstanceUID)]
+    assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == sops
+
+
+def test_pipeline_stage_pushes_when_configured(orthanc: Orthanc, creds_env, tmp_path: Path) -> None:
+    from theratwin.dicom.stage import DicomExportStage
+    from theratwin.pipeline.core import PipelineConfig, PipelineContext
+
+    study = make_study(tmp_path / "input", n_cycles=1)
+    results = make_results(study)
+    ctx = PipelineContext(study, results, PipelineConfig(pacs_url=orthanc.dimse_url), tmp_path / "out")
+    orthanc.call(DicomExportStage().run, ctx)
+    sops = {str(pydicom.dcmread(tmp_path / "out" / f, stop_before_pixels=True).SOPInstanceUID)
+            for f in results.outputs["dicom"]}
+    assert f"{len(sops)} sent" in results.outputs["pacs_push"] and len(sops) == 6 and not [w for w in results.warnings if w.severity == "error"]
+    assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == sops

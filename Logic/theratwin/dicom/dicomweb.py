@@ -1,6 +1,7 @@
 """DICOMweb side of :class:`theratwin.dicom.pacs.PacsClient`: STOW-RS, QIDO-RS, WADO-RS (PS3.18).
 
-Instances are stored one request each, so the outbox can account for every instance separately. Errors are
+Instances are stored one request each, so the outbox can account for every instance separately, and each
+acknowledged instance is looked up by QIDO-RS before it counts as delivered. Errors are
 mapped onto the outbox's two kinds: :class:`PermanentFailure` (this instance was rejected: HTTP 4xx other than
 401/403/408/429, or a Failed SOP Sequence in the STOW-RS response, PS3.18 10.5.3) and :class:`StopDelivery`
 (the server is down, overloaded, or refuses our credentials: nothing else will get through now).
@@ -76,6 +77,15 @@ class DicomWebConnection:
             reason = failed[0].get("FailureReason", "unknown")
             raise PermanentFailure(f"{self.endpoint.url}: instance {ds.SOPInstanceUID} rejected "
                                    f"(FailureReason {reason}).")
+        # Orthanc 1.10's DICOMweb plugin acknowledges (Referenced SOP Sequence) instances that its own
+        # ReceivedInstanceFilter then drops (seen on this project's test server), so an acknowledgement is
+        # confirmed by a QIDO-RS look-up before the outbox lets the instance go.
+        found = self._search(self.client.search_for_instances, "QIDO-RS check of a stored instance",
+                             study_instance_uid=str(ds.StudyInstanceUID),
+                             search_filters={"SOPInstanceUID": str(ds.SOPInstanceUID)})
+        if not any(_value(a, "00080018") == ds.SOPInstanceUID for a in found):
+            raise PermanentFailure(f"{self.endpoint.url}: instance {ds.SOPInstanceUID} was acknowledged by STOW-RS "
+                                   "but QIDO-RS does not find it (the server dropped or filtered it).")
 
     def _search(self, fn: Any, what: str, **kwargs: Any) -> list[dict[str, Any]]:
         try:

@@ -2,7 +2,8 @@
 pynetdicom.
 
 One association is opened on first use and reused for every C-STORE of a push. Status codes (PS3.4 B.2.3):
-0x0000 success and 0xB000/0xB006/0xB007 warnings count as stored; any other status means this instance was
+0x0000 success and 0xB000/0xB006/0xB007 warnings count as stored once a C-FIND on the same association
+finds the instance; any other status means this instance was
 rejected (:class:`PermanentFailure`); a refused or aborted association means the PACS is unreachable now
 (:class:`StopDelivery`). DIMSE has no password: access control is by AE title and, with ``dimse+tls://``,
 by TLS (certificates verified unless the settings say otherwise).
@@ -95,6 +96,7 @@ class DimseConnection:
             ae = AE(ae_title=self.settings.calling_ae_title)
             for uid in _STORE_CLASSES:
                 ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
             self._assoc = self._associate(ae)
         try:
             status = self._assoc.send_c_store(ds)
@@ -107,6 +109,23 @@ class DimseConnection:
         if code not in _OK_STATUS:
             raise PermanentFailure(f"{self.endpoint.url}: C-STORE of {ds.SOPInstanceUID} failed with status "
                                    f"0x{code:04X}.")
+        # Orthanc 1.10 answers Success to a C-STORE its ReceivedInstanceFilter then drops (seen on this
+        # project's test server): confirm with a C-FIND on the same association before counting it delivered
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID = ds.StudyInstanceUID
+        q.SeriesInstanceUID = ds.SeriesInstanceUID
+        q.SOPInstanceUID = ds.SOPInstanceUID
+        found = False
+        for st, ident in self._assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
+            if not st:
+                self._assoc = None
+                raise StopDelivery(f"{self.endpoint.url}: connection lost during the C-FIND check.")
+            if st.Status in (0xFF00, 0xFF01) and ident is not None and ident.get("SOPInstanceUID") == ds.SOPInstanceUID:
+                found = True
+        if not found:
+            raise PermanentFailure(f"{self.endpoint.url}: C-STORE of {ds.SOPInstanceUID} was acknowledged but C-FIND "
+                                   "does not find it (the PACS dropped or filtered it).")
 
     # -- C-FIND ------------------------------------------------------------------------------------------------
     def _find(self, query: Dataset) -> list[Dataset]:

@@ -86,7 +86,16 @@ class Orthanc:
             subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
 
     # -- configuration and lifecycle -----------------------------------------------------------------------------
+    #: SeriesDescription marker of instances this Orthanc refuses (to test rejected instances).
+    REJECT_MARKER = "TT-REJECT-ME"
+
     def _write_config(self) -> None:
+        # a real refusal by the server: Orthanc's ReceivedInstanceFilter Lua callback (Orthanc Book, "Lua")
+        self._lua = self.workdir / "filter.lua"
+        self._lua.write_text(
+            "function ReceivedInstanceFilter(dicom, origin, info)\n"
+            f"  if dicom.SeriesDescription ~= nil and string.find(dicom.SeriesDescription, '{self.REJECT_MARKER}', 1, true)"
+            " then\n    return false\n  end\n  return true\nend\n")
         cfg = {
             "Name": "TheraTwinTest",
             "StorageDirectory": str(self.workdir / "storage"),
@@ -109,6 +118,7 @@ class Orthanc:
             "ConcurrentJobs": 1,
             "HttpThreadsCount": 4,
             "StableAge": 1,
+            "LuaScripts": [str(self._lua)],
         }
         self._config.write_text(json.dumps(cfg, indent=1))
 
