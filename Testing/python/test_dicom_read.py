@@ -266,13 +266,23 @@ class TestRefusals:
 
 
 class TestTolerance:
-    def test_time_only_injection_on_the_day_of_acquisition(self, copy: Path) -> None:
+    def test_time_only_injection_on_the_day_of_acquisition(self, copy: Path, study) -> None:
         nm = _nm(copy, "cycle1_tp1")
         _edit(nm, lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartDateTime"))
         st = read_study(copy)
-        assert st.cycles[0].time_points[0].time_h(st.cycles[0].administration) == pytest.approx(
-            read_study(copy).cycles[0].times_h[0])
+        assert st.cycles[0].administration.start == study.cycles[0].administration.start
         assert any("RadiopharmaceuticalStartTime" in w for s in scan(copy).series for w in s.warnings)
+        with pytest.raises(DicomReadError) as info:  # strict mode does not guess dates
+            read_study(copy, strict=True)
+        assert info.value.tag == "RadiopharmaceuticalStartDateTime"
+
+    def test_time_only_injection_dated_from_another_time_point(self, copy: Path, study) -> None:
+        """A 7-day scan whose injection has a time but no date takes the date from the cycle's other scans."""
+        nm = _nm(copy, "cycle1_tp4")
+        _edit(nm, lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadiopharmaceuticalStartDateTime"))
+        st = read_study(copy)
+        assert [len(c.time_points) for c in st.cycles] == [4, 1]
+        assert st.cycles[0].times_h[3] == pytest.approx(study.cycles[0].times_h[3], abs=1 / 3600)
 
     def test_activity_in_bq_in_nm_is_recognised(self, copy: Path) -> None:
         for nm in copy.glob("cycle1_*/NM_SPECT.dcm"):

@@ -29,7 +29,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -126,6 +126,7 @@ class AdministrationInfo:
     nuclide_source: str = ""
     start: datetime | None = None
     start_source: str = ""
+    start_time_of_day: timedelta | None = None  # RadiopharmaceuticalStartTime when no DateTime is given
     activity_MBq: float | None = None
     activity_note: str = ""
 
@@ -375,13 +376,8 @@ def _administration(s: SeriesInfo) -> AdministrationInfo | None:
     if start is not None:
         a.start, a.start_source = start, "RadiopharmaceuticalStartDateTime"
     else:
-        tm = parse_tm(get_value(item, "RadiopharmaceuticalStartTime"))
-        day = s.acquisition_start.date() if s.acquisition_start else parse_da(get_value(ds, "SeriesDate"))
-        guess = combine(day, tm)
-        if guess is not None and s.acquisition_start is not None and guess <= s.acquisition_start:
-            a.start, a.start_source = guess, "RadiopharmaceuticalStartTime+acquisition date"
-            s.warnings.append("no RadiopharmaceuticalStartDateTime (0018,1078); assumed the injection was on the "
-                              "day of the acquisition (RadiopharmaceuticalStartTime)")
+        # Time of day only: dated later from a sibling series or, failing that, the acquisition day (_plan).
+        a.start_time_of_day = parse_tm(get_value(item, "RadiopharmaceuticalStartTime"))
     dose = get_float(item, "RadionuclideTotalDose")
     if dose is not None and dose > 0:
         if s.role == "spect":  # NM: MBq (PS3.3 C.8.4.10.1.7)
@@ -538,6 +534,35 @@ def _drop_companions(inv: Inventory, emission: list[SeriesInfo], strict: bool) -
     return kept
 
 
+def _date_time_only_starts(emission: list[SeriesInfo]) -> None:
+    """Give a date to injection times recorded without one (RadiopharmaceuticalStartTime only).
+
+    Preferred: a series with a full RadiopharmaceuticalStartDateTime at the same time of day (+-1 min) within the
+    14 days before the acquisition (another time point of the same cycle). Otherwise the day of the acquisition,
+    which is only right for same-day imaging; both are reported as warnings.
+    """
+    dated = [s.administration.start for s in emission
+             if s.administration is not None and s.administration.start is not None]
+    for s in emission:
+        a = s.administration
+        if a is None or a.start is not None or a.start_time_of_day is None or s.acquisition_start is None:
+            continue
+        acq = s.acquisition_start
+        matches = [d for d in dated if d <= acq and (acq - d).days <= 14 and abs(
+            (datetime(d.year, d.month, d.day) + a.start_time_of_day - d).total_seconds()) <= 60]
+        if matches:
+            a.start = max(matches)
+            a.start_source = "RadiopharmaceuticalStartTime dated from another series"
+            s.warnings.append("no RadiopharmaceuticalStartDateTime (0018,1078); dated the injection "
+                              f"{a.start.isoformat()} from another series with the same RadiopharmaceuticalStartTime")
+            continue
+        guess = combine(acq.date(), a.start_time_of_day)
+        if guess is not None and guess <= acq:
+            a.start, a.start_source = guess, "RadiopharmaceuticalStartTime+acquisition date"
+            s.warnings.append("no RadiopharmaceuticalStartDateTime (0018,1078); assumed the injection was on the "
+                              "day of the acquisition (RadiopharmaceuticalStartTime) - check if imaged on a later day")
+
+
 def _plan(inv: Inventory, strict: bool = False) -> None:
     """Group emission series into cycles and time points, match CTs and the SEG; record problems."""
     pids = {s.patient_id for s in inv.series if s.role != "other"}
@@ -549,6 +574,8 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
         _problem(inv, "no quantitative SPECT (NM reconstructed tomography) or PET series found.", None, "Modality")
         return
     emission = _drop_companions(inv, emission, strict)
+    if not strict:
+        _date_time_only_starts(emission)
     usable = []
     for s in emission:
         if s.role == "spect" and not s.units:
