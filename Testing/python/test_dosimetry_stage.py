@@ -177,3 +177,20 @@ def test_missing_half_life_falls_back_to_the_previous_cycle() -> None:
     s2 = ctx.results.cycles[2].structures["kidneys"]
     assert s2.bed_Gy == pytest.approx(bed(s2.mean_dose_Gy, 2.6, 2.8, TEFF_H["kidneys"]), rel=1e-9)
     assert any("earlier cycle" in w.message for w in ctx.results.warnings)
+
+
+def test_covered_fraction_on_a_coarser_unaligned_grid() -> None:
+    """A 20 mm-radius sphere segmented at 1 mm, seen by a 3.3 mm grid shifted by a third of a voxel: the covered
+    fractions add up to the segmented volume, are 1 inside and 0 far outside."""
+    from theratwin.dosimetry.masks import covered_fraction
+
+    fine = tt.Geometry((60, 60, 60), (1.0, 1.0, 1.0), (-29.5, -29.5, -29.5))
+    z, y, x = np.indices(fine.shape) - 29.5
+    seg = tt.Segmentation(fine, [tt.Structure("lesion_1", 1)], {"lesion_1": x * x + y * y + z * z <= 400.0})
+    coarse = tt.Geometry((22, 22, 22), (3.3, 3.3, 3.3), (-33.5, -34.0, -35.0))
+    f = covered_fraction(seg, "lesion_1", coarse)
+    assert f.min() >= 0.0 and f.max() <= 1.0
+    assert float(f.sum()) * coarse.voxel_volume_mL == pytest.approx(seg.volume_mL("lesion_1"), rel=0.01)
+    centre = np.round(coarse.lps_to_index(np.zeros(3))).astype(int)
+    assert f[centre[2], centre[1], centre[0]] == pytest.approx(1.0)
+    assert f[0, 0, 0] == 0.0

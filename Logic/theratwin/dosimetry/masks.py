@@ -16,7 +16,7 @@ import numpy as np
 
 from ..study import Geometry, ImageVolume, Segmentation
 
-__all__ = ["area_average", "covered_fraction", "covered_fractions"]
+__all__ = ["area_average", "masked_area_average", "covered_fraction", "covered_fractions"]
 
 _MAX_SUBDIVISION = 4
 
@@ -50,10 +50,61 @@ def area_average(values: np.ndarray, source: Geometry, grid: Geometry, *, fill: 
     return f.reshape(nz, k[2], ny, k[1], nx, k[0]).mean(axis=(1, 3, 5)).astype(np.float32)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Index slices (z, y, x) of the smallest box holding the True voxels of ``mask``, or None if empty."""
+    out = []
+    for axis in range(3):
+        any_ = np.any(mask, axis=tuple(a for a in range(3) if a != axis))
+        nz = np.flatnonzero(any_)
+        if nz.size == 0:
+            return None
+        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
+    return out[0], out[1], out[2]
+
+
+def _sub_geometry(geom: Geometry, box: tuple[slice, slice, slice]) -> Geometry:
+    start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    return Geometry(shape, geom.spacing_mm, tuple(float(v) for v in geom.index_to_lps(start_xyz)),  # type: ignore[arg-type]
+                    geom.direction)
+
+
+def _dose_box(seg_geom: Geometry, box: tuple[slice, slice, slice], grid: Geometry) -> tuple[slice, slice, slice]:
+    """The box of ``grid`` voxels that overlap the ``box`` of segmentation voxels (one voxel of margin)."""
+    corners = np.array([[x, y, z] for z in (box[0].start - 0.5, box[0].stop - 0.5)
+                        for y in (box[1].start - 0.5, box[1].stop - 0.5)
+                        for x in (box[2].start - 0.5, box[2].stop - 0.5)], dtype=float)
+    idx = grid.lps_to_index(seg_geom.index_to_lps(corners))  # (8, 3) in (x, y, z)
+    lo = np.floor(idx.min(axis=0)).astype(int) - 1
+    hi = np.ceil(idx.max(axis=0)).astype(int) + 2
+    nz, ny, nx = grid.shape
+    return (slice(max(0, lo[2]), min(nz, hi[2])), slice(max(0, lo[1]), min(ny, hi[1])),
+            slice(max(0, lo[0]), min(nx, hi[0])))
+
+
+def masked_area_average(mask: np.ndarray, values: np.ndarray | None, source: Geometry, grid: Geometry) -> np.ndarray:
+    """:func:`area_average` of ``mask x values`` (``values`` None: of the mask), computed only within the
+    mask's bounding box (plus a margin) and zero elsewhere: the cost follows the structure's size."""
+    out = np.zeros(grid.shape, np.float32)
+    box = _bounding_box(np.asarray(mask, dtype=bool))
+    if box is None:
+        return out
+    dbox = _dose_box(source, box, grid)
+    # source box with a margin, so that interpolation at the border sees the zeros outside the structure
+    sbox = _dose_box(grid, dbox, source)
+    sub = np.asarray(mask[sbox], dtype=np.float32)
+    if values is not None:
+        sub = sub * values[sbox]
+    out[dbox] = area_average(sub, _sub_geometry(source, sbox), _sub_geometry(grid, dbox))
+    return out
+
+
 def covered_fraction(segmentation: Segmentation, name: str, grid: Geometry) -> np.ndarray:
     """Fraction (0..1, float32) of each voxel of ``grid`` covered by structure ``name`` (:func:`area_average`
-    of the binary mask; same frame of reference assumed)."""
-    return np.clip(area_average(segmentation.masks[name], segmentation.geometry, grid), 0.0, 1.0)
+    of the binary mask within its bounding box; same frame of reference assumed)."""
+    if segmentation.geometry.same_grid(grid):
+        return segmentation.masks[name].astype(np.float32)
+    return np.clip(masked_area_average(segmentation.masks[name], None, segmentation.geometry, grid), 0.0, 1.0)
 
 
 def covered_fractions(segmentation: Segmentation, grid: Geometry) -> dict[str, np.ndarray]:

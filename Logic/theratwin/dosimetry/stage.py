@@ -22,7 +22,7 @@ from ..study import Geometry, ImageVolume
 from ._physics import DEFAULT_HU_DENSITY_POINTS, hu_to_density
 from .dose import DOSE_ENGINES, dose_map
 from .dvh import DEFAULT_VX_GY, dvh
-from .masks import area_average, covered_fractions
+from .masks import area_average, covered_fractions, masked_area_average
 from .svalues import organ_self_s_value, sphere_s_value
 
 __all__ = ["DosimetryOptions", "DosimetryStage", "structure_masks", "density_on_grid", "structure_mass_weights"]
@@ -117,19 +117,20 @@ def structure_mass_weights(ctx: PipelineContext, grid: Geometry, masks: dict[str
                            points: list[tuple[float, float]] | None) -> dict[str, np.ndarray]:
     """Mass (g/mL of dose voxel) of each structure in each dose voxel: the average of mask x density over the
     voxel, from the segmentation and the CT on their own fine grid when both exist (so a lesion voxel shared
-    with cortical bone counts the lesion's density, not the voxel's mean density), else mask x voxel density."""
+    with cortical bone counts the lesion's density, not the voxel's mean density), else mask x voxel density.
+    Each structure is averaged within its bounding box only."""
     seg = ctx.study.segmentation
     ct = ctx.study.reference_ct
     out: dict[str, np.ndarray] = {}
     rho_seg = None
-    if seg is not None and ct is not None and density is not None and not ctx.state.get("masks"):
+    if seg is not None and ct is not None and density is not None:
         pts = tuple(tuple(p) for p in points) if points else DEFAULT_HU_DENSITY_POINTS
         hu = ct.array if ct.geometry.same_grid(seg.geometry) else \
             ct.resample_to(seg.geometry, order=1, fill=-1000.0).array
         rho_seg = hu_to_density(hu, pts)  # type: ignore[arg-type]
     for name, m in masks.items():
         if rho_seg is not None and seg is not None and name in seg.names:
-            out[name] = area_average(seg.masks[name] * rho_seg, seg.geometry, grid)
+            out[name] = masked_area_average(seg.masks[name], rho_seg, seg.geometry, grid)
         else:
             out[name] = m * (density if density is not None else np.float32(1.0))
     return out
