@@ -163,3 +163,16 @@ def test_result_serialises_to_json() -> None:
     d = json.loads(json.dumps(fit.to_dict()))
     assert d["tia_MBq_h"] == pytest.approx(fit.tia_MBq_h)
     assert set(d["model_weights"]) == set(fit.model_weights)
+
+
+def test_auto_without_uncertainties_estimates_the_error_scale() -> None:
+    rng = np.random.default_rng(9)
+    lam = LP + 0.02
+    t = np.array([2.0, 4.0, 24.0, 48.0, 96.0, 168.0, 240.0])
+    a = 100 * np.exp(-lam * t) * (1 + 0.02 * rng.standard_normal(t.size))
+    fit = fit_tac(t, a, candidates=["mono_exp", "biexp_uptake"])
+    # the variance counts as a parameter: mono (k = 2 + 1) and biexp_uptake (3 + 1) are both eligible at n = 7
+    assert set(fit.model_weights) == {"mono_exp", "biexp_uptake"}
+    assert fit.model == "mono_exp"
+    assert fit.tia_MBq_h == pytest.approx(100 / lam, rel=0.03)
+    assert 0 < fit.tia_sd_MBq_h < 0.05 * fit.tia_MBq_h

@@ -110,3 +110,19 @@ def test_pooled_noise_model_gives_honest_voxel_sd(noise_model: str, kind: str) -
     assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.08)
     assert 0.64 <= float(np.mean(np.abs(err) <= vf.tia_sd_Bq_h_per_mL)) <= 0.72
     assert abs(float(np.mean(err))) < 0.01 * 1000.0 / lam
+
+
+def test_progress_is_reported_and_result_does_not_depend_on_blocks(monkeypatch) -> None:
+    import theratwin.kinetics.voxel as voxel
+
+    rng = np.random.default_rng(6)
+    c = _series(rng.uniform(100, 1000, (6, 7, 8)), LP + rng.uniform(0.005, 0.05, (6, 7, 8)))
+    c = c * (1 + 0.03 * rng.standard_normal(c.shape))
+    calls: list[float] = []
+    whole = fit_voxels(T, c, progress=lambda f, m: calls.append(f))
+    assert calls and calls[-1] == 1.0
+    monkeypatch.setattr(voxel, "_CHUNK", 50)  # many small blocks
+    blocks = fit_voxels(T, c)
+    # identical up to the convergence tolerance on lambda (1e-4)
+    np.testing.assert_allclose(blocks.tia_Bq_h_per_mL, whole.tia_Bq_h_per_mL, rtol=2e-4)
+    np.testing.assert_allclose(blocks.tia_sd_Bq_h_per_mL, whole.tia_sd_Bq_h_per_mL, rtol=2e-3)

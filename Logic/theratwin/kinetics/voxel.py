@@ -266,7 +266,7 @@ def fit_voxels(
     Notes
     -----
     Work is done on blocks of voxels (each block fully vectorised) to keep temporaries small; the result
-    does not depend on the block size.
+    depends on the block size only within the convergence tolerance.
     """
     t = np.asarray(time_h, dtype=np.float64).ravel()
     c = np.asarray(concentration_Bq_per_mL)
