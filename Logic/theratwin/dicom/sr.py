@@ -346,13 +346,17 @@ def _code_tuple(key: str) -> tuple[str, str]:
 
 # --- building ---------------------------------------------------------------------------------------------------
 
+_INPUT_KEYS = {"administered_activity", "volume", "mass", "alpha_beta", "repair_half_time"}
+
+
 def _algorithm(stage: str, methods: Sequence[MethodRecord], extra: Sequence[str] = ()) -> hd.sr.AlgorithmIdentification:
     """TID 4019 Algorithm Identification of a pipeline stage: its method(s) and the structure's own choices.
 
     Only the method names go into the SR (they repeat on every measurement); the full parameter sets are in
     ``results.json`` and the FHIR Provenance.
     """
-    params = [f"{m.method}"[:1024] for m in methods if m.stage == stage] + [e[:1024] for e in extra]
+    # the first clause of each method description (the full text is in results.json)
+    params = [m.method.split(";")[0][:160] for m in methods if m.stage == stage] + [e[:160] for e in extra]
     return hd.sr.AlgorithmIdentification(name=f"TheraTwin {stage}"[:64], version=__version__,
                                          parameters=params[:16] or None)
 
@@ -410,7 +414,7 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
     for m in plan:
         groups.setdefault(m.group, []).append(m)
     stage_of = {key: stage for key, _a, _u, stage in _FIELDS}
-    stage_of["administered_activity"] = "kinetics"
+    stage_of["administered_activity"] = "input"
     key_of = {_code_tuple(k): k for k in stage_of}
     key_of.update({_code_tuple(k): k for k, _u in _PRED_KEYS.values()})
     imaging = []
@@ -440,10 +444,14 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
             elif estimate or (key in ("tia", "tiac") and twin_tia):
                 method = _ttwn("twin_estimate")
             stage = "twin" if (predicted or estimate) else stage_of.get(key, "")
-            algo = algos.get(stage)
-            for name_key, value in [(key, m.value), *_companions(key, m)]:
+            # inputs (administered activity, volume, mass, LQ parameters) carry no algorithm; companions
+            # (SD, interval limits) share their quantity's, given once on the quantity itself
+            algo = None if key in _INPUT_KEYS else algos.get(stage)
+            measurements.append(hd.sr.Measurement(name=_concept(key), value=m.value, unit=unit, method=method,
+                                                  algorithm_id=algo))
+            for name_key, value in _companions(key, m):
                 measurements.append(hd.sr.Measurement(name=_concept(name_key), value=value, unit=unit,
-                                                      method=method, algorithm_id=algo))
+                                                      method=method))
         # Time Point Order (126073, DCM) is left out: pixelmed's TID 1419 (2022) takes it for a measurement
         tp = hd.sr.TimePointContext(
             time_point=f"Cycle {first.cycle}" + (" (predicted)" if predicted else " (twin estimate)" if estimate
