@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fhir_support import FhirTestServer
+from test_fhir_support import FhirTestServer, assert_stored_as_sent
 
 from theratwin.fhir import FhirAuth, FhirClient, push_bundle, push_output_dir, validate_bundle
 
@@ -64,6 +64,9 @@ def test_demo_push_accepted_read_back_and_not_duplicated(demo_run):
         assert first.ok, first.describe()
         summary = first.sent[0][1]
         assert summary.n_created == len(bundle["entry"])
+        # every resource read back equals what was sent (references resolved to the stored resources)
+        response = {"entry": [{"response": {"location": loc}} for loc in summary.locations]}
+        assert_stored_as_sent(c, bundle, response)
         expected = Counter(e["resource"]["resourceType"] for e in bundle["entry"])
         assert Counter({t: c.count(t) for t in expected}) == expected
         # the doses read back from the server are the pipeline's

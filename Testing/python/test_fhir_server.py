@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fhir_support import FhirTestServer, free_port, make_results, self_signed_cert
+from test_fhir_support import FhirTestServer, assert_stored_as_sent, free_port, make_results, self_signed_cert
 
 from theratwin.errors import PushError
 from theratwin.fhir import (
@@ -62,38 +62,13 @@ def _write_out_dir(tmp_path: Path, patient_id: str = "TT-FHIR-1") -> tuple[Path,
     return out, bundle
 
 
-def _strip_server_fields(resource: dict) -> dict:
-    r = copy.deepcopy(resource)
-    r.pop("id", None)
-    meta = r.pop("meta", {}) or {}
-    if meta.get("tag"):
-        r["meta"] = {"tag": meta["tag"]}
-    return r
-
-
-def _replace_refs(v: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(v, dict):
-        return {k: (mapping.get(x, x) if k == "reference" else _replace_refs(x, mapping)) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_replace_refs(x, mapping) for x in v]
-    return v
-
-
 def test_push_stores_every_resource_equal_in_meaning(tmp_path: Path, fhir_server: FhirTestServer):
     _, bundle = _write_out_dir(tmp_path)
     c = client(fhir_server.url)
     resp = c.transaction(bundle)
     statuses = [e["response"]["status"] for e in resp["entry"]]
     assert all(s.startswith("201") for s in statuses), statuses
-    # urn:uuid -> stored Type/id, from the transaction response (same order as the request)
-    mapping = {e["fullUrl"]: r["response"]["location"].split("/_history")[0]
-               for e, r in zip(bundle["entry"], resp["entry"], strict=True)}
-    for entry in bundle["entry"]:
-        rt, rid = mapping[entry["fullUrl"]].split("/")
-        stored = c.read(rt, rid)
-        sent = _replace_refs(entry["resource"], mapping)
-        # the server stored exactly what was sent (references resolved to the stored resources)
-        assert _strip_server_fields(stored) == json.loads(json.dumps(sent)), rt
+    assert_stored_as_sent(c, bundle, resp)
     assert counts(c) == expected_counts(bundle)
 
 

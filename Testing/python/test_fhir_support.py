@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import shutil
 import socket
@@ -181,6 +183,39 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def _strip_server_fields(resource: dict) -> dict:
+    r = copy.deepcopy(resource)
+    r.pop("id", None)
+    meta = r.pop("meta", {}) or {}
+    if meta.get("tag"):
+        r["meta"] = {"tag": meta["tag"]}
+    return r
+
+
+def _replace_refs(v: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(v, dict):
+        return {k: (mapping.get(x, x) if k == "reference" else _replace_refs(x, mapping)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_replace_refs(x, mapping) for x in v]
+    return v
+
+
+def assert_stored_as_sent(client: Any, bundle: dict, response: dict) -> None:
+    """Read every resource of a transaction back and compare it with what was sent.
+
+    The server may add ``id`` and ``meta.versionId/lastUpdated`` and must resolve each ``urn:uuid`` to the
+    stored resource (mapping taken from the transaction response, which is in request order); everything
+    else must be identical (JSON round trip of what was sent).
+    """
+    mapping = {e["fullUrl"]: r["response"]["location"].split("/_history")[0]
+               for e, r in zip(bundle["entry"], response["entry"], strict=True)}
+    for entry in bundle["entry"]:
+        rt, rid = mapping[entry["fullUrl"]].split("/")
+        stored = client.read(rt, rid)
+        sent = _replace_refs(entry["resource"], mapping)
+        assert _strip_server_fields(stored) == json.loads(json.dumps(sent)), rt
 
 
 # ------------------------------------------------------------------------------------ test server
