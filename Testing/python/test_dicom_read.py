@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -36,14 +37,23 @@ def study(demo):
 
 @pytest.fixture
 def copy(demo, tmp_path: Path) -> Path:
+    """A private copy of the demo DICOM: hard links (files are never written in place, see _edit)."""
     dst = tmp_path / "dicom"
-    shutil.copytree(demo.dicom_dir, dst)
+    shutil.copytree(demo.dicom_dir, dst, copy_function=_link_or_copy)
     return dst
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _edit(path: Path, fn) -> None:
     ds = pydicom.dcmread(path)
     fn(ds)
+    path.unlink()  # break a hard link to the shared cache before writing
     ds.save_as(path)
 
 

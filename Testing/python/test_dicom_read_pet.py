@@ -8,6 +8,7 @@ concentration at the acquisition start.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -89,11 +90,18 @@ def _write_pet(folder: Path, nm: Dataset, stored_Bq_per_mL_like: np.ndarray, *, 
         ds.save_as(folder / f"PT_{k:03d}.dcm", enforce_file_format=True)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @pytest.fixture
 def pet_case(demo, sim, tmp_path: Path):
     """Copy of the demo whose cycle-1 24 h SPECT is to be replaced by a PET-form series."""
     root = tmp_path / "dicom"
-    shutil.copytree(demo.dicom_dir, root)
+    shutil.copytree(demo.dicom_dir, root, copy_function=_link_or_copy)  # only new files are written
     nm_path = next(root.glob("cycle1_tp2*/NM_SPECT.dcm"))
     nm = pydicom.dcmread(nm_path)
     nm_path.unlink()
