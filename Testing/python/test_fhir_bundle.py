@@ -404,3 +404,35 @@ def test_minimal_results_give_a_valid_bundle(small_study: tt.Study):
     dr = _by_type(b)["DiagnosticReport"][0]["resource"]
     assert "result" not in dr and "presentedForm" not in dr
     validate_bundle(b)
+
+
+def _same_meaning(a, b, where: str = "") -> list[str]:
+    """Differences between two JSON trees; datetimes compare as instants (+00:00 and Z are the same)."""
+    from datetime import datetime as _dt
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}.{k}: missing on one side" for k in set(a) ^ set(b)]
+        for k in set(a) & set(b):
+            out += _same_meaning(a[k], b[k], f"{where}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} vs {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _same_meaning(x, y, f"{where}[{i}]")]
+    if isinstance(a, str) and isinstance(b, str) and a != b:
+        try:
+            if _dt.fromisoformat(a.replace("Z", "+00:00")) == _dt.fromisoformat(b.replace("Z", "+00:00")):
+                return []
+        except ValueError:
+            pass
+    return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
+
+
+def test_fhir_resources_reads_the_bundle_back_unchanged(built):
+    """Parsed by the R4B models and serialised again, the bundle says the same thing."""
+    _, bundle, _ = built
+    back = json.loads(validate_bundle(bundle).model_dump_json(exclude_none=True))
+    assert _same_meaning(json.loads(json.dumps(bundle)), back) == []
+    back["entry"][0]["resource"]["birthDate"] = "1955-06-02"  # the comparison does see a change
+    assert _same_meaning(json.loads(json.dumps(bundle)), back) == [
+        ".entry[0].resource.birthDate: '1955-06-01' vs '1955-06-02'"]
