@@ -458,6 +458,30 @@ class TestPdf:
         assert format_number(kid["mean_dose_Gy"]) in text
 
 
+    def test_pdf_needs_no_system_font(self, written: dict[str, Any], tmp_path: Path) -> None:
+        """With fontconfig configured to know no font at all, the PDF still gets the fonts bundled with
+        matplotlib (WeasyPrint alone crashes or prints no text there)."""
+        import os
+        import sys
+
+        conf = tmp_path / "no-fonts.conf"
+        conf.write_text('<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd">'
+                        f"<fontconfig><cachedir>{tmp_path / 'fc-cache'}</cachedir></fontconfig>")
+        env = {**os.environ, "FONTCONFIG_FILE": str(conf)}
+        listed = subprocess.run(["fc-list"], env=env, capture_output=True, text=True)
+        assert listed.stdout.strip() == ""  # the configuration really has no font
+        out = tmp_path / "r.pdf"
+        code = ("import sys; from theratwin.report import html_to_pdf; "
+                "html_to_pdf(open(sys.argv[1], encoding='utf-8').read(), sys.argv[2])")
+        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(written["files"].html), str(out)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        fonts = subprocess.run(["pdffonts", str(out)], capture_output=True, text=True, check=True).stdout
+        rows = [r.split() for r in fonts.splitlines()[2:] if r.strip()]
+        assert rows and all("DejaVu" in r[0] and "yes" in r for r in rows), fonts
+        text = subprocess.run(["pdftotext", str(out), "-"], capture_output=True, text=True, check=True).stdout
+        assert "RESEARCH USE ONLY" in text and "TT-REPORT-1" in text
+
     @pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "file:///etc/hostname"])
     def test_pdf_never_fetches_external_resources(self, url: str) -> None:
         from theratwin.report import html_to_pdf
