@@ -63,7 +63,7 @@ class KineticsConfig:
         System sensitivity (counts/(MBq s)) for the counting-statistics component, used for time points that
         do not carry their own (``TimePoint.counts_per_MBq_s``); None: no counting component for them.
     pvc_method, system_fwhm_mm, pvc_max_volume_mL
-        Partial-volume recovery (:class:`~theratwin.kinetics.RecoveryModel`; off while ``system_fwhm_mm``
+        Partial-volume recovery (``"mask"``, ``"sphere"`` or ``"gtm"``) (:class:`~theratwin.kinetics.RecoveryModel`; off while ``system_fwhm_mm``
         is None, as DICOM does not carry the reconstructed resolution: set it from the camera's phantom
         measurements, e.g. ~11 mm for the demo patient).
     stp_method
@@ -152,6 +152,8 @@ class KineticsStage:
         rec = RecoveryModel(cfg.pvc_method if cfg.system_fwhm_mm else "none", cfg.system_fwhm_mm,
                             cfg.pvc_max_volume_mL)
         volumes, masses = self._volumes_and_masses(ctx)
+        seg = study.segmentation
+        body_name = next((s.name for s in seg.structures if s.role.value == "body"), None) if seg else None
         tacs_all: dict[int, dict[str, StructureTac]] = {}
         fits_all: dict[int, dict[str, TacFit | StpEstimate]] = {}
         voxel_all: dict[int, VoxelFit] = state.setdefault("voxel_fits", {})
@@ -170,7 +172,7 @@ class KineticsStage:
                 images, masks, times,
                 acquisition_duration_s=[tp.acquisition_duration_s for tp in cycle.time_points],
                 counts_per_MBq_s=[tp.counts_per_MBq_s or cfg.counts_per_MBq_s for tp in cycle.time_points],
-                uncertainty=unc, recovery=rec,
+                uncertainty=unc, recovery=rec, body=body_name,
             )
             tacs_all[n] = tacs
             fits_all[n] = {}

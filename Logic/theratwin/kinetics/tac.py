@@ -31,7 +31,18 @@ J Nucl Med 39:904-11) is
   ``p(r)`` of the length of a 3-D Gaussian displacement (recovery of spheres: Hoffman et al. 1979 J Comput
   Assist Tomogr 3:299-308).
 
-Only structures up to ``max_volume_mL`` (default: all) are corrected, never by more than ``1/min_rc``. The
+- ``method="gtm"``: the geometric transfer matrix itself (Rousset et al. 1998): the structures are made
+  disjoint (smaller structures take precedence where masks overlap; the body, if given, becomes the
+  "remainder of the body" region, and everything outside it one more region), the regional spread functions
+  ``G * p_j`` give ``W_ij = sum(p_i (G * p_j)) / sum(p_i)``, and the true regional concentrations ``T`` solve
+  ``W T = c`` for the measured regional means ``c`` at every time point. This removes spill-in between the
+  segmented regions as well as spill-out, but assumes every region is uniform: where the unsegmented
+  remainder is not (e.g. a bone lesion in cold bone next to a hot blood pool) it over-subtracts spill-in
+  into small structures. On the demo patient it fixes the spleen and red marrow (spill-in from kidneys and
+  liver) but underestimates small lesions by 15-35 %, where ``"mask"`` is within a few per cent; ``"mask"``
+  is therefore the default.
+
+With ``"mask"`` or ``"sphere"``, only structures up to ``max_volume_mL`` (default: all) are corrected, never by more than ``1/min_rc``. The
 correction accounts for spill-out only: activity spilling *in* from hot neighbours (e.g. into the spleen or
 red marrow next to the kidneys) is not removed, so such structures stay overestimated.
 """
@@ -55,6 +66,7 @@ __all__ = [
     "structure_tacs",
     "sphere_recovery_coefficient",
     "mask_recovery_coefficient",
+    "gtm_correction",
 ]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # Gaussian FWHM = 2 sqrt(2 ln 2) sigma
@@ -83,7 +95,7 @@ class RecoveryModel:
     Attributes
     ----------
     method
-        ``"none"``, ``"mask"`` or ``"sphere"``.
+        ``"none"``, ``"mask"``, ``"sphere"`` or ``"gtm"``.
     system_fwhm_mm
         FWHM of the reconstructed system resolution (mm); None disables the correction.
     max_volume_mL
@@ -99,8 +111,9 @@ class RecoveryModel:
     min_rc: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.method not in ("none", "mask", "sphere"):
-            raise ConfigurationError(f"Recovery method must be 'none', 'mask' or 'sphere'; got {self.method!r}.")
+        if self.method not in ("none", "mask", "sphere", "gtm"):
+            raise ConfigurationError(
+                f"Recovery method must be 'none', 'mask', 'sphere' or 'gtm'; got {self.method!r}.")
         if self.system_fwhm_mm is not None and not self.system_fwhm_mm > 0:
             raise ConfigurationError(f"system_fwhm_mm must be > 0 mm; got {self.system_fwhm_mm}.")
 
@@ -176,6 +189,67 @@ def mask_recovery_coefficient(mask: np.ndarray, spacing_mm: Sequence[float], sys
     return float(np.sum(sub * blurred) / total)
 
 
+def gtm_correction(images: Sequence[np.ndarray], masks: dict[str, np.ndarray], spacing_mm: Sequence[float],
+                   system_fwhm_mm: float, *, body: str | None = None) -> tuple[dict[str, np.ndarray], float]:
+    """Partial-volume-corrected activities by the geometric transfer matrix (Rousset et al. 1998).
+
+    Parameters
+    ----------
+    images
+        Activity concentration arrays (Bq/mL), ``(z, y, x)``, one per time point.
+    masks
+        ``{structure: fractional mask}`` on the same grid (may overlap).
+    spacing_mm
+        Voxel size (x, y, z) in mm.
+    system_fwhm_mm
+        FWHM of the isotropic Gaussian system resolution (mm).
+    body
+        Name of the body outline among ``masks`` (its remainder becomes a region), if any.
+
+    Returns
+    -------
+    (activities, condition_number)
+        ``{structure: activity per time point in units of Bq/mL x voxel}`` (multiply by the voxel volume)
+        and the condition number of the transfer matrix.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    names = [n for n in masks if n != body]
+    mk = {n: np.clip(np.asarray(masks[n], dtype=np.float32), 0.0, 1.0) for n in masks}
+    # disjoint regions: smaller structures first (a lesion inside an organ keeps its own voxels)
+    order = sorted(names, key=lambda n: float(mk[n].sum()))
+    covered = np.zeros(next(iter(mk.values())).shape, np.float32)
+    regions: list[np.ndarray] = []
+    for n in order:
+        p = mk[n] * (1.0 - covered)
+        covered = np.minimum(covered + p, 1.0)
+        regions.append(p)
+    if body is not None:
+        regions.append(np.clip(mk[body] - covered, 0.0, 1.0))  # remainder of the body
+        regions.append(np.clip(1.0 - np.maximum(mk[body], covered), 0.0, 1.0))  # outside the body
+    else:
+        regions.append(1.0 - covered)  # everything not segmented
+    keep = [i for i, r in enumerate(regions) if r.sum() > 0]
+    regions = [regions[i] for i in keep]
+    sig = [system_fwhm_mm * _FWHM_TO_SIGMA / sp for sp in (spacing_mm[2], spacing_mm[1], spacing_mm[0])]
+    sizes = np.array([float(r.sum()) for r in regions])
+    w = np.empty((len(regions), len(regions)))
+    for j, r in enumerate(regions):  # one regional spread function per region (few regions)
+        rsf = gaussian_filter(r, sigma=sig, mode="constant", cval=0.0)
+        w[:, j] = [float(np.sum(ri * rsf)) for ri in regions]
+    w /= sizes[:, None]
+    cond = float(np.linalg.cond(w))
+    out: dict[str, np.ndarray] = {n: np.zeros(len(images)) for n in masks}
+    overlap = {n: np.array([float(np.sum(r * mk[n])) for r in regions]) for n in masks}
+    for k, img in enumerate(images):
+        img = np.asarray(img, dtype=np.float32)
+        c = np.array([float(np.sum(r * img)) for r in regions]) / sizes
+        true_conc = np.linalg.solve(w, c)
+        for n in masks:
+            out[n][k] = float(overlap[n] @ true_conc)
+    return out, cond
+
+
 def structure_tacs(
     images: Sequence[ImageVolume],
     masks: dict[str, np.ndarray],
@@ -185,6 +259,7 @@ def structure_tacs(
     counts_per_MBq_s: Sequence[float | None] | None = None,
     uncertainty: ActivityUncertaintyModel | None = None,
     recovery: RecoveryModel | None = None,
+    body: str | None = None,
 ) -> dict[str, StructureTac]:
     """Activity (MBq) per structure and time point, with its uncertainty.
 
@@ -201,6 +276,8 @@ def structure_tacs(
         statistics enter the uncertainty.
     uncertainty, recovery
         Uncertainty components and partial-volume recovery settings.
+    body
+        Name of the body-outline structure (used by ``recovery.method == "gtm"``).
 
     Returns
     -------
@@ -225,6 +302,11 @@ def structure_tacs(
     sens = list(counts_per_MBq_s) if counts_per_MBq_s is not None else [None] * t.size
     out: dict[str, StructureTac] = {}
     arrays = [np.asarray(im.array, dtype=np.float32).ravel() for im in images]
+    gtm: dict[str, np.ndarray] | None = None
+    if rec.active and rec.method == "gtm":
+        assert rec.system_fwhm_mm is not None
+        gtm, cond = gtm_correction([im.array for im in images], masks, geom.spacing_mm, rec.system_fwhm_mm,
+                                   body=body if body in masks else None)
     for name, m in masks.items():  # loop over structures (few), vectorised over voxels
         mm = np.asarray(m, dtype=np.float32)
         if mm.shape != geom.shape:
@@ -235,7 +317,21 @@ def structure_tacs(
         act = np.array([float(np.dot(mflat, a)) for a in arrays]) * vox_mL / 1e6
         notes: list[str] = []
         rc = 1.0
-        if rec.active and volume_mL > 0 and (rec.max_volume_mL is None or volume_mL <= rec.max_volume_mL):
+        if gtm is not None and volume_mL > 0:
+            corrected = gtm[name] * vox_mL / 1e6
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(corrected > 0, act / corrected, np.nan)
+            rc = float(np.nanmean(ratio)) if np.any(np.isfinite(ratio)) else 1.0
+            if np.any(corrected < 0):
+                notes.append("Geometric transfer matrix gave a negative activity (noise or misregistration); "
+                             "the uncorrected activity is used.")
+                rc = 1.0
+            else:
+                act = corrected
+                notes.append(f"Partial-volume correction: geometric transfer matrix (FWHM {rec.system_fwhm_mm} mm, "
+                             f"condition number {cond:.1f}); measured/corrected = {rc:.3f}.")
+        elif rec.active and rec.method != "gtm" and volume_mL > 0 and (
+                rec.max_volume_mL is None or volume_mL <= rec.max_volume_mL):
             assert rec.system_fwhm_mm is not None
             if rec.method == "mask":
                 rc = mask_recovery_coefficient(mm, geom.spacing_mm, rec.system_fwhm_mm)
@@ -259,7 +355,7 @@ def structure_tacs(
             comps["counting"] = count_rel.tolist()
         comps["random"] = [unc.random_rel_sd] * t.size
         rand_rel = np.sqrt(count_rel**2 + unc.random_rel_sd**2)
-        rc_rel = unc.recovery_rel_sd_of_correction * (1.0 / rc - 1.0) if rc < 1 else 0.0
+        rc_rel = unc.recovery_rel_sd_of_correction * abs(1.0 / rc - 1.0) if rc != 1.0 else 0.0
         sys_rel = math.sqrt(unc.calibration_rel_sd**2 + unc.segmentation_rel_sd**2 + rc_rel**2)
         comps["calibration"] = [unc.calibration_rel_sd] * t.size
         comps["segmentation"] = [unc.segmentation_rel_sd] * t.size

@@ -400,3 +400,4 @@ def _source_inside(src: Geometry, dst: Geometry, transform: Any) -> np.ndarray |
         coord = np.float32(lin[r, 0]) * ii + np.float32(lin[r, 1]) * jj + np.float32(lin[r, 2]) * kk + np.float32(off[r])
         ok &= (coord >= -0.5) & (coord <= n_dst[r] - 0.5)
     return ok
+
