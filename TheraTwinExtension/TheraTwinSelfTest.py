@@ -160,6 +160,10 @@ class TheraTwinSelfTestTest(ScriptedLoadableModuleTest):
         high = TheraTwinLib.tableColumn(table, "Dose_Gy high")
         self.assertTrue(((low <= mean) & (mean <= high)).all())
         self.assertTrue(twin["twinState"].GetText().startswith("{"))
+        summary = dict(zip(TheraTwinLib.tableColumn(twin["recommendationTable"], "Quantity"),
+                           TheraTwinLib.tableColumn(twin["recommendationTable"], "Value"), strict=True))
+        self.assertIn("recommendation.administered_MBq", summary)
+        self.assertTrue(any(key.startswith("forecast.toxicity.") for key in summary))
         # export: RT Dose, SR, SEG and the FHIR bundle were written
         files = out["export"]["files"]
         for kind in ("rtdose", "sr", "seg", "fhir_bundle", "twin_state"):

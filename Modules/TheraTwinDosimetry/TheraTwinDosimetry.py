@@ -223,6 +223,7 @@ class TheraTwinDosimetryLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a time-point volume and a segmentation."))
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
+        TheraTwinLib.removeOutputNodes(parameterNode.dvhChart, parameterNode.dvhTable, parameterNode.resultsTable)
         outputs = self.process(timePoints, parameterNode.segmentation, doseMethod=parameterNode.doseMethod.value,
                                computeBed=parameterNode.computeBed, cycle=parameterNode.cycle, progress=progress)
         parameterNode.doseVolume = outputs["doseVolume"]

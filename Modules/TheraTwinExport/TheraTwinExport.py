@@ -255,6 +255,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a time-point volume, a segmentation and an output folder."))
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
+        TheraTwinLib.removeOutputNodes(parameterNode.exportTable)
         outputs = self.process(timePoints, parameterNode.segmentation, parameterNode.outputDirectory,
                                writeDicom=parameterNode.writeDicom, writeFhir=parameterNode.writeFhir,
                                writeReport=parameterNode.writeReport,

@@ -229,6 +229,7 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a time-point volume and a segmentation."))
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
+        TheraTwinLib.removeOutputNodes(parameterNode.tacChart, parameterNode.resultsTable)
         outputs = self.process(timePoints, parameterNode.segmentation,
                                registerTimePoints=parameterNode.registerTimePoints,
                                kineticModel=parameterNode.kineticModel.value, cycle=parameterNode.cycle,

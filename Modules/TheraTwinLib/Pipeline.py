@@ -55,6 +55,9 @@ class PipelineRun:
 #: Stages that write files or send data: their outcome also depends on the output folder and endpoints.
 OUTPUT_STAGES = ("report", "dicom_export", "fhir_export")
 
+#: How many runs (on different input nodes) are kept; each holds the registered images and maps in memory.
+KEPT_RUNS = 2
+
 _cache: dict[str, PipelineRun] = {}
 
 
@@ -115,16 +118,27 @@ def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: P
     run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 
+def _forgetOutputs(run: PipelineRun, stages: Sequence[str]) -> None:
+    """Undo the record of output stages on a kept run, so they run again (their files stay where they were)."""
+    results = run.results
+    run.context.completed[:] = [s for s in run.context.completed if s not in stages]
+    results.warnings[:] = [w for w in results.warnings if w.stage not in stages]
+    results.outputs.clear()
+    for name in stages:
+        run.settings.pop(name, None)
+
+
 def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,
                        stages: Sequence[str] | None = None, stageOptions: dict[str, dict[str, Any]] | None = None,
                        outDir: str | Path | None = None, pacsUrl: str | None = None, fhirUrl: str | None = None,
                        progress: Callable[[float, str], None] | None = None, useCache: bool = True) -> PipelineRun:
     """Build a study from the nodes and run the pipeline stages on it.
 
-    The last run is kept: a request on the same nodes (same modification times) whose stages extend the kept
+    The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same modification times) whose stages extend the kept
     run's stages with the same options continues that run instead of starting again (the Kinetics, Dosimetry,
     Twin and Export modules ask for ever longer stage lists, and registration dominates the time); a request
-    the kept run already covers returns it.
+    the kept run already covers returns it; a request that differs only in its output stages (another folder
+    or endpoint) writes the outputs again from the same results.
 
     Parameters
     ----------
@@ -162,6 +176,10 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
             shared += 1
         if shared == len(stages):
             return kept
+        if shared < len(done) and all(s in OUTPUT_STAGES for s in done[shared:]):
+            # only the outputs differ (another folder or endpoint): write them again from the same results
+            _forgetOutputs(kept, done[shared:])
+            done = kept.completedStages
         if shared == len(done):
             if outPath is not None:
                 outPath.mkdir(parents=True, exist_ok=True)
@@ -174,8 +192,10 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
     context = getattr(pipeline, "last_context", None)
     state = {k: v for k, v in (context.state if context is not None else {}).items() if not k.startswith("_")}
     run = PipelineRun(study, results, state, inputsKey, context, settings)
-    _cache.clear()
+    _cache.pop(inputsKey, None)
     _cache[inputsKey] = run
+    while len(_cache) > KEPT_RUNS:  # oldest first (dicts keep insertion order)
+        _cache.pop(next(iter(_cache)))
     return run
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-__all__ = ["timeActivityChartNode", "dvhChartNode", "seriesOfChart"]
+__all__ = ["timeActivityChartNode", "dvhChartNode", "seriesOfChart", "removeOutputNodes"]
 
 
 def _chart(scene: Any, name: str, title: str, xLabel: str, yLabel: str) -> Any:
@@ -128,3 +128,18 @@ def dvhChartNode(scene: Any, results: Any, cycle: int | str, *, name: str | None
 def seriesOfChart(chartNode: Any) -> list[Any]:
     """The plot series nodes of a chart, in order."""
     return [chartNode.GetNthPlotSeriesNode(i) for i in range(chartNode.GetNumberOfPlotSeriesNodes())]
+
+
+def removeOutputNodes(*nodes: Any) -> None:
+    """Remove earlier output nodes before a module makes new ones: a chart goes with its series and their
+    tables, a table or volume on its own (None entries are ignored)."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        scene = node.GetScene()
+        if node.IsA("vtkMRMLPlotChartNode"):
+            series = seriesOfChart(node)
+            tables = {s.GetTableNode() for s in series if s.GetTableNode() is not None}
+            for other in [*series, *tables]:
+                scene.RemoveNode(other)
+        scene.RemoveNode(node)

@@ -19,7 +19,7 @@ from .Pipeline import (
     showMap,
     showMaps,
 )
-from .Plots import dvhChartNode, seriesOfChart, timeActivityChartNode
+from .Plots import dvhChartNode, removeOutputNodes, seriesOfChart, timeActivityChartNode
 from .Scenes import loadSceneFromBundle, saveSceneToBundle
 from .Segmentations import (
     segmentationFromSegmentationNode,
@@ -96,6 +96,7 @@ __all__ = [
     "timeActivityChartNode",
     "dvhChartNode",
     "seriesOfChart",
+    "removeOutputNodes",
     "saveSceneToBundle",
     "loadSceneFromBundle",
     "PipelineRun",

@@ -189,6 +189,7 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("The twin could not be loaded."), waitCursor=True):
             p = self._parameterNode
             p.twinState = self.logic.loadTwin(slicer.mrmlScene, p.twinFile, p.twinState)
+            TheraTwinLib.removeOutputNodes(p.predictionTable, p.recommendationTable)
             outputs = self.logic.predictFromTwinState(p.twinState, nextCycle=p.nextCycle,
                                                       plannedActivity_MBq=p.plannedActivity_MBq,
                                                       confidence=p.confidence)
@@ -227,6 +228,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a time-point volume and a segmentation."))
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
+        TheraTwinLib.removeOutputNodes(parameterNode.predictionTable, parameterNode.recommendationTable)
         outputs = self.process(timePoints, parameterNode.segmentation, nextCycle=parameterNode.nextCycle,
                                plannedActivity_MBq=parameterNode.plannedActivity_MBq,
                                confidence=parameterNode.confidence, twinStateNode=parameterNode.twinState,

@@ -82,3 +82,44 @@ def test_parameter_node_drives_the_logic(scene, study) -> None:
     assert outputs["run"].results.cycles[1].time_points_h == pytest.approx([4.0, 24.0, 96.0])
     assert np.isfinite(L.tableColumn(parameters.resultsTable, "TIA_MBq_h")).all()
     assert isinstance(outputs["run"].study, tt.Study)
+    # running again replaces the outputs instead of piling up charts and tables
+    counts = {c: scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
+                                                            "vtkMRMLTableNode", "vtkMRMLScalarVolumeNode")}
+    module.TheraTwinKineticsLogic().processUsingParameterNode(parameters)
+    assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts
+    assert parameters.tacChart.GetScene() is scene
+
+
+def test_a_progress_callback_can_cancel_the_logic(scene, study) -> None:
+    """Long work reports progress and stops when the callback raises Cancelled (the Widget's Cancel button)."""
+    needStages("kinetics")
+    from theratwin.progress import Cancelled
+
+    module = loadModuleFile("TheraTwinKinetics")
+    nodes = L.addStudyToScene(scene, study)
+    for node in nodes.allTimePoints():
+        node.RemoveNodeReferenceIDs("TheraTwin.CT")
+    messages: list[tuple[float, str]] = []
+
+    def progress(fraction: float, message: str) -> None:
+        messages.append((fraction, message))
+        if message.startswith("kinetics"):
+            raise Cancelled("cancelled by the test")
+
+    volumesBefore = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    with pytest.raises(Cancelled):
+        module.TheraTwinKineticsLogic().process(nodes.allTimePoints(), nodes.segmentation, registerTimePoints=False,
+                                                progress=progress)
+    assert messages and all(0.0 <= f <= 1.0 for f, _ in messages)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumesBefore  # no half-made outputs
+
+
+def test_headless_parameter_objects() -> None:
+    """The stand-in parameterNodeWrapper gives the declared defaults and refuses unknown names."""
+    module = loadModuleFile("TheraTwinDosimetry")
+    parameters = module.TheraTwinDosimetryParameterNode()
+    assert parameters.doseMethod is module.DoseMethod.VoxelKernel
+    assert parameters.computeBed is True and parameters.cycle == 1 and parameters.doseVolume is None
+    assert module.TheraTwinDosimetryParameterNode(cycle=2).cycle == 2
+    with pytest.raises(TypeError, match="dose_Gy"):
+        module.TheraTwinDosimetryParameterNode(dose_Gy=1.0)

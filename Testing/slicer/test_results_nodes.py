@@ -162,3 +162,36 @@ def test_demo_scene_saved_to_mrb_and_read_back(demo_scene, demo_run, tmp_path) -
             assert t1.source == t0.source
     for name in original.segmentation.names:
         assert np.array_equal(study.segmentation.masks[name], original.segmentation.masks[name]), name
+
+
+def test_kept_run_is_continued_and_outputs_rewritten(scene, study, tmp_path) -> None:
+    """Same nodes: longer stage lists continue the kept run; another output folder re-runs only the output
+    stage; changed inputs start again."""
+    from theratwin.pipeline.core import STAGES, load_builtin_stages
+
+    load_builtin_stages()
+    if not {"registration", "kinetics", "fhir_export"} <= set(STAGES):
+        pytest.skip("pipeline stages not installed yet")
+    L.clearPipelineCache()
+    nodes = L.addStudyToScene(scene, study)
+    for node in nodes.allTimePoints():
+        node.RemoveNodeReferenceIDs("TheraTwin.CT")
+    tps, seg = nodes.allTimePoints(), nodes.segmentation
+    options = {"registration": {"spect_to_spect": False}}
+    first = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration",), stageOptions=options)
+    second = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration", "kinetics"), stageOptions=options)
+    assert second is first and second.completedStages == ["registration", "kinetics"]
+    third = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration", "kinetics", "fhir_export"),
+                                 stageOptions=options, outDir=tmp_path / "a")
+    assert third is first and (tmp_path / "a" / "fhir-bundle.json").is_file()
+    fourth = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration", "kinetics", "fhir_export"),
+                                  stageOptions=options, outDir=tmp_path / "b")
+    assert fourth is first and (tmp_path / "b" / "fhir-bundle.json").is_file()
+    assert fourth.completedStages == ["registration", "kinetics", "fhir_export"]
+    # other options for an early stage, or a modified input node: a new run
+    other = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration",))
+    assert other is not first
+    assert L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration",)) is other
+    tps[0].SetAttribute("TheraTwin.AcquisitionDuration_s", "1000.0")
+    changed = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration",))
+    assert changed is not other and changed.study.cycles[0].time_points[0].acquisition_duration_s == 1000.0
