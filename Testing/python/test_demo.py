@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from scipy import integrate, ndimage
 
@@ -225,6 +226,18 @@ class TestBuild:
         assert c.dicom_dir == a.dicom_dir
         assert hashlib.sha256(nm.read_bytes()).hexdigest() == original
 
+    def test_concurrent_builds_publish_one_complete_copy(self, tmp_path: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: build_demo(tmp_path, seed=11, fast=True, noise=False, blur=False,
+                                                         misalign=False), range(2)))
+        assert results[0].dicom_dir == results[1].dicom_dir
+        manifest = json.loads((results[0].dicom_dir.parent / "demo-manifest.json").read_text())["files"]
+        for rel, digest in manifest.items():
+            assert hashlib.sha256((results[0].dicom_dir.parent / rel).read_bytes()).hexdigest() == digest
+        assert [p.name for p in tmp_path.iterdir()] == [results[0].dicom_dir.parent.name]  # no leftovers
+
     def test_default_cache_location_from_environment(self, demo_cache: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("THERATWIN_CACHE", str(demo_cache))
@@ -241,3 +254,21 @@ def test_dicom_objects_pass_dciodvfy(demo_cache: Path) -> None:
         out = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], f"{f.name}: {errors}"
+
+
+def test_seg_reads_back_with_highdicom(demo_cache: Path, sim_static) -> None:
+    """The SEG is checked with an independent reader: highdicom maps it back onto the CT instances."""
+    import highdicom as hd
+
+    demo = build_demo(demo_cache, seed=SEED, fast=True, noise=False, blur=False)
+    seg = hd.seg.segread(next(demo.dicom_dir.rglob("SEG_structures.dcm")))
+    ct_files = sorted(next(demo.dicom_dir.glob("cycle1_tp1*/CT")).glob("*.dcm"))
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct_files]
+    pixels = seg.get_pixels_by_source_instance(uids, assert_missing_frames_are_empty=True)
+    labels = [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()]
+    assert labels == list(sim_static.seg_masks)
+    # sim_static has no motion; the reference time point never moves, so its masks are the same
+    for i, name in enumerate(labels):
+        assert np.array_equal(pixels[..., i].astype(bool), sim_static.seg_masks[name]), name
+    kid = seg.get_segment_description(labels.index("kidneys") + 1)
+    assert kid.segmented_property_type.value == "64033007"  # SNOMED CT Kidney

@@ -632,9 +632,17 @@ def build_demo(
             "files": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
-        # Publish atomically; if another process published first, keep theirs when complete.
+        # Publish atomically. If another process published a complete copy meanwhile, keep theirs (it may be in
+        # use); an incomplete or outdated folder is moved aside first, then removed.
+        if not rebuild:
+            other = _load_if_complete(folder)
+            if other is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return other
         if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+            trash = root / f".trash-{name}-{os.getpid()}"
+            os.replace(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         try:
             os.replace(tmp, folder)
         except OSError:
