@@ -1,6 +1,6 @@
-"""The Export module's Logic headless against a real Orthanc (authentication on, DICOMweb): the RT Dose, SR and
-SEG of the demo patient arrive in the PACS; the endpoint lives in the application settings and the password in
-the environment, and neither reaches the saved scene."""
+"""The Export module's Logic headless against real servers: Orthanc (authentication on, DICOMweb) receives the
+RT Dose, SR and SEG of the demo patient, the validating FHIR test server its bundle. The endpoints live in the
+application settings and the password in the environment, and neither reaches the saved scene."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from servers.orthanc import Orthanc, orthanc_available  # noqa: E402
 
 import TheraTwinLib as L  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +30,7 @@ def orthanc(tmp_path_factory):
         server.close()
 
 
+@pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")
 def test_export_pushes_to_orthanc_and_keeps_secrets_out_of_the_scene(orthanc, demo_scene, demo_run, tmp_path,
                                                                      monkeypatch) -> None:
     monkeypatch.setenv("THERATWIN_PACS_USER", orthanc.user)
@@ -62,3 +62,36 @@ def test_export_pushes_to_orthanc_and_keeps_secrets_out_of_the_scene(orthanc, de
     assert orthanc.password.encode() not in content
     assert orthanc.dicomweb_url.encode() not in content
     assert orthanc.password not in Path(out / "results.json").read_text()
+
+
+def test_export_pushes_the_fhir_bundle(demo_scene, demo_run, tmp_path, monkeypatch) -> None:
+    """The FHIR bundle of the demo patient reaches the validating FHIR test server (Medplum engine): every
+    resource of the written bundle is stored, under the demo PatientID."""
+    import json
+    from collections import Counter
+
+    import requests
+
+    support = pytest.importorskip("test_fhir_support", reason="Testing/python/test_fhir_support.py not found")
+    if not (ROOT / "Testing" / "fhir_server" / "node_modules").is_dir():
+        pytest.skip("FHIR test server not installed (scripts/bootstrap.sh runs npm ci)")
+    monkeypatch.setenv("THERATWIN_CONFIG", str(tmp_path / "none.json"))
+    (tmp_path / "none.json").write_text("{}")
+    export = loadModuleFile("TheraTwinExport")
+    logic = export.TheraTwinExportLogic(settings=export._MemorySettings())
+    nodes = demo_scene["nodes"]
+    with support.FhirTestServer() as server:
+        logic.saveEndpointSettings("", server.url)
+        outputs = logic.process(nodes.allTimePoints(), nodes.segmentation, tmp_path / "out", writeDicom=False,
+                                writeReport=False, pushToFhir=True)
+        assert not [w.message for w in outputs["run"].results.warnings if w.stage == "fhir_export"]
+        bundle = json.loads((tmp_path / "out" / "fhir-bundle.json").read_text())
+        sent = Counter(e["resource"]["resourceType"] for e in bundle["entry"])
+        stored = Counter()
+        for kind in sent:
+            r = requests.get(f"{server.url}/{kind}", params={"_summary": "count"}, timeout=10)
+            r.raise_for_status()
+            stored[kind] = r.json()["total"]
+        assert stored == sent
+        patient = requests.get(f"{server.url}/Patient", timeout=10).json()["entry"][0]["resource"]
+        assert demo_run.study.patient.patient_id in json.dumps(patient["identifier"])
