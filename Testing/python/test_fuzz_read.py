@@ -1,6 +1,7 @@
 """Fuzz the DICOM reader: thousands of corrupted files, no crash, no hang, only documented errors.
 
-A tiny valid study (one NM SPECT time point, its two-slice CT and a SEG, written with the demo writers)
+Two tiny valid studies (one NM SPECT time point, its two-slice CT and a SEG, written with the demo writers; and
+the same session as a two-slice PET series)
 is corrupted one file at a time: truncation, random byte changes, removed attributes, wrong VRs, absurd values
 and emptied sequences. After each corruption ``scan().describe()`` and ``read_study`` must either succeed or
 raise a :class:`~theratwin.errors.TheraTwinError`; anything else (or a call longer than a few seconds) fails.
@@ -13,6 +14,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -171,6 +173,18 @@ def rng_bytes(value: object) -> bytes:
     return str(value).encode("latin-1")[:3] or b"\xff"
 
 
+def _pet_variant(nm_root: Path, root: Path) -> Path:
+    """The same session with its SPECT rewritten as a two-slice PET series (ADMIN decay correction, BQML)."""
+    from test_dicom_read_pet import _write_pet
+
+    nm = pydicom.dcmread(next(nm_root.rglob("NM.dcm")))
+    (root / "PT").mkdir(parents=True)
+    shutil.copytree(next(nm_root.rglob("CT")), root / "CT")
+    planes = np.random.default_rng(1).uniform(0, 4e4, (2, 8, 8))
+    _write_pet(root / "PT", nm, planes, units="BQML", decay="ADMIN")
+    return root
+
+
 class _Timeout(Exception):
     pass
 
@@ -193,8 +207,11 @@ def fuzz_dir(tmp_path: Path):
 def test_fuzz_reader(fuzz_dir: Path) -> None:
     root = fuzz_dir / "study"
     files = _tiny_study(root)
-    assert isinstance(read_study(root), Study)  # the valid study reads
-    originals = {f: f.read_bytes() for f in files}
+    pet_root = _pet_variant(root, fuzz_dir / "pet-study")
+    studies = {root: files, pet_root: sorted(pet_root.rglob("*.dcm"))}
+    for r in studies:
+        assert isinstance(read_study(r), Study)  # the valid studies read
+    originals = {f: f.read_bytes() for fs in studies.values() for f in fs}
     rng = random.Random(20250303)
     failures: list[str] = []
     outcomes = {"ok": 0, "refused": 0}
@@ -207,7 +224,8 @@ def test_fuzz_reader(fuzz_dir: Path) -> None:
             logging.getLogger("pydicom").disabled = True
             while (time.process_time() - c0 < CPU_BUDGET_S and time.monotonic() - t0 < WALL_CAP_S
                    and n < MAX_CASES):
-                target = rng.choice(files)
+                study_root = rng.choice(list(studies))
+                target = rng.choice(studies[study_root])
                 try:
                     data, desc = _mutate(originals[target], rng)
                 except Exception as e:  # noqa: BLE001 - the mutator itself cannot parse some inputs; skip those
@@ -217,8 +235,8 @@ def test_fuzz_reader(fuzz_dir: Path) -> None:
                 signal.alarm(PER_CALL_LIMIT_S)
                 try:
                     if n % 4 == 0:  # the inventory report must cope as well
-                        scan(root).describe()
-                    read_study(root)
+                        scan(study_root).describe()
+                    read_study(study_root)
                     outcomes["ok"] += 1
                 except TheraTwinError:
                     outcomes["refused"] += 1
