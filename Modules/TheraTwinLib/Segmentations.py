@@ -72,9 +72,11 @@ def segmentationNodeFromSegmentation(scene: Any, segmentation: Any, name: str, *
     if referenceVolumeNode is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
     else:
-        reference = _orientedImage(np.zeros((1, 1, 1), np.uint8), segmentation.geometry)
-        reference.SetDimensions(segmentation.geometry.shape[2], segmentation.geometry.shape[1],
-                                segmentation.geometry.shape[0])
+        # the geometry alone (no voxels): dimensions and image-to-world matrix of the masks' grid
+        reference = slicer.vtkOrientedImageData()
+        z, y, x = segmentation.geometry.shape
+        reference.SetDimensions(x, y, z)
+        reference.SetImageToWorldMatrix(_vtkMatrix(ijkToRasFromGeometry(segmentation.geometry)))
         geometryText = slicer.vtkSegmentationConverter.SerializeImageGeometry(reference)
         node.GetSegmentation().SetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometryText)

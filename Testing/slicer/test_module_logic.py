@@ -123,3 +123,37 @@ def test_headless_parameter_objects() -> None:
     assert module.TheraTwinDosimetryParameterNode(cycle=2).cycle == 2
     with pytest.raises(TypeError, match="dose_Gy"):
         module.TheraTwinDosimetryParameterNode(dose_Gy=1.0)
+
+
+def test_twin_adds_a_cycle_measured_elsewhere(scene) -> None:
+    """A second cycle observed for the stored twin is kept in its state and informs the next prediction."""
+    from theratwin.twin import PatientTwin
+
+    module = loadModuleFile("TheraTwinTwin")
+    logic = module.TheraTwinTwinLogic()
+    twin = PatientTwin("Lu-177", "PSMA-617")
+    time_h = np.array([4.0, 24.0, 48.0, 168.0])
+    twin.observe(1, "kidneys", time_h, 222.0 * 2 ** (-time_h / 40.0), 7400.0)
+    state = logic._storeTwin(scene, twin.to_json())
+    before = logic.predictFromTwinState(state, nextCycle=3, plannedActivity_MBq=7400.0)
+    # cycle 2: the kidneys keep twice the activity for longer than in cycle 1
+    after = logic.predictFromTwinState(state, nextCycle=3, plannedActivity_MBq=7400.0,
+                                       observations={(2, "kidneys"): ([48.0], [2 * 222.0 * 2 ** (-48.0 / 40.0)], 7400.0)})
+    assert 2 in PatientTwin.from_json(state.GetText()).observed_cycles
+    cumulative = [o["prediction"]["structures"]["kidneys"]["cumulative_dose_Gy"]["mean"] for o in (before, after)]
+    assert cumulative[1] > cumulative[0]
+
+
+def test_requirements_are_checked_not_installed_headless(tmp_path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nnumpy>=1.0\nscipy\ntheratwin-no-such-package>=1.0\n")
+    assert L.readRequirements(requirements) == [("numpy", "1.0"), ("scipy", None),
+                                                ("theratwin-no-such-package", "1.0")]
+    assert L.missingRequirements(requirements) == ["theratwin-no-such-package>=1.0"]
+    with pytest.raises(RuntimeError, match="theratwin-no-such-package>=1.0"):
+        L.ensureRequirements(requirements)  # no application: nothing is installed, the message says what to do
+    requirements.write_text("numpy==1.0\n")
+    with pytest.raises(ValueError, match="numpy==1.0"):
+        L.readRequirements(requirements)
+    for module in MODULES:
+        assert L.missingRequirements(loadModuleFile(module).REQUIREMENTS) == []
