@@ -264,8 +264,14 @@ class KineticsStage:
         q["recovery_coefficient"] = tac.recovery_coefficient
         sr.fit_quality = q
         for note in fit.notes:
+            if note.startswith("Models not considered"):
+                continue  # the same for every structure of the cycle: reported once per cycle (run)
             res.warn("kinetics", note, structure=name, cycle=n,
                      severity="warning" if fit.fallback else "info")
+        skipped = [nt for nt in fit.notes if nt.startswith("Models not considered")]
+        if skipped and not any(w.stage == "kinetics" and w.cycle == n and w.structure is None
+                               and w.message == skipped[0] for w in res.warnings):
+            res.warn("kinetics", skipped[0], cycle=n, severity="info")
 
     def _stp_structure(self, res: Any, cfg: KineticsConfig, tac: StructureTac, sr: Any, n: int, nuclide: str,
                        prior: Any, prior_cycle: int | None, fits_all: dict[int, dict[str, Any]]) -> None:
