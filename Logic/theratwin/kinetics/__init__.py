@@ -9,6 +9,16 @@ single-time-point methods.
 
 Models are looked up in :data:`KINETIC_MODELS` (entry-point group ``theratwin.kinetic_models``); the
 protocol a plug-in implements is documented in :mod:`theratwin.kinetics.models`.
+
+Where to look:
+
+- :mod:`~theratwin.kinetics.fit`: ``fit_tac`` (weighted least squares, covariance, analytic TIA with
+  delta-method SD, AICc selection with Akaike weights and model averaging, documented fallbacks);
+- :mod:`~theratwin.kinetics.voxel`: ``fit_voxels`` (all voxels at once; pooled noise model for the SDs);
+- :mod:`~theratwin.kinetics.stp`: single-time-point methods and when each is valid;
+- :mod:`~theratwin.kinetics.tac`: structure activities from images, the uncertainty budget (Gear et al.
+  2018) and partial-volume recovery (mask/sphere recovery coefficients, geometric transfer matrix);
+- :mod:`~theratwin.kinetics.stage`: the pipeline stage and its options (``KineticsConfig``).
 """
 
 from .fit import ModelFit, TacFit, aicc, fit_tac

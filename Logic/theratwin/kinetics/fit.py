@@ -380,6 +380,9 @@ def fit_tac(
       trapezoidal rule with a physical-decay tail (no clearance is extrapolated that the data do not show);
     - ``"auto"`` with too few samples for any AICc-eligible model (``n < k + 2``): mono-exponential if it has
       at least one degree of freedom, otherwise the trapezoidal rule with a fitted (>= physical) tail.
+
+    With given SDs the covariance is ``(J^T W J)^-1``; if the residuals are inconsistent with the SDs
+    (chi-square test, p < 0.01) it is scaled by ``chi2/dof`` (Birge ratio) and a note says so.
     """
     t, a, sd, notes = _validate(time_h, activity_MBq, activity_sd_MBq)
     nuc = nuclides.get(nuclide)
