@@ -221,3 +221,16 @@ def test_pipeline_stage_pushes_when_configured(orthanc: Orthanc, creds_env, tmp_
             for f in results.outputs["dicom"]}
     assert f"{len(sops)} sent" in results.outputs["pacs_push"] and len(sops) == 6 and not [w for w in results.warnings if w.severity == "error"]
     assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == sops
+
+
+def test_push_directory_reports_each_destination(orthanc: Orthanc, creds_env, tmp_path: Path) -> None:
+    """PACS and FHIR parts are independent: a FHIR server that is down does not stop the PACS push."""
+    study, out, sops = _export(tmp_path)
+    (out / "fhir-bundle.json").write_text('{"resourceType": "Bundle", "type": "transaction", "entry": []}')
+    dead_fhir = "http://127.0.0.1:9/fhir"  # discard port: nothing listens in the namespace
+    rep = orthanc.call(push_directory, out, pacs_url=orthanc.dicomweb_url, fhir_url=dead_fhir)
+    assert not rep.ok and len(rep.parts) == 2
+    pacs, fhir = rep.parts
+    assert pacs.ok and set(pacs.sent) == sops and not fhir.ok
+    lines = rep.describe().splitlines()
+    assert lines[0].startswith("PACS") and f"{len(sops)} sent" in lines[0] and len(lines) >= 2
