@@ -7,6 +7,7 @@ Figures are returned as PNG bytes so that the HTML can embed them (``data:`` URI
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -55,11 +56,24 @@ def structure_colors(names: Sequence[str]) -> dict[str, str]:
     return {n: to_hex(cmap(i % 20)) for i, n in enumerate(names)}
 
 
-def figure_png(fig: Figure) -> bytes:
-    """Render a figure to PNG bytes with the Agg canvas."""
-    FigureCanvasAgg(fig)
+def figure_png(fig: Figure, *, palette: bool = True) -> bytes:
+    """Render a figure to a compact PNG with the Agg canvas (RGB, no alpha channel).
+
+    With ``palette`` the image is reduced to 256 colours: line plots have few distinct colours, so this is
+    lossless in practice and makes the HTML, the PDF and the FHIR attachment about three times smaller.
+    Images with smooth grey or colour-map gradients (projections) should keep full colour.
+    """
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(FIGURE_DPI)
+    fig.set_facecolor("white")
+    canvas.draw()
+    img = Image.fromarray(np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3]))
+    if palette:
+        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI, facecolor="white")
+    img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -68,7 +82,9 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+@functools.lru_cache(maxsize=16)
 def _lambda_phys_per_h(nuclide: str | None) -> float | None:
+    """Physical decay constant (1/h) of ``nuclide`` from the ICRP-107 data (cached: looked up per figure)."""
     if not nuclide:
         return None
     try:
@@ -210,7 +226,8 @@ def tac_figure(structure: str, cycles: Sequence[Mapping[str, Any]], *, color: st
     ax.tick_params(labelsize=7)
     ax.xaxis.label.set_fontsize(8)
     ax.yaxis.label.set_fontsize(8)
-    fig.tight_layout()
+    # fixed margins instead of tight_layout: it would draw the figure twice (TACs are the most numerous figures)
+    fig.subplots_adjust(left=0.17, right=0.97, bottom=0.17, top=0.9)
     return fig
 
 
@@ -314,6 +331,17 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
     if not panels:
         return None
     flips = _display_flips(panels[0][1])
+    shape = panels[0][1].shape
+    # projected outlines are the same in every row: project each mask once per view
+    outlines: dict[str, dict[str, np.ndarray]] = {"coronal": {}, "axial": {}}
+    for name, m in masks.items():
+        if np.shape(m) != shape:
+            continue
+        inside = _oriented(np.asarray(m) >= 0.5, flips)
+        for view, axis in (("coronal", 1), ("axial", 0)):
+            mp = np.asarray(inside.any(axis=axis), dtype=np.float32)
+            if mp.any() and not mp.all():
+                outlines[view][name] = mp
     fig = Figure(figsize=(7.2, 2.7 * len(panels)))
     axes = np.atleast_2d(fig.subplots(len(panels), 2, squeeze=False))
     for row, (title, vol) in enumerate(panels):
@@ -333,16 +361,12 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
             vmax = float(np.percentile(proj, 99.5)) if np.any(proj > 0) else 1.0
             im = ax.imshow(proj, cmap=cmap_for(vol.unit), origin=origin, extent=extent, vmin=0.0,
                            vmax=vmax if vmax > 0 else 1.0, interpolation="nearest")
-            for name, m in masks.items():
-                if np.shape(m) != arr.shape:
-                    continue
-                mp = _oriented(np.asarray(m, dtype=np.float32) >= 0.5, flips).any(axis=axis).astype(np.float32)
-                if mp.any() and not mp.all():
-                    cs = ax.contour(mp, levels=[0.5], colors=[colors.get(name, "#0072B2")], linewidths=1.3,
-                                    origin=origin, extent=extent)
-                    # a thin white halo keeps every outline colour visible on dark and light pixels alike
-                    cs.set(path_effects=[patheffects.Stroke(linewidth=2.6, foreground="white"),
-                                         patheffects.Normal()])
+            for name, mp in (outlines[view].items() if arr.shape == shape else ()):
+                cs = ax.contour(mp, levels=[0.5], colors=[colors.get(name, "#0072B2")], linewidths=1.3,
+                                origin=origin, extent=extent)
+                # a thin white halo keeps every outline colour visible on dark and light pixels alike
+                cs.set(path_effects=[patheffects.Stroke(linewidth=2.6, foreground="white"),
+                                     patheffects.Normal()])
             ax.set_title(f"{title} — {view} MIP", fontsize=8.5)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -350,7 +374,8 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             cb.ax.tick_params(labelsize=6.5)
             cb.set_label(unit, fontsize=7)
-    handles = [Line2D([0], [0], color=colors.get(name, "#0072B2"), lw=1.5, label=name) for name in masks]
+    drawn = [n for n in masks if n in outlines["coronal"] or n in outlines["axial"]]
+    handles = [Line2D([0], [0], color=colors.get(name, "#0072B2"), lw=1.5, label=name) for name in drawn]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05 if handles else 0, 1, 1))

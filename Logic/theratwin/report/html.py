@@ -420,7 +420,7 @@ def _section_images(results: Results, data: dict[str, Any], masks: dict[str, np.
     return (
         '<section id="images"><h2>Activity and dose: maximum-intensity projections</h2>'
         '<figure class="plot mip" data-figure="mip"><img alt="Coronal and axial maximum-intensity projections" '
-        f'src="{png_data_uri(figure_png(fig))}"><figcaption>Coronal (head up) and axial (anterior up) '
+        f'src="{png_data_uri(figure_png(fig, palette=False))}"><figcaption>Coronal (head up) and axial (anterior up) '
         "maximum-intensity projections on the reference SPECT grid; patient left on the viewer's right. "
         "Lines: projected structure outlines.</figcaption></figure></section>"
     )
