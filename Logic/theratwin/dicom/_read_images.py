@@ -60,6 +60,14 @@ def pixel_array(ds: Dataset, path: Path | None) -> np.ndarray:
     return arr
 
 
+def _release_pixels(ds: Dataset) -> None:
+    """Drop a slice's pixel bytes and pydicom's decoded copy once stacked (keeps peak memory near one volume)."""
+    try:
+        del ds.PixelData
+    except (AttributeError, KeyError):
+        pass
+
+
 def _orientation(ds: Dataset, path: Path | None, strict: bool) -> tuple[np.ndarray, np.ndarray]:
     iop = get_floats(ds, "ImageOrientationPatient", 6)
     if iop is None:
@@ -158,6 +166,7 @@ def read_volume(
                                  "multi-window reconstructions are not supported; export one volume per series.",
                                  path=path, tag="NumberOfSlices")
         frames = pixel_array(ds0, path).astype(np.float64)
+        _release_pixels(ds0)
         ipp = _position(ds0)
         if ipp is None:
             raise DicomReadError("ImagePositionPatient missing (top level and Detector Information Sequence).",
@@ -192,19 +201,19 @@ def read_volume(
             spacing = abs(spacing)
         ordered = [datasets[i] for i in order]
         ordered_files = [files[i] for i in order]
-        slices = []
-        shape = None
-        for ds, f in zip(ordered, ordered_files, strict=True):
+        values = np.empty(0, np.float32)
+        for k, (ds, f) in enumerate(zip(ordered, ordered_files, strict=True)):
             if _pixel_spacing(ds, f) != (dr, dc):
                 raise DicomReadError("PixelSpacing differs between slices of one series.", path=f, tag="PixelSpacing")
-            arr = pixel_array(ds, f)[0].astype(np.float64)
-            if shape is not None and arr.shape != shape:
-                raise DicomReadError(f"slice size {arr.shape} differs from {shape} in the same series.", path=f,
-                                     tag="Rows")
-            shape = arr.shape
+            arr = pixel_array(ds, f)[0]
+            if k == 0:
+                values = np.empty((len(ordered), *arr.shape), np.float32)
+            elif arr.shape != values.shape[1:]:
+                raise DicomReadError(f"slice size {arr.shape} differs from {values.shape[1:]} in the same series.",
+                                     path=f, tag="Rows")
             slope, intercept = _mapping(ds, f, kind)
-            slices.append(arr * slope + intercept)
-        values = np.stack(slices)
+            values[k] = arr.astype(np.float64) * slope + intercept
+            _release_pixels(ds)
     direction = np.column_stack([row, col, normal])
     vol = ImageVolume(values.astype(np.float32), spacing_mm=(dc, dr, spacing), origin_mm=tuple(origin),
                       direction=direction, unit=unit)
