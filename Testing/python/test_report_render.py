@@ -143,7 +143,7 @@ def test_demo_report_numbers_and_rendering(tmp_path: Path) -> None:
     reason = _demo_pipeline_available()
     if reason:
         pytest.skip(reason)
-    from test_report import check_annotated, parse_report
+    from test_report import check_annotated, json_at, parse_report
 
     from theratwin.demo import build_demo
     from theratwin.dicom import read_study
@@ -159,4 +159,9 @@ def test_demo_report_numbers_and_rendering(tmp_path: Path) -> None:
     parsed = parse_report((out / "report.html").read_text(encoding="utf-8"))
     n = sum(check_annotated(attrs, text, data) for attrs, text in parsed.annotated)
     assert n > 300
+    for key_path in parsed.keys:  # headers that show JSON keys name keys that exist
+        *parent, key = json.loads(key_path)
+        assert key in json_at(data, parent)
+    number = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]\d+)?$")
+    assert not [t for t, annotated in parsed.cells if number.match(t) and not annotated]
     render_and_check(out / "report.html", tmp_path)

@@ -627,7 +627,8 @@ def _render_generic(data: dict[str, Any], path: list[str | int], value: Any, dep
         out.append(_matrix(data, path, others, notes=notes, structures=structures))
     else:
         for k, v in others.items():
-            head = "".join(f"<th>{_label(c)}</th>" for c in v)
+            # a header showing a JSON key carries the key's path, so that a reader can check it too
+            head = "".join(f"<th data-key-path=\"{esc(json.dumps([*path, k, c]))}\">{_label(c)}</th>" for c in v)
             cells = "".join(_td(data, [*path, k, c], x, notes=notes) for c, x in v.items())
             out.append(f'<div class="table-wrap"><table class="generic"><caption>{_label(k)}</caption><thead><tr>'
                        f"{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table></div>")
