@@ -406,3 +406,47 @@ class TestCompanionSeries:
         with pytest.raises(DicomReadError) as info:
             read_study(copy)
         assert info.value.tag == "NumberOfSlices"
+
+
+class TestSegGrid:
+    def test_seg_off_the_ct_grid_keeps_its_own_geometry(self, copy: Path, study) -> None:
+        """A SEG whose frames sit half a voxel off the CT grid is read on its own grid, at the right place."""
+        seg_path = next(copy.rglob("SEG_*.dcm"))
+        dx = study.reference_ct.spacing_mm[0]
+
+        def shift(ds):
+            for item in ds.PerFrameFunctionalGroupsSequence:
+                pos = item.PlanePositionSequence[0]
+                ipp = [float(v) for v in pos.ImagePositionPatient]
+                pos.ImagePositionPatient = [ipp[0] + 0.5 * dx, ipp[1], ipp[2]]
+
+        _edit(seg_path, shift)
+        seg = read_study(copy).segmentation
+        ref = study.segmentation
+        assert not seg.geometry.same_grid(ref.geometry)
+        assert seg.geometry.origin_mm[0] == pytest.approx(ref.geometry.origin_mm[0] + 0.5 * dx)
+        for name in ("kidneys", "lesion_node_1"):
+            assert seg.volume_mL(name) == pytest.approx(ref.volume_mL(name), rel=1e-9)
+
+            def centre(s, n=name):
+                z, y, x = np.argwhere(s.masks[n]).mean(axis=0)
+                return s.geometry.index_to_lps(np.array([x, y, z]))
+
+            assert centre(seg) - centre(ref) == pytest.approx([0.5 * dx, 0.0, 0.0], abs=1e-6)
+            # resampled onto the CT grid the mask keeps its volume
+            frac = seg.fractional_mask(name, ref.geometry)
+            assert frac.sum() * ref.geometry.voxel_volume_mL == pytest.approx(ref.volume_mL(name), rel=0.02)
+
+
+class TestOrientation:
+    def test_slightly_non_orthogonal_orientation_tolerated_not_in_strict(self, copy: Path) -> None:
+        def skew(ds):
+            ds.ImageOrientationPatient = [1, 0, 0, 0.002, 0.999998, 0]
+
+        for f in next(copy.glob("cycle1_tp2*/CT")).glob("*.dcm"):
+            _edit(f, skew)
+        st = read_study(copy)
+        assert np.allclose(st.cycles[0].time_points[1].ct.direction, np.eye(3), atol=3e-3)
+        with pytest.raises(DicomReadError) as info:
+            read_study(copy, strict=True)
+        assert info.value.tag == "ImageOrientationPatient"
