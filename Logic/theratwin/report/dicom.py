@@ -7,7 +7,6 @@ shows the report next to the images and the RT Dose/SR/SEG series.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -219,8 +218,3 @@ def write_encapsulated_pdf(pdf: bytes | str | Path, results: Results, path: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
-
-
-def source_uids(items: Iterable[Dataset]) -> list[str]:
-    """Referenced SOP Instance UIDs of a Source Instance Sequence (helper for tests and tools)."""
-    return [str(i.ReferencedSOPInstanceUID) for i in items]

@@ -380,12 +380,3 @@ def mip_figure(panels: Sequence[tuple[str, ImageVolume]], masks: Mapping[str, np
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05 if handles else 0, 1, 1))
     return fig
-
-
-def finite_or_none(x: Any) -> float | None:
-    """``float(x)`` when it is a finite number, else ``None``."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None

@@ -97,8 +97,27 @@ def number_span(data: dict[str, Any], path: Sequence[str | int], *, unit: str | 
                 structure: str | None = None, cycle: int | str | None = None) -> str:
     """An element showing the number at ``path`` in ``data``, annotated with that path.
 
-    Returns an element with a dash (and no ``data-path``) when the value is missing or not a number, so
-    that only numbers actually present in ``results.json`` are ever shown.
+    Parameters
+    ----------
+    data
+        The results in their JSON form (``results.json``).
+    path
+        Keys and list indices leading to the number, e.g. ``["cycles", "1", "structures", "kidneys",
+        "mean_dose_Gy"]``; written as ``data-path`` (a JSON array).
+    unit
+        Unit of the number (``data-unit``), e.g. ``"Gy"``.
+    style
+        Rounding rule (default: 3 significant digits).
+    tag, css_class
+        Element name (``"span"`` or ``"td"``) and class.
+    structure, cycle
+        Written as ``data-structure`` / ``data-cycle`` for readers that filter by them.
+
+    Returns
+    -------
+    str
+        The element; a dash without ``data-path`` when the value is missing or not a finite number, so that
+        only numbers actually present in ``results.json`` are ever shown.
     """
     value = lookup(data, path)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
