@@ -31,7 +31,8 @@ PACS_CHANNEL = "pacs"
 
 
 class _Part(Protocol):
-    ok: bool
+    @property
+    def ok(self) -> bool: ...
 
     def describe(self) -> str: ...
 

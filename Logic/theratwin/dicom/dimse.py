@@ -19,13 +19,15 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import (
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     CTImageStorage,
     EncapsulatedPDFStorage,
+    EnhancedPETImageStorage,
     EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     NuclearMedicineImageStorage,
     ParametricMapStorage,
     PositronEmissionTomographyImageStorage,
@@ -33,9 +35,8 @@ from pynetdicom.sop_class import (
     RTStructureSetStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
 )
+from pynetdicom import AE, build_role, evt
 
 from .outbox import PermanentFailure, StopDelivery
 from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
@@ -43,11 +44,12 @@ from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
 __all__ = ["DimseConnection"]
 
 _OK_STATUS = {0x0000, 0xB000, 0xB006, 0xB007}
-_COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-_ENHANCED_PET = "1.2.840.10008.5.1.4.1.1.130"
+# Study Root Query/Retrieve Information Model FIND and GET (PS3.4 C.6.2, Table B.5-1)
+StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
 #: Storage classes accepted during C-GET (what TheraTwin reads and writes).
-_GET_STORAGE = [CTImageStorage, NuclearMedicineImageStorage, PositronEmissionTomographyImageStorage, _ENHANCED_PET,
-                SegmentationStorage, RTDoseStorage, RTStructureSetStorage, _COMPREHENSIVE_3D_SR,
+_GET_STORAGE = [CTImageStorage, NuclearMedicineImageStorage, PositronEmissionTomographyImageStorage, EnhancedPETImageStorage,
+                SegmentationStorage, RTDoseStorage, RTStructureSetStorage, Comprehensive3DSRStorage,
                 ComprehensiveSRStorage, EnhancedSRStorage, EncapsulatedPDFStorage, ParametricMapStorage,
                 SecondaryCaptureImageStorage]
 #: Storage classes proposed for C-STORE (the same: results plus the images they derive from).

@@ -33,7 +33,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, RTDoseStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, RTDoseStorage
 
 from ..errors import InvalidInputError
 from ..results import RESEARCH_USE_NOTICE
@@ -179,7 +179,7 @@ def build_rtdose(spec: DoseMapSpec, ctx: ExportContext, *, series_number: int,
     vol = img.with_array(pixels, unit="1")
     frames, ipp, iop, offsets = _frames_in_offset_order(vol)
 
-    sop_uid = new_uid()
+    sop_uid = UID(new_uid())
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTDoseStorage
     meta.MediaStorageSOPInstanceUID = sop_uid

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 from .._version import __version__
 from ..errors import InvalidInputError
@@ -127,6 +128,6 @@ def build_seg(segmentation: Segmentation, structures: Sequence[Structure], ctx: 
         content_label="THERATWIN",
         series_description=SEG_SERIES_DESCRIPTION,
     )
-    seg.ContentDate = ctx.created.strftime("%Y%m%d")
-    seg.ContentTime = ctx.created.strftime("%H%M%S")
+    seg.ContentDate = DA(ctx.created.strftime("%Y%m%d"))
+    seg.ContentTime = TM(ctx.created.strftime("%H%M%S"))
     return seg

@@ -48,11 +48,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 from .._version import __version__
 from ..results import MethodRecord, Results, StructureResult
@@ -423,8 +424,8 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         ref = segments[first.structure]
         kind = ref.structure.kind
         predicted = first.predicted
-        sres = results.cycles.get(first.cycle).structures.get(first.structure) if (
-            first.cycle in results.cycles) else None
+        cres = results.cycles.get(first.cycle)
+        sres = cres.structures.get(first.structure) if cres is not None else None
         estimate = first.estimate
         twin_tia = sres is not None and (sres.tia_method or "").startswith("twin")
         extra = {
@@ -496,8 +497,8 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         is_verified=False,
         series_description=SR_SERIES_DESCRIPTION,
     )
-    sr.ContentDate = ctx.created.strftime("%Y%m%d")
-    sr.ContentTime = ctx.created.strftime("%H%M%S")
+    sr.ContentDate = DA(ctx.created.strftime("%Y%m%d"))
+    sr.ContentTime = TM(ctx.created.strftime("%H%M%S"))
     sr.ManufacturerModelName = MODEL_NAME
     sr.SoftwareVersions = __version__
     _declare_private_scheme(sr)
@@ -528,7 +529,8 @@ def read_sr_measurements(ds: Dataset) -> list[SRMeasurement]:
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     out: list[SRMeasurement] = []
     pred = _ttwn("predicted")
-    for g in sr.content.get_volumetric_roi_measurement_groups():
+    report = cast(hd.sr.MeasurementReport, sr.content)
+    for g in report.get_volumetric_roi_measurement_groups():
         label = str(g.tracking_identifier)
         predicted = any(m.method is not None and m.method.value == pred.value and m.method.scheme_designator == TTWN
                         for m in g.get_measurements())
