@@ -11,29 +11,32 @@ with effective (physical + biological) washout half-lives :math:`T_{\\mathrm{eff
 half-time :math:`T_{\\mathrm{up}}`. The time-integrated activity is analytic:
 :math:`\\tilde A = A_0 \\sum_i f_i (1/\\lambda_i - 1/(\\lambda_i + k_u))`.
 
-The amplitudes were chosen so that a simple self-dose estimate (TIA x mean electron energy / mass) lands on the
-per-GBq absorbed doses below, which sit inside the published ranges; the effective half-lives are of the order
-reported by the same studies. The numbers are design targets for a *plausible* synthetic patient, not a
-population model.
+The amplitudes were chosen so that a simple self-dose estimate (TIA x ICRP-107 mean electron energy / mass)
+lands inside the published per-GBq ranges; the effective half-lives are of the order reported by the same
+studies. The numbers are design targets for a *plausible* synthetic patient, not a population model. The last
+column is the ground truth the generator computes with ``theratwin.dosimetry.dose_map`` (DVK, 4.8 mm grid,
+cycle 1, seed 20250303): small structures lose dose to cross-fire at that voxel size.
 
-=====================  ==========================  ===================================================================
-Structure              Design target (cycle 1)     Source of the range used
-=====================  ==========================  ===================================================================
-kidneys                0.6 Gy/GBq, T_eff ~42 h     Delker 2016 (EJNMMI 43:42, ~0.6 Gy/GBq); Kratochwil 2016 (JNM
-                                                   57:1170, ~0.75 Gy/GBq); Violet 2019 (JNM 60:517, ~0.4 Gy/GBq)
-parotid glands         0.6 Gy/GBq                  Violet 2019 (~0.6 Gy/GBq); Delker 2016 / Kratochwil 2016 report
-                                                   higher salivary values (~1.4 Gy/GBq)
-submandibular glands   0.45 Gy/GBq                 Violet 2019 (~0.4-0.5 Gy/GBq)
-lacrimal glands        0.8 Gy/GBq                  between Violet 2019 (~0.4 Gy/GBq) and Hohberg 2016 (Mol Imaging
-                                                   Biol 18:437, ~2.8 Gy/GBq)
-liver, spleen          0.1 Gy/GBq                  Delker 2016 (~0.1 Gy/GBq each)
-red marrow             0.03 Gy/GBq                 Kratochwil 2016 (~0.03 Gy/GBq); Kabasakal 2017 (Mol Imaging
-                                                   Radionucl Ther 26:62, 0.030 Gy/GBq)
-blood / remainder      T1/2 ~0.16 h and ~11 h      Kabasakal 2017: distribution 0.16 h, elimination 10.8 h,
-                                                   ~57 % excreted in urine by 24 h
-tumour lesions         3-8 Gy/GBq, T_eff ~60-70 h  Violet 2019 / Kratochwil 2016 (lesion doses of several Gy/GBq,
-                                                   longer retention than normal organs)
-=====================  ==========================  ===================================================================
+=====================  ==============  =======  ===========================================================  ======
+Structure              Self-dose       T_eff    Source of the range used                                     DVK
+                       (Gy/GBq)        (h)                                                                   truth
+=====================  ==============  =======  ===========================================================  ======
+kidneys                0.60            4 / 42   Delker 2016 (EJNMMI 43:42, ~0.6 Gy/GBq); Kratochwil 2016     0.58
+                                                (JNM 57:1170, ~0.75 Gy/GBq); Violet 2019 (JNM 60:517, ~0.4)
+parotid glands         0.60            40       Violet 2019 (~0.6 Gy/GBq); Delker 2016 / Kratochwil 2016     0.55
+                                                report higher salivary values (~1.4 Gy/GBq)
+submandibular glands   0.42            40       Violet 2019 (~0.4-0.5 Gy/GBq)                                0.37
+lacrimal glands        0.57            38       between Violet 2019 (~0.4 Gy/GBq) and Hohberg 2016 (Mol      0.33
+                                                Imaging Biol 18:437, ~2.8 Gy/GBq)
+liver, spleen          0.09, 0.08      40       Delker 2016 (~0.1 Gy/GBq each)                               0.09
+red marrow             0.03            8 / 45   Kratochwil 2016 (~0.03 Gy/GBq); Kabasakal 2017 (Mol          0.03
+                                                Imaging Radionucl Ther 26:62, 0.030 Gy/GBq)
+blood / remainder      -               0.16 up  Kabasakal 2017: distribution 0.16 h, elimination 10.8 h,     0.07
+                                       10.8/40  ~57 % excreted in urine by 24 h
+bladder content        0.37            6        urinary excretion (Kabasakal 2017), voiding as washout       0.36
+tumour lesions         3.2-6.3         60-70    Violet 2019 / Kratochwil 2016 (lesion doses of several       2.6-5
+                                                Gy/GBq, longer retention than normal organs)
+=====================  ==============  =======  ===========================================================  ======
 
 Inter-occasion variability (cycle 2): log-normal factors with 5 % SD on amplitudes and 4 % on half-lives (of
 the order of the intra-patient cycle-to-cycle changes of normal-organ doses reported for 177Lu-PSMA-617, e.g.
@@ -128,7 +131,7 @@ CYCLE1_KINETICS: dict[str, Kinetics] = {
     "bladder": _k([(0.08, 6.0)], 1.0, "Kabasakal 2017 (~57 % urinary excretion by 24 h)"),
     # Remainder: blood distribution (0.16 h) and elimination (10.8 h) phases, Kabasakal 2017, plus slow tissue.
     "background": _k([(0.30, 10.8), (0.10, 40.0)], 0.16, "Kabasakal 2017"),
-    # Lesions: slow washout, slower uptake; amplitudes give ~3-8 Gy/GBq (Violet 2019; Kratochwil 2016).
+    # Lesions: slow washout, slower uptake; self-dose 3-6 Gy/GBq (Violet 2019; Kratochwil 2016).
     "lesion_bone_1": _k([(0.0052, 68.0)], 2.5, "Violet 2019; Kratochwil 2016"),
     "lesion_bone_2": _k([(0.0022, 62.0)], 2.5, "Violet 2019; Kratochwil 2016"),
     "lesion_bone_3": _k([(0.0010, 60.0)], 2.5, "Violet 2019; Kratochwil 2016"),
