@@ -450,3 +450,11 @@ class TestOrientation:
         with pytest.raises(DicomReadError) as info:
             read_study(copy, strict=True)
         assert info.value.tag == "ImageOrientationPatient"
+
+
+def test_progress_reported_from_0_to_1(demo) -> None:
+    seen: list[tuple[float, str]] = []
+    read_study(demo.dicom_dir, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 5
+    assert all(isinstance(m, str) and m for _, m in seen)
