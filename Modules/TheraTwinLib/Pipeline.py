@@ -67,7 +67,9 @@ def clearPipelineCache() -> None:
 
 
 def _inputsKey(nodes: Sequence[Any]) -> str:
-    return json.dumps([(n.GetID(), int(n.GetMTime())) for n in nodes if n is not None])
+    # node IDs repeat across scenes; the object address tells the nodes apart, the MTime their modifications
+    return json.dumps([(n.GetID(), n.GetAddressAsString("vtkObject"), int(n.GetMTime())) for n in nodes
+                       if n is not None])
 
 
 def _stageSettings(stages: Sequence[str], options: dict[str, Any], outDir: Any, pacsUrl: Any,
