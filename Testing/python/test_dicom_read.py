@@ -458,3 +458,12 @@ def test_progress_reported_from_0_to_1(demo) -> None:
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 5
     assert all(isinstance(m, str) and m for _, m in seen)
+
+
+def test_duplicate_instances_are_read_once(copy: Path, study) -> None:
+    """An export copied twice into the folder: every instance is read once, duplicates are listed as skipped."""
+    shutil.copytree(next(copy.glob("cycle1_tp2*")), copy / "again", copy_function=_link_or_copy)
+    st = read_study(copy)
+    assert np.array_equal(st.cycles[0].time_points[1].image.array, study.cycles[0].time_points[1].image.array)
+    inv = scan(copy)
+    assert sum("duplicate of" in reason for _, reason in inv.skipped) == len(list((copy / "again").rglob("*.dcm")))

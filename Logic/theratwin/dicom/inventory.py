@@ -446,6 +446,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
     inv = Inventory(root=root)
     files = _list_files(root)
     by_series: dict[str, SeriesInfo] = {}
+    seen_instances: dict[str, Path] = {}
     for i, f in enumerate(files):
         if i % 50 == 0:
             report(progress, 0.9 * i / max(len(files), 1), f"reading DICOM headers ({i}/{len(files)})")
@@ -454,6 +455,13 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         except DicomReadError as e:
             inv.skipped.append((f, str(e).split(": ", 1)[-1]))
             continue
+        sop_uid = get_text(ds, "SOPInstanceUID")
+        if sop_uid and sop_uid in seen_instances:
+            # the same instance twice (an export copied twice, a DICOMDIR tree next to the files ...)
+            inv.skipped.append((f, f"duplicate of {seen_instances[sop_uid]} (same SOPInstanceUID)"))
+            continue
+        if sop_uid:
+            seen_instances[sop_uid] = f
         uid = get_text(ds, "SeriesInstanceUID")
         s = by_series.get(uid)
         if s is None:
