@@ -300,6 +300,9 @@ class TestTolerance:
                                          "7400000000"))
         st = read_study(copy)
         assert st.cycles[0].administration.activity_MBq == pytest.approx(7400.0)
+        with pytest.raises(DicomReadError) as info:
+            read_study(copy, strict=True)
+        assert info.value.tag == "RadionuclideTotalDose"
 
     def test_non_dicom_files_skipped_unless_strict(self, copy: Path) -> None:
         (copy / "README.txt").write_text("hello")

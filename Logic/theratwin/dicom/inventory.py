@@ -607,6 +607,9 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
             _problem(inv, "radionuclide not recognised from RadionuclideCodeSequence (0054,0300) or "
                      "Radiopharmaceutical (0018,0031).", s, "RadionuclideCodeSequence")
             continue
+        if strict and a.activity_note:
+            _problem(inv, f"{a.activity_note} (strict mode does not guess units).", s, "RadionuclideTotalDose")
+            continue
         if a.activity_MBq is None:
             _problem(inv, "RadionuclideTotalDose (0018,1074) is missing or not positive: administered activity "
                      "unknown.", s, "RadionuclideTotalDose")

@@ -52,7 +52,8 @@ def read_study(
         Folder (searched recursively) or file.
     strict
         Refuse rather than tolerate oddities: files that are not DICOM with a preamble, slightly non-orthogonal
-        orientations, 1-5 % slice-spacing irregularities, emission series whose units need guessing.
+        orientations, 1-5 % slice-spacing irregularities, injection times without a date, a
+        RadionuclideTotalDose that looks like the other unit (Bq vs MBq), extra reconstructions of a session.
     progress
         Optional callback ``(fraction, message)``.
     counts_calibration_Bq_per_mL
@@ -84,7 +85,7 @@ def read_study(
 
 def _read_study(path: str | os.PathLike[str], *, strict: bool, progress: ProgressCallback | None,
                 counts_calibration: float | None) -> Study:
-    counts_calibration_Bq_per_mL = counts_calibration
+    _CURRENT_FILE.set(None)
     inv = scan(path, strict=strict, progress=scaled(progress, 0.0, 0.3))
     if strict and inv.skipped:
         p, reason = inv.skipped[0]
@@ -112,7 +113,7 @@ def _read_study(path: str | os.PathLike[str], *, strict: bool, progress: Progres
         for ptp in planned.time_points:
             report(progress, 0.3 + 0.6 * done / n_tp, f"reading cycle {planned.number} time point "
                    f"{len(tps) + 1} ({ptp.time_h:.1f} h)")
-            tp = _time_point(ptp, adm, strict, counts_calibration_Bq_per_mL)
+            tp = _time_point(ptp, adm, strict, counts_calibration)
             tps.append(tp)
             if reference_ct is None:
                 reference_ct = tp.ct
