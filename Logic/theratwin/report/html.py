@@ -852,6 +852,12 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
         _section_twin(data, names),
         _section_methods(data),
     ]
+    titles = {"glance": "At a glance", "treatment": "Treatment", "warnings": "Warnings",
+              "dosimetry": "Dosimetry", "structures": "Time-activity curves", "images": "Projections",
+              "dvh": "DVH", "twin": "Twin prediction", "methods": "Methods"}
+    present = [k for k in titles if any(f'<section id="{k}"' in p for p in parts if p)]
+    nav = ('<nav class="toc">' + " · ".join(f'<a href="#{k}">{titles[k]}</a>' for k in present) + "</nav>")
+    parts.insert(1, nav)
     page = Template(_read_package_text("report.html")).substitute(
         title=esc(cfg.title), css=_read_package_text("report.css"), notice=esc(RESEARCH_USE_NOTICE),
         version=esc(data.get("software", {}).get("version", "")), body="\n".join(p for p in parts if p),
