@@ -231,19 +231,80 @@ def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *,
         raise tt.DicomReadError("no RadionuclideCodeSequence; cannot tell the nuclide.", path=path,
                                 tag="RadionuclideCodeSequence")
     nuclide = nuclideFromCodeMeaning(str(nuclideCode[0].CodeMeaning))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    duration_s = float(ds.get("ActualFrameDuration", 0) or 0) / 1000.0
-    if ds.get("Modality") == "NM":
-        # NM: ActualFrameDuration is per projection; the acquisition lasts for all frames of one detector
-        duration_s *= max(frames // max(int(ds.get("NumberOfDetectors", 1) or 1), 1), 1)
+    duration_s = _acquisitionDuration_s(ds)
     administration = tt.Administration(str(item.get("Radiopharmaceutical", "")) or "unknown", nuclide,
                                        _administeredActivity_MBq(ds, item, path), adminStart)
+    _ensureBqPerMl(volumeNode, ds, path)
     setTimePointAttributes(volumeNode, cycle=cycle or 0, acquisitionStart=start, acquisitionDuration_s=duration_s,
                            administration=administration)
     if cycle is None:
         volumeNode.RemoveAttribute(CYCLE)
     volumeNode.SetAttribute("TheraTwin.Unit", "Bq/mL")
     return True
+
+
+def _acquisitionDuration_s(ds: Any) -> float:
+    """Acquisition duration in s: AcquisitionDuration (0018,9073, s), else the NM Rotation Information
+    (PS3.3 C.8.4.12: ActualFrameDuration ms x NumberOfFramesInRotation, summed over rotations), else the PET
+    ActualFrameDuration (0018,1242, ms) -- the same order as the core's DICOM reader."""
+    if ds.get("AcquisitionDuration") is not None:
+        return float(ds.AcquisitionDuration)
+    rotations = ds.get("RotationInformationSequence") or []
+    total_ms = sum(float(r.get("ActualFrameDuration", 0) or 0) * int(r.get("NumberOfFramesInRotation", 0) or 0)
+                   for r in rotations)
+    if total_ms > 0:
+        return total_ms / 1000.0
+    if ds.get("Modality") == "PT" and ds.get("ActualFrameDuration") is not None:
+        return float(ds.ActualFrameDuration) / 1000.0
+    return 0.0
+
+
+def _ensureBqPerMl(volumeNode: Any, header: Any, path: str) -> None:
+    """Make sure the node's voxels are activity concentrations in Bq/mL.
+
+    Quantitative SPECT stores counts-like integers and the Real World Value Mapping (PS3.3 C.7.6.16.2.11) to
+    Bq/mL, which Slicer's generic DICOM loading does not apply. The node's voxels are compared with the stored
+    and the mapped values of the file (their sums, independent of slice order): stored values are mapped here,
+    mapped values are kept, anything else is refused. PET must have Units (0054,1001) BQML.
+
+    Raises
+    ------
+    theratwin.DicomReadError
+        If the voxels cannot be shown to be in Bq/mL.
+    """
+    import numpy as np
+    import pydicom
+
+    import theratwin as tt
+
+    modality = header.get("Modality")
+    if modality == "PT":
+        if str(header.get("Units", "")).upper() != "BQML":
+            raise tt.DicomReadError(f"PET Units are {header.get('Units')!r}, not BQML; TheraTwin needs activity "
+                                    "concentration.", path=path, tag="Units")
+        return
+    mappings = header.get("RealWorldValueMappingSequence") or []
+    mapping = next((m for m in mappings if "Bq/ml" in str(m.get("LUTExplanation", "")) or any(
+        str(c.get("CodeValue", "")).lower() == "bq/ml" for c in m.get("MeasurementUnitsCodeSequence", []))), None)
+    if mapping is None:
+        raise tt.DicomReadError("no Real World Value Mapping to Bq/mL; the SPECT is not quantitative. Reconstruct "
+                                "with quantitative calibration.", path=path, tag="RealWorldValueMappingSequence")
+    slope = float(mapping.get("RealWorldValueSlope", 1.0))
+    intercept = float(mapping.get("RealWorldValueIntercept", 0.0))
+    stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    mapped = stored * slope + intercept
+    voxels = slicer.util.arrayFromVolume(volumeNode)
+    total = float(np.sum(voxels, dtype=np.float64))
+    if abs(total - mapped.sum()) <= 1e-4 * abs(mapped.sum()) and voxels.size == mapped.size:
+        return
+    if abs(total - stored.sum()) <= 1e-4 * abs(stored.sum()) and voxels.size == stored.size:
+        slicer.util.updateVolumeFromArray(volumeNode, (voxels.astype(np.float64) * slope + intercept).astype(np.float32))
+        volumeNode.SetAttribute("TheraTwin.ValueMapping", f"Real World Value Mapping applied: slope {slope!r}, "
+                                f"intercept {intercept!r} -> Bq/mL")
+        return
+    raise tt.DicomReadError("the volume's voxels are neither the stored nor the Bq/mL values of its file; load the "
+                            "study with TheraTwin Kinetics > Import DICOM instead.", path=path,
+                            tag="RealWorldValueMappingSequence")
 
 
 def _administration(node: Any) -> Any:

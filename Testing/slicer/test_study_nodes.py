@@ -88,8 +88,22 @@ def test_annotate_from_dicom_header(scene, tmp_path, modality, total_dose) -> No
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.Modality = modality
     ds.AcquisitionDate, ds.AcquisitionTime = "20260303", "093000.00"
-    ds.ActualFrameDuration = 15000  # ms per projection
-    ds.NumberOfFrames, ds.NumberOfDetectors = 120, 2
+    if modality == "NM":  # 60 views of 15 s (PS3.3 C.8.4.12), quantitative via Real World Value Mapping
+        rotation = Dataset()
+        rotation.ActualFrameDuration, rotation.NumberOfFramesInRotation = 15000, 60
+        ds.RotationInformationSequence = [rotation]
+        mapping = Dataset()
+        mapping.LUTExplanation, mapping.LUTLabel = "Bq/ml", "BQML"
+        mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept = 2.5, 0.0
+        mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped = 0, 65535
+        ds.RealWorldValueMappingSequence = [mapping]
+    else:
+        ds.ActualFrameDuration, ds.Units = 15000, "BQML"
+    stored = np.arange(24, dtype=np.uint16).reshape(2, 3, 4)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 2, 3, 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = stored.tobytes()
     info = Dataset()
     info.Radiopharmaceutical = "PSMA-617"
     info.RadionuclideTotalDose = total_dose
@@ -101,7 +115,8 @@ def test_annotate_from_dicom_header(scene, tmp_path, modality, total_dose) -> No
     path = tmp_path / "nm.dcm"
     ds.save_as(path, enforce_file_format=True)
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "dicom spect")
-    slicer.util.updateVolumeFromArray(node, np.ones((2, 3, 4), np.float32))
+    # as Slicer's generic loader leaves it: stored values (slices in another order, which does not matter)
+    slicer.util.updateVolumeFromArray(node, stored[::-1].astype(np.float32))
     node.SetAttribute("DICOM.instanceUIDs", ds.SOPInstanceUID)
     assert L.annotateFromDicom(node, {ds.SOPInstanceUID: str(path)}.__getitem__)
     study = L.studyFromNodes([node])
@@ -109,8 +124,41 @@ def test_annotate_from_dicom_header(scene, tmp_path, modality, total_dose) -> No
     assert cycle.administration.nuclide == "Lu-177"
     assert cycle.administration.activity_MBq == pytest.approx(7400.0)
     assert cycle.times_h[0] == pytest.approx(24.0)
-    # NM: 120 frames over 2 detectors of 15 s each = 60 stops x 15 s = 900 s; PET: one frame of 15 s
+    # NM: 60 views x 15 s = 900 s; PET: one frame of 15 s
     assert cycle.time_points[0].acquisition_duration_s == pytest.approx(900.0 if modality == "NM" else 15.0)
+    # NM voxels are mapped to Bq/mL once (RWVM slope 2.5); PET in BQML is kept
+    expected = stored[::-1] * (2.5 if modality == "NM" else 1.0)
+    np.testing.assert_allclose(cycle.time_points[0].image.array, expected)
+    assert L.annotateFromDicom(node, {ds.SOPInstanceUID: str(path)}.__getitem__)  # again: already mapped
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), expected)
+
+
+def test_annotate_refuses_voxels_it_cannot_explain(scene, tmp_path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"  # PET Image Storage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality, ds.AcquisitionDateTime = "PT", "20260303093000"
+    info = Dataset()
+    info.RadiopharmaceuticalStartDateTime, info.RadionuclideTotalDose = "20260302093000", 7.4e9
+    code = Dataset()
+    code.CodeMeaning = "^177^Lutetium"
+    info.RadionuclideCodeSequence = [code]
+    ds.RadiopharmaceuticalInformationSequence = [info]
+    ds.Units = "CNTS"  # counts, not activity concentration
+    path = tmp_path / "pt.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "counts")
+    slicer.util.updateVolumeFromArray(node, np.ones((2, 2, 2), np.float32))
+    node.SetAttribute("DICOM.instanceUIDs", ds.SOPInstanceUID)
+    with pytest.raises(tt.DicomReadError, match="BQML"):
+        L.annotateFromDicom(node, {ds.SOPInstanceUID: str(path)}.__getitem__)
+    assert node.GetAttribute("TheraTwin.Role") is None
 
 
 def test_nuclide_code_meanings() -> None:
@@ -146,10 +194,15 @@ def test_annotate_a_scene_loaded_by_slicer_dicom(scene, demo_scene) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         files[str(ds.SOPInstanceUID)] = str(path)
     loaded = []
-    for original in demo_scene["nodes"].allTimePoints()[:2] + demo_scene["nodes"].cts[:1]:
+    for index, original in enumerate(demo_scene["nodes"].allTimePoints()[:2] + demo_scene["nodes"].cts[:1]):
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", original.GetName())
-        slicer.util.updateVolumeFromArray(node, np.zeros((2, 2, 2), np.float32))
-        node.SetAttribute("DICOM.instanceUIDs", original.GetAttribute("DICOM.instanceUIDs"))
+        uids = original.GetAttribute("DICOM.instanceUIDs")
+        if index == 0:  # as a loader that ignores the Real World Value Mapping leaves it: stored values
+            voxels = pydicom.dcmread(files[uids.split()[0]]).pixel_array.astype(np.float32)
+        else:  # as a loader that applies it (or the CT in HU)
+            voxels = np.array(slicer.util.arrayFromVolume(original), copy=True)
+        slicer.util.updateVolumeFromArray(node, voxels)
+        node.SetAttribute("DICOM.instanceUIDs", uids)
         loaded.append((node, original))
     annotated = L.annotateSceneFromDicom(scene, files.__getitem__)
     assert [n.GetName() for n in annotated] == [o.GetName() for _, o in loaded[:2]]
@@ -158,4 +211,9 @@ def test_annotate_a_scene_loaded_by_slicer_dicom(scene, demo_scene) -> None:
             assert node.GetAttribute(attribute) == original.GetAttribute(attribute), attribute
         assert float(node.GetAttribute("TheraTwin.AdministeredActivity_MBq")) == pytest.approx(
             float(original.GetAttribute("TheraTwin.AdministeredActivity_MBq")))
+        # both end in Bq/mL: the same total activity concentration as the core reader's volume
+        assert slicer.util.arrayFromVolume(node).sum(dtype=np.float64) == pytest.approx(
+            slicer.util.arrayFromVolume(original).sum(dtype=np.float64), rel=1e-5)
+    assert loaded[0][0].GetAttribute("TheraTwin.ValueMapping").startswith("Real World Value Mapping applied")
+    assert loaded[1][0].GetAttribute("TheraTwin.ValueMapping") is None
     assert loaded[2][0].GetAttribute("TheraTwin.Role") is None
