@@ -235,12 +235,33 @@ def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *,
     administration = tt.Administration(str(item.get("Radiopharmaceutical", "")) or "unknown", nuclide,
                                        _administeredActivity_MBq(ds, item, path), adminStart)
     _ensureBqPerMl(volumeNode, ds, path)
+    _setDicomIdentity(volumeNode, ds, uids, fileForInstance)
     setTimePointAttributes(volumeNode, cycle=cycle or 0, acquisitionStart=start, acquisitionDuration_s=duration_s,
                            administration=administration)
     if cycle is None:
         volumeNode.RemoveAttribute(CYCLE)
     volumeNode.SetAttribute("TheraTwin.Unit", "Bq/mL")
     return True
+
+
+def _setDicomIdentity(volumeNode: Any, ds: Any, uids: list[str], fileForInstance: Callable[[str], str]) -> None:
+    """Patient, study and source (UIDs, files) of a DICOM-loaded volume, as :func:`addStudyToScene` keeps them."""
+    import theratwin as tt
+
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    patient = tt.Patient(str(ds.get("PatientID", "") or "ANONYMOUS"), str(ds.get("PatientName", "") or ""),
+                         birth_date=datetime.strptime(birth[:8], "%Y%m%d").date() if len(birth) >= 8 else None,
+                         sex=str(ds.get("PatientSex", "") or "") if ds.get("PatientSex") in ("M", "F", "O") else "",
+                         issuer=str(ds.get("IssuerOfPatientID", "") or ""))
+    volumeNode.SetAttribute(PATIENT_JSON, _patientJson(patient))
+    volumeNode.SetAttribute(STUDY_JSON, json.dumps({
+        "study_uid": str(ds.get("StudyInstanceUID", "")), "description": str(ds.get("StudyDescription", "")),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", ""))}))
+    _setSource(volumeNode, tt.study.SourceRef(
+        study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=str(ds.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")), modality=str(ds.get("Modality", "")),
+        sop_instance_uids=tuple(uids), sop_class_uid=str(ds.get("SOPClassUID", "")),
+        series_description=str(ds.get("SeriesDescription", "")), files=tuple(fileForInstance(u) for u in uids)))
 
 
 def _acquisitionDuration_s(ds: Any) -> float:
@@ -470,13 +491,33 @@ def loadStudyFromDicom(scene: Any, paths: Sequence[str | os.PathLike[str]], *, p
 
 
 def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) -> list[Any]:
-    """:func:`annotateFromDicom` for every volume loaded by Slicer's DICOM module that is not yet a time point
-    (CT and other series without radiopharmaceutical information are left alone). Returns the new time points."""
-    annotated = []
+    """:func:`annotateFromDicom` for every volume loaded by Slicer's DICOM module that is not yet annotated.
+
+    CTs are marked as such (with their DICOM source), and each time point is linked to a CT of its frame of
+    reference (the same patient position, PS3.3 C.7.4.1; SPECT/CT scanners write one per acquisition). Series
+    without radiopharmaceutical information that are not CT are left alone. Returns the new time points.
+    """
+    import pydicom
+
+    annotated, cts = [], []
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-        if node.GetAttribute(ROLE) or not node.GetAttribute(DICOM_INSTANCE_UIDS):
+        uids = (node.GetAttribute(DICOM_INSTANCE_UIDS) or "").split()
+        if node.GetAttribute(ROLE) == "CT":
+            cts.append(node)
+        if node.GetAttribute(ROLE) or not uids:
             continue
-        if annotateFromDicom(node, fileForInstance):
+        header = pydicom.dcmread(fileForInstance(uids[0]), stop_before_pixels=True)
+        if header.get("Modality") == "CT":
+            node.SetAttribute(ROLE, "CT")
+            node.SetAttribute("TheraTwin.Unit", "HU")
+            _setDicomIdentity(node, header, uids, fileForInstance)
+            cts.append(node)
+        elif annotateFromDicom(node, fileForInstance):
             annotated.append(node)
+    for node in annotated:
+        frame = _source(node).frame_of_reference_uid
+        candidates = [ct for ct in cts if frame and _source(ct).frame_of_reference_uid == frame]
+        if candidates and node.GetNodeReference(CT_REFERENCE_ROLE) is None:
+            node.SetNodeReferenceID(CT_REFERENCE_ROLE, candidates[0].GetID())
     return annotated

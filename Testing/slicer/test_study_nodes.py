@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,4 +217,17 @@ def test_annotate_a_scene_loaded_by_slicer_dicom(scene, demo_scene) -> None:
             slicer.util.arrayFromVolume(original).sum(dtype=np.float64), rel=1e-5)
     assert loaded[0][0].GetAttribute("TheraTwin.ValueMapping").startswith("Real World Value Mapping applied")
     assert loaded[1][0].GetAttribute("TheraTwin.ValueMapping") is None
-    assert loaded[2][0].GetAttribute("TheraTwin.Role") is None
+    # the CT is recognised, and each time point is linked to the CT of its frame of reference
+    ct, originalCt = loaded[2]
+    assert ct.GetAttribute("TheraTwin.Role") == "CT"
+    for node, original in loaded[:2]:
+        expected = original.GetNodeReference("TheraTwin.CT") is originalCt
+        assert (node.GetNodeReference("TheraTwin.CT") is ct) == expected
+    # the DICOM identity comes along: patient, study, series and files (the exports reference them)
+    study = L.studyFromNodes([n for n, _ in loaded[:2]])
+    reference = L.studyFromNodes([o for _, o in loaded[:2]])
+    assert study.patient.patient_id == reference.patient.patient_id
+    assert study.study_uid == reference.study_uid
+    for t0, t1 in zip(reference.cycles[0].time_points, study.cycles[0].time_points, strict=True):
+        assert t1.source.series_uid == t0.source.series_uid and t1.source.sop_instance_uids
+        assert all(Path(f).is_file() for f in t1.source.files)
