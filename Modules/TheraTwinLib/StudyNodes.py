@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -499,6 +500,8 @@ def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) ->
     """
     import pydicom
 
+    import theratwin as tt
+
     annotated, cts = [], []
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
@@ -513,8 +516,12 @@ def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) ->
             node.SetAttribute("TheraTwin.Unit", "HU")
             _setDicomIdentity(node, header, uids, fileForInstance)
             cts.append(node)
-        elif annotateFromDicom(node, fileForInstance):
-            annotated.append(node)
+        else:
+            try:
+                if annotateFromDicom(node, fileForInstance):
+                    annotated.append(node)
+            except tt.TheraTwinError as error:  # e.g. counts instead of Bq/mL: skip this one, say why
+                logging.warning(f"TheraTwin: volume '{node.GetName()}' is not used as a time point: {error}")
     for node in annotated:
         frame = _source(node).frame_of_reference_uid
         candidates = [ct for ct in cts if frame and _source(ct).frame_of_reference_uid == frame]

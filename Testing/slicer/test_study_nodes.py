@@ -160,6 +160,8 @@ def test_annotate_refuses_voxels_it_cannot_explain(scene, tmp_path) -> None:
     with pytest.raises(tt.DicomReadError, match="BQML"):
         L.annotateFromDicom(node, {ds.SOPInstanceUID: str(path)}.__getitem__)
     assert node.GetAttribute("TheraTwin.Role") is None
+    # scanning the whole scene skips it (with a warning) instead of failing
+    assert L.annotateSceneFromDicom(scene, {ds.SOPInstanceUID: str(path)}.__getitem__) == []
 
 
 def test_nuclide_code_meanings() -> None:
