@@ -470,3 +470,21 @@ def test_duplicate_instances_are_read_once(copy: Path, study) -> None:
     assert np.array_equal(st.cycles[0].time_points[1].image.array, study.cycles[0].time_points[1].image.array)
     inv = scan(copy)
     assert sum("duplicate of" in reason for _, reason in inv.skipped) == len(list((copy / "again").rglob("*.dcm")))
+
+
+def test_legacy_converted_enhanced_ct(copy: Path, study) -> None:
+    """The reference CT converted to one Legacy Converted Enhanced CT object (highdicom) reads the same."""
+    import highdicom as hd
+
+    folder = next(copy.glob("cycle1_tp1*/CT"))
+    files = sorted(folder.glob("*.dcm"))
+    datasets = [pydicom.dcmread(f) for f in reversed(files)]  # frame order must not matter
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(datasets, pydicom.uid.generate_uid(), 2,
+                                                        pydicom.uid.generate_uid(), 1)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    enhanced.save_as(folder / "CT_enhanced.dcm")
+    st = read_study(copy)
+    assert st.reference_ct.geometry.same_grid(study.reference_ct.geometry)
+    assert np.array_equal(st.reference_ct.array, study.reference_ct.array)
+    assert st.segmentation is not None and st.segmentation.geometry.same_grid(study.segmentation.geometry)

@@ -1,7 +1,7 @@
 """Fuzz the DICOM reader: thousands of corrupted files, no crash, no hang, only documented errors.
 
 Two tiny valid studies (one NM SPECT time point, its two-slice CT and a SEG, written with the demo writers; and
-the same session as a two-slice PET series)
+the same session as a two-slice PET series with a Legacy Converted Enhanced CT)
 is corrupted one file at a time: truncation, random byte changes, removed attributes, wrong VRs, absurd values
 and emptied sequences. After each corruption ``scan().describe()`` and ``read_study`` must either succeed or
 raise a :class:`~theratwin.errors.TheraTwinError`; anything else (or a call longer than a few seconds) fails.
@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import signal
 import tempfile
 import time
@@ -174,12 +173,17 @@ def rng_bytes(value: object) -> bytes:
 
 
 def _pet_variant(nm_root: Path, root: Path) -> Path:
-    """The same session with its SPECT rewritten as a two-slice PET series (ADMIN decay correction, BQML)."""
+    """The same session with its SPECT rewritten as a two-slice PET series (ADMIN decay correction, BQML) and its
+    CT as one Legacy Converted Enhanced CT object."""
+    import highdicom as hd
     from test_dicom_read_pet import _write_pet
 
     nm = pydicom.dcmread(next(nm_root.rglob("NM.dcm")))
     (root / "PT").mkdir(parents=True)
-    shutil.copytree(next(nm_root.rglob("CT")), root / "CT")
+    (root / "CT").mkdir()
+    cts = [pydicom.dcmread(f) for f in sorted(next(nm_root.rglob("CT")).glob("*.dcm"))]
+    uid = _dicom.UidFactory("fuzz-enhanced")
+    hd.legacy.LegacyConvertedEnhancedCTImage(cts, uid("series"), 2, uid("sop"), 1).save_as(root / "CT" / "CT.dcm")
     planes = np.random.default_rng(1).uniform(0, 4e4, (2, 8, 8))
     _write_pet(root / "PT", nm, planes, units="BQML", decay="ADMIN")
     return root

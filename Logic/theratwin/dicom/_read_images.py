@@ -14,7 +14,8 @@
   activity concentration at the acquisition start:
   ``c(start) = c(ref) exp(-lambda (t_start - t_ref))`` and, for NONE,
   ``c(start) = c_avg lambda T / (1 - exp(-lambda T))`` (decay during a frame of duration T).
-- CT: single-frame objects, stored x Rescale Slope + Intercept = HU.
+- CT: single-frame objects, stored x Rescale Slope + Intercept = HU; or one Enhanced / Legacy Converted
+  Enhanced CT object (frames placed by their Plane Position, rescaled by their Pixel Value Transformation).
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def read_volume(
     """
     path = files[0] if files else None
     ds0 = datasets[0]
+    if len(datasets) == 1 and get_value(ds0, "PerFrameFunctionalGroupsSequence") is not None:
+        return _read_enhanced(ds0, path, strict=strict, unit=unit), [ds0]
     row, col = _orientation(ds0, path, strict)
     dr, dc = _pixel_spacing(ds0, path)
     normal = np.cross(row, col)
@@ -218,6 +221,54 @@ def read_volume(
     vol = ImageVolume(values.astype(np.float32), spacing_mm=(dc, dr, spacing), origin_mm=tuple(origin),
                       direction=direction, unit=unit)
     return vol, ordered
+
+
+def _read_enhanced(ds: Dataset, path: Path | None, *, strict: bool, unit: str) -> ImageVolume:
+    """Enhanced / Legacy Converted Enhanced multi-frame image (functional groups, PS3.3 C.7.6.16)."""
+    shared = get_item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = get_value(ds, "PerFrameFunctionalGroupsSequence")
+    frames = pixel_array(ds, path)
+    n = frames.shape[0]
+    try:
+        items = [per_frame[i] for i in range(n)]
+    except (IndexError, TypeError) as e:
+        raise DicomReadError(f"PerFrameFunctionalGroupsSequence has fewer than {n} items.", path=path,
+                             tag="PerFrameFunctionalGroupsSequence") from e
+
+    def group(item: Dataset, keyword: str) -> Dataset | None:
+        return get_item(item, keyword) or get_item(shared, keyword)
+
+    probe = Dataset()
+    iop = get_floats(group(items[0], "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+    if iop is None:
+        raise DicomReadError("PlaneOrientationSequence > ImageOrientationPatient missing.", path=path,
+                             tag="ImageOrientationPatient")
+    probe.ImageOrientationPatient = iop
+    row, col = _orientation(probe, path, strict)
+    ps = get_floats(group(items[0], "PixelMeasuresSequence"), "PixelSpacing", 2)
+    if ps is None or min(ps) <= 0 or max(ps) > 1000:
+        raise DicomReadError("PixelMeasuresSequence > PixelSpacing missing or invalid.", path=path, tag="PixelSpacing")
+    positions = []
+    slopes = np.ones(n)
+    intercepts = np.zeros(n)
+    for i, item in enumerate(items):
+        pos = get_floats(group(item, "PlanePositionSequence"), "ImagePositionPatient", 3)
+        if pos is None:
+            raise DicomReadError(f"frame {i + 1}: PlanePositionSequence > ImagePositionPatient missing.", path=path,
+                                 tag="ImagePositionPatient")
+        positions.append(pos)
+        transform = group(item, "PixelValueTransformationSequence")
+        if transform is not None:
+            slopes[i], intercepts[i] = _rescale(transform, path)
+    order, origin, spacing = series_geometry_from_frames(np.array(positions), row, col, (ps[0], ps[1]), path, strict)
+    if not math.isfinite(spacing):
+        spacing = abs(get_float(group(items[0], "PixelMeasuresSequence"), "SliceThickness") or 1.0)
+    values = frames[order].astype(np.float32) * slopes[order, None, None].astype(np.float32) \
+        + intercepts[order, None, None].astype(np.float32)
+    _release_pixels(ds)
+    normal = np.cross(row, col)
+    return ImageVolume(values, spacing_mm=(ps[1], ps[0], spacing), origin_mm=tuple(origin),
+                       direction=np.column_stack([row, col, normal]), unit=unit)
 
 
 def _mapping(ds: Dataset, path: Path | None, kind: str) -> tuple[float, float]:

@@ -69,6 +69,7 @@ NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 PT_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 ENHANCED_PT_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")  # Enhanced, Legacy Converted
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 _ELEMENTS = {
@@ -298,8 +299,8 @@ def _series_role(ds: Dataset) -> tuple[str, str]:
             return "other", "Enhanced PET is not supported; export as PET Image Storage"
         return "pet", ""
     if modality == "CT":
-        if sop != CT_STORAGE:
-            return "other", "enhanced/other CT storage class is not supported; export as CT Image Storage"
+        if sop != CT_STORAGE and sop not in ENHANCED_CT_STORAGE:
+            return "other", f"CT storage class {sop} is not supported; export as (Enhanced) CT Image Storage"
         if "LOCALIZER" in image_type:
             return "other", "CT localizer (topogram): not used"
         return "ct", ""
