@@ -229,6 +229,8 @@ class Inventory:
                 dur = tp.emission.acquisition_duration_s
                 dur_text = f", {dur / 60:.1f} min" if dur else ""
                 lines.append(f"    time point {i}: {t} p.i. {tp.emission.modality}{dur_text}, {ct}")
+            if len(c.time_points) == 1:
+                lines.append("    (one time point: its TIA needs a single-time-point method or the twin's prior)")
         if self.segmentation is not None:
             lines.append(f"  segmentation: '{self.segmentation.description}' on the reference CT")
         elif self.by_role("seg"):
