@@ -126,6 +126,11 @@ class ScriptedLoadableModuleLogic:
         self.parent = parent
         self.moduleName = type(self).__name__.removesuffix("Logic")
 
+    def getParameterNode(self) -> Any:
+        """The application keeps a module's parameter node in ``slicer.mrmlScene``; here there is none."""
+        raise RuntimeError(f"{self.moduleName}: parameter nodes in the scene need the Slicer application; make the "
+                           f"parameter object directly, e.g. {self.moduleName}ParameterNode(timePointVolume=...).")
+
 
 class ScriptedLoadableModuleTest(unittest.TestCase):
     """Stand-in of ``slicer.ScriptedLoadableModule.ScriptedLoadableModuleTest`` (no delayDisplay dialogs)."""

@@ -123,6 +123,8 @@ def test_headless_parameter_objects() -> None:
     assert module.TheraTwinDosimetryParameterNode(cycle=2).cycle == 2
     with pytest.raises(TypeError, match="dose_Gy"):
         module.TheraTwinDosimetryParameterNode(dose_Gy=1.0)
+    with pytest.raises(RuntimeError, match="TheraTwinDosimetryParameterNode"):
+        module.TheraTwinDosimetryLogic().getParameterNode()
 
 
 def test_twin_adds_a_cycle_measured_elsewhere(scene) -> None:
