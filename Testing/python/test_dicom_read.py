@@ -135,6 +135,14 @@ class TestGeometry:
         assert np.allclose(ct.GetOrigin(), study.reference_ct.origin_mm)
         assert np.array_equal(sitk.GetArrayFromImage(ct), study.reference_ct.array)
 
+    def test_real_world_values_agree_with_highdicom(self, study, demo) -> None:
+        """highdicom applies the NM Real World Value Mapping independently: same Bq/mL, frame by frame."""
+        import highdicom as hd
+
+        for i, tp in enumerate(study.cycles[0].time_points, start=1):
+            frames = hd.imread(str(_nm(demo.dicom_dir, f"cycle1_tp{i}"))).get_frames(apply_real_world_transform=True)
+            assert np.allclose(frames, tp.image.array, rtol=1e-6, atol=1e-3)
+
     def test_anatomy_is_in_lps(self, study) -> None:
         """Liver on the patient's right (-x), spine posterior (+y), head superior (+z)."""
         seg = study.segmentation
