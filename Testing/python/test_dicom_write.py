@@ -206,9 +206,13 @@ EXPECTED_FIELDS = {
 
 def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
     out, study, results, rep = exported
-    sr = hd.sr.srread(out / rep.sr[0])
-    groups = sr.content.get_volumetric_roi_measurement_groups()
+    # one SR document per cycle and one for the predictions, in one series
+    assert rep.sr == ["dicom/sr_cycle1.dcm", "dicom/sr_cycle2.dcm", "dicom/sr_predicted.dcm"]
+    docs = [hd.sr.srread(out / f) for f in rep.sr]
+    assert len({d.SeriesInstanceUID for d in docs}) == 1 and [int(d.InstanceNumber) for d in docs] == [1, 2, 3]
+    groups = [g for d in docs for g in d.content.get_volumetric_roi_measurement_groups()]
     by_label = {str(g.tracking_identifier): g for g in groups}
+    assert len(by_label) == len(groups)  # every group once
     seg = pydicom.dcmread(out / rep.seg[0])
     seg_numbers = {"kidneys": 1, "lesion_bone_1": 2}
     for n, cyc in results.cycles.items():
@@ -240,7 +244,7 @@ def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
         if not str(g.tracking_identifier).endswith("predicted"):
             assert all(m.method is None or m.method.value != TTWN_CODES["predicted"][0] for m in g.get_measurements())
     # TheraTwin's own reader sees the same
-    mine = read_sr_measurements(pydicom.dcmread(out / rep.sr[0]))
+    mine = [m for f in rep.sr for m in read_sr_measurements(pydicom.dcmread(out / f))]
     assert sum(m.predicted for m in mine) == 4 and len({m.group for m in mine}) == 8
     # twin estimates of a sparsely imaged cycle: their own group, marked as estimated by the twin
     est_code = TTWN_CODES["twin_estimate"][0]
@@ -258,9 +262,6 @@ def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
 
 def test_sr_declares_private_scheme_and_method(exported) -> None:
     out, study, results, rep = exported
-    ds = pydicom.dcmread(out / rep.sr[0])
-    schemes = {i.CodingSchemeDesignator: i for i in ds.CodingSchemeIdentificationSequence}
-    assert schemes[TTWN].CodingSchemeName == "TheraTwin private codes"
     texts: list[str] = []
 
     def walk(d: pydicom.Dataset) -> None:
@@ -269,11 +270,15 @@ def test_sr_declares_private_scheme_and_method(exported) -> None:
                 texts.append(str(item.TextValue))
             walk(item)
 
-    walk(ds)
+    for f in rep.sr:
+        ds = pydicom.dcmread(out / f)
+        schemes = {i.CodingSchemeDesignator: i for i in ds.CodingSchemeIdentificationSequence}
+        assert schemes[TTWN].CodingSchemeName == "TheraTwin private codes"
+        assert ds.SoftwareVersions == tt.__version__
+        walk(ds)
     for m in results.methods:  # every method recorded in results.methods is named in the SR
         assert any(m.method.split(";")[0][:160] in t for t in texts), m.method
-    assert "TheraTwin" in texts and tt.__version__ in texts  # Algorithm Name / Version
-    assert ds.SoftwareVersions == tt.__version__
+    assert "TheraTwin kinetics" in texts and tt.__version__ in texts  # Algorithm Name / Version
 
 
 def test_reexport_makes_new_uids_and_series_numbers(exported, tmp_path: Path) -> None:
@@ -283,12 +288,13 @@ def test_reexport_makes_new_uids_and_series_numbers(exported, tmp_path: Path) ->
     first = {pydicom.dcmread(p).SOPInstanceUID: int(pydicom.dcmread(p).SeriesNumber)
              for p in (work / "dicom").glob("*.dcm")}
     rep2 = export_dicom(results, work)
-    second = {pydicom.dcmread(work / r).SOPInstanceUID: int(pydicom.dcmread(work / r).SeriesNumber)
-              for r in rep2.all_files}
+    heads = [pydicom.dcmread(work / r, stop_before_pixels=True) for r in rep2.all_files]
+    second = {h.SOPInstanceUID: int(h.SeriesNumber) for h in heads}
     assert not set(first) & set(second)
     assert not set(first.values()) & set(second.values())
     assert min(second.values()) > max(first.values())
-    assert len(set(second.values())) == len(second)  # one number per series within an export
+    series = {h.SeriesInstanceUID: int(h.SeriesNumber) for h in heads}
+    assert len(set(series.values())) == len(series)  # one number per series within an export
 
 
 def test_stage_records_outputs_and_keeps_other_dicom(tmp_path: Path) -> None:
@@ -303,7 +309,7 @@ def test_stage_records_outputs_and_keeps_other_dicom(tmp_path: Path) -> None:
     DicomExportStage().run(ctx)
     files = results.outputs["dicom"]
     assert "dicom/report_pdf.dcm" in files
-    assert {"dicom/rtdose_cycle1_dose.dcm", "dicom/seg_structures.dcm", "dicom/sr_measurements.dcm"} <= set(files)
+    assert {"dicom/rtdose_cycle1_dose.dcm", "dicom/seg_structures.dcm", "dicom/sr_cycle1.dcm"} <= set(files)
     assert all((tmp_path / "out" / f).is_file() for f in files)
     assert any(m.stage == "dicom_export" for m in results.methods)
 

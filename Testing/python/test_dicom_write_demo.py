@@ -36,7 +36,8 @@ def test_demo_exports_every_map_structure_and_report(demo_run) -> None:
     res = demo_run.results
     maps = {k for k in res.maps if k.endswith(("/dose", "/bed"))}
     assert len(_files(demo_run, "rtdose")) == len(maps) >= 4
-    assert len(_files(demo_run, "seg")) == 1 and len(_files(demo_run, "sr")) == 1
+    assert len(_files(demo_run, "seg")) == 1
+    assert [f.name for f in _files(demo_run, "sr")] == [*(f"sr_cycle{n}.dcm" for n in sorted(res.cycles)), "sr_predicted.dcm"]
     assert all(f.is_file() for f in _files(demo_run, "dicom"))
     seg = hd.seg.segread(_files(demo_run, "seg")[0])
     labels = {seg.get_segment_description(i).SegmentLabel for i in seg.segment_numbers}
@@ -49,8 +50,9 @@ def test_demo_objects_pass_dciodvfy_and_dsrdump(demo_run) -> None:
         p = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=300)
         errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, f"{f.name}: {errors[:5]}"
-    p = subprocess.run(["dsrdump", str(_files(demo_run, "sr")[0])], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and not [ln for ln in p.stderr.splitlines() if ln.startswith(("E:", "F:"))]
+    for f in _files(demo_run, "sr"):
+        p = subprocess.run(["dsrdump", str(f)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and not [ln for ln in p.stderr.splitlines() if ln.startswith(("E:", "F:"))]
 
 
 def test_demo_rtdose_equals_the_maps(demo_run) -> None:
@@ -67,8 +69,8 @@ def test_demo_rtdose_equals_the_maps(demo_run) -> None:
 
 def test_demo_sr_has_every_result(demo_run) -> None:
     res = demo_run.results
-    sr = hd.sr.srread(_files(demo_run, "sr")[0])
-    groups = {str(g.tracking_identifier): g for g in sr.content.get_volumetric_roi_measurement_groups()}
+    groups = {str(g.tracking_identifier): g for f in _files(demo_run, "sr")
+              for g in hd.sr.srread(f).content.get_volumetric_roi_measurement_groups()}
     n_checked = 0
     for n, cyc in res.cycles.items():
         for name, s in cyc.structures.items():

@@ -73,7 +73,7 @@ def test_stow_push_found_by_qido_and_second_push_stores_nothing(orthanc: Orthanc
     before = orthanc.count_instances()
     res = orthanc.call(push_dicom_directory, out, orthanc.dicomweb_url)
     assert res.ok, res.describe()
-    assert set(res.sent) == sops and len(sops) == 8  # 6 RT Dose, SEG, SR
+    assert set(res.sent) == sops and len(sops) == 10  # 6 RT Dose, SEG, 3 SR
     assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == sops
     assert orthanc.count_instances() - before == len(sops)
     # pushing the same folder again sends nothing and stores nothing
@@ -219,7 +219,8 @@ def test_pipeline_stage_pushes_when_configured(orthanc: Orthanc, creds_env, tmp_
     orthanc.call(DicomExportStage().run, ctx)
     sops = {str(pydicom.dcmread(tmp_path / "out" / f, stop_before_pixels=True).SOPInstanceUID)
             for f in results.outputs["dicom"]}
-    assert f"{len(sops)} sent" in results.outputs["pacs_push"] and len(sops) == 6 and not [w for w in results.warnings if w.severity == "error"]
+    assert f"{len(sops)} sent" in results.outputs["pacs_push"] and len(sops) == 7  # 4 RT Dose, SEG, 2 SR
+    assert not [w for w in results.warnings if w.severity == "error"]
     assert set(orthanc.qido_instances(study.reference_ct_source.study_uid)) == sops
 
 

@@ -1,7 +1,8 @@
 """Write the DICOM results of a run: RT Dose per dose/BED map, the SEG of the structures used, the TID 1500 SR.
 
 Files go to ``OUT/dicom/`` with fixed names per kind (``rtdose_cycle1_dose.dcm``, ``rtdose_cumulative_bed.dcm``,
-``seg_structures.dcm``, ``sr_measurements.dcm``); a re-export replaces TheraTwin's earlier files there (with new
+``seg_structures.dcm``, ``sr_cycle1.dcm`` ... ``sr_predicted.dcm``, one TID 1500 SR per cycle and one for the
+twin's predictions, all in one series); a re-export replaces TheraTwin's earlier files there (with new
 UIDs, so nothing collides with objects already sent to a PACS) and leaves files other stages put there (the
 report's Encapsulated PDF) alone.
 """
@@ -21,12 +22,13 @@ from ..results import Results
 from .exportcontext import ExportContext
 from .rtdose import DoseKind, DoseMapSpec, build_rtdose
 from .seg import build_seg
-from .sr import SegmentRef, build_sr
+from .sr import SegmentRef, build_sr, sr_parts
+from .uids import new_uid
 
 __all__ = ["ExportReport", "dose_map_specs", "export_dicom", "DICOM_SUBDIR", "write_dataset"]
 
 DICOM_SUBDIR = "dicom"
-_OWN_FILES = re.compile(r"^(rtdose_.*|seg_structures|sr_measurements)\.dcm$")
+_OWN_FILES = re.compile(r"^(rtdose_.*|seg_structures|sr_.*)\.dcm$")
 _MAP_KEY = re.compile(r"^(?:cycle(?P<cycle>\d+)|(?P<cum>cumulative))/(?P<what>dose|bed)$")
 
 
@@ -145,10 +147,14 @@ def export_dicom(results: Results, out_dir: str | Path, *, seg_algorithm_type: s
     if seg_ds is not None:
         report(progress, 0.92, "SR")
         sources = [h for hs in ctx.source_images.values() for h in hs]
-        sr = build_sr(results, seg_ds, segments, ctx, series_number=ctx.numbering.next(),
-                      evidence=[*doses, *ctx.reference_ct, *sources])
-        write_dataset(sr, ddir / "sr_measurements.dcm")
-        rep.sr.append(f"{DICOM_SUBDIR}/sr_measurements.dcm")
+        series_uid, series_number = new_uid(), ctx.numbering.next()
+        for i, part in enumerate(sr_parts(results, list(segments))):
+            sr = build_sr(results, seg_ds, segments, ctx, series_number=series_number,
+                          evidence=[*doses, *ctx.reference_ct, *sources], part=part,
+                          series_instance_uid=series_uid, instance_number=i + 1)
+            name = f"sr_{part}.dcm"
+            write_dataset(sr, ddir / name)
+            rep.sr.append(f"{DICOM_SUBDIR}/{name}")
     rep.all_files = sorted(p.relative_to(out).as_posix() for p in ddir.glob("*.dcm"))
     report(progress, 1.0, "DICOM export done")
     return rep

@@ -70,6 +70,7 @@ __all__ = [
     "SRMeasurement",
     "planned_measurements",
     "build_sr",
+    "sr_parts",
     "read_sr_measurements",
 ]
 
@@ -347,7 +348,10 @@ def _code_tuple(key: str) -> tuple[str, str]:
 
 # --- building ---------------------------------------------------------------------------------------------------
 
-_INPUT_KEYS = {"administered_activity", "volume", "mass", "alpha_beta", "repair_half_time"}
+#: Each stage's algorithm is identified once per group, on its primary quantity (TIA: kinetics, mean dose:
+#: dosimetry, BED: radiobiology; the twin's on its TIA and dose); the group's other measurements come from
+#: the same stage runs. Inputs (administered activity, volume, mass, LQ parameters) carry none.
+_ALGORITHM_KEYS = {"tia", "mean_dose", "bed"}
 
 
 def _algorithm(stage: str, methods: Sequence[MethodRecord], extra: Sequence[str] = ()) -> hd.sr.AlgorithmIdentification:
@@ -389,8 +393,27 @@ class SegmentRef:
     structure: Structure
 
 
+def sr_parts(results: Results, structures: Sequence[str]) -> list[str]:
+    """The SR documents of an export: ``"cycle<n>"`` per cycle with results, then ``"predicted"``.
+
+    One document per cycle (and one for the twin's predictions) keeps each TID 1500 tree small enough for
+    validators that hold the whole tree in memory (pixelmed needs ~5 GB for 850 content items).
+    """
+    parts: list[str] = []
+    for m in planned_measurements(results, structures):
+        p = _part(m)
+        if p not in parts:
+            parts.append(p)
+    return parts
+
+
+def _part(m: SRMeasurement) -> str:
+    return "predicted" if m.predicted else f"cycle{m.cycle}"
+
+
 def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ctx: ExportContext, *,
-             series_number: int, evidence: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
+             series_number: int, evidence: Sequence[Dataset] = (), part: str | None = None,
+             series_instance_uid: str | None = None, instance_number: int = 1) -> hd.sr.Comprehensive3DSR:
     """Make the TID 1500 Comprehensive 3D SR of ``results`` (see the module docstring for its content).
 
     Parameters
@@ -407,13 +430,18 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         SeriesNumber of the new SR series.
     evidence
         Further objects the SR summarises (RT Dose objects, source images), listed as evidence.
+    part
+        Only the groups of this document (see :func:`sr_parts`); all groups when None.
+    series_instance_uid, instance_number
+        To put several SR documents of one export into one series.
     """
     methods = list(results.methods)
     ct_series = str(ctx.reference_ct[0].SeriesInstanceUID) if ctx.reference_ct else None
     plan = planned_measurements(results, list(segments))
     groups: dict[str, list[SRMeasurement]] = {}
     for m in plan:
-        groups.setdefault(m.group, []).append(m)
+        if part is None or _part(m) == part:
+            groups.setdefault(m.group, []).append(m)
     stage_of = {key: stage for key, _a, _u, stage in _FIELDS}
     stage_of["administered_activity"] = "input"
     key_of = {_code_tuple(k): k for k in stage_of}
@@ -447,7 +475,7 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
             stage = "twin" if (predicted or estimate) else stage_of.get(key, "")
             # inputs (administered activity, volume, mass, LQ parameters) carry no algorithm; companions
             # (SD, interval limits) share their quantity's, given once on the quantity itself
-            algo = None if key in _INPUT_KEYS else algos.get(stage)
+            algo = algos.get(stage) if key in _ALGORITHM_KEYS else None
             measurements.append(hd.sr.Measurement(name=_concept(key), value=m.value, unit=unit, method=method,
                                                   algorithm_id=algo))
             for name_key, value in _companions(key, m):
@@ -487,10 +515,10 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *evidence],
         content=report[0],
-        series_instance_uid=new_uid(),
+        series_instance_uid=series_instance_uid or new_uid(),
         series_number=series_number,
         sop_instance_uid=new_uid(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
