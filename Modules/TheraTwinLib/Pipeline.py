@@ -1,9 +1,9 @@
 """Run the theratwin pipeline on scene nodes and put its results back into the scene.
 
 A Logic calls :func:`runPipelineOnNodes` (nodes -> Study -> ``theratwin.pipeline.Pipeline``) and then
-:func:`showMaps` / the table and plot helpers. The last run is kept per process (keyed by the input nodes,
-their modification times, the stages and options), so that going from the Kinetics to the Dosimetry module
-on the same data does not repeat work it does not need to.
+:func:`showMaps` / the table and plot helpers. The last runs are kept per process (keyed by the input nodes and
+their modification times, with the stages done and their options), so that going from the Kinetics to the
+Dosimetry module on the same data continues the run instead of registering the time points again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .Volumes import UNIT_ATTRIBUTE, markAsDoseVolume, updateVolumeNodeFromImage
 __all__ = [
     "PipelineRun",
     "OUTPUT_STAGES",
+    "KEPT_RUNS",
     "runPipelineOnNodes",
     "clearPipelineCache",
     "mapNodeName",
