@@ -16,7 +16,7 @@ from scipy import integrate, ndimage
 
 from theratwin import nuclides
 from theratwin.demo import CYCLE1_KINETICS, DEMO_SCHEMA_VERSION, DemoOptions, build_demo, simulate
-from theratwin.demo.build import SENSITIVITY_CPS_PER_MBQ
+from theratwin.demo.build import SENSITIVITY_CPS_PER_MBQ, generator_fingerprint
 from theratwin.demo.phantom import TISSUES
 
 SEED = 7
@@ -225,6 +225,19 @@ class TestBuild:
         c = build_demo(tmp_path, seed=5, fast=True)
         assert c.dicom_dir == a.dicom_dir
         assert hashlib.sha256(nm.read_bytes()).hexdigest() == original
+
+    def test_cache_rebuilt_when_the_generator_code_changes(self, tmp_path: Path) -> None:
+        a = build_demo(tmp_path, seed=12, fast=True, noise=False, blur=False, misalign=False)
+        manifest_path = a.dicom_dir.parent / "demo-manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["generator"] == generator_fingerprint()
+        manifest["generator"] = "0" * 64  # as if built by other demo/dosimetry code
+        manifest_path.write_text(json.dumps(manifest))
+        calls: list[str] = []
+        build_demo(tmp_path, seed=12, fast=True, noise=False, blur=False, misalign=False,
+                   progress=lambda f, m: calls.append(m))
+        assert "demo patient found in cache" not in calls
+        assert json.loads(manifest_path.read_text())["generator"] == generator_fingerprint()
 
     def test_concurrent_builds_publish_one_complete_copy(self, tmp_path: Path) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -35,6 +35,7 @@ __all__ = [
     "simulate",
     "build_demo",
     "write_demo_dicom",
+    "generator_fingerprint",
     "SENSITIVITY_CPS_PER_MBQ",
     "RESOLUTION_FWHM_MM",
 ]
@@ -545,6 +546,21 @@ def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path.home() / ".cache" / "theratwin"
 
 
+def generator_fingerprint() -> str:
+    """SHA256 over the source of the code the demo data and its truth depend on (demo, dosimetry, nuclides).
+
+    Stored in the cache manifest: when that code changes (say, a new dose kernel), the cached patient and its
+    truth are rebuilt rather than silently reused.
+    """
+    pkg = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub_pkg in ("demo", "dosimetry", "nuclides"):
+        for p in sorted((pkg / sub_pkg).rglob("*.py")):
+            h.update(p.relative_to(pkg).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def _load_if_complete(folder: Path) -> DemoPatient | None:
     """Return the cached patient when its manifest matches every file (SHA256), else None."""
     manifest_path = folder / _MANIFEST
@@ -552,7 +568,7 @@ def _load_if_complete(folder: Path) -> DemoPatient | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("schema") != DEMO_SCHEMA_VERSION:
+        if manifest.get("schema") != DEMO_SCHEMA_VERSION or manifest.get("generator") != generator_fingerprint():
             return None
         for rel, digest in manifest["files"].items():
             p = folder / rel
@@ -626,6 +642,7 @@ def build_demo(
         files.append(tmp / _TRUTH)
         manifest = {
             "schema": DEMO_SCHEMA_VERSION,
+            "generator": generator_fingerprint(),
             "seed": seed,
             "options": asdict(options),
             "dose_available": bool(sim.truth["dose"]["available"]),
