@@ -67,7 +67,7 @@ class Administration:
         if not np.isfinite(self.activity_MBq) or self.activity_MBq <= 0:
             raise InvalidInputError(
                 f"Administered activity must be positive (MBq); got {self.activity_MBq}. Check "
-                "RadionuclideTotalDose (0018,1074), which DICOM gives in Bq."
+                "RadionuclideTotalDose (0018,1074) (MBq in NM objects, Bq in PET objects)."
             )
         if not isinstance(self.start, datetime):
             raise InvalidInputError("Administration start must be a datetime (RadiopharmaceuticalStartDateTime).")
