@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import shutil
 import ssl
 import subprocess
@@ -41,7 +42,7 @@ def test_credentials_in_url_are_refused_without_echoing_them() -> None:
     assert SECRET not in str(info.value) and "THERATWIN_PACS_USER" in str(info.value)
 
 
-def test_credentials_from_environment_and_config_file(tmp_path: Path) -> None:
+def test_credentials_from_environment_and_config_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"pacs": {"user": "fileuser", "password": "filepw", "verify_tls": True,
                                         "calling_ae_title": "TTW2", "timeout_s": 5}}))
@@ -54,6 +55,10 @@ def test_credentials_from_environment_and_config_file(tmp_path: Path) -> None:
     assert SECRET not in repr(creds) and "T0K-xyz" not in str(creds)
     with pytest.raises(ConfigurationError):
         load_pacs_config({"THERATWIN_CONFIG": str(tmp_path / "missing.json")})
+    cfg.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        load_pacs_config({"THERATWIN_CONFIG": str(cfg)})
+    assert "chmod 600" in caplog.text and "filepw" not in caplog.text
     cfg.write_text(json.dumps({"pacs": {"verify_tls": "no"}}))
     with pytest.raises(ConfigurationError):
         load_pacs_config({"THERATWIN_CONFIG": str(cfg)})

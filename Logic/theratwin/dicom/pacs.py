@@ -22,6 +22,7 @@ The environment wins over the file. TLS certificates are verified unless ``verif
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PacsEndpoint", "PacsCredentials", "PacsSettings", "PacsClient", "open_pacs", "config_file_path"]
 
@@ -147,6 +150,8 @@ def _file_section(env: Mapping[str, str]) -> dict[str, Any]:
     section = data.get("pacs", {}) if isinstance(data, dict) else {}
     if not isinstance(section, dict):
         raise ConfigurationError(f"{path}: \"pacs\" must be an object.")
+    if (section.get("password") or section.get("token")) and path.stat().st_mode & 0o077:
+        log.warning("%s holds PACS credentials and can be read by other users; restrict it (chmod 600).", path)
     return section
 
 
