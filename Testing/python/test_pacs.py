@@ -48,7 +48,8 @@ def test_credentials_from_environment_and_config_file(tmp_path: Path, caplog: py
                                         "calling_ae_title": "TTW2", "timeout_s": 5}}))
     creds, settings = load_pacs_config({"THERATWIN_CONFIG": str(cfg)})
     assert (creds.user, creds.password, creds.token) == ("fileuser", "filepw", "")
-    assert settings == PacsSettings(verify_tls=True, ca_bundle=None, timeout_s=5.0, calling_ae_title="TTW2")
+    assert settings == PacsSettings(verify_tls=True, ca_bundle=None, timeout_s=5.0, calling_ae_title="TTW2",
+                                    max_attempts=3, retry_wait_ms=200)
     creds, _ = load_pacs_config({"THERATWIN_CONFIG": str(cfg), "THERATWIN_PACS_PASSWORD": SECRET,
                                  "THERATWIN_PACS_TOKEN": "T0K-xyz"})
     assert creds.password == SECRET and creds.token == "T0K-xyz"  # the environment wins

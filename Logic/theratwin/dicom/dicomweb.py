@@ -47,6 +47,10 @@ class DicomWebConnection:
             session.auth = requests.auth.HTTPBasicAuth(credentials.user, credentials.password)
         self._session = session
         self.client = DICOMwebClient(url=endpoint.url, session=session, timeout=settings.timeout_s)
+        # dicomweb-client's default (5 attempts, 1 s exponential back-off) holds a push ~30 s on a dead server;
+        # the outbox retries later anyway
+        self.client.set_http_retry_params(retry=settings.max_attempts > 1, max_attempts=settings.max_attempts,
+                                          wait_exponential_multiplier=settings.retry_wait_ms)
 
     def close(self) -> None:
         self._session.close()

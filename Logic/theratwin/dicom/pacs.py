@@ -14,7 +14,8 @@ Never from the command line or the URL (a URL with a user name or password is re
 written to any output. They come from the environment — ``THERATWIN_PACS_USER``, ``THERATWIN_PACS_PASSWORD``
 (HTTP basic), ``THERATWIN_PACS_TOKEN`` (HTTP bearer; wins over basic) — or from the ``"pacs"`` object of a
 JSON config file (``$THERATWIN_CONFIG``, else ``~/.config/theratwin/config.json``) with the keys ``user``,
-``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``timeout_s``, ``calling_ae_title``.
+``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``timeout_s``, ``calling_ae_title``,
+``max_attempts`` (3) and ``retry_wait_ms`` (200).
 The environment wins over the file. TLS certificates are verified unless ``verify_tls`` is false
 (``THERATWIN_PACS_CA_BUNDLE`` names a CA bundle for private PKIs).
 """
@@ -127,6 +128,10 @@ class PacsSettings:
     ca_bundle: str | None = None
     timeout_s: float = 30.0
     calling_ae_title: str = "THERATWIN"
+    #: DICOMweb requests are tried this often on connection errors and 408/429/503/504, with exponential
+    #: back-off from ``retry_wait_ms``; then the push stops and the outbox keeps the rest for later.
+    max_attempts: int = 3
+    retry_wait_ms: int = 200
 
 
 def config_file_path(env: Mapping[str, str] | None = None) -> Path:
@@ -172,6 +177,8 @@ def load_pacs_config(env: Mapping[str, str] | None = None) -> tuple[PacsCredenti
         ca_bundle=env.get("THERATWIN_PACS_CA_BUNDLE", f.get("ca_bundle")) or None,
         timeout_s=float(f.get("timeout_s", 30.0)),
         calling_ae_title=env.get("THERATWIN_PACS_CALLING_AET", str(f.get("calling_ae_title", "THERATWIN"))),
+        max_attempts=max(1, int(f.get("max_attempts", 3))),
+        retry_wait_ms=max(0, int(f.get("retry_wait_ms", 200))),
     )
     return creds, settings
 
