@@ -325,3 +325,14 @@ def test_without_ct_files_seg_and_sr_are_skipped_with_a_warning(small_study: tt.
     ds = pydicom.dcmread(tmp_path / rep.rtdose[0])
     assert ds.PatientID == small_study.patient.patient_id
     assert float(ds.DoseGridScaling) * ds.pixel_array.max() == pytest.approx(2.0, abs=float(ds.DoseGridScaling))
+
+
+def test_ct_files_that_do_not_match_the_reference_ct_skip_seg_with_a_warning(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "in", n_cycles=1)
+    results = make_results(study)
+    # one CT slice missing: a SEG could not reference every slice it covers
+    study.reference_ct_source = type(study.reference_ct_source)(
+        **{**study.reference_ct_source.__dict__, "files": study.reference_ct_source.files[1:]})
+    rep = export_dicom(results, tmp_path / "out")
+    assert len(rep.rtdose) == 4 and not rep.seg and not rep.sr
+    assert any("slices" in w and "SEG" in w for w in rep.warnings)

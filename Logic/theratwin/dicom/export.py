@@ -139,11 +139,15 @@ def export_dicom(results: Results, out_dir: str | Path, *, seg_algorithm_type: s
             rep.warnings.append("No structure has results: no SEG and no SR were written.")
         else:
             report(progress, 0.85, "SEG")
-            seg_ds = build_seg(study.segmentation, structures, ctx, ct_geometry=study.reference_ct.geometry,
-                               series_number=ctx.numbering.next(), algorithm_type=seg_algorithm_type)
-            write_dataset(seg_ds, ddir / "seg_structures.dcm")
-            rep.seg.append(f"{DICOM_SUBDIR}/seg_structures.dcm")
-            segments = {s.name: SegmentRef(i + 1, s) for i, s in enumerate(structures)}
+            try:
+                seg_ds = build_seg(study.segmentation, structures, ctx, ct_geometry=study.reference_ct.geometry,
+                                   series_number=ctx.numbering.next(), algorithm_type=seg_algorithm_type)
+            except InvalidInputError as exc:  # e.g. CT files that do not match the in-memory reference CT
+                rep.warnings.append(f"No SEG and no SR were written: {exc}")
+            else:
+                write_dataset(seg_ds, ddir / "seg_structures.dcm")
+                rep.seg.append(f"{DICOM_SUBDIR}/seg_structures.dcm")
+                segments = {s.name: SegmentRef(i + 1, s) for i, s in enumerate(structures)}
     if seg_ds is not None:
         report(progress, 0.92, "SR")
         sources = [h for hs in ctx.source_images.values() for h in hs]
