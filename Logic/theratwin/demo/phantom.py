@@ -188,6 +188,23 @@ def lookup_tables() -> tuple[np.ndarray, np.ndarray]:
     return hu, rho
 
 
+def scanner_hu_density_points() -> tuple[tuple[float, float], ...]:
+    """The demo CT scanner's HU -> mass density calibration, as a site would measure it with a density phantom.
+
+    The demo's tissues pair each CT number with a density (``TISSUES``); the calibration is the piecewise-linear
+    curve through those pairs (air first, tissues sharing a CT number averaged), sorted by HU. The pipeline uses it
+    for the demo patient (``theratwin.pipeline.run_demo``) exactly as a clinic configures its own scanner's curve
+    (``stage_options["dosimetry"]["hu_density_points"]``).
+    """
+    hu, rho = lookup_tables()
+    pairs: dict[float, list[float]] = {}
+    for h, r in zip(hu[1:], rho[1:], strict=True):
+        pairs.setdefault(float(h), []).append(float(r))
+    points = [(float(AIR_HU), float(AIR_DENSITY_G_PER_ML))]
+    points += [(h, float(np.mean(v))) for h, v in sorted(pairs.items()) if h > AIR_HU]
+    return tuple(points)
+
+
 def paint_labels(
     shape_zyx: tuple[int, int, int],
     origin_mm: tuple[float, float, float],

@@ -50,18 +50,21 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
 
 
 def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
-    """The demo documents its reconstructed SPECT resolution and camera sensitivity; the kinetics stage uses
-    them for the partial-volume correction and the counting statistics unless the caller set them (a site
-    takes them from its own phantom measurements)."""
+    """The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
+    stage uses the first two for the partial-volume correction and the counting statistics, the dosimetry stage
+    the third for densities, unless the caller set them (a site takes them from its own phantom measurements)."""
     from dataclasses import replace
 
     from ..demo import RESOLUTION_FWHM_MM, SENSITIVITY_CPS_PER_MBQ
+    from ..demo.phantom import scanner_hu_density_points
 
     cfg = config or PipelineConfig()
     options = {k: dict(v) for k, v in cfg.stage_options.items()}
     kinetics = options.setdefault("kinetics", {})
     kinetics.setdefault("system_fwhm_mm", RESOLUTION_FWHM_MM)
     kinetics.setdefault("counts_per_MBq_s", SENSITIVITY_CPS_PER_MBQ)
+    # the demo scanner's CT calibration, as a clinic sets its own (the default is a generic bilinear curve)
+    options.setdefault("dosimetry", {}).setdefault("hu_density_points", [list(p) for p in scanner_hu_density_points()])
     return replace(cfg, stage_options=options)
 
 
