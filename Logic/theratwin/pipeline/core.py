@@ -182,11 +182,11 @@ class Pipeline:
             ctx.completed.append(name)
             results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
         ctx.state.pop("_stage_progress", None)
+        results.extras["completed_stages"] = list(ctx.completed)
         if out is not None and self.config.write_outputs:
             results.outputs["results_json"] = "results.json"
             results.write_json(out / "results.json")
         report(progress, 1.0, "done")
-        results.extras["completed_stages"] = list(ctx.completed)
         self.last_context = ctx
         return results
 
