@@ -1,0 +1,46 @@
+"""Benchmark: ``theratwin demo`` end to end with the demo patient cached (budget <= 30 s wall, <= 2 GB peak).
+
+The baseline measured in the same run is reading the demo DICOM back (``theratwin.dicom.read_study``), the
+floor any run of the pipeline pays; the figure printed is the whole run's wall time, its ratio to that floor and
+the peak resident memory of the ``theratwin demo`` process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+WALL_BUDGET_S = 30.0
+MEMORY_BUDGET_MB = 2048.0
+
+
+def test_demo_end_to_end_within_budget(tmp_path) -> None:
+    from theratwin.demo import build_demo
+    from theratwin.dicom import read_study
+
+    demo = build_demo()  # make sure the cache is warm: the budget is for a cached demo patient
+    t0 = time.perf_counter()
+    read_study(demo.dicom_dir)
+    baseline_s = time.perf_counter() - t0
+
+    # run the CLI in a child that reports its own peak resident memory when it ends
+    runner = ("import resource, runpy, sys\n"
+              "sys.argv = ['theratwin', 'demo', '--out', sys.argv[1], '-q']\n"
+              "try:\n    runpy.run_module('theratwin', run_name='__main__')\n"
+              "except SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+              "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+              "sys.exit(code)\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", runner, str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    wall_s = time.perf_counter() - t0
+    peak_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_KB")]
+    peak_mb = float(peak_lines[-1].split()[1]) / 1024.0 if peak_lines else float("nan")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(f"\n[bench] theratwin demo (cached): {wall_s:.1f} s wall, peak {peak_mb:.0f} MB; "
+          f"baseline read_study {baseline_s:.2f} s; ratio {wall_s / baseline_s:.1f}x "
+          f"(budget {WALL_BUDGET_S:.0f} s, {MEMORY_BUDGET_MB:.0f} MB)")
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert wall_s <= WALL_BUDGET_S
+    assert peak_mb <= MEMORY_BUDGET_MB
