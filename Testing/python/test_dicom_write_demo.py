@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from servers.orthanc import Orthanc, orthanc_available
+from test_dicom_write_validators import PIXELMED_JARS, pixelmed_validate
 
 from theratwin.dicom.sr import TTWN
 from theratwin.push import push_dicom_directory
@@ -53,6 +54,15 @@ def test_demo_objects_pass_dciodvfy_and_dsrdump(demo_run) -> None:
     for f in _files(demo_run, "sr"):
         p = subprocess.run(["dsrdump", str(f)], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0 and not [ln for ln in p.stderr.splitlines() if ln.startswith(("E:", "F:"))]
+
+
+@pytest.mark.skipif(not all(p.exists() for p in PIXELMED_JARS) or shutil.which("java") is None,
+                    reason="pixelmed / java not installed")
+def test_demo_srs_pass_pixelmed_tid1500(demo_run) -> None:
+    for f in _files(demo_run, "sr"):  # ~1 min and ~8 GB of Java heap per document
+        text = pixelmed_validate(f)
+        assert "Found Root Template TID_1500 (MeasurementReport)" in text and "Root Template Validation Complete" in text
+        assert not [ln for ln in text.splitlines() if "Error:" in ln], f"{f.name}: {text[-3000:]}"
 
 
 def test_demo_rtdose_equals_the_maps(demo_run) -> None:
