@@ -24,16 +24,24 @@ cumulative mean dose, BED, EQD2 up to the cycle (TTW0008..TTW0010, 99TTWN)      
 MIRD organ S-value dose (for comparison)        (TTW0015, 99TTWN)                       Gy
 ==============================================  ======================================  ===========
 
-Standard deviations of TIA, mean dose, BED and EQD2 are companion measurements (TTW03<i>1) in the same group.
-Each measurement records how it was computed as Algorithm Identification (TID 4019: name, version and the
-method parameters from ``Results.methods`` — kinetic model, TIA method, dose method, radiobiology model).
+Standard deviations of TIA, mean dose, BED and EQD2 are companion measurements (``TTW03<i>1``) in the same
+group. How each quantity was computed is recorded as Algorithm Identification (TID 4019) on the primary
+measurement of each stage (TIA: kinetics, mean dose: dosimetry, BED: radiobiology): name ``"TheraTwin
+<stage>"``, the software version, and as parameters the stage's method from ``Results.methods`` plus the
+structure's own kinetic model, TIA method and dose method.
 
-Predictions of the digital twin (``Results.twin``) go into *separate* groups whose Measurement Method is
-(TTW0101, 99TTWN, "Predicted by digital twin") on every measurement, whose tracking identifier ends in
-``"predicted"`` and whose time point reads ``"Cycle n (predicted)"``; their 90 % prediction interval is given
-by companion measurements (5th and 95th percentile codes, below). TIAs that the twin *estimated* for sparsely imaged cycles (``StructureResult.estimated_by_twin``) form
-their own groups (``"<structure> cycle <n> twin estimate"``) whose measurements carry the method (TTW0102,
-99TTWN, "Estimated by digital twin"), as does a cycle's TIA when its ``tia_method`` is the twin's.
+Predictions of the digital twin (``Results.twin["prediction"]``) go into *separate* groups whose
+measurements all carry the method (TTW0101, 99TTWN, "Predicted by digital twin"), whose tracking identifier
+ends in ``"predicted"`` and whose time point reads ``"Cycle n (predicted)"``; their 90 % prediction interval
+is given by companion measurements (``TTW03<i>5`` / ``TTW03<i>9``: 5th / 95th percentile). TIAs that the
+twin *estimated* for sparsely imaged cycles (``StructureResult.estimated_by_twin``) form their own groups
+(``"<structure> cycle <n> twin estimate"``) whose measurements carry the method (TTW0102, 99TTWN,
+"Estimated by digital twin"), as does a cycle's TIA when its ``tia_method`` is the twin's.
+
+Documents
+---------
+An export writes one SR document per cycle and one for the predictions (:func:`sr_parts`), as instances
+of one series: each tree stays small enough for validators that hold it in memory.
 
 Private codes
 -------------
