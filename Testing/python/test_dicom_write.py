@@ -336,3 +336,25 @@ def test_ct_files_that_do_not_match_the_reference_ct_skip_seg_with_a_warning(tmp
     rep = export_dicom(results, tmp_path / "out")
     assert len(rep.rtdose) == 4 and not rep.seg and not rep.sr
     assert any("slices" in w and "SEG" in w for w in rep.warnings)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("plastimatch") is None, reason="plastimatch not installed")
+def test_plastimatch_reads_a_map_stored_head_to_feet(tmp_path: Path) -> None:
+    """A map whose slice axis points to the feet is stored in increasing-offset order: plastimatch, which
+    stacks frames in file order, must put every value at the same patient position."""
+    geo = tt.Geometry((5, 6, 7), (3.0, 2.5, 4.0), (10.0, -20.0, 30.0), np.diag([1.0, 1.0, -1.0]))
+    spec = _spec(geo, seed=11)
+    ds = build_rtdose(spec, _ctx(tmp_path), series_number=9001)
+    ds.save_as(tmp_path / "flip.dcm", enforce_file_format=True)
+    nrrd = tmp_path / "flip.nrrd"
+    proc = subprocess.run(["plastimatch", "convert", "--input", str(tmp_path / "flip.dcm"), "--output-dose-img",
+                           str(nrrd)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    img = sitk.ReadImage(str(nrrd))
+    src = spec.image.to_sitk()
+    tol = float(ds.DoseGridScaling) / 2 + 1e-5
+    for ijk in np.ndindex(*geo.shape[::-1]):  # (x, y, z) indices of the source map
+        p = src.TransformIndexToPhysicalPoint([int(v) for v in ijk])
+        j = img.TransformPhysicalPointToIndex(p)
+        assert abs(img.GetPixel(j) - src.GetPixel([int(v) for v in ijk])) <= tol
