@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -235,3 +237,32 @@ def test_push_directory_reports_each_destination(orthanc: Orthanc, creds_env, tm
     assert pacs.ok and set(pacs.sent) == sops and not fhir.ok
     lines = rep.describe().splitlines()
     assert lines[0].startswith("PACS") and f"{len(sops)} sent" in lines[0] and len(lines) >= 2
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_dicom_tls_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DICOM over TLS (dimse+tls://): an untrusted certificate stops the push (items kept); with the PACS's CA
+    configured the same push goes through."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = Orthanc(tmp_path / "orthanc-tls", extra_config={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key),
+        "DicomTlsTrustedCertificates": str(cert), "DicomTlsRemoteCertificateRequired": False})
+    try:
+        server.start()
+        (tmp_path / "cfg.json").write_text("{}")
+        monkeypatch.setenv("THERATWIN_CONFIG", str(tmp_path / "cfg.json"))
+        monkeypatch.delenv("THERATWIN_PACS_CA_BUNDLE", raising=False)
+        study, out, sops = _export(tmp_path / "x")
+        assert server.dimse_url.startswith("dimse+tls://")
+        refused = server.call(push_dicom_directory, out, server.dimse_url)
+        assert not refused.ok and refused.sent == [] and refused.pending == len(sops)
+        assert server.count_instances() == 0
+        monkeypatch.setenv("THERATWIN_PACS_CA_BUNDLE", str(cert))
+        accepted = server.call(push_dicom_directory, out, server.dimse_url)
+        assert accepted.ok and set(accepted.sent) == sops
+        assert server.count_instances() == len(sops)
+    finally:
+        server.close()

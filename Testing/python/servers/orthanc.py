@@ -66,7 +66,9 @@ class Orthanc:
 
     ae_title = "TTPACS"
 
-    def __init__(self, workdir: Path, *, user: str = "ttw", password: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, user: str = "ttw", password: str | None = None,
+                 extra_config: dict[str, Any] | None = None) -> None:
+        self.extra_config = dict(extra_config or {})
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = user
@@ -119,6 +121,7 @@ class Orthanc:
             "HttpThreadsCount": 4,
             "StableAge": 1,
             "LuaScripts": [str(self._lua)],
+            **self.extra_config,
         }
         self._config.write_text(json.dumps(cfg, indent=1))
 
@@ -128,7 +131,8 @@ class Orthanc:
 
     @property
     def dimse_url(self) -> str:
-        return f"dimse://{self.ae_title}@127.0.0.1:{self.dicom_port}"
+        scheme = "dimse+tls" if self.extra_config.get("DicomTlsEnabled") else "dimse"
+        return f"{scheme}://{self.ae_title}@127.0.0.1:{self.dicom_port}"
 
     def _prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns] if self.netns else []
