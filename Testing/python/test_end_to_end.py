@@ -90,3 +90,38 @@ def test_demo_truth_dose_is_in_range(demo_run) -> None:
         if name not in NOT_MEASURABLE:
             # the resolution can only lower a small hot structure's dose, never raise it by much
             assert s["mean_dose_as_imaged_Gy"] <= 1.15 * s["mean_dose_Gy"], name
+
+
+# Voxel doses against the resolution-limited truth (mean_dose_as_imaged_Gy). The kinetics stage integrates every
+# voxel with the hybrid model (first scan + Poisson-weighted exponential tail, fit_voxels(model="hybrid")). Bounds:
+# - organs, body and red marrow: 5 % in cycle 1 (the kinetic model's own error on the demo's uptake-washout
+#   and blood-like bi-exponential curves is ~3 %, see test_kinetics_voxels);
+# - small structures (submandibular and lacrimal glands, lesions of a few mL): 10 %, and never above +5 %. The
+#   later time points are resampled onto the reference grid by the registration stage (trilinear interpolation
+#   after a simulated patient shift of a few mm): a half-voxel shift and back alone takes 5-17 % of the activity
+#   out of these structures, measured on the noiseless demo images, which no kinetic model can restore;
+# - cycle 2 (one scan at ~50 h, the cycle-1 voxel curve shape rescaled): the demo changes half-lives by 4 % SD
+#   and amplitudes by 5 % SD between cycles (INTER_OCCASION_SD), which one late scan cannot see, and the
+#   error on the TIA grows as (lambda t - 1) x the change: 7 % for organs, 10 % for the body and red marrow
+#   (fast blood component, lambda t ~ 3), 15 % for the small structures (registration loss as above on top).
+SMALL = {"submandibular_glands", "lacrimal_glands"}
+
+
+def _is_small(name: str) -> bool:
+    return name in SMALL or name.startswith("lesion_")
+
+
+@pytest.mark.parametrize("cycle", [1, 2])
+def test_voxel_dose_matches_the_resolution_limited_truth(demo_run, cycle: int) -> None:
+    truth = _truth_structures(demo_run.truth, cycle)
+    bounds = {1: (0.05, 0.05, 0.10), 2: (0.07, 0.10, 0.15)}[cycle]  # organs, body/red marrow, small
+    ratios = {}
+    for name, t in truth.items():
+        if name in NOT_MEASURABLE:
+            continue
+        ratios[name] = demo_run.results.cycles[cycle].structures[name].mean_dose_Gy / t["mean_dose_as_imaged_Gy"]
+    for name, r in ratios.items():
+        bound = bounds[2] if _is_small(name) else bounds[1] if name in ("body", "red_marrow") else bounds[0]
+        assert abs(r - 1.0) <= bound, (cycle, name, round(r, 3), ratios)
+        if _is_small(name):
+            assert r <= 1.05, (cycle, name, round(r, 3))  # the registration can only lose activity

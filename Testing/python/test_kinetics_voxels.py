@@ -126,3 +126,103 @@ def test_progress_is_reported_and_result_does_not_depend_on_blocks(monkeypatch) 
     # identical up to the convergence tolerance on lambda (1e-4)
     np.testing.assert_allclose(blocks.tia_Bq_h_per_mL, whole.tia_Bq_h_per_mL, rtol=2e-4)
     np.testing.assert_allclose(blocks.tia_sd_Bq_h_per_mL, whole.tia_sd_Bq_h_per_mL, rtol=2e-3)
+
+
+# --- hybrid model: first sample + Poisson-weighted exponential tail (fit_voxels(model="hybrid")) ----------------
+
+def _uptake_washout(t, lam, ku):
+    """Uptake-washout curve exp(-lam t) - exp(-(lam + ku) t) (one-compartment, MIRD 21 style) and its integral."""
+    return np.exp(-lam * t) - np.exp(-(lam + ku) * t), 1.0 / lam - 1.0 / (lam + ku)
+
+
+def test_hybrid_is_exact_on_mono_exponentials_and_codes_its_voxels() -> None:
+    rng = np.random.default_rng(10)
+    c0 = rng.uniform(100, 5000, (3, 4, 5))
+    lam = LP + rng.uniform(0.001, 0.08, (3, 4, 5))
+    vf = fit_voxels(T, _series(c0, lam), model="hybrid")
+    np.testing.assert_allclose(vf.tia_Bq_h_per_mL, c0 / lam, rtol=5e-4)
+    np.testing.assert_allclose(vf.effective_half_life_h, math.log(2) / lam, rtol=5e-4)
+    codes = {v: k for k, v in VOXEL_MODEL_CODES.items()}
+    assert np.all(vf.model_map == codes["hybrid"])
+
+
+@pytest.mark.parametrize(("lam", "ku"), [(math.log(2) / 40.0, math.log(2) / 2.0),   # organ: 2 h uptake, 40 h
+                                         (math.log(2) / 65.0, math.log(2) / 2.5),   # lesion: 2.5 h uptake, 65 h
+                                         (math.log(2) / 42.0, math.log(2) / 1.0)])  # kidney-like
+def test_hybrid_integrates_uptake_washout_curves_where_mono_exp_fails(lam: float, ku: float) -> None:
+    # the analytic integral of an uptake-washout curve sampled at 4, 24, 48, 168 h: the hybrid integral
+    # (which assumes fast uptake before the first scan) is within 4 %; a mono-exponential through all four
+    # samples, pulled flat by the uptake phase, is not
+    shape, tia = _uptake_washout(T, lam, ku)
+    c = 1000.0 * shape[:, None, None, None] * np.ones((4, 1, 1, 2))
+    hyb = fit_voxels(T, c, model="hybrid").tia_Bq_h_per_mL[0, 0, 0]
+    mono = fit_voxels(T, c, model="mono_exp").tia_Bq_h_per_mL[0, 0, 0]
+    assert hyb == pytest.approx(1000.0 * tia, rel=0.04)
+    assert abs(mono / (1000.0 * tia) - 1) > 2 * abs(hyb / (1000.0 * tia) - 1)
+
+
+def test_hybrid_captures_a_fast_early_component_and_a_slow_tail() -> None:
+    # blood-like bi-exponential (10.8 h and 40 h, Kabasakal 2017 phases): the first sample lies above the tail
+    lam1, lam2 = math.log(2) / 10.8, math.log(2) / 40.0
+    curve = 750.0 * np.exp(-lam1 * T) + 250.0 * np.exp(-lam2 * T)
+    tia = 750.0 / lam1 + 250.0 / lam2
+    c = curve[:, None, None, None] * np.ones((4, 1, 1, 1))
+    hyb = float(fit_voxels(T, c, model="hybrid").tia_Bq_h_per_mL.item())
+    mono = float(fit_voxels(T, c, model="mono_exp").tia_Bq_h_per_mL.item())
+    assert hyb == pytest.approx(tia, rel=0.06)
+    assert abs(hyb / tia - 1) < 0.5 * abs(mono / tia - 1)
+
+
+def test_hybrid_rising_voxels_fall_back_to_the_trapezoid() -> None:
+    c = np.zeros((4, 1, 1, 2))
+    c[:, 0, 0, 0] = 100 * np.exp(-(LP + 0.02) * T)
+    c[:, 0, 0, 1] = [1.0, 2.0, 3.0, 4.0]
+    vf = fit_voxels(T, c, model="hybrid")
+    codes = {v: k for k, v in VOXEL_MODEL_CODES.items()}
+    assert vf.model_map[0, 0, 0] == codes["hybrid"] and vf.model_map[0, 0, 1] == codes["trapezoid"]
+    trap = 0.5 * 4 * 1 + 0.5 * 20 * 3 + 0.5 * 24 * 5 + 0.5 * 120 * 7 + 4 / LP
+    assert vf.tia_Bq_h_per_mL[0, 0, 1] == pytest.approx(trap, rel=1e-5)
+
+
+@pytest.mark.parametrize("noise_model", ["poisson", "constant"])
+def test_hybrid_pooled_sd_is_honest(noise_model: str) -> None:
+    # uniform region of an uptake-washout curve with counting-like (or constant) noise: the reported SD
+    # matches the scatter of the estimates and +-1 SD around the mean covers ~68 %
+    rng = np.random.default_rng(11)
+    shape, _ = _uptake_washout(T, LP + 0.012, math.log(2) / 2.0)
+    clean = 1000.0 * shape[:, None, None, None] * np.ones((4, 10, 40, 40))
+    sd = np.sqrt(5.0 * clean) if noise_model == "poisson" else np.full_like(clean, 30.0)
+    vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), model="hybrid", noise_model=noise_model)
+    est = vf.tia_Bq_h_per_mL.astype(float)
+    scatter = float(np.std(est))
+    assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(scatter, rel=0.12)
+    assert 0.62 <= float(np.mean(np.abs(est - est.mean()) <= vf.tia_sd_Bq_h_per_mL)) <= 0.74
+    # the noise adds little bias to the region's mean (the noiseless hybrid integral is the reference)
+    noiseless = float(fit_voxels(T, clean[:, :1, :1, :1], model="hybrid").tia_Bq_h_per_mL.item())
+    assert float(est.mean()) == pytest.approx(noiseless, rel=0.03)
+
+
+def test_hybrid_with_given_sds_matches_the_scatter() -> None:
+    rng = np.random.default_rng(12)
+    clean = 1000.0 * np.exp(-(LP + 0.015) * T)[:, None, None, None] * np.ones((4, 5, 40, 40))
+    sd = 0.05 * clean
+    vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), model="hybrid",
+                    concentration_sd_Bq_per_mL=sd)
+    err = vf.tia_Bq_h_per_mL - 1000.0 / (LP + 0.015)
+    assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.1)
+
+
+def test_single_time_point_voxels_keep_the_prior_curve_shape() -> None:
+    from theratwin.kinetics.stage import voxel_single_time_point
+
+    # cycle 1: uptake-washout curve; cycle 2 the same shape at 0.8x the amplitude, scanned once at 50 h:
+    # TIA_2 = C_2(50 h) TIA_1 / C_1(50 h) recovers 0.8 TIA_1 exactly (shape kept); the tail-only formula
+    # C exp(lambda t)/lambda would miss the uptake phase
+    lam, ku = math.log(2) / 40.0, math.log(2) / 2.0
+    shape, _ = _uptake_washout(T, lam, ku)
+    prior = fit_voxels(T, 1000.0 * shape[:, None, None, None] * np.ones((4, 1, 1, 2)), model="hybrid")
+    c2 = 0.8 * 1000.0 * _uptake_washout(np.array([50.0]), lam, ku)[0][0] * np.ones((1, 1, 2))
+    tia, tia_sd, method = voxel_single_time_point(50.0, c2, prior)
+    assert np.all(method == 1)
+    np.testing.assert_allclose(tia, 0.8 * prior.tia_Bq_h_per_mL, rtol=1e-3)
+    assert np.all(tia_sd > 0.05 * tia)

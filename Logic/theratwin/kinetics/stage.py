@@ -40,6 +40,8 @@ REFERENCES = [
     "Hänscheid H, et al. Dose mapping after endoradiotherapy with 177Lu-DOTATATE/DOTATOC by a single "
     "measurement after 4 days. J Nucl Med 2018;59:75-81.",
     "Madsen MT, et al. Single time point dose estimate for exponential clearance. Med Phys 2018;45:2318-24.",
+    "Siegel JA, et al. MIRD Pamphlet No. 16: techniques for quantitative radiopharmaceutical biodistribution "
+    "data acquisition and analysis for use in human radiation dose estimates. J Nucl Med 1999;40:37S-61S.",
 ]
 
 
@@ -54,7 +56,9 @@ class KineticsConfig:
     candidates
         Models for ``"auto"`` (None: all selectable).
     voxel_fits, voxel_model, voxel_noise_model
-        Whether to fit voxels, with which voxel model (``"auto"``, ``"mono_exp"``, ``"trapezoid"``) and which
+        Whether to fit voxels, with which voxel model (``"hybrid"``, default: first sample + exponential tail
+        fitted to the later samples, see :func:`~theratwin.kinetics.fit_voxels`; ``"auto"``, ``"mono_exp"``,
+        ``"trapezoid"``) and which
         noise model for the voxel SDs (``"poisson"``, ``"constant"``, ``"none"``; see
         :func:`~theratwin.kinetics.fit_voxels`).
     calibration_rel_sd, segmentation_rel_sd, random_rel_sd, counting
@@ -76,7 +80,7 @@ class KineticsConfig:
     model: str = "auto"
     candidates: list[str] | None = None
     voxel_fits: bool = True
-    voxel_model: str = "auto"
+    voxel_model: str = "hybrid"
     voxel_noise_model: str = "poisson"
     calibration_rel_sd: float = 0.05
     segmentation_rel_sd: float = 0.03
@@ -105,11 +109,17 @@ def _config(ctx: PipelineContext) -> KineticsConfig:
 
 def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, prior: VoxelFit | None, *,
                             inter_cycle_variability: float = 0.10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel TIA (Bq·h/mL) from one scan: per voxel, the prior cycle's effective decay constant
-    (``TIA = C exp(lambda t) / lambda``, Madsen et al. 2018 with the patient's own lambda), Hänscheid
-    (``C 2t/ln2``) where the prior has no exponential fit.
+    """Voxel TIA (Bq·h/mL) from one scan: per voxel, the prior cycle's curve shape, Hänscheid (``C 2t/ln2``)
+    where the prior has no exponential fit.
 
-    Returns ``(tia, tia_sd, method_map)`` with method_map 1 = prior lambda, 2 = Hänscheid, 0 = no activity.
+    With the prior's voxel TIA ``TIA_1`` and its fitted (tail) curve ``C_1(t) = C0 exp(-lambda t)``, the estimate
+    is ``TIA = C(t) TIA_1 / C_1(t)``: the curve keeps its shape between cycles and only its scale changes, the
+    assumption of the prior-informed single-time-point methods. For a mono-exponential prior this is exactly
+    ``C exp(lambda t) / lambda`` (Madsen et al. 2018 with the patient's own lambda); for the hybrid voxel model
+    (:func:`~theratwin.kinetics.fit_voxels`, ``model="hybrid"``) it also carries the early phase of the prior
+    curve (uptake, fast component) that ``exp(lambda t)/lambda`` of the tail alone would miss.
+
+    Returns ``(tia, tia_sd, method_map)`` with method_map 1 = prior curve, 2 = Hänscheid, 0 = no activity.
     """
     c = np.asarray(concentration_Bq_per_mL, dtype=np.float64)
     t = float(time_h)
@@ -120,9 +130,12 @@ def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, 
     if prior is not None:
         lam = prior.lambda_eff_per_h.astype(np.float64)
         lam_sd = prior.lambda_eff_sd_per_h.astype(np.float64)
-        ok = np.isfinite(lam) & (lam > 0) & (c > 0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            tia_p = c * np.exp(lam * t) / lam
+        c0_prior = prior.c0_Bq_per_mL.astype(np.float64)
+        tia_prior = prior.tia_Bq_h_per_mL.astype(np.float64)
+        ok = np.isfinite(lam) & (lam > 0) & (c > 0) & np.isfinite(c0_prior) & (c0_prior > 0) & (tia_prior > 0)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            # TIA_1 / C_1(t): integral of the prior curve per unit concentration at the scan time (h)
+            tia_p = c * tia_prior / (c0_prior * np.exp(-lam * t))
             # dTIA/dlambda = TIA (t - 1/lambda)
             rel_p = np.sqrt(inter_cycle_variability**2 + ((t - 1.0 / lam) * np.nan_to_num(lam_sd)) ** 2)
         ok &= np.isfinite(tia_p) & np.isfinite(rel_p)
@@ -207,8 +220,11 @@ class KineticsStage:
             "Structure TACs from registered quantitative SPECT and fractional masks; weighted least-squares fits "
             "(mono-, bi-exponential with uptake, bi-, tri-exponential; clearance >= physical decay) with AICc "
             "selection and Akaike-weighted model averaging; TIA 0-infinity analytic with delta-method SD plus "
-            "correlated calibration/segmentation components; voxel-wise vectorised mono-exponential fits; "
-            "single-time-point cycles by the prior-informed method (Hänscheid fallback)",
+            "correlated calibration/segmentation components; voxel-wise vectorised hybrid integration (first scan "
+            "back-extrapolated along the tail, log-trapezoid for a fast early component, Poisson-weighted "
+            "mono-exponential tail fitted to the later scans, analytic to infinity); "
+            "single-time-point cycles by the prior-informed method (voxel: the prior curve's shape, "
+            "TIA = C(t) TIA_1/C_1(t); Hänscheid fallback)",
             dataclasses.asdict(cfg), REFERENCES,
         )
         ctx.stage_progress(1.0, "kinetics done")

@@ -21,6 +21,28 @@ scale); negative noise samples are kept (no clipping), so sums over regions stay
 positive sample get TIA 0. ``model_map`` says which voxel got what (codes in
 ``VOXEL_MODEL_CODES``). The same estimator as :func:`theratwin.kinetics.fit_tac` with ``model="mono_exp"``
 (unweighted when no SDs are given), so both agree on the same curve.
+
+``model="hybrid"`` (what the kinetics stage uses) integrates each voxel piecewise, as in the hybrid
+trapezoid/exponential integration of MIRD Pamphlet 16 (Siegel et al. 1999 J Nucl Med 40:37S, section on
+integration of time-activity data), because a mono-exponential through all samples is pulled flat by an uptake
+phase at the first scan (+10..20 % TIA) and steep by a fast early blood component (-10..15 %):
+
+- tail ``[t1, inf)``: mono-exponential ``C0 exp(-lambda t)``, ``lambda >= lambda_phys``, fitted to the samples
+  from the second on (as above, then refitted once with weights ``1 / f(t_i)``, i.e. iteratively reweighted
+  for counting-like variance ``k f``, so the late samples of a slow component are not swamped by the early
+  ones); integrated analytically to infinity;
+- ``[t0, t1]``: the fitted tail, or, when the first sample lies above the tail (a fast early component), the
+  exponential interpolation from ``C(t0)`` to the tail at ``t1`` (log-trapezoid) - whichever is larger, so the
+  estimate is continuous in the data;
+- ``[0, t0]``: the tail's shape through the first sample, ``C(t0) (exp(lambda t0) - 1) / lambda`` (uptake before
+  the first scan taken as fast; linear in ``C(t0)``).
+
+On a mono-exponential curve the three pieces add up to ``C0 / lambda`` exactly. The SD is the delta method on
+``C(t0)`` (variance ``k C(t0)``) and the tail's ``(C0, lambda)`` (covariance ``k (J^T W J)^-1`` of the weighted
+fit), with ``k`` pooled over the neighbourhood from the weighted residuals of the tail fits (``T - 3`` degrees of
+freedom per voxel, so T >= 4 is needed for an SD without given SDs). Measured on the demo patient (cycle 1, the
+noisy registered SPECT series), structure TIAs of the hybrid map are within 3 % of the resolution-limited truth
+for organs, body and red marrow (mono-exponential: -17 .. +13 %).
 """
 
 from __future__ import annotations
@@ -38,7 +60,7 @@ from ..progress import ProgressCallback, report
 __all__ = ["VoxelFit", "fit_voxels", "VOXEL_MODEL_CODES"]
 
 #: Codes of ``VoxelFit.model_map``.
-VOXEL_MODEL_CODES: dict[int, str] = {0: "none", 1: "mono_exp", 2: "trapezoid"}
+VOXEL_MODEL_CODES: dict[int, str] = {0: "none", 1: "mono_exp", 2: "trapezoid", 3: "hybrid"}
 
 
 @dataclass
@@ -104,12 +126,17 @@ def _trapezoid_weights(t: np.ndarray, lp: float) -> np.ndarray:
 
 
 def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float, max_iterations: int,
-                tolerance: float) -> tuple[dict[str, np.ndarray], int]:
-    """Fit the mono-exponential to the columns of ``yf`` (T, n) (float32); see the module docstring."""
+                tolerance: float, lam_init: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Fit the mono-exponential to the columns of ``yf`` (T, n) (float32); see the module docstring.
+
+    ``lam_init`` (1/h, per column) replaces the log-linear initialisation (warm start of a refit)."""
     T, n = yf.shape
     t32 = t.astype(np.float32)
     tt32 = t32 * t32
     ones = np.ones(T, np.float32)
+    if lam_init is not None:
+        lam = np.maximum(np.nan_to_num(lam_init, nan=lp), lp).astype(np.float32)
+        return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance)
     # 1. log-linear initialisation, weights C^2 (delta method: var(ln C) ~ sigma^2 / C^2)
     pos = yf > 0
     lw = np.where(pos, yf * yf, np.float32(0))
@@ -123,6 +150,14 @@ def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
         slope = np.where(den > 0, (s0 * sty - s1 * sy) / den, np.float32(-lp))
     lam = np.maximum(-slope, np.float32(lp)).astype(np.float32)
     lam[~np.isfinite(lam)] = lp
+    return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance)
+
+
+def _mono_iterate(yf: np.ndarray, wf: np.ndarray | None, t32: np.ndarray, tt32: np.ndarray, ones: np.ndarray,
+                  lam: np.ndarray, lp: float, max_iterations: int,
+                  tolerance: float) -> tuple[dict[str, np.ndarray], int]:
+    """Steps 2-3 of :func:`_mono_chunk` from the starting decay constants ``lam`` (float32, 1/h)."""
+    T, n = yf.shape
     # 2. Gauss-Newton on lambda with C0 eliminated (variable projection): at each lambda, C0 is the exact
     #    linear least-squares solution, so the C0-gradient vanishes and only the lambda step is needed.
     idx = np.arange(n)
@@ -204,10 +239,68 @@ def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
         lv_const = j11 / det
         # expected RSS per unit k: sum_i f_i (1 - h_ii) = sum f - tr(A^-1 M) (leverages h_ii of the fit)
         sum_f = a_pos * (ones @ e).astype(np.float64) - (j22 * m11 - 2 * j12 * m12 + j11 * m22) / det
+        cu11, cu12, cu22 = j22 / det, -j12 / det, j11 / det
     out = {"tia": tia, "tia_sd": np.sqrt(np.maximum(var, 0.0)), "lam": lam64, "lam_sd": np.sqrt(np.maximum(c22, 0.0)),
            "c0": a64, "r2": r2, "s2r": s2r, "rss": rss, "sum_f": sum_f, "v_pois": v_pois, "lv_pois": lv_pois,
-           "v_const": v_const, "lv_const": lv_const}
+           "v_const": v_const, "lv_const": lv_const,
+           # (J^T W J)^-1 of (C0, lambda) per unit residual variance (W = given weights or identity)
+           "cu11": cu11, "cu12": cu12, "cu22": cu22}
     return out, iters
+
+
+def _hybrid_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float, max_iterations: int,
+                  tolerance: float, reweight: bool) -> tuple[dict[str, np.ndarray], int]:
+    """Hybrid integral of the columns of ``yf`` (T >= 3); see ``fit_voxels`` (model ``"hybrid"``).
+
+    Returns the TIA, the tail fit (C0, lambda, R^2), the residual sum of the tail fit in units of the noise
+    scale ``k`` (weighted by 1/f for the Poisson-like model) and the TIA and lambda variances per unit ``k``.
+    """
+    yt = np.ascontiguousarray(yf[1:])
+    tt = t[1:]
+    wt = None if wf is None else np.ascontiguousarray(wf[1:])
+    out, iters = _mono_chunk(yt, wt, tt, lp, max_iterations, tolerance)
+    if reweight:
+        # one iteratively-reweighted pass (IRLS; McCullagh & Nelder 1989, Generalized Linear Models, ch. 2.5):
+        # weights 1/f(t_i) of the first fit, the inverse of the counting-like variance k f(t_i). Without it the
+        # unweighted fit is dominated by the early, high samples and underestimates a slow late component.
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = out["c0"][None, :] * np.exp(-np.multiply.outer(tt, out["lam"]))
+        # floor at 5 % of the voxel's largest tail sample: a vanishing fitted value must not get all the weight
+        floor = np.maximum(0.05 * np.abs(yt).max(0), np.float32(1e-12))
+        w = 1.0 / np.maximum(f, floor[None, :])
+        w = np.where(np.isfinite(w), w, 1.0 / floor[None, :]).astype(np.float32)
+        out, it2 = _mono_chunk(yt, w, tt, lp, max_iterations, tolerance, lam_init=out["lam"])
+        iters += it2
+    c0, lam = out["c0"], out["lam"]
+    t0, t1 = float(t[0]), float(t[1])
+    y0 = yf[0].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        e0, e1 = np.exp(-lam * t0), np.exp(-lam * t1)
+        f0, f1 = c0 * e0, c0 * e1
+        # [0, t0]: the tail's shape through the first sample, C(t) = C(t0) exp(lambda (t0 - t)) (uptake before
+        # the first scan taken as fast; exact for a mono-exponential curve)
+        big_e0 = np.expm1(lam * t0) / lam
+        d_big_e0 = (t0 * np.exp(lam * t0) * lam - np.expm1(lam * t0)) / (lam * lam)
+        # [t0, infinity): the fitted tail, or, when the first sample lies above it (a fast early component),
+        # the exponential interpolation from C(t0) to the tail at t1 (log-trapezoid, MIRD Pamphlet 16) + the tail
+        excess = (y0 > f0) & (f1 > 0)
+        a = np.where(excess, y0, 2.0)
+        b = np.where(excess, f1, 1.0)
+        ln_r = np.log(a / b)  # > lambda (t1 - t0) > 0 on the excess branch
+        dt = t1 - t0
+        lt = dt * (a - b) / ln_r
+        dlt_da = dt * (1.0 / ln_r - (a - b) / (a * ln_r * ln_r))
+        dlt_db = dt * (-1.0 / ln_r + (a - b) / (b * ln_r * ln_r))
+        tia = y0 * big_e0 + np.where(excess, lt + f1 / lam, f0 / lam)
+        # gradient of the TIA with respect to C(t0) and the tail parameters (C0, lambda): delta method
+        g_y = big_e0 + np.where(excess, dlt_da, 0.0)
+        g_c = np.where(excess, dlt_db * e1 + e1 / lam, e0 / lam)
+        g_l = y0 * d_big_e0 + np.where(excess, -dlt_db * t1 * f1 - f1 * (t1 / lam + 1.0 / (lam * lam)),
+                                       -f0 * (t0 / lam + 1.0 / (lam * lam)))
+        v_tail = g_c * g_c * out["cu11"] + 2.0 * g_c * g_l * out["cu12"] + g_l * g_l * out["cu22"]
+    res = {"tia": tia, "lam": lam, "c0": c0, "r2": out["r2"], "rss": out["rss"], "v_tail": v_tail,
+           "g_y": g_y, "lv": out["cu22"]}
+    return res, iters
 
 
 # voxels per chunk: (T, 65536) float32 arrays stay in cache and avoid fresh page faults on big temporaries
@@ -240,7 +333,10 @@ def fit_voxels(
         Nuclide (physical decay constant bounds the clearance and sets the tail).
     model
         ``"auto"`` (mono-exponential, trapezoid fallback for non-decreasing or failed voxels),
-        ``"mono_exp"`` (no fallback except voxels without activity) or ``"trapezoid"``.
+        ``"mono_exp"`` (no fallback except voxels without activity), ``"trapezoid"`` or ``"hybrid"`` (first
+        sample + exponential tail fitted to the later samples, see the module docstring; trapezoid fallback as
+        ``"auto"``; with T = 2 it is ``"auto"``). For ``"hybrid"``, ``lambda_eff_per_h``, ``c0_Bq_per_mL`` and
+        ``effective_half_life_h`` describe the tail.
     mask
         Boolean ``(Z, Y, X)``: voxels to fit (e.g. the body); others get 0. Default: every voxel with a
         positive sample.
@@ -278,8 +374,8 @@ def fit_voxels(
         raise InvalidInputError(f"time_h must be finite, >= 0 and strictly increasing; got {t.tolist()}.")
     if noise_model not in ("poisson", "constant", "none"):
         raise InvalidInputError(f"noise_model must be 'poisson', 'constant' or 'none'; got {noise_model!r}.")
-    if model not in ("auto", "mono_exp", "trapezoid"):
-        raise InvalidInputError(f"fit_voxels model must be 'auto', 'mono_exp' or 'trapezoid'; got {model!r}.")
+    if model not in ("auto", "mono_exp", "trapezoid", "hybrid"):
+        raise InvalidInputError(f"fit_voxels model must be 'auto', 'mono_exp', 'trapezoid' or 'hybrid'; got {model!r}.")
     if model != "trapezoid" and t.size < 2:
         raise InvalidInputError("A voxel-wise exponential fit needs at least 2 time points; use "
                                 "model='trapezoid' or a single-time-point method.")
@@ -327,11 +423,38 @@ def fit_voxels(
                 raise InvalidInputError("concentration_sd_Bq_per_mL must be positive and finite in the mask.")
             wf = 1.0 / (sdc * sdc)
         nch = yf.shape[1]
-        if model in ("auto", "mono_exp"):
+        if model == "hybrid" and T >= 3:
+            h, it = _hybrid_chunk(yf, wf, t, lp, max_iterations, tolerance,
+                                  reweight=wf is None and noise_model != "constant")
+            iters_done = max(iters_done, it)
+            y0 = yf[0].astype(np.float64)
+            # variance of the first sample per unit k: given SD, constant, or counting-like k C(t0)
+            var0 = 1.0 / wf[0].astype(np.float64) if wf is not None else (
+                np.ones(nch) if noise_model == "constant" else np.maximum(y0, 0.0))
+            v = h["g_y"] ** 2 * var0 + h["v_tail"]
+            ok = np.isfinite(h["tia"]) & np.isfinite(v) & (h["c0"] >= 0)
+            fb = (yf[-1] > yf[:-1].max(0)) | ~ok | ((yf > 0).sum(0) < 2)
+            ch_code = np.where(fb, 2, 3).astype(np.uint8)
+            dof = T - 3  # tail samples minus (C0, lambda)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                k_own = h["rss"] / dof if dof > 0 else np.full(nch, np.nan)
+            if wf is not None:
+                k_own = np.ones(nch)
+            res["tia"][sl], res["lam"][sl], res["c0"][sl], res["r2"][sl] = h["tia"], h["lam"], h["c0"], h["r2"]
+            res["tia_sd"][sl] = np.sqrt(np.maximum(k_own * v, 0.0))
+            res["lam_sd"][sl] = np.sqrt(np.maximum(k_own * h["lv"], 0.0))
+            # sample variance for the trapezoid fallback's SD: k times the counting-like level of the curve
+            s2r = k_own * (1.0 if (wf is not None or noise_model == "constant")
+                           else np.maximum((np.ones(T, np.float32) @ yf).astype(np.float64) / T, 0.0))
+            if noise_model in ("poisson", "constant") and wf is None:
+                pool["num"][sl] = np.where(fb, 0.0, h["rss"])
+                pool["den"][sl] = np.where(fb | ~np.isfinite(h["rss"]), 0.0, float(max(dof, 0)))
+                pool["v"][sl], pool["lv"][sl] = v, h["lv"]
+        elif model in ("auto", "mono_exp", "hybrid"):
             out, it = _mono_chunk(yf, wf, t, lp, max_iterations, tolerance)
             iters_done = max(iters_done, it)
             ok = np.isfinite(out["tia"]) & np.isfinite(out["tia_sd"]) & (out["c0"] >= 0)
-            if model == "auto":
+            if model in ("auto", "hybrid"):
                 # never decreasing (last sample is the strict maximum), failed, or < 2 positive samples
                 fb = (yf[-1] > yf[:-1].max(0)) | ~ok | ((yf > 0).sum(0) < 2)
             else:
