@@ -100,10 +100,11 @@ def test_demo_truth_dose_is_in_range(demo_run) -> None:
 #   later time points are resampled onto the reference grid by the registration stage (trilinear interpolation
 #   after a simulated patient shift of a few mm): a half-voxel shift and back alone takes 5-17 % of the activity
 #   out of these structures, measured on the noiseless demo images, which no kinetic model can restore;
-# - cycle 2 (one scan at ~50 h, the cycle-1 voxel curve shape rescaled): the demo changes half-lives by 4 % SD
-#   and amplitudes by 5 % SD between cycles (INTER_OCCASION_SD), which one late scan cannot see, and the
-#   error on the TIA grows as (lambda t - 1) x the change: 7 % for organs, 10 % for the body and red marrow
-#   (fast blood component, lambda t ~ 3), 15 % for the small structures (registration loss as above on top).
+# - cycle 2 (one scan at ~50 h; each voxel keeps its cycle-1 curve shape, rescaled to the scan): 7 % for organs,
+#   body and red marrow, 12 % for the small structures. The demo changes half-lives by 4 % SD and amplitudes by
+#   5 % SD per compartment between cycles (INTER_OCCASION_SD), which one scan cannot see: with the exact
+#   as-imaged curves, keeping the cycle-1 shape is off by up to 1 % for organs and 3.4-4.9 % for three lesions
+#   (measured on the demo truth); the registration loss of the small structures above comes on top.
 SMALL = {"submandibular_glands", "lacrimal_glands"}
 
 
@@ -114,7 +115,7 @@ def _is_small(name: str) -> bool:
 @pytest.mark.parametrize("cycle", [1, 2])
 def test_voxel_dose_matches_the_resolution_limited_truth(demo_run, cycle: int) -> None:
     truth = _truth_structures(demo_run.truth, cycle)
-    bounds = {1: (0.05, 0.05, 0.10), 2: (0.07, 0.10, 0.15)}[cycle]  # organs, body/red marrow, small
+    bounds = {1: (0.05, 0.05, 0.10), 2: (0.07, 0.07, 0.12)}[cycle]  # organs, body/red marrow, small
     ratios = {}
     for name, t in truth.items():
         if name in NOT_MEASURABLE:

@@ -226,3 +226,27 @@ def test_single_time_point_voxels_keep_the_prior_curve_shape() -> None:
     assert np.all(method == 1)
     np.testing.assert_allclose(tia, 0.8 * prior.tia_Bq_h_per_mL, rtol=1e-3)
     assert np.all(tia_sd > 0.05 * tia)
+
+
+def test_single_time_point_voxels_rescale_the_prior_tail_to_the_nearest_sample() -> None:
+    from theratwin.kinetics.stage import voxel_single_time_point
+
+    # blood-like bi-exponential prior: the 3-sample tail misses the 48 h sample; rescaled to that sample (ratio of
+    # neighbourhood sums), the prior curve at 50 h is right and TIA_2 = 0.8 TIA_1 for a 0.8x cycle-2 curve
+    lam1, lam2 = math.log(2) / 10.8, math.log(2) / 40.0
+
+    def curve(t):
+        return 750.0 * np.exp(-lam1 * t) + 250.0 * np.exp(-lam2 * t)
+
+    series = curve(T)[:, None, None, None] * np.ones((4, 5, 5, 5))
+    prior = fit_voxels(T, series, model="hybrid")
+    c2 = 0.8 * curve(50.0) * np.ones((5, 5, 5))
+    plain, _, _ = voxel_single_time_point(50.0, c2, prior)
+    rescaled, _, method = voxel_single_time_point(50.0, c2, prior, prior_time_h=T,
+                                                  prior_concentration_Bq_per_mL=series)
+    want = 0.8 * prior.tia_Bq_h_per_mL
+    assert np.all(method == 1)
+    np.testing.assert_allclose(rescaled, want, rtol=0.02)
+    assert np.all(np.abs(rescaled / want - 1) < 0.5 * np.abs(plain / want - 1))
+    with pytest.raises(tt.InvalidInputError, match="prior_concentration"):
+        voxel_single_time_point(50.0, c2, prior, prior_time_h=T, prior_concentration_Bq_per_mL=series[:3])
