@@ -167,7 +167,9 @@ def shrink_volume(img: ImageVolume, max_voxel_mm: float) -> ImageVolume:
     """Average ``img`` over blocks of whole voxels so that its voxels are at most ``max_voxel_mm`` (per axis
     factor ``floor(max_voxel_mm / spacing)``, at least 1); geometry follows ITK's BinShrink."""
     sitk = _sitk()
-    factors = [max(1, int(max_voxel_mm // sp)) for sp in img.spacing_mm]
+    size_xyz = img.shape[::-1]
+    # keep at least 4 voxels per axis: thin slabs (a few CT slices) would otherwise shrink to nothing
+    factors = [max(1, min(int(max_voxel_mm // sp), n // 4)) for sp, n in zip(img.spacing_mm, size_xyz, strict=True)]
     if factors == [1, 1, 1]:
         return img
     src = ImageVolume.from_geometry(np.asarray(img.array, dtype=np.float32), img.geometry, img.unit).to_sitk()
