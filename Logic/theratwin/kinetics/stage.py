@@ -56,8 +56,8 @@ class KineticsConfig:
     candidates
         Models for ``"auto"`` (None: all selectable).
     voxel_fits, voxel_model, voxel_noise_model
-        Whether to fit voxels, with which voxel model (``"hybrid"``, default: first sample + exponential tail
-        fitted to the later samples, see :func:`~theratwin.kinetics.fit_voxels`; ``"auto"``, ``"mono_exp"``,
+        Whether to fit voxels, with which voxel model (``"hybrid"``, default: first sample (uptake or fast
+        component) + exponential tail fitted to the later samples, see :func:`~theratwin.kinetics.fit_voxels`; ``"auto"``, ``"mono_exp"``,
         ``"trapezoid"``) and which
         noise model for the voxel SDs (``"poisson"``, ``"constant"``, ``"none"``; see
         :func:`~theratwin.kinetics.fit_voxels`).
@@ -255,9 +255,10 @@ class KineticsStage:
             "Structure TACs from registered quantitative SPECT and fractional masks; weighted least-squares fits "
             "(mono-, bi-exponential with uptake, bi-, tri-exponential; clearance >= physical decay) with AICc "
             "selection and Akaike-weighted model averaging; TIA 0-infinity analytic with delta-method SD plus "
-            "correlated calibration/segmentation components; voxel-wise vectorised hybrid integration (first scan "
-            "back-extrapolated along the tail, log-trapezoid for a fast early component, Poisson-weighted "
-            "mono-exponential tail fitted to the later scans, analytic to infinity); "
+            "correlated calibration/segmentation components; voxel-wise vectorised hybrid integration "
+            "(Poisson-weighted mono-exponential tail fitted to the later scans, analytic to infinity; before it "
+            "a log-trapezoid and back-extrapolation for a fast early component, or the minimal exponential "
+            "uptake deficit through the first scan); "
             "single-time-point cycles by the prior-informed method (voxel: the prior curve's shape, "
             "TIA = C(t) TIA_1/C_1(t); Hänscheid fallback)",
             dataclasses.asdict(cfg), REFERENCES,
