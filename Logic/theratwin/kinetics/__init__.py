@@ -14,7 +14,8 @@ Where to look:
 
 - :mod:`~theratwin.kinetics.fit`: ``fit_tac`` (weighted least squares, covariance, analytic TIA with
   delta-method SD, AICc selection with Akaike weights and model averaging, documented fallbacks);
-- :mod:`~theratwin.kinetics.voxel`: ``fit_voxels`` (all voxels at once; pooled noise model for the SDs);
+- :mod:`~theratwin.kinetics.voxel`: ``fit_voxels`` (all voxels at once: mono-exponential or the hybrid
+  first-scan + exponential-tail integral the stage uses; pooled noise model for the SDs);
 - :mod:`~theratwin.kinetics.stp`: single-time-point methods and when each is valid;
 - :mod:`~theratwin.kinetics.tac`: structure activities from images, the uncertainty budget (Gear et al.
   2018) and partial-volume recovery (mask/sphere recovery coefficients, geometric transfer matrix);
