@@ -93,19 +93,17 @@ def test_demo_truth_dose_is_in_range(demo_run) -> None:
 
 
 # Voxel doses against the resolution-limited truth (mean_dose_as_imaged_Gy). The kinetics stage integrates every
-# voxel with the hybrid model (first scan + Poisson-weighted exponential tail, fit_voxels(model="hybrid")). Bounds:
-# - organs, body and red marrow: 5 % in cycle 1 (the hybrid model's own error on the demo's noiseless as-imaged
-#   curves is <= 2.5 % for every structure but the bladder, see the fit_voxels docstring and
-#   test_kinetics_voxels; the parotids lose ~3 % more to the registration resampling below);
-# - small structures (submandibular and lacrimal glands, lesions of a few mL): 10 %, and never above +5 %. The
-#   later time points are resampled onto the reference grid by the registration stage (trilinear interpolation
-#   after a simulated patient shift of a few mm): a half-voxel shift and back alone takes 5-17 % of the activity
-#   out of these structures, measured on the noiseless demo images, which no kinetic model can restore;
-# - cycle 2 (one scan at ~50 h; each voxel keeps its cycle-1 curve shape, rescaled to the scan): 7 % for organs,
-#   body and red marrow, 12 % for the small structures. The demo changes half-lives by 4 % SD and amplitudes by
-#   5 % SD per compartment between cycles (INTER_OCCASION_SD), which one scan cannot see: with the exact
-#   as-imaged curves, keeping the cycle-1 shape is off by up to 1 % for organs and 3.4-4.9 % for three lesions
-#   (measured on the demo truth); the registration loss of the small structures above comes on top.
+# voxel with the hybrid model (first scan + Poisson-weighted exponential tail, fit_voxels(model="hybrid")); the
+# registration stage resamples later scans onto the reference grid with cubic B-splines. Bounds:
+# - cycle 1, organs, body and red marrow: 5 % (the hybrid model's own error on the demo's noiseless as-imaged
+#   curves is <= 2.5 % for every structure but the bladder, see the fit_voxels docstring and test_kinetics_voxels);
+# - cycle 1, small structures (submandibular and lacrimal glands, lesions of 1-10 mL): 7 %. Resampling after a
+#   simulated patient shift of a few mm still moves a few % of the activity out of them (trilinear interpolation
+#   took 5-17 %, measured on the noiseless demo images; cubic B-splines about a third of that);
+# - cycle 2 (one scan at ~50 h; each voxel keeps its cycle-1 curve shape, rescaled to the scan): 7 % for every
+#   structure. The demo changes half-lives by 4 % SD and amplitudes by 5 % SD per compartment between cycles
+#   (INTER_OCCASION_SD), which one scan cannot see: with the exact as-imaged curves, keeping the cycle-1 shape is
+#   off by up to 1 % for organs and 3.4-4.9 % for three lesions (measured on the demo truth).
 SMALL = {"submandibular_glands", "lacrimal_glands"}
 
 
@@ -116,7 +114,7 @@ def _is_small(name: str) -> bool:
 @pytest.mark.parametrize("cycle", [1, 2])
 def test_voxel_dose_matches_the_resolution_limited_truth(demo_run, cycle: int) -> None:
     truth = _truth_structures(demo_run.truth, cycle)
-    bounds = {1: (0.05, 0.05, 0.10), 2: (0.07, 0.07, 0.12)}[cycle]  # organs, body/red marrow, small
+    bounds = {1: (0.05, 0.05, 0.07), 2: (0.07, 0.07, 0.07)}[cycle]  # organs, body/red marrow, small
     ratios = {}
     for name, t in truth.items():
         if name in NOT_MEASURABLE:
@@ -126,4 +124,4 @@ def test_voxel_dose_matches_the_resolution_limited_truth(demo_run, cycle: int) -
         bound = bounds[2] if _is_small(name) else bounds[1] if name in ("body", "red_marrow") else bounds[0]
         assert abs(r - 1.0) <= bound, (cycle, name, round(r, 3), ratios)
         if _is_small(name):
-            assert r <= 1.05, (cycle, name, round(r, 3))  # the registration can only lose activity
+            assert r <= 1.06, (cycle, name, round(r, 3))  # resampling loses activity, it cannot add much
