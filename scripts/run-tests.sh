@@ -6,6 +6,8 @@ cd "$here"
 status=0
 echo "== ruff"
 .venv/bin/ruff check Logic Testing Modules || status=1
+echo "== mypy (core)"
+.venv/bin/mypy || status=1
 echo "== core and integration tests (pytest)"
 .venv/bin/python -m pytest Testing/python -q -p no:cacheprovider "$@" || status=1
 if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then

@@ -28,6 +28,9 @@ _ELECTRON_TYPES = ("beta-", "beta+", "IE", "auger")
 _PHOTON_TYPES = ("gamma", "X", "annihilation")
 _ALPHA_TYPES = ("alpha", "alpha recoil")
 
+# numpy >= 2 renamed trapz to trapezoid; Slicer 5.x may still bundle numpy 1.x
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
+
 
 @dataclass(frozen=True)
 class Emission:
@@ -192,7 +195,7 @@ def _build(name: str) -> Nuclide:
         if spec:
             arr = np.asarray(spec, dtype=float)
             e, p = arr[:, 0], arr[:, 1]
-            area = float(np.trapezoid(p, e)) if hasattr(np, "trapezoid") else float(np.trapz(p, e))
+            area = float(_trapezoid(p, e))
             beta_yield = sum(float(y) for _, y in em.get("beta-", [])) + sum(float(y) for _, y in em.get("beta+", []))
             if area > 0:
                 spectra.append((e, p / area * beta_yield * weight))
