@@ -238,14 +238,14 @@ def _section_glance(data: dict[str, Any], lesions: set[str]) -> str:
         if _is_number(block.get("confidence")):
             extra.append(f'at confidence {number_span(data, [*parent, "confidence"])}')
         limiting = block.get("limiting_structure", block.get("limiting_organ"))
-        status = block.get("status")
+        rec_status = block.get("status")
         if isinstance(limiting, str):
             # at the search ceiling no limit binds: name the organ closest to its limit, not a "limiting" one
-            extra.append(("closest to its limit: " if status == "upper_bound" else "limited by ") + esc(limiting))
-        if status == "upper_bound":
+            extra.append(("closest to its limit: " if rec_status == "upper_bound" else "limited by ") + esc(limiting))
+        if rec_status == "upper_bound":
             extra.append("no organ limit is reached below the highest activity considered")
-        elif isinstance(status, str):
-            extra.append(f"status: {esc(status)}")
+        elif isinstance(rec_status, str):
+            extra.append(f"status: {esc(rec_status)}")
         parts.append(
             '<div class="card"><h3>Twin: recommended next activity</h3>'
             f'<p class="big">{number_span(data, ["twin", *path], unit="MBq")} MBq</p>'
