@@ -9,7 +9,6 @@ Dosimetry module on the same data continues the run instead of registering the t
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,36 +87,12 @@ def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: P
                  progress: Callable[[float, str], None] | None) -> None:
     """Run the stages not yet done on the kept context, following the pipeline's stage protocol (``requires``,
     progress mapped onto the whole request, stage timing, ``results.json`` when writing outputs)."""
-    from theratwin.pipeline.core import STAGES
-    from theratwin.progress import report, scaled
+    from theratwin.pipeline import Pipeline
 
-    context, results = run.context, run.results
-    context.config = config
+    context = run.context
     context.out_dir = outDir
     context.progress = progress
-    todo = [s for s in stages if s not in context.completed]
-    for index, name in enumerate(todo):
-        if name not in STAGES:
-            results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
-            continue
-        stage = STAGES.get(name)
-        stage = stage() if isinstance(stage, type) else stage
-        missing = [r for r in getattr(stage, "requires", ()) if r not in context.completed]
-        if missing:
-            results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
-            continue
-        context.state["_stage_progress"] = scaled(progress, index / len(todo), (index + 1) / len(todo))
-        report(progress, index / len(todo), name)
-        t0 = time.perf_counter()
-        stage.run(context)
-        context.completed.append(name)
-        results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
-    context.state.pop("_stage_progress", None)
-    if outDir is not None and config.write_outputs:
-        results.outputs["results_json"] = "results.json"
-        results.write_json(outDir / "results.json")
-    results.extras["completed_stages"] = list(context.completed)
-    report(progress, 1.0, "done")
+    Pipeline(config).continue_run(context, stages)
     run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 

@@ -161,10 +161,22 @@ class Pipeline:
         """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
         results = Results.for_study(study)
         out = Path(out_dir) if out_dir is not None else None
+        ctx = PipelineContext(study, results, self.config, out, progress, dict(state or {}))
+        self.last_context = ctx
+        return self.continue_run(ctx, self.config.stages)
+
+    def continue_run(self, ctx: PipelineContext, stages: tuple[str, ...] | list[str]) -> Results:
+        """Run the given stages that ``ctx`` has not completed yet, in order, then write ``results.json``.
+
+        Used by :meth:`run` and by front ends that keep a context between requests (the Slicer modules continue
+        a run instead of registering the time points again). Uses ``self.config`` and ``ctx.out_dir``/
+        ``ctx.progress`` as set on the context.
+        """
+        ctx.config = self.config
+        results, out, progress = ctx.results, ctx.out_dir, ctx.progress
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-        ctx = PipelineContext(study, results, self.config, out, progress, dict(state or {}))
-        names = list(self.config.stages)
+        names = [s for s in stages if s not in ctx.completed]
         for i, name in enumerate(names):
             if name not in STAGES:
                 results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
