@@ -144,6 +144,22 @@ def _loglinear(time_h: np.ndarray, activity_MBq: np.ndarray) -> tuple[float, flo
     return float(np.exp(icpt)), float(-slope)
 
 
+def _segment_rates(time_h: np.ndarray, activity_MBq: np.ndarray) -> list[tuple[float, float]]:
+    """(A0_MBq, lambda_per_h) of the line through each pair of consecutive positive clearance-phase points.
+
+    Extra starting points for the optimiser: with weights ``1/sd^2`` a curve whose clearance slows down
+    (a fast early phase, a slow tail) can have one least-squares minimum per phase, and the log-linear line
+    through all points starts the fit between them.
+    """
+    t, a = _tail_points(time_h, activity_MBq)
+    out = []
+    for i in range(t.size - 1):
+        if a[i] > 0 and a[i + 1] > 0 and t[i + 1] > t[i]:
+            lam = float(np.log(a[i] / a[i + 1]) / (t[i + 1] - t[i]))
+            out.append((float(a[i] * np.exp(lam * t[i])), lam))
+    return out
+
+
 def _tail_points(time_h: np.ndarray, activity_MBq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Points from the maximum onwards (the clearance phase), at least the last two."""
     i = int(np.argmax(activity_MBq))
@@ -165,10 +181,12 @@ class MonoExponential:
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
         a0, lam = _loglinear(*_tail_points(time_h, activity_MBq))
+        a_max = float(np.max(activity_MBq)) + 1e-12
+        starts = [(a0, lam), (a_max, 0.1 * lambda_phys_per_h + lambda_phys_per_h),
+                  (a_max, 3.0 * lambda_phys_per_h + lambda_phys_per_h)] + _segment_rates(time_h, activity_MBq)
         guesses = []
-        for lb in (lam - lambda_phys_per_h, 0.1 * lambda_phys_per_h, 3.0 * lambda_phys_per_h):
-            lb = max(lb, 1e-3 * lambda_phys_per_h)
-            a0g = a0 if lb == lam - lambda_phys_per_h else float(np.max(activity_MBq)) + 1e-12
+        for a0g, lam_g in starts:
+            lb = max(lam_g - lambda_phys_per_h, 1e-3 * lambda_phys_per_h)
             guesses.append(np.array([math.log(max(a0g, 1e-12)), _phi_of(lb)]))
         return guesses
 
@@ -206,17 +224,19 @@ class BiExponentialUptake:
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
-        a0, lam = _loglinear(*_tail_points(time_h, activity_MBq))
-        lb = max(lam - lambda_phys_per_h, 1e-3 * lambda_phys_per_h)
-        lc = lambda_phys_per_h + lb
         out = []
         t_first = float(max(time_h[0], 1e-3))
-        # uptake rates from "complete well before the first point" to "still rising at the peak"
-        for lu_over in (5.0 / t_first, 1.0 / t_first, 0.3 / t_first, 10.0 * lc):
-            du = max(lu_over - lc, 1e-3 * lc)
-            lu = lc + du
-            peak_factor = max(1.0 - math.exp(-(lu - lc) * t_first), 1e-3)
-            out.append(np.array([math.log(max(a0 / peak_factor, 1e-12)), _phi_of(lb), _phi_of(du)]))
+        # clearance: the log-linear line through the tail, then each segment's slope (see _segment_rates)
+        for k, (a0, lam) in enumerate([_loglinear(*_tail_points(time_h, activity_MBq))]
+                                      + _segment_rates(time_h, activity_MBq)):
+            lb = max(lam - lambda_phys_per_h, 1e-3 * lambda_phys_per_h)
+            lc = lambda_phys_per_h + lb
+            # uptake rates from "complete well before the first point" to "still rising at the peak"
+            for lu_over in (5.0 / t_first, 1.0 / t_first, 0.3 / t_first, 10.0 * lc)[: 4 if k == 0 else 2]:
+                du = max(lu_over - lc, 1e-3 * lc)
+                lu = lc + du
+                peak_factor = max(1.0 - math.exp(-(lu - lc) * t_first), 1e-3)
+                out.append(np.array([math.log(max(a0 / peak_factor, 1e-12)), _phi_of(lb), _phi_of(du)]))
         return out
 
     def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
