@@ -11,19 +11,26 @@ Published reference for 177Lu-DOTATATE kidneys (Devasia et al. 2021, as quoted i
 doi:10.1186/s40658-023-00530-1): share of TIAs with > 10 % error — Hänscheid 20 %, Madsen 17 %,
 mixed-effects 6 %. Target for the twin: ≤ 5 %.
 
-Two limits no single-scan method escapes: (1) the measurement noise — with proportional noise σ the share
-of |error| > 10 % is at least about P(|N(0, σ)| > 0.1) ("noise floor" column: 4.6 % at σ = 5 %, 21 % at
-8 %); (2) the change of the washout rate between cycles (IOV), which one scan cannot see and which matters
-more the further the scan is from t ≈ 1/λ_eff. Hence the scenarios: 96 h (Hänscheid's protocol) and 48 h
-(the single-time-point time Hou et al. J Nucl Med 2021;62:1006 found best for 177Lu-PSMA), low (2 %/3 %)
-and typical (5 %/8 %, organs/lesions) noise. Asserted: the twin beats every comparator in every scenario
-(share > 10 % and RMS); its 90 % intervals cover the truth in 85-95 %; the ≤ 5 % target for kidneys at
-48 h with low noise. Measured, not asserted (200 patients give a share ± ~1.5 % binomial SE; the figures
-below are means over 5 further seeds): kidneys at 48 h with typical noise ≈ 7 % (4.5-9 %), at 96 h
-≈ 8-10 % (T_eff ≈ 35 h makes 96 h late; the assumed IOV of the washout rate, unpublished, sets that floor);
-lesions at 96 h with low noise ≈ 4 % (1.5-5.5 %), with typical noise 25-35 %, near their noise floor (21 %).
-So the ≤ 5 % target is reached when the single measurement is precise (≤ 2-3 %) and well timed, not at
-typical noise. Run ``python Testing/python/test_twin_cohort.py``
+The floor ("oracle" column, :class:`OracleModel`): the Bayes estimator that knows the patient's exact cycle-1
+curve and the true population. No method that learns from cycle 1 could know more, so its share of errors
+> 10 % is the lowest reachable in the scenario. Two things set it: the measurement noise of the one cycle-2
+scan (with proportional noise σ at least about P(|N(0, σ)| > 0.1): 4.6 % at σ = 5 %, 21 % at 8 %, "noise
+floor" column) and the change of the washout rate between cycles (IOV), which one scan cannot see and which
+matters more the further the scan is from t ≈ 1/λ_eff. Scenarios: 96 h (Hänscheid's protocol) and 48 h (the
+single-time-point time Hou et al. J Nucl Med 2021;62:1006 found best for 177Lu-PSMA), low (2 %/3 %) and
+typical (5 %/8 %, organs/lesions) noise.
+
+Measured (seed 11, 200 patients per scenario, share > 10 %: twin / oracle floor / Hänscheid / Madsen):
+kidneys 96 h 10/8.5/52/63 % (low noise) and 16.5/15/55/65 % (typical); kidneys 48 h 0/0/41/6 % and
+3.5/4.5/43/14.5 %; lesions 96 h 6/5.5/30/11 % and 25/23/41/32 %; lesions 48 h 10/4/36/42 % and 34.5/27/48/46 %;
+DOTATATE 96 h typical: kidneys 7.5/7.5/38.5/35 %, lesions 26/21.5/38/30 %. So the twin is at the floor for
+kidneys and within 7.5 points of it for lesions, and the ≤ 5 % target is reachable only where the floor is below
+it (kidneys at 48 h): at 96 h the assumed kidney IOV of the washout rate (unpublished, see priors) and at typical
+noise the lesion measurement noise put the floor itself above 5 %.
+
+Asserted: the twin beats every comparator in every scenario (share > 10 % and RMS); it is within 4 points of the
+floor for kidneys and 10 points for lesions; wherever the floor is ≤ 2.5 % it meets the ≤ 5 % target; its 90 %
+intervals cover the truth in 85-95 %. Run ``python Testing/python/test_twin_cohort.py``
 to print the table for all scenarios.
 """
 
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -39,6 +46,7 @@ from scipy.special import ndtr
 
 import theratwin as tt
 from theratwin.twin import MeasurementErrorModel, PatientTwin, make_cohort
+from theratwin.twin.model import BiexponentialModel
 from theratwin.twin.priors import prior_spec
 
 N_PATIENTS = 200
@@ -53,7 +61,30 @@ SCENARIOS = {
 }
 #: Scenarios run by the test (all of them are printed by the script).
 TESTED = tuple(SCENARIOS)
-METHODS = ("twin", "hanscheid", "madsen", "prior")
+METHODS = ("twin", "hanscheid", "madsen", "prior", "oracle")
+
+
+class OracleModel(BiexponentialModel):
+    """The floor: the Bayes estimator that knows the patient's *exact* cycle-1 parameters η₁ (what four perfect
+    scans would give) and the true population (μ, Ω, Γ and noise level of the cohort).
+
+    Given η₁, the patient's own parameters are θ | η₁ ~ N(μ + Ω(Ω+Γ)⁻¹(η₁ − μ), (Ω⁻¹ + Γ⁻¹)⁻¹) (Gaussian
+    conditioning) and cycle 2 adds its own deviation κ₂ ~ N(0, Γ); this prior plus the cycle-2 scan gives the
+    posterior. No method that learns from cycle 1 and the population can know more, so its share of errors
+    > 10 % is the lowest any such method can reach in the scenario (up to the Laplace approximation).
+    """
+
+    name = "oracle"
+
+    def __init__(self, eta_cycle1: dict[str, np.ndarray]) -> None:
+        self.eta_cycle1 = eta_cycle1
+
+    def prior(self, structure, radiopharmaceutical, nuclide, overrides):
+        pr = super().prior(structure, radiopharmaceutical, nuclide, overrides)
+        gain = pr.iiv_cov @ np.linalg.inv(pr.iiv_cov + pr.iov_cov)
+        mean = pr.mean + gain @ (np.asarray(self.eta_cycle1[structure], float) - pr.mean)
+        cov = np.linalg.inv(np.linalg.inv(pr.iiv_cov) + np.linalg.inv(pr.iov_cov))
+        return replace(pr, mean=mean, iiv_cov=cov)
 
 
 def _stp(method: str, t: float, a: float, **kw) -> float:
@@ -99,6 +130,9 @@ def run_scenario(name: str, n_patients: int = N_PATIENTS, seed: int = 11) -> Sce
             for s, (t, y) in data.items():
                 twin.observe(c, s, t, y, p.administered_MBq[c])
         pred = twin.predict(3, p.administered_MBq[3], n_draws=1000)
+        oracle = PatientTwin("Lu-177", rph, model=OracleModel({k: v[1] for k, v in p.eta.items()}), measurement=MeasurementErrorModel(s_org, s_les))
+        for s, (t, y) in p.measurements[2].items():
+            oracle.observe(2, s, t, y, p.administered_MBq[2])
         for s in STRUCTURES:
             true2 = p.true_tia_MBq_h[2][s]
             est = twin.tia(2, s, n_draws=1000)
@@ -109,7 +143,8 @@ def run_scenario(name: str, n_patients: int = N_PATIENTS, seed: int = 11) -> Sce
             t1, a1 = p.measurements[1][s]
             t_eff = prior_spec(rph, s).effective_half_life_h
             values = {"twin": est.mean_MBq_h, "hanscheid": _stp("hanscheid", t2, a2),
-                      "madsen": _stp("madsen", t2, a2, effective_half_life_h=t_eff)}
+                      "madsen": _stp("madsen", t2, a2, effective_half_life_h=t_eff),
+                      "oracle": oracle.tia(2, s, n_draws=1000).median_MBq_h}
             try:
                 fit1 = tt.kinetics.fit_tac(t1, a1, nuclide="Lu-177")
                 values["prior"] = _stp("prior", t2, a2, prior=fit1)
@@ -126,13 +161,13 @@ def run_scenario(name: str, n_patients: int = N_PATIENTS, seed: int = 11) -> Sce
 def format_table(results: list[ScenarioResult]) -> str:
     lines = ["Share of cycle-2 TIAs with > 10 % error (RMS error) — 200 virtual patients per scenario",
              f"{'scenario':26s} {'structure':9s} {'twin':>14s} {'Hänscheid':>14s} {'Madsen':>14s} "
-             f"{'prior-cycle':>14s} {'noise floor':>11s} {'PI cov c2/c3':>13s}"]
+             f"{'prior-cycle':>14s} {'oracle':>14s} {'noise floor':>11s} {'PI cov c2/c3':>13s}"]
     for r in results:
         for s in STRUCTURES:
             cells = [f"{100 * r.share_over_10pct(m, s):5.1f}% ({100 * min(r.rms(m, s), 9.99):5.1f}%)" for m in METHODS]
             floor = 2 * (1 - ndtr(0.10 / r.noise[s]))
             lines.append(f"{r.name:26s} {s:9s} {cells[0]:>14s} {cells[1]:>14s} {cells[2]:>14s} {cells[3]:>14s} "
-                         f"{100 * floor:10.1f}% {100 * r.coverage_cycle2[s]:5.1f}/{100 * r.coverage_cycle3[s]:4.1f}%")
+                         f"{cells[4]:>14s} {100 * floor:10.1f}% {100 * r.coverage_cycle2[s]:5.1f}/{100 * r.coverage_cycle3[s]:4.1f}%")
     lines.append("Published (177Lu-DOTATATE kidneys, Devasia 2021 via EJNMMI Phys 2023 s40658-023-00530-1): "
                  "Hänscheid 20 %, Madsen 17 %, mixed-effects 6 %; target twin <= 5 %.")
     return "\n".join(lines)
@@ -148,12 +183,26 @@ def results() -> list[ScenarioResult]:
 def test_twin_meets_target_where_noise_allows(results: list[ScenarioResult]) -> None:
     best = next(r for r in results if r.name == "PSMA 48h, low noise")
     assert best.share_over_10pct("twin", "kidneys") <= 0.05, format_table(results)
+    for r in results:
+        for s in STRUCTURES:
+            if r.share_over_10pct("oracle", s) <= 0.025:
+                assert r.share_over_10pct("twin", s) <= 0.05, (r.name, s, format_table(results))
+
+
+def test_twin_is_close_to_the_floor(results: list[ScenarioResult]) -> None:
+    """Within 4 points (kidneys) / 10 points (lesions) of the Bayes estimator that knows cycle 1 exactly."""
+    for r in results:
+        assert r.share_over_10pct("twin", "kidneys") <= r.share_over_10pct("oracle", "kidneys") + 0.04, r.name
+        assert r.share_over_10pct("twin", "lesion_1") <= r.share_over_10pct("oracle", "lesion_1") + 0.10, r.name
+        # and the floor is a floor: knowing cycle 1 exactly cannot make the RMS error much worse
+        for s in STRUCTURES:
+            assert r.rms("oracle", s) <= r.rms("twin", s) * 1.05, (r.name, s)
 
 
 def test_twin_beats_single_time_point_methods(results: list[ScenarioResult]) -> None:
     for r in results:
         for s in STRUCTURES:
-            for m in ("hanscheid", "madsen", "prior"):
+            for m in ("hanscheid", "madsen", "prior"):  # the oracle is not a method: it knows the truth of cycle 1
                 assert r.share_over_10pct("twin", s) <= r.share_over_10pct(m, s), (r.name, s, m)
                 assert r.rms("twin", s) < r.rms(m, s), (r.name, s, m)
     # by a wide margin against the published baseline method at its own protocol (96 h)

@@ -47,8 +47,9 @@ def madsen_tia(time_h: float | np.ndarray, activity_MBq: float | np.ndarray,
 class VirtualPatient:
     """One virtual patient: true per-cycle parameters, measurements and true TIAs.
 
-    ``eta[structure][cycle]`` is the true η = (ln U, φ, ψ); ``measurements[cycle][structure]`` is
-    ``(time_h, activity_MBq)``; ``true_tia_MBq_h[cycle][structure]`` the exact TIA.
+    ``eta[structure][cycle]`` is the true η = (ln U, φ, ψ) of each cycle and ``theta[structure]`` the patient's
+    own parameters θ (η = θ + κ with the cycle's inter-occasion deviation κ); ``measurements[cycle][structure]``
+    is ``(time_h, activity_MBq)``; ``true_tia_MBq_h[cycle][structure]`` the exact TIA.
     """
 
     patient_id: str
@@ -57,6 +58,7 @@ class VirtualPatient:
     measurements: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]
     true_tia_MBq_h: dict[int, dict[str, float]]
     mass_g: dict[str, float] = field(default_factory=dict)
+    theta: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,8 +111,10 @@ def make_cohort(n_patients: int, *, radiopharmaceutical: str = "PSMA-617", nucli
         meas: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {c: {} for c in sampling}
         truth: dict[int, dict[str, float]] = {c: {} for c in cycles}
         masses: dict[str, float] = {}
+        thetas: dict[str, np.ndarray] = {}
         for s, pr, (l_iiv, l_iov) in zip(structures, priors, chol, strict=True):
             theta = pr.mean + l_iiv @ rng.standard_normal(3)
+            thetas[s] = theta
             eta[s] = {}
             sp = lesion_proportional_sd if structure_kind(s).role.value == "lesion" else proportional_sd
             masses[s] = pr.spec.reference_mass_g
@@ -124,6 +128,7 @@ def make_cohort(n_patients: int, *, radiopharmaceutical: str = "PSMA-617", nucli
                     a = activity_from_exponentials(coef[0], rate[0], t)
                     y = a * (1.0 + sp * rng.standard_normal(t.size)) + additive_sd_MBq * rng.standard_normal(t.size)
                     meas[c][s] = (t, np.maximum(y, 0.0))
-        patients.append(VirtualPatient(f"VP{n + 1:04d}", {c: administered_MBq for c in cycles}, eta, meas, truth, masses))
+        patients.append(VirtualPatient(f"VP{n + 1:04d}", {c: administered_MBq for c in cycles}, eta, meas, truth, masses,
+                                       thetas))
     return VirtualCohort(patients, radiopharmaceutical, nuclide, list(structures), sampling, proportional_sd,
                          lesion_proportional_sd, additive_sd_MBq, seed)
