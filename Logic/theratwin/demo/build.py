@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import nuclides
+from .._files import sha256_file
 from .._version import __version__
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
@@ -547,14 +548,6 @@ def write_demo_dicom(sim: DemoSimulation, directory: Path, progress: ProgressCal
     return files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _MANIFEST = "demo-manifest.json"
 _TRUTH = "demo-truth.json"
 
@@ -594,7 +587,7 @@ def _load_if_complete(folder: Path) -> DemoPatient | None:
             return None
         for rel, digest in manifest["files"].items():
             p = folder / rel
-            if not p.is_file() or _sha256(p) != digest:
+            if not p.is_file() or sha256_file(p) != digest:
                 return None
         truth = json.loads((folder / _TRUTH).read_text())
     except (OSError, ValueError, KeyError, TypeError):
@@ -668,7 +661,7 @@ def build_demo(
             "seed": seed,
             "options": asdict(options),
             "dose_available": bool(sim.truth["dose"]["available"]),
-            "files": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
+            "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files},
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
         # Publish atomically. If another process published a complete copy meanwhile, keep theirs (it may be in

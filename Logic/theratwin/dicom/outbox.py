@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._files import sha256_file
 from ..errors import ConfigurationError
 from ..progress import ProgressCallback, report
 
@@ -47,14 +48,6 @@ class PermanentFailure(Exception):
 
 class StopDelivery(Exception):
     """Raised by a sender when the destination is unreachable: the remaining items are not tried."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -161,7 +154,7 @@ class Outbox:
     def add(self, channel: str, source: str | Path, *, key: str, destination: str) -> OutboxItem:
         """Queue a copy of ``source`` for ``destination`` (idempotent; see the module docstring)."""
         src = Path(source)
-        digest = _sha256(src)
+        digest = sha256_file(src)
         iid = self.item_id(destination, key)
         d = self._dir(channel)
         with self._locked(channel) as items:
