@@ -1,0 +1,87 @@
+"""The twin state as versioned JSON data: :data:`SCHEMA`, writing (``to_dict``) and reading (``from_dict``).
+
+Private helpers of :meth:`PatientTwin.to_dict <theratwin.twin.twin.PatientTwin.to_dict>` and
+:meth:`PatientTwin.from_dict <theratwin.twin.twin.PatientTwin.from_dict>`. The state holds the inputs
+(observations, plan, settings); the posterior is saved for reference and recomputed on reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .._version import __version__
+from ..errors import InvalidInputError
+from ..results import RESEARCH_USE_NOTICE
+from .model import TWIN_MODELS
+from .priors import KineticPriorSpec
+from .results import MeasurementErrorModel
+from .tissues import OrganLimit, TissueParameters
+
+if TYPE_CHECKING:
+    from .twin import PatientTwin
+
+__all__ = ["SCHEMA", "state_to_dict", "state_from_dict"]
+
+#: Versioned schema of the twin state (``to_json``); ``from_json`` reads every version listed in _READABLE.
+SCHEMA = "theratwin-twin/1"
+_READABLE = ("theratwin-twin/1",)
+
+
+def state_to_dict(twin: PatientTwin) -> dict[str, Any]:
+    """The state of ``twin`` as plain JSON data (schema :data:`SCHEMA`)."""
+    post = None
+    if twin.observations:
+        p = twin.posterior()
+        post = {"structures": twin._post_structures, "cycles": twin._post_cycles,
+                "mode": p.mode.tolist(), "cov": p.cov.tolist()}
+    return {
+        "schema": SCHEMA,
+        "software": {"name": "TheraTwin", "version": __version__},
+        "saved": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "notice": RESEARCH_USE_NOTICE,
+        "patient_id": twin.patient_id,
+        "nuclide": twin.nuclide,
+        "radiopharmaceutical": twin.radiopharmaceutical,
+        "model": twin.model_name,
+        "model_config": twin.model.to_dict() if hasattr(twin.model, "to_dict") else None,
+        "reference_ligand_nmol": twin.reference_ligand_nmol,
+        "seed": twin.seed,
+        "measurement": asdict(twin.measurement),
+        "prior_overrides": {k: v.to_dict() for k, v in twin.prior_overrides.items()},
+        "tissues": {k: asdict(v) for k, v in twin.tissues.items()},
+        "limits": {k: (v.to_dict() if isinstance(v, OrganLimit) else v) for k, v in twin.limits.items()},
+        "observations": [ob.to_dict() for _, ob in sorted(twin.observations.items())],
+        "planned": {str(c): {"administered_MBq": a, "ligand_nmol": lg} for c, (a, lg) in sorted(twin.planned.items())},
+        "posterior": post,
+    }
+
+
+def state_from_dict(cls: type[PatientTwin], d: dict[str, Any]) -> PatientTwin:
+    """A new ``cls`` twin restored from :func:`state_to_dict` data (observations replayed, posterior refitted)."""
+    schema = d.get("schema")
+    if schema not in _READABLE:
+        raise InvalidInputError(
+            f"Twin state schema '{schema}' is not readable by TheraTwin {__version__} (reads {list(_READABLE)}); "
+            "upgrade TheraTwin or re-create the twin from the observations.")
+    model: Any = d.get("model", "biexp")
+    if d.get("model_config") is not None:
+        entry = TWIN_MODELS.get(model)
+        if hasattr(entry, "from_dict"):
+            model = entry.from_dict(d["model_config"])
+    twin = cls(
+        d["nuclide"], d["radiopharmaceutical"], model=model,
+        prior_overrides={k: KineticPriorSpec.from_dict(v) for k, v in d.get("prior_overrides", {}).items()},
+        measurement=MeasurementErrorModel(**d.get("measurement", {})),
+        tissues={k: TissueParameters(**v) for k, v in d.get("tissues", {}).items()},
+        limits={k: (OrganLimit(**v) if isinstance(v, dict) else v) for k, v in d.get("limits", {}).items()},
+        reference_ligand_nmol=float(d.get("reference_ligand_nmol", 100.0)),
+        patient_id=d.get("patient_id"), seed=int(d.get("seed", 20240617)))
+    for ob in d.get("observations", []):
+        twin.observe(ob["cycle"], ob["structure"], ob["time_h"], ob["activity_MBq"], ob["administered_MBq"],
+                     activity_sd_MBq=ob.get("activity_sd_MBq"), ligand_nmol=ob.get("ligand_nmol"),
+                     mass_g=ob.get("mass_g"), dose_per_tia_Gy_per_MBq_h=ob.get("dose_per_tia_Gy_per_MBq_h"))
+    for c, v in d.get("planned", {}).items():
+        twin.plan(int(c), v["administered_MBq"], v.get("ligand_nmol"))
+    return twin

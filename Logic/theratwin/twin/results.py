@@ -1,0 +1,197 @@
+"""Records of the patient twin: its measurement error model and observations, and what it returns.
+
+:class:`~theratwin.twin.twin.PatientTwin` takes :class:`MeasurementErrorModel` and stores one
+:class:`Observation` per structure and cycle; it returns :class:`TIAEstimate`, :class:`Prediction` (of
+:class:`StructurePrediction`, each of :class:`Interval`) and :class:`Recommendation`. Every record has a
+``to_dict`` giving plain JSON data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..results import RESEARCH_USE_NOTICE
+from ..study.codes import structure_kind
+from .tissues import OrganLimit
+
+__all__ = [
+    "MeasurementErrorModel",
+    "Observation",
+    "Interval",
+    "TIAEstimate",
+    "StructurePrediction",
+    "Prediction",
+    "Recommendation",
+]
+
+
+@dataclass(frozen=True)
+class MeasurementErrorModel:
+    """Proportional + additive error of measured structure activities.
+
+    ``SD(y) ≈ √((σ_p·y)² + σ_a² + sd²)`` with ``sd`` the per-point SD supplied with the data (e.g. counting
+    noise from the kinetics stage). Defaults (assumptions, configurable): σ_p = 5 % for organs (SPECT/CT
+    activity quantification repeatability; Staanum 2021 EJNMMI Phys 8:78 estimate 13 % total per fraction
+    including systematic calibration error, which does not affect the between-time-point scatter), 8 % for
+    lesions (partial-volume and segmentation), σ_a = 0.05 MBq.
+    """
+
+    proportional_sd: float = 0.05
+    lesion_proportional_sd: float = 0.08
+    additive_sd_MBq: float = 0.05
+
+    def for_structure(self, structure: str) -> float:
+        return self.lesion_proportional_sd if structure_kind(structure).role.value == "lesion" else self.proportional_sd
+
+
+@dataclass
+class Observation:
+    """Data of one structure in one cycle (times in h after the start of that cycle's administration)."""
+
+    cycle: int
+    structure: str
+    time_h: list[float]
+    activity_MBq: list[float]
+    administered_MBq: float
+    activity_sd_MBq: list[float] | None = None
+    ligand_nmol: float | None = None
+    mass_g: float | None = None
+    dose_per_tia_Gy_per_MBq_h: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Summary of a predictive distribution: mean, SD, median and the central interval (default 90 %)."""
+
+    mean: float
+    sd: float
+    median: float
+    low: float
+    high: float
+    level: float = 0.9
+
+    @classmethod
+    def from_draws(cls, draws: np.ndarray, level: float = 0.9) -> Interval:
+        q = np.quantile(draws, [0.5, (1 - level) / 2, (1 + level) / 2])
+        return cls(float(np.mean(draws)), float(np.std(draws, ddof=1)), float(q[0]), float(q[1]), float(q[2]), level)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TIAEstimate:
+    """Time-integrated activity of one structure in one cycle, MBq·h (90 % interval by default)."""
+
+    structure: str
+    cycle: int
+    mean_MBq_h: float
+    sd_MBq_h: float
+    median_MBq_h: float
+    low_MBq_h: float
+    high_MBq_h: float
+    level: float
+    n_points: int
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StructurePrediction:
+    """Predictive distributions of one structure for one cycle (intervals at ``Prediction.level``)."""
+
+    structure: str
+    tia_MBq_h: Interval
+    dose_Gy: Interval
+    bed_Gy: Interval
+    cumulative_dose_Gy: Interval
+    cumulative_bed_Gy: Interval
+    cumulative_eqd2_Gy: Interval
+    dose_per_tia_Gy_per_MBq_h: float
+    alpha_beta_Gy: float
+    repair_half_time_h: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"structure": self.structure}
+        for k in ("tia_MBq_h", "dose_Gy", "bed_Gy", "cumulative_dose_Gy", "cumulative_bed_Gy", "cumulative_eqd2_Gy"):
+            d[k] = getattr(self, k).to_dict()
+        d.update(dose_per_tia_Gy_per_MBq_h=self.dose_per_tia_Gy_per_MBq_h, alpha_beta_Gy=self.alpha_beta_Gy,
+                 repair_half_time_h=self.repair_half_time_h)
+        return d
+
+
+@dataclass
+class Prediction:
+    """Output of :meth:`PatientTwin.predict`: per-structure predictions for ``cycle``.
+
+    ``draws`` (kept only when asked) holds the raw posterior-predictive draws, ``{quantity: (S, N) array}``
+    with rows in ``structures`` order.
+    """
+
+    cycle: int
+    administered_MBq: float
+    ligand_nmol: float | None
+    n_draws: int
+    level: float
+    structures: dict[str, StructurePrediction]
+    schedule_MBq: dict[int, float]
+    draws: dict[str, np.ndarray] | None = None
+    cumulative_by_cycle: dict[int, dict[str, dict[str, Interval]]] | None = None
+    notice: str = RESEARCH_USE_NOTICE
+
+    def __getitem__(self, structure: str) -> StructurePrediction:
+        return self.structures[structure]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cycle": self.cycle, "administered_MBq": self.administered_MBq, "ligand_nmol": self.ligand_nmol,
+            "n_draws": self.n_draws, "interval_level": self.level,
+            "schedule_MBq": {str(k): v for k, v in self.schedule_MBq.items()},
+            "structures": {k: v.to_dict() for k, v in self.structures.items()},
+            "cumulative_by_cycle": None if self.cumulative_by_cycle is None else {
+                str(c): {s: {q: iv.to_dict() for q, iv in d.items()} for s, d in per.items()}
+                for c, per in self.cumulative_by_cycle.items()},
+            "notice": self.notice,
+        }
+
+
+@dataclass
+class Recommendation:
+    """Output of :meth:`PatientTwin.recommend_activity` (research use)."""
+
+    cycle: int
+    administered_MBq: float
+    confidence: float
+    limiting_structure: str | None
+    limits: dict[str, OrganLimit]
+    predicted_at_limit_quantile_Gy: dict[str, float]
+    predicted_cumulative: dict[str, Interval]
+    lesion_dose_Gy: dict[str, Interval]
+    responder_probability: Interval | None
+    equal_activity_per_cycle_MBq: dict[int, float]
+    remaining_cycles_at_standard_activity: int
+    standard_activity_MBq: float
+    status: str
+    notice: str = RESEARCH_USE_NOTICE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cycle": self.cycle, "administered_MBq": self.administered_MBq, "confidence": self.confidence,
+            "limiting_structure": self.limiting_structure,
+            "limits": {k: v.to_dict() for k, v in self.limits.items()},
+            "predicted_at_limit_quantile_Gy": self.predicted_at_limit_quantile_Gy,
+            "predicted_cumulative": {k: v.to_dict() for k, v in self.predicted_cumulative.items()},
+            "lesion_dose_Gy": {k: v.to_dict() for k, v in self.lesion_dose_Gy.items()},
+            "responder_probability": None if self.responder_probability is None else self.responder_probability.to_dict(),
+            "equal_activity_per_cycle_MBq": {str(k): v for k, v in self.equal_activity_per_cycle_MBq.items()},
+            "remaining_cycles_at_standard_activity": self.remaining_cycles_at_standard_activity,
+            "standard_activity_MBq": self.standard_activity_MBq, "status": self.status, "notice": self.notice,
+        }
