@@ -55,7 +55,7 @@ def test_catalog_entry() -> None:
     entry = json.loads((ROOT / "TheraTwinExtension" / "TheraTwin.json").read_text())
     assert entry["category"] == "Nuclear Medicine"
     assert {"scm_url", "scm_revision", "build_subdirectory", "tier"} <= set(entry)
-    assert {"NM", "PT"} <= set(entry["dicom_support_rule"]["modalities"])
+    assert "Modality == 'NM'" in entry["dicom_support_rule"]  # a rule-engine expression (test_extension_catalog.py)
     assert (ROOT / "TheraTwinExtension" / "TheraTwin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
