@@ -4,7 +4,14 @@ Importable with only ``slicer-core`` (PyPI) installed, so it is tested outside t
 volume, segmentation and subject-hierarchy nodes into ``theratwin`` objects (LPS <-> RAS happens here and only
 here) and results back into volume, table and plot nodes. ``theratwin`` itself is imported inside the functions,
 after the module has made sure its dependencies are installed.
+
+The first thing it does is refuse a 3D Slicer older than :data:`MINIMUM_SLICER_VERSION` with a clear message
+(:mod:`TheraTwinLib.Compatibility`); everything above that check stays valid Python 3.9.
 """
+
+from .Compatibility import MINIMUM_SLICER_VERSION, UnsupportedSlicerError, checkSlicerVersion
+
+checkSlicerVersion()
 
 from .Dependencies import ensureRequirements, missingRequirements, readRequirements
 from .Pipeline import (
@@ -62,6 +69,9 @@ from .Volumes import (
 )
 
 __all__ = [
+    "MINIMUM_SLICER_VERSION",
+    "UnsupportedSlicerError",
+    "checkSlicerVersion",
     "volumeNodeFromImage",
     "updateVolumeNodeFromImage",
     "imageFromVolumeNode",

@@ -386,3 +386,59 @@ def test_checkers_catch_a_widget_of_the_wrong_type(tmp_path: Path) -> None:
         "M.ui: 'mode' (enum) is bound to a QLineEdit",
         "M.ui: 'seg' is a vtkMRMLSegmentationNode but its combo box lists ['vtkMRMLScalarVolumeNode']",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- minimum Slicer version
+
+
+def minimumSlicerVersion() -> str:
+    """MINIMUM_SLICER_VERSION of TheraTwinLib/Compatibility.py, as "major.minor"."""
+    tree = ast.parse((LIB / "Compatibility.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MINIMUM_SLICER_VERSION" for t in node.targets):
+            return ".".join(str(v) for v in ast.literal_eval(node.value))
+    raise AssertionError("no MINIMUM_SLICER_VERSION in TheraTwinLib/Compatibility.py")
+
+
+def test_minimum_slicer_version_is_declared_in_readme_and_cmake() -> None:
+    minimum = minimumSlicerVersion()
+    assert minimum == "5.12"
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert f'set(TheraTwin_MINIMUM_SLICER_VERSION "{minimum}")' in cmake
+    assert "find_package(Slicer ${TheraTwin_MINIMUM_SLICER_VERSION} REQUIRED)" in cmake
+    for readme in (ROOT / "README.md", MODULES_DIR / "README.md"):
+        assert f"3D Slicer {minimum} or later" in readme.read_text(encoding="utf-8"), readme
+
+
+def codeBeforeTheVersionCheck() -> list[Path]:
+    """Files Python compiles before TheraTwinLib can refuse an old Slicer: each module file (whole file: it is
+    compiled before it runs), TheraTwinLib/__init__.py and Compatibility.py."""
+    return scriptedModules() + [LIB / "__init__.py", LIB / "Compatibility.py"]
+
+
+@pytest.mark.parametrize("path", codeBeforeTheVersionCheck(), ids=lambda p: p.name)
+def test_code_before_the_version_check_compiles_on_python_3_9(path: Path) -> None:
+    """Slicer 5.8 has Python 3.9: these files must compile there so that its user reads the version message."""
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+@pytest.mark.parametrize("path", scriptedModules(), ids=lambda p: p.name)
+def test_module_files_import_theratwinlib_before_defining_anything(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    firstDefinition = next(i for i, n in enumerate(tree.body) if isinstance(n, (ast.ClassDef, ast.FunctionDef)))
+    before = tree.body[:firstDefinition]
+    assert any(isinstance(n, ast.Import) and any(a.name == "TheraTwinLib" for a in n.names) for n in before)
+
+
+def test_theratwinlib_checks_the_version_first() -> None:
+    tree = ast.parse((LIB / "__init__.py").read_text(encoding="utf-8"))
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert isinstance(body[0], ast.ImportFrom) and body[0].module == "Compatibility" and body[0].level == 1
+    assert ast.unparse(body[1]) == "checkSlicerVersion()"
+
+
+def test_the_python_3_9_check_catches_newer_syntax(tmp_path: Path) -> None:
+    bad = tmp_path / "Bad.py"
+    bad.write_text("match 1:\n    case 1:\n        pass\n", encoding="utf-8")
+    with pytest.raises(SyntaxError):
+        test_code_before_the_version_check_compiles_on_python_3_9(bad)
