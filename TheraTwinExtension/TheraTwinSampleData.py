@@ -134,7 +134,7 @@ class TheraTwinSampleDataLogic(ScriptedLoadableModuleLogic):
 
     def buildDemo(self, fast=False, progress=None, rebuild=False):
         """Build (or reuse from the cache) the demo patient; returns ``theratwin.demo.DemoPatient``."""
-        TheraTwinLib.ensureRequirements(RESOURCES / "requirements.txt")
+        TheraTwinLib.ensureRequirements()
         from theratwin.demo import build_demo
 
         return build_demo(fast=fast, progress=progress, rebuild=rebuild)

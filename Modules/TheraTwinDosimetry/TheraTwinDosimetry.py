@@ -2,7 +2,6 @@
 
 import enum
 import logging
-import os
 from typing import Annotated
 
 import slicer
@@ -36,8 +35,8 @@ else:
 
 import TheraTwinLib
 
-#: Packages this module needs beyond what Slicer bundles (installed on first use, with consent).
-REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+#: The packages the core needs (one list for every TheraTwin module, installed on first use with consent).
+REQUIREMENTS = TheraTwinLib.REQUIREMENTS
 
 #
 # TheraTwinDosimetry
@@ -244,7 +243,7 @@ class TheraTwinDosimetryLogic(ScriptedLoadableModuleLogic):
             SlicerRT, Gy), ``cumulativeDoseVolume``, ``dvhChart``, ``dvhTable`` (DVH metrics of ``cycle``),
             ``table`` (per cycle and structure, with cumulative columns) and ``maps`` (every map shown).
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         stages = self.STAGES if computeBed else self.STAGES[:-1]
         options = {} if doseMethod == "dvk" else {"dosimetry": {"method": doseMethod}}
         run = TheraTwinLib.runPipelineOnNodes(timePointNodes, segmentationNode=segmentationNode, stages=stages,

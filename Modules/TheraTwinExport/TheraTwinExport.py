@@ -1,7 +1,6 @@
 """TheraTwin Export: RT Dose, SR and SEG into Slicer's DICOM database and to a PACS; FHIR bundle and push."""
 
 import logging
-import os
 import pathlib
 import urllib.parse
 
@@ -37,8 +36,8 @@ else:
 
 import TheraTwinLib
 
-#: Packages this module needs beyond what Slicer bundles (installed on first use, with consent).
-REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+#: The packages the core needs (one list for every TheraTwin module, installed on first use with consent).
+REQUIREMENTS = TheraTwinLib.REQUIREMENTS
 
 #
 # TheraTwinExport
@@ -276,7 +275,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
             ``run``, ``outputDirectory``, ``files`` (``results.outputs``: kind -> paths relative to the
             folder), ``imported`` (files added to the DICOM database) and ``table`` (summary table node).
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         endpoints = self.endpointSettings()
         if pushToPacs and not endpoints["pacsUrl"]:
             raise ValueError(_("Sending to a PACS was asked but no PACS is set; enter it under Endpoints."))

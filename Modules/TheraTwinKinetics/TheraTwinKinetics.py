@@ -2,7 +2,6 @@
 
 import enum
 import logging
-import os
 import pathlib
 from typing import Annotated
 
@@ -37,8 +36,8 @@ else:
 
 import TheraTwinLib
 
-#: Packages this module needs beyond what Slicer bundles (installed on first use, with consent).
-REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+#: The packages the core needs (one list for every TheraTwin module, installed on first use with consent).
+REQUIREMENTS = TheraTwinLib.REQUIREMENTS
 
 #
 # TheraTwinKinetics
@@ -245,7 +244,7 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         Returns ``TheraTwinLib.StudyNodes`` (time-point volumes with their acquisition and administration
         attributes, CTs, the segmentation).
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         return TheraTwinLib.loadStudyFromDicom(scene, [p for p in paths if p], progress=progress)
 
     def importDicomStudy(self, scene, studyInstanceUID, progress=None):
@@ -271,7 +270,7 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         cycle
             The cycle whose curves and TIA map are shown.
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         options = {} if kineticModel == "auto" else {"kinetics": {"model": kineticModel}}
         if not registerTimePoints:
             # time points with a CT are always aligned through their CT; this leaves the others as they are

@@ -13,7 +13,14 @@ from .Compatibility import MINIMUM_SLICER_VERSION, UnsupportedSlicerError, check
 
 checkSlicerVersion()
 
-from .Dependencies import ensureRequirements, missingRequirements, readRequirements
+from .Dependencies import (
+    REQUIREMENTS,
+    RestartRequiredError,
+    ensureRequirements,
+    loadedOutdatedPackages,
+    missingRequirements,
+    readRequirements,
+)
 from .Pipeline import (
     DOSE_MAP_KINDS,
     PipelineRun,
@@ -122,4 +129,7 @@ __all__ = [
     "ensureRequirements",
     "missingRequirements",
     "readRequirements",
+    "REQUIREMENTS",
+    "RestartRequiredError",
+    "loadedOutdatedPackages",
 ]

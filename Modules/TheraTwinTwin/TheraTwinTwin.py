@@ -1,7 +1,6 @@
 """TheraTwin Twin: the Bayesian patient twin, its predictions for the next cycle and the recommended activity."""
 
 import logging
-import os
 import pathlib
 from typing import Annotated
 
@@ -36,8 +35,8 @@ else:
 
 import TheraTwinLib
 
-#: Packages this module needs beyond what Slicer bundles (installed on first use, with consent).
-REQUIREMENTS = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+#: The packages the core needs (one list for every TheraTwin module, installed on first use with consent).
+REQUIREMENTS = TheraTwinLib.REQUIREMENTS
 
 #
 # TheraTwinTwin
@@ -252,7 +251,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
             ``run``, ``twinState`` (text node with the twin JSON), ``prediction``, ``recommendation`` and
             ``forecast`` (the twin stage's dicts), ``predictionTable`` and ``recommendationTable``.
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         twinOptions = {}
         if confidence is not None:
             twinOptions["confidence"] = float(confidence)
@@ -283,7 +282,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         ``observations`` adds a cycle measured elsewhere: ``{(cycle, structure): (time_h, activity_MBq,
         administered_MBq)}``; the updated twin is stored back into the node.
         """
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         from theratwin.twin import PatientTwin
 
         twin = PatientTwin.from_json(twinStateNode.GetText())
@@ -300,7 +299,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
 
     def loadTwin(self, scene, path, twinStateNode=None):
         """Read a twin JSON file (``twin-state.json`` of ``theratwin demo/run``) into a text node."""
-        TheraTwinLib.ensureRequirements(REQUIREMENTS)
+        TheraTwinLib.ensureRequirements()
         from theratwin.twin import PatientTwin
 
         text = pathlib.Path(path).read_text()

@@ -28,8 +28,16 @@ LIB = MODULES_DIR / "TheraTwinLib"
 ALLOWED_IN_MODULES = {"slicer", "vtk", "qt", "ctk", "numpy", "scipy", "TheraTwinLib"}
 #: The adapter is tested with slicer-core, which has no Qt.
 ALLOWED_IN_LIB = {"slicer", "vtk", "numpy"}
-#: Packages Slicer bundles: never in a module's requirements.txt.
-BUNDLED_BY_SLICER = {"numpy", "scipy", "pydicom", "simpleitk", "vtk", "pip", "setuptools", "requests"}
+#: Slicer's own infrastructure: never in a requirements list (reinstalling it would break the application).
+SLICER_INFRASTRUCTURE = {"vtk", "pip", "setuptools", "wheel", "requests", "packaging", "pythonqt"}
+#: What Slicer 5.12.0 (the declared minimum) bundles, from its SuperBuild files at tag v5.12.0
+#: (External_python-numpy.cmake, -scipy, -dicom-requirements, -SimpleITK): a floor above these would make
+#: ensureRequirements reinstall a package Slicer ships.
+SLICER_5_12_BUNDLES = {"numpy": "2.4.6", "scipy": "1.17.1", "pydicom": "3.0.2", "simpleitk": "2.5.5",
+                       "highdicom": "0.27.0", "dicomweb-client": "0.61.0"}
+#: pyproject core dependencies not needed inside Slicer, and the one file of the core that imports each.
+NOT_NEEDED_IN_SLICER = {"tqdm": "cli.py"}
+LIB_REQUIREMENTS = LIB / "requirements.txt"
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -195,18 +203,115 @@ def uiWidgetNames(uiPath: Path) -> set[str]:
     return {w.get("name") for w in ET.parse(uiPath).getroot().iter("widget")}
 
 
+def normalisedName(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def versionTuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
 def requirementsOffences(path: Path) -> list[str]:
+    """Lines that are not ``name>=floor``, name Slicer's infrastructure, or ask more than Slicer 5.12 bundles."""
     offences = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        name = re.split(r"[<>=!~\[ ;]", line, maxsplit=1)[0].lower()
-        if not re.fullmatch(r"[A-Za-z0-9._-]+(>=[0-9][0-9A-Za-z.]*)?", line):
-            offences.append(f"{path.parent.parent.name}: '{line}' is not 'name' or 'name>=version'")
-        if name in BUNDLED_BY_SLICER:
-            offences.append(f"{path.parent.parent.name}: '{name}' is bundled by Slicer")
+        name = normalisedName(re.split(r"[<>=!~\[ ;]", line, maxsplit=1)[0])
+        if not re.fullmatch(r"[A-Za-z0-9._-]+>=[0-9][0-9A-Za-z.]*", line):
+            offences.append(f"'{line}' is not 'name>=version'")
+        if name in SLICER_INFRASTRUCTURE:
+            offences.append(f"'{name}' is Slicer's own")
+        floor = line.partition(">=")[2]
+        if name in SLICER_5_12_BUNDLES and floor and versionTuple(floor) > versionTuple(SLICER_5_12_BUNDLES[name]):
+            offences.append(f"'{line}' asks more than Slicer 5.12 bundles ({SLICER_5_12_BUNDLES[name]})")
     return offences
+
+
+def requirementFloors(lines: list[str]) -> dict[str, str]:
+    return {normalisedName(line.partition(">=")[0]): line.partition(">=")[2]
+            for line in (raw.split("#", 1)[0].strip() for raw in lines) if line}
+
+
+def pyprojectDependencies() -> dict[str, str]:
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as stream:
+        return requirementFloors(tomllib.load(stream)["project"]["dependencies"])
+
+
+# ---------------------------------------------------------------------------------------------- CMake install paths
+
+
+def cmakeVariables(text: str, moduleDir: Path) -> dict[str, list[str]]:
+    variables: dict[str, list[str]] = {"CMAKE_CURRENT_SOURCE_DIR": [str(moduleDir)]}
+    for name, body in re.findall(r"\bset\(\s*(\w+)\s+(.*?)\)", text, re.S):
+        variables[name] = [expand(v, variables) for v in body.replace('"', " ").split()]
+    return variables
+
+
+def expand(value: str, variables: dict[str, list[str]]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: " ".join(variables.get(m.group(1), [m.group(0)])), value)
+
+
+def macroCalls(text: str, macro: str) -> list[str]:
+    return re.findall(rf"\b{macro}\s*\((.*?)\n\s*\)", text, re.S)
+
+
+def macroArguments(body: str, variables: dict[str, list[str]], keywords: set[str]) -> dict[str, list[str]]:
+    arguments: dict[str, list[str]] = {}
+    current = None
+    for token in expand(body.replace('"', " "), variables).split():
+        if token in keywords:
+            current = token
+            arguments.setdefault(token, [])
+        elif current is not None:
+            arguments[current].append(token)
+    return arguments
+
+
+#: Where Slicer puts scripted modules (CMake ${Slicer_QTSCRIPTEDMODULES_LIB_DIR}); paths below are relative to it.
+SCRIPTED = "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"
+
+
+def installedFiles(root: Path) -> list[tuple[str, str]]:
+    """``[(installed path relative to the scripted-modules folder, source file)]`` of every Python script and resource
+    of the CMakeLists.txt files under ``root``, read as Slicer's macros place them:
+
+    - ``slicerMacroBuildScriptedModule`` (Slicer v5.12.0 CMake/SlicerMacroBuildScriptedModule.cmake) copies SCRIPTS
+      and RESOURCES into the scripted-modules folder itself, or into a sub-folder named after the source folder with
+      ``WITH_SUBDIR``;
+    - ``ctkMacroCompilePythonScript`` (CTK CMake/ctkMacroCompilePythonScript.cmake) copies each file to
+      ``DESTINATION_DIR/<file as listed>``.
+    """
+    files = []
+    for cmake in sorted(root.rglob("CMakeLists.txt")):
+        text = re.sub(r"#.*", "", cmake.read_text(encoding="utf-8"))
+        folder = cmake.parent
+        variables = cmakeVariables(text, folder)
+        for body in macroCalls(text, "slicerMacroBuildScriptedModule"):
+            args = macroArguments(body, variables, {"NAME", "SCRIPTS", "RESOURCES", "WITH_SUBDIR", "WITH_GENERIC_TESTS"})
+            base = f"{folder.name}/" if "WITH_SUBDIR" in args else ""
+            for script in args.get("SCRIPTS", []):
+                files.append((base + (script if script.endswith(".py") else script + ".py"), str(folder / script)))
+            files += [(base + r, str(folder / r)) for r in args.get("RESOURCES", [])]
+        for body in macroCalls(text, "ctkMacroCompilePythonScript"):
+            args = macroArguments(body, variables, {"TARGET_NAME", "SCRIPTS", "RESOURCES", "DESTINATION_DIR",
+                                                    "INSTALL_DIR", "NO_INSTALL_SUBDIR", "SOURCE_DIR"})
+            destination = " ".join(args["DESTINATION_DIR"])
+            assert SCRIPTED in destination, f"{cmake}: DESTINATION_DIR {destination} is not under {SCRIPTED}"
+            base = destination.split(SCRIPTED, 1)[1].strip("/")
+            base = base + "/" if base else ""
+            files += [(base + f, str(folder / f)) for f in args.get("SCRIPTS", []) + args.get("RESOURCES", [])]
+    return files
+
+
+def installCollisions(root: Path) -> list[str]:
+    sources: dict[str, set[str]] = {}
+    for installed, source in installedFiles(root):
+        sources.setdefault(installed, set()).add(source)
+    return [f"{path} <- {sorted(s)}" for path, s in sorted(sources.items()) if len(s) > 1]
 
 
 def layoutOffences(path: Path) -> list[str]:
@@ -293,11 +398,48 @@ def test_template_layout(path: Path) -> None:
     assert layoutOffences(path) == []
 
 
-@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
-def test_requirements_are_floors_of_unbundled_packages(path: Path) -> None:
-    requirements = path.parent / "Resources" / "requirements.txt"
-    assert requirements.is_file()
-    assert requirementsOffences(requirements) == []
+def test_one_requirements_list_matching_pyproject() -> None:
+    """TheraTwinLib/requirements.txt is the only list, and it is pyproject's core dependencies with the same floors
+    (less what Slicer does not need, with the one file that imports it)."""
+    assert requirementsOffences(LIB_REQUIREMENTS) == []
+    lib = requirementFloors(LIB_REQUIREMENTS.read_text(encoding="utf-8").splitlines())
+    core = pyprojectDependencies()
+    assert lib == {name: floor for name, floor in core.items() if name not in NOT_NEEDED_IN_SLICER}
+    for name, onlyUser in NOT_NEEDED_IN_SLICER.items():
+        users = sorted(p.relative_to(ROOT / "Logic" / "theratwin").as_posix()
+                       for p in (ROOT / "Logic" / "theratwin").rglob("*.py") if name in _allImports(p))
+        assert users == [onlyUser], f"{name} is imported by {users}, so Slicer needs it too"
+    others = sorted(p.relative_to(ROOT).as_posix() for p in [*MODULES_DIR.rglob("requirements*.txt"),
+                                                              *EXTENSION_DIR.rglob("requirements*.txt")])
+    assert others == ["Modules/TheraTwinLib/requirements.txt"]
+
+
+def _allImports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_two_cmake_targets_install_a_file_to_the_same_path() -> None:
+    files = installedFiles(ROOT)
+    assert ("TheraTwinLib/requirements.txt", str(LIB_REQUIREMENTS)) in files
+    assert ("TheraTwinKinetics.py", str(MODULES_DIR / "TheraTwinKinetics" / "TheraTwinKinetics.py")) in files
+    assert ("theratwin/dicom/read.py", str(ROOT / "Logic" / "theratwin" / "dicom" / "read.py")) in files
+    assert installCollisions(ROOT) == []
+
+
+def test_dependencies_are_installed_through_slicer_packaging_only() -> None:
+    """One code path in the application: slicer.packaging imported explicitly (never looked up on the slicer module,
+    whose attribute exists only if something imported it first), no slicer.util.pip_install."""
+    text = (LIB / "Dependencies.py").read_text(encoding="utf-8")
+    assert "import slicer.packaging" in text and "pip_ensure(" in text and "skip_in_testing=False" in text
+    for path in [*MODULES_DIR.rglob("*.py"), *EXTENSION_DIR.rglob("*.py")]:
+        code = path.read_text(encoding="utf-8")
+        assert "pip_install" not in code and 'getattr(slicer, "packaging"' not in code, path
 
 
 @pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
@@ -351,12 +493,35 @@ def test_checkers_catch_bad_ui(tmp_path: Path) -> None:
     ]
 
 
-def test_checkers_catch_pins_and_bundled_packages(tmp_path: Path) -> None:
-    requirements = tmp_path / "M" / "Resources" / "requirements.txt"
-    requirements.parent.mkdir(parents=True)
-    requirements.write_text("highdicom>=0.27\nnumpy>=1.24\nfhir.resources==8.0\n")
-    assert requirementsOffences(requirements) == ["M: 'numpy' is bundled by Slicer",
-                                                  "M: 'fhir.resources==8.0' is not 'name' or 'name>=version'"]
+def test_checkers_catch_pins_infrastructure_and_floors_above_slicer(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("highdicom>=0.27\nnumpy>=3.0\nfhir.resources==8.0\nvtk>=9\nmatplotlib\n", encoding="utf-8")
+    assert requirementsOffences(requirements) == ["'numpy>=3.0' asks more than Slicer 5.12 bundles (2.4.6)",
+                                                  "'fhir.resources==8.0' is not 'name>=version'",
+                                                  "'vtk' is Slicer's own", "'matplotlib' is not 'name>=version'"]
+
+
+def test_checkers_catch_two_modules_installing_the_same_resource(tmp_path: Path) -> None:
+    """The fault of the former layout: every module listed Resources/requirements.txt without WITH_SUBDIR."""
+    for name in ("A", "B"):
+        module = tmp_path / name
+        (module / "Resources").mkdir(parents=True)
+        (module / "CMakeLists.txt").write_text(
+            f"set(MODULE_NAME {name})\nset(MODULE_PYTHON_SCRIPTS\n  ${{MODULE_NAME}}.py\n  )\n"
+            "set(MODULE_PYTHON_RESOURCES\n  Resources/requirements.txt\n  )\n"
+            "slicerMacroBuildScriptedModule(\n  NAME ${MODULE_NAME}\n  SCRIPTS ${MODULE_PYTHON_SCRIPTS}\n"
+            "  RESOURCES ${MODULE_PYTHON_RESOURCES}\n  )\n",
+            encoding="utf-8")
+    collisions = installCollisions(tmp_path)
+    assert len(collisions) == 1 and collisions[0].startswith("Resources/requirements.txt <- ")
+    # with WITH_SUBDIR each module's resources go to a folder of their own
+    cmake = tmp_path / "B" / "CMakeLists.txt"
+    cmake.write_text(cmake.read_text(encoding="utf-8").replace("RESOURCES ${MODULE_PYTHON_RESOURCES}",
+                                                               "RESOURCES ${MODULE_PYTHON_RESOURCES}\n  WITH_SUBDIR"),
+                     encoding="utf-8")
+    assert installCollisions(tmp_path) == []
+    assert ("B/Resources/requirements.txt", str(tmp_path / "B" / "Resources" / "requirements.txt")) in \
+        installedFiles(tmp_path)
 
 
 def test_checkers_catch_a_widget_of_the_wrong_type(tmp_path: Path) -> None:
