@@ -74,7 +74,8 @@ class TheraTwinExportParameterNode:
     """
     timePointVolume - any time-point volume of the patient; every time point of that patient is used.
     segmentation - the structures.
-    outputDirectory - where DICOM files, the FHIR bundle and the report are written.
+    outputDirectory - where DICOM files, the FHIR bundle and the report are written; None: a new folder under
+        Slicer's temporary folder (TheraTwinExportLogic.defaultOutputDirectory), shown here after the export.
     writeDicom, writeFhir, writeReport - what to write.
     importIntoDicomDatabase - add the DICOM objects to Slicer's DICOM database.
     pushToPacs, pushToFhir - send to the endpoints of the application settings.
@@ -84,7 +85,7 @@ class TheraTwinExportParameterNode:
 
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    outputDirectory: pathlib.Path
+    outputDirectory: pathlib.Path | None
     writeDicom: bool = True
     writeFhir: bool = True
     writeReport: bool = True
@@ -114,6 +115,7 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TheraTwinExportLogic()
+        TheraTwinLib.registerPathParameterConnector()  # an empty folder field is None, not Path(".")
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -148,8 +150,6 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.timePointVolume = timePoints[0]
         if not self._parameterNode.segmentation:
             self._parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-        if not self._parameterNode.outputDirectory:
-            self._parameterNode.outputDirectory = pathlib.Path(slicer.app.temporaryPath) / "TheraTwin"
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -163,7 +163,7 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self.ui.applyButton.enabled = bool(p and p.timePointVolume and p.segmentation and p.outputDirectory)
+        self.ui.applyButton.enabled = bool(p and p.timePointVolume and p.segmentation)
 
     def onSaveSettingsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The endpoint settings were not saved."), waitCursor=True):
@@ -248,10 +248,30 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
         self.settings.setValue(self.PACS_URL_KEY, pacsUrl or "")
         self.settings.setValue(self.FHIR_URL_KEY, fhirUrl or "")
 
+    @staticmethod
+    def defaultOutputDirectory() -> pathlib.Path:
+        """A new folder for one export when none was chosen: ``TheraTwin/export-<date>-<time>`` under Slicer's
+        temporary folder (the system's temporary folder without the application), never the working directory."""
+        import datetime
+        import tempfile
+
+        application = getattr(slicer, "app", None)
+        base = pathlib.Path(application.temporaryPath if application is not None else tempfile.gettempdir())
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = base / "TheraTwin" / f"export-{stamp}"
+        suffix = 1
+        while folder.exists():
+            suffix += 1
+            folder = base / "TheraTwin" / f"export-{stamp}-{suffix}"
+        return folder
+
     def processUsingParameterNode(self, parameterNode, progress=None) -> dict:
-        """Run :meth:`process` on the parameter node's inputs and store the summary table in it."""
-        if not parameterNode.timePointVolume or not parameterNode.segmentation or not parameterNode.outputDirectory:
-            raise ValueError(_("Select a time-point volume, a segmentation and an output folder."))
+        """Run :meth:`process` on the parameter node's inputs and store the summary table in it; an unset output
+        folder becomes :meth:`defaultOutputDirectory`, written back so the user sees where the files went."""
+        if not parameterNode.timePointVolume or not parameterNode.segmentation:
+            raise ValueError(_("Select a time-point volume and a segmentation."))
+        if TheraTwinLib.pathOrNone(parameterNode.outputDirectory) is None:
+            parameterNode.outputDirectory = self.defaultOutputDirectory()
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
         TheraTwinLib.removeOutputNodes(parameterNode.exportTable)
@@ -288,7 +308,9 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
             stages.append("dicom_export")
         if writeFhir or pushToFhir:
             stages.append("fhir_export")
-        outputDirectory = pathlib.Path(outputDirectory)
+        outputDirectory = TheraTwinLib.pathOrNone(outputDirectory)
+        if outputDirectory is None:
+            raise ValueError(_("Choose the output folder (an empty folder setting is not the working directory)."))
         run = TheraTwinLib.runPipelineOnNodes(timePointNodes, segmentationNode=segmentationNode, stages=stages,
                                               outDir=outputDirectory,
                                               pacsUrl=endpoints["pacsUrl"] if pushToPacs else None,
@@ -299,7 +321,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
         twin = run.state.get("twin")
         if twin is not None and "twin_state" not in run.results.outputs:
             # the twin ran earlier without an output folder (another module): write its state here as well
-            (outputDirectory / "twin-state.json").write_text(twin.to_json())
+            (outputDirectory / "twin-state.json").write_text(twin.to_json(), encoding="utf-8")
             run.results.outputs["twin_state"] = "twin-state.json"
         imported = []
         if importIntoDicomDatabase:

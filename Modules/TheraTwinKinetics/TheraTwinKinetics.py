@@ -82,7 +82,7 @@ class KineticModel(enum.Enum):
 @parameterNodeWrapper
 class TheraTwinKineticsParameterNode:
     """
-    dicomFolder - a folder of DICOM files of one patient to import (SPECT/PET time points, CT, SEG).
+    dicomFolder - a folder of DICOM files of one patient to import (SPECT/PET time points, CT, SEG); None: not chosen.
     timePointVolume - any time-point volume of the patient; every time point of that patient is used.
     segmentation - the structures (organs, lesions).
     registerTimePoints - align time points without CT to the first one (SPECT to SPECT); time points with a CT
@@ -92,7 +92,7 @@ class TheraTwinKineticsParameterNode:
     tiaVolume, tacChart, resultsTable - outputs.
     """
 
-    dicomFolder: pathlib.Path
+    dicomFolder: pathlib.Path | None
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     registerTimePoints: bool = True
@@ -123,6 +123,7 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TheraTwinKineticsLogic()
+        TheraTwinLib.registerPathParameterConnector()  # an empty folder field is None, not Path(".")
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -173,12 +174,11 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Fit the time-activity curves") if ready else _(
             "Select a time-point volume and a segmentation")
+        self.ui.importDicomButton.enabled = bool(self._parameterNode and self._parameterNode.dicomFolder)
 
     def onImportDicomButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The DICOM study could not be imported."), waitCursor=True):
-            nodes = self.logic.importDicom(slicer.mrmlScene, [self._parameterNode.dicomFolder])
-            self._parameterNode.timePointVolume = nodes.allTimePoints()[0]
-            self._parameterNode.segmentation = nodes.segmentation
+            self.logic.importDicomUsingParameterNode(self._parameterNode, slicer.mrmlScene)
 
     def onApplyButton(self) -> None:
         progressDialog = slicer.util.createProgressDialog(labelText=_("Fitting time-activity curves..."), maximum=100)
@@ -238,14 +238,26 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         parameterNode.resultsTable = outputs["table"]
         return outputs
 
+    def importDicomUsingParameterNode(self, parameterNode, scene, progress=None):
+        """Import the parameter node's DICOM folder into ``scene`` and select the imported study."""
+        if TheraTwinLib.pathOrNone(parameterNode.dicomFolder) is None:
+            raise ValueError(_("Choose the folder of the patient's DICOM files first."))
+        nodes = self.importDicom(scene, [parameterNode.dicomFolder], progress=progress)
+        parameterNode.timePointVolume = nodes.allTimePoints()[0]
+        parameterNode.segmentation = nodes.segmentation
+        return nodes
+
     def importDicom(self, scene, paths, progress=None):
         """Import one patient's DICOM (folders or files: SPECT/PET time points, CT, SEG) with the core's reader.
 
         Returns ``TheraTwinLib.StudyNodes`` (time-point volumes with their acquisition and administration
-        attributes, CTs, the segmentation).
+        attributes, CTs, the segmentation). Unset paths (None, "", ".") are ignored; none left is an error.
         """
+        chosen = [path for path in map(TheraTwinLib.pathOrNone, paths) if path is not None]
+        if not chosen:
+            raise ValueError(_("No DICOM folder or file was given."))
         TheraTwinLib.ensureRequirements()
-        return TheraTwinLib.loadStudyFromDicom(scene, [p for p in paths if p], progress=progress)
+        return TheraTwinLib.loadStudyFromDicom(scene, chosen, progress=progress)
 
     def importDicomStudy(self, scene, studyInstanceUID, progress=None):
         """Import a study of Slicer's DICOM database (application only) by its StudyInstanceUID."""

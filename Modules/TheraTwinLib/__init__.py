@@ -21,6 +21,7 @@ from .Dependencies import (
     missingRequirements,
     readRequirements,
 )
+from .Parameters import isOptionalPath, pathOrNone, pathText, registerPathParameterConnector
 from .Pipeline import (
     DOSE_MAP_KINDS,
     PipelineRun,
@@ -132,4 +133,8 @@ __all__ = [
     "REQUIREMENTS",
     "RestartRequiredError",
     "loadedOutdatedPackages",
+    "pathOrNone",
+    "pathText",
+    "isOptionalPath",
+    "registerPathParameterConnector",
 ]

@@ -85,7 +85,7 @@ class TheraTwinTwinParameterNode:
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     twinState: vtkMRMLTextNode
-    twinFile: pathlib.Path
+    twinFile: pathlib.Path | None
     nextCycle: Annotated[int, WithinRange(1, 20)] = 3
     plannedActivity_MBq: Annotated[float, WithinRange(100.0, 15000.0)] = 7400.0
     confidence: Annotated[float, WithinRange(0.5, 0.99)] = 0.9
@@ -113,6 +113,7 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TheraTwinTwinLogic()
+        TheraTwinLib.registerPathParameterConnector()  # an empty file field is None, not Path(".")
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -302,15 +303,22 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         TheraTwinLib.ensureRequirements()
         from theratwin.twin import PatientTwin
 
-        text = pathlib.Path(path).read_text()
+        path = TheraTwinLib.pathOrNone(path)
+        if path is None:
+            raise ValueError(_("Choose the twin file (JSON) to load."))
+        text = path.read_text(encoding="utf-8")
         PatientTwin.from_json(text)  # validates before anything is replaced
         return self._storeTwin(scene, text, twinStateNode)
 
     def saveTwin(self, twinStateNode, path) -> pathlib.Path:
         """Write the twin of ``twinStateNode`` to ``path`` (JSON)."""
-        target = pathlib.Path(path)
+        target = TheraTwinLib.pathOrNone(path)
+        if target is None:
+            raise ValueError(_("Choose the file to save the twin to."))
+        if twinStateNode is None or not twinStateNode.GetText():
+            raise ValueError(_("There is no twin to save yet; apply the module first or load a twin."))
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(twinStateNode.GetText())
+        target.write_text(twinStateNode.GetText(), encoding="utf-8")
         return target
 
     @staticmethod

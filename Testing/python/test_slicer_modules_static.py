@@ -149,8 +149,10 @@ def parameterNodeKinds(path: Path) -> dict[str, tuple[str, str]]:
             text = ast.unparse(annotation)
             if text.startswith("vtkMRML") or text.startswith("slicer.vtkMRML"):
                 kinds[statement.target.id] = ("node", text.split(".")[-1])  # type: ignore[union-attr]
-            elif text in ("pathlib.Path", "Path"):
+            elif text in ("pathlib.Path | None", "Path | None", "Optional[pathlib.Path]", "Optional[Path]"):
                 kinds[statement.target.id] = ("path", "")  # type: ignore[union-attr]
+            elif text in ("pathlib.Path", "Path"):
+                kinds[statement.target.id] = ("bare path", "")  # type: ignore[union-attr]
             elif text in enums:
                 kinds[statement.target.id] = ("enum", text)  # type: ignore[union-attr]
             else:
@@ -443,6 +445,17 @@ def test_dependencies_are_installed_through_slicer_packaging_only() -> None:
 
 
 @pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_path_fields_can_be_unset(path: Path) -> None:
+    """A bare ``pathlib.Path`` field is never empty (its unset value is Path(".")): folders and files are
+    ``pathlib.Path | None``, shown by TheraTwinLib's connector, which the Widget registers before connectGui."""
+    kinds = parameterNodeKinds(path)
+    assert not [f for f, (kind, _) in kinds.items() if kind == "bare path"]
+    if any(kind == "path" for kind, _ in kinds.values()):
+        text = path.read_text(encoding="utf-8")
+        assert text.index("registerPathParameterConnector()") < text.index("self.initializeParameterNode()")
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
 def test_no_endpoint_or_credential_in_the_parameter_node(path: Path) -> None:
     """The scene may be shared: endpoints live in application settings, credentials in the environment."""
     for fields in parameterNodeFields(path).values():
@@ -529,11 +542,11 @@ def test_checkers_catch_a_widget_of_the_wrong_type(tmp_path: Path) -> None:
     module.write_text("import enum\nimport pathlib\nfrom typing import Annotated\n"
                       "class Mode(enum.Enum):\n    A = 'a'\n"
                       "@parameterNodeWrapper\nclass MParameterNode:\n    mode: Mode\n"
-                      "    folder: pathlib.Path\n    level: Annotated[float, WithinRange(0, 1)] = 0.5\n"
-                      "    seg: vtkMRMLSegmentationNode\n")
+                      "    folder: pathlib.Path | None\n    level: Annotated[float, WithinRange(0, 1)] = 0.5\n"
+                      "    seg: vtkMRMLSegmentationNode\n    old: pathlib.Path\n")
     kinds = parameterNodeKinds(module)
     assert kinds == {"mode": ("enum", "Mode"), "folder": ("path", ""), "level": ("float", ""),
-                     "seg": ("node", "vtkMRMLSegmentationNode")}
+                     "seg": ("node", "vtkMRMLSegmentationNode"), "old": ("bare path", "")}
     ui = tmp_path / "M.ui"
     ui.write_text(
         "<ui version='4.0'><widget class='qMRMLWidget' name='M'>"
