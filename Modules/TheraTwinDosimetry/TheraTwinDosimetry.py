@@ -181,7 +181,8 @@ class TheraTwinDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
                 raise Cancelled(_("Cancelled by the user"))
 
-        with slicer.util.tryWithErrorDisplay(_("Dose calculation failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Dose calculation failed."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             try:
                 self.logic.processUsingParameterNode(self._parameterNode, progress=progress)
             finally:

@@ -166,7 +166,8 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = bool(p and p.timePointVolume and p.segmentation)
 
     def onSaveSettingsButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The endpoint settings were not saved."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The endpoint settings were not saved."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             self.logic.saveEndpointSettings(self.ui.pacsUrlLineEdit.text, self.ui.fhirUrlLineEdit.text)
 
     def onApplyButton(self) -> None:
@@ -181,7 +182,8 @@ class TheraTwinExportWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
                 raise Cancelled(_("Cancelled by the user"))
 
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             try:
                 self.logic.processUsingParameterNode(self._parameterNode, progress=progress)
             finally:

@@ -150,14 +150,27 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if getattr(slicer, "dicomDatabase", None) is not None:
-            # volumes loaded by the DICOM module become time points when their headers say so
-            TheraTwinLib.annotateSceneFromDicom(slicer.mrmlScene, slicer.dicomDatabase.fileForInstance)
+            self._annotateDicomVolumes()
         if not self._parameterNode.timePointVolume:
             timePoints = TheraTwinLib.timePointNodes(slicer.mrmlScene)
             if timePoints:
                 self._parameterNode.timePointVolume = timePoints[0]
         if not self._parameterNode.segmentation:
             self._parameterNode.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def _annotateDicomVolumes(self) -> None:
+        """Volumes loaded by the DICOM module become time points when their headers say so. This runs whenever the
+        panel is shown, so it never raises: a volume whose file is missing or unreadable is left out, with its reason
+        in the log and in its attribute TheraTwin.NotATimePoint, and is not read again."""
+        problems = []
+        try:
+            TheraTwinLib.annotateSceneFromDicom(slicer.mrmlScene, slicer.dicomDatabase.fileForInstance,
+                                                problems=problems)
+        except Exception as error:  # e.g. the DICOM database closed meanwhile: the panel must still open
+            logging.error(f"TheraTwin: DICOM volumes were not examined: {TheraTwinLib.userMessage(error)}")
+        if problems:
+            slicer.util.showStatusMessage(_("{count} DICOM volume(s) not used as time points; the log says why.").format(
+                count=len(problems)), 5000)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -177,7 +190,8 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.importDicomButton.enabled = bool(self._parameterNode and self._parameterNode.dicomFolder)
 
     def onImportDicomButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The DICOM study could not be imported."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The DICOM study could not be imported."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             self.logic.importDicomUsingParameterNode(self._parameterNode, slicer.mrmlScene)
 
     def onApplyButton(self) -> None:
@@ -192,7 +206,8 @@ class TheraTwinKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
                 raise Cancelled(_("Cancelled by the user"))
 
-        with slicer.util.tryWithErrorDisplay(_("Kinetic fitting failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Kinetic fitting failed."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             try:
                 self.logic.processUsingParameterNode(self._parameterNode, progress=progress)
             finally:

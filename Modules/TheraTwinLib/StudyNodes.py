@@ -36,6 +36,7 @@ from typing import Any
 
 import slicer
 
+from .Messages import userMessage
 from .Segmentations import segmentationFromSegmentationNode, segmentationNodeFromSegmentation
 from .Volumes import imageFromVolumeNode, volumeNodeFromImage
 
@@ -50,6 +51,7 @@ __all__ = [
     "ADMINISTERED_ACTIVITY",
     "ADMINISTRATION_START",
     "CT_REFERENCE_ROLE",
+    "NOT_A_TIME_POINT",
     "StudyNodes",
     "setTimePointAttributes",
     "timePointNodes",
@@ -76,6 +78,8 @@ STUDY_JSON = "TheraTwin.Study"
 CT_REFERENCE_ROLE = "TheraTwin.CT"
 #: Slicer's attribute listing the SOP instances a node was loaded from (set by its DICOM plugins).
 DICOM_INSTANCE_UIDS = "DICOM.instanceUIDs"
+#: Why a DICOM-loaded volume is not used as a time point (set by :func:`annotateSceneFromDicom`).
+NOT_A_TIME_POINT = "TheraTwin.NotATimePoint"
 
 
 @dataclass
@@ -473,9 +477,13 @@ def loadStudyFromDicom(scene: Any, paths: Sequence[str | os.PathLike[str]], *, p
         One folder, or the files of one patient (e.g. ``slicer.dicomDatabase.filesForSeries`` of each series of
         a study). Files are linked into a folder of their own that is kept (the exports reference them).
     """
+    import theratwin as tt
     from theratwin.dicom import read_study
 
     paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.exists():
+            raise tt.InvalidInputError(f"DICOM path '{path}' does not exist; choose an existing folder or files.")
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
     else:
@@ -491,12 +499,19 @@ def loadStudyFromDicom(scene: Any, paths: Sequence[str | os.PathLike[str]], *, p
     return addStudyToScene(scene, read_study(folder, progress=progress), prefix=prefix)
 
 
-def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) -> list[Any]:
+def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str], *,
+                           problems: list[tuple[Any, str]] | None = None, retry: bool = False) -> list[Any]:
     """:func:`annotateFromDicom` for every volume loaded by Slicer's DICOM module that is not yet annotated.
 
     CTs are marked as such (with their DICOM source), and each time point is linked to a CT of its frame of
-    reference (the same patient position, PS3.3 C.7.4.1; SPECT/CT scanners write one per acquisition). Series
-    without radiopharmaceutical information that are not CT are left alone. Returns the new time points.
+    reference (the same patient position, PS3.3 C.7.4.1; SPECT/CT scanners write one per acquisition). Returns the
+    new time points.
+
+    A volume that cannot be a time point -- no radiopharmaceutical information, a file missing from the database
+    or the disk, a file that is not DICOM, pixel data no installed decoder reads, counts instead of Bq/mL -- is left
+    out with its reason in the attribute ``TheraTwin.NotATimePoint`` (and in ``problems`` as ``(node, reason)``,
+    and the log); it is not read again on the next call unless ``retry``. Nothing here raises for one bad volume:
+    the Kinetics panel calls this whenever it is shown.
     """
     import pydicom
 
@@ -508,20 +523,33 @@ def annotateSceneFromDicom(scene: Any, fileForInstance: Callable[[str], str]) ->
         uids = (node.GetAttribute(DICOM_INSTANCE_UIDS) or "").split()
         if node.GetAttribute(ROLE) == "CT":
             cts.append(node)
-        if node.GetAttribute(ROLE) or not uids:
+        if node.GetAttribute(ROLE) or not uids or (node.GetAttribute(NOT_A_TIME_POINT) and not retry):
             continue
-        header = pydicom.dcmread(fileForInstance(uids[0]), stop_before_pixels=True)
-        if header.get("Modality") == "CT":
-            node.SetAttribute(ROLE, "CT")
-            node.SetAttribute("TheraTwin.Unit", "HU")
-            _setDicomIdentity(node, header, uids, fileForInstance)
-            cts.append(node)
-        else:
-            try:
-                if annotateFromDicom(node, fileForInstance):
-                    annotated.append(node)
-            except tt.TheraTwinError as error:  # e.g. counts instead of Bq/mL: skip this one, say why
-                logging.warning(f"TheraTwin: volume '{node.GetName()}' is not used as a time point: {error}")
+        path = None
+        try:
+            path = fileForInstance(uids[0])
+            if not path:
+                raise tt.InvalidInputError(f"SOP instance {uids[0]} is not in the DICOM database (its file is "
+                                           "unknown); import the series into the DICOM database again.")
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            if header.get("Modality") == "CT":
+                node.SetAttribute(ROLE, "CT")
+                node.SetAttribute("TheraTwin.Unit", "HU")
+                _setDicomIdentity(node, header, uids, fileForInstance)
+                cts.append(node)
+                continue
+            if annotateFromDicom(node, fileForInstance):
+                node.RemoveAttribute(NOT_A_TIME_POINT)
+                annotated.append(node)
+                continue
+            reason = (f"{path}: no acquisition datetime or RadiopharmaceuticalInformationSequence (not a "
+                      "quantitative SPECT/PET time point)")
+        except Exception as error:  # one unreadable volume must not stop the panel: keep why, go on
+            reason = str(error) if isinstance(error, tt.TheraTwinError) else userMessage(error, path=path)
+        node.SetAttribute(NOT_A_TIME_POINT, reason)
+        if problems is not None:
+            problems.append((node, reason))
+        logging.warning(f"TheraTwin: volume '{node.GetName()}' is not used as a time point: {reason}")
     for node in annotated:
         frame = _source(node).frame_of_reference_uid
         candidates = [ct for ct in cts if frame and _source(ct).frame_of_reference_uid == frame]

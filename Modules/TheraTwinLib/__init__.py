@@ -21,6 +21,7 @@ from .Dependencies import (
     missingRequirements,
     readRequirements,
 )
+from .Messages import ExplainedError, explainedErrors, userMessage
 from .Parameters import isOptionalPath, pathOrNone, pathText, registerPathParameterConnector
 from .Pipeline import (
     DOSE_MAP_KINDS,
@@ -133,6 +134,9 @@ __all__ = [
     "REQUIREMENTS",
     "RestartRequiredError",
     "loadedOutdatedPackages",
+    "ExplainedError",
+    "explainedErrors",
+    "userMessage",
     "pathOrNone",
     "pathText",
     "isOptionalPath",

@@ -175,7 +175,8 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
                 raise Cancelled(_("Cancelled by the user"))
 
-        with slicer.util.tryWithErrorDisplay(_("The twin could not be updated."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The twin could not be updated."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             try:
                 self.logic.processUsingParameterNode(self._parameterNode, progress=progress)
             finally:
@@ -186,7 +187,8 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.applicationLogic().PropagateTableSelection()
 
     def onLoadTwinButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The twin could not be loaded."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The twin could not be loaded."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             p = self._parameterNode
             p.twinState = self.logic.loadTwin(slicer.mrmlScene, p.twinFile, p.twinState)
             TheraTwinLib.removeOutputNodes(p.predictionTable, p.recommendationTable)
@@ -197,7 +199,8 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.recommendationTable = outputs["recommendationTable"]
 
     def onSaveTwinButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The twin could not be saved."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The twin could not be saved."), waitCursor=True), \
+                TheraTwinLib.explainedErrors():
             self.logic.saveTwin(self._parameterNode.twinState, self._parameterNode.twinFile)
 
 

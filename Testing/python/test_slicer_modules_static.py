@@ -620,3 +620,37 @@ def test_the_python_3_9_check_catches_newer_syntax(tmp_path: Path) -> None:
     bad.write_text("match 1:\n    case 1:\n        pass\n", encoding="utf-8")
     with pytest.raises(SyntaxError):
         test_code_before_the_version_check_compiles_on_python_3_9(bad)
+
+
+# ---------------------------------------------------------------------------------------------- robust panels
+
+
+def unexplainedActions(path: Path) -> list[str]:
+    """``with tryWithErrorDisplay(...)`` blocks that do not also restate foreign errors (TheraTwinLib.explainedErrors)."""
+    offences = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.With):
+            items = [ast.unparse(item.context_expr) for item in node.items]
+            if any("tryWithErrorDisplay" in item for item in items) and "TheraTwinLib.explainedErrors()" not in items:
+                offences.append(f"{path.name}:{node.lineno}")
+    return offences
+
+
+@pytest.mark.parametrize("path", VISIBLE, ids=lambda p: p.name)
+def test_every_panel_action_restates_foreign_errors(path: Path) -> None:
+    assert unexplainedActions(path) == []
+
+
+def test_kinetics_panel_examines_dicom_volumes_without_raising() -> None:
+    """initializeParameterNode (setup and every enter) reads DICOM headers only through the guarded method."""
+    text = (MODULES_DIR / "TheraTwinKinetics" / "TheraTwinKinetics.py").read_text(encoding="utf-8")
+    assert text.count("annotateSceneFromDicom(") == 1
+    guarded = text[text.index("def _annotateDicomVolumes"):text.index("def setParameterNode")]
+    assert "annotateSceneFromDicom(" in guarded and "except Exception" in guarded
+
+
+def test_checker_catches_an_unexplained_action(tmp_path: Path) -> None:
+    bad = tmp_path / "M.py"
+    bad.write_text("def onApply(self):\n    with slicer.util.tryWithErrorDisplay('x', waitCursor=True):\n"
+                   "        pass\n", encoding="utf-8")
+    assert unexplainedActions(bad) == ["M.py:2"]
