@@ -122,6 +122,48 @@ def _geometryOfOrientedImage(image: Any) -> Any:
     return geometryFromIjkToRas(ijkToRas, shape)
 
 
+def _extentShape(extent: Any) -> tuple[int, int, int]:
+    """``(z, y, x)`` array shape of a VTK extent (0 along an empty axis)."""
+    return tuple(max(0, extent[2 * a + 1] - extent[2 * a] + 1) for a in (2, 1, 0))  # type: ignore[return-value]
+
+
+def _maskOnReference(labelmap: Any, reference: Any, labelValue: int, name: str) -> np.ndarray:
+    """The voxels of ``labelmap`` holding the segment (``labelValue``; any non-zero value if 0) on the grid of
+    ``reference``, as a boolean ``(z, y, x)`` array of the reference's extent.
+
+    Segment labelmaps usually have an extent of their own (the segment's bounding box, which need not start at 0
+    and may reach outside the reference grid). The labelmap is resampled (nearest neighbour) onto the reference
+    geometry without padding, so the result is the reference extent (Slicer v5.12.0
+    ``vtkOrientedImageDataResample::ResampleOrientedImageToReferenceOrientedImage``: output extent = reference
+    extent when ``padImage`` is off); it is nevertheless placed by its own extent, clipped to the reference's, so
+    the mask is exact whatever extents the two images have.
+    """
+    from vtk.util import numpy_support
+
+    referenceExtent = reference.GetExtent()
+    mask = np.zeros(_extentShape(referenceExtent), bool)
+    scalars = labelmap.GetPointData().GetScalars()
+    if scalars is None or 0 in _extentShape(labelmap.GetExtent()):
+        return mask  # an empty segment
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, False):
+        raise ValueError(f"Segment '{name}' could not be resampled onto the reference grid (empty reference extent).")
+    extent = resampled.GetExtent()
+    values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(_extentShape(extent))
+    low = [max(extent[2 * a], referenceExtent[2 * a]) for a in range(3)]
+    high = [min(extent[2 * a + 1], referenceExtent[2 * a + 1]) for a in range(3)]
+    if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+        return mask  # the segment lies outside the reference grid
+    # array axes are (z, y, x) = VTK axes (2, 1, 0)
+    target = tuple(slice(low[a] - referenceExtent[2 * a], high[a] - referenceExtent[2 * a] + 1) for a in (2, 1, 0))
+    source = tuple(slice(low[a] - extent[2 * a], high[a] - extent[2 * a] + 1) for a in (2, 1, 0))
+    block = values[source]
+    # a shared labelmap layer holds several segments under their label values
+    mask[target] = block == labelValue if labelValue > 0 else block != 0
+    return mask
+
+
 def segmentationFromSegmentationNode(segmentationNode: Any, *, referenceVolumeNode: Any = None) -> Any:
     """Make a :class:`theratwin.Segmentation` from a segmentation node.
 
@@ -156,18 +198,7 @@ def segmentationFromSegmentationNode(segmentationNode: Any, *, referenceVolumeNo
         labelmap = slicer.vtkOrientedImageData()
         slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
             segmentationNode, segmentId, labelmap)
-        resampled = slicer.vtkOrientedImageData()
-        if labelmap.GetPointData().GetScalars() is None:
-            mask = np.zeros(geometry.shape, bool)
-        else:
-            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, reference, resampled, False, True)
-            from vtk.util import numpy_support
-
-            dims = resampled.GetDimensions()
-            values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(dims[::-1])
-            # a shared labelmap layer holds several segments under their label values
-            mask = values == segment.GetLabelValue() if segment.GetLabelValue() > 0 else values > 0
+        mask = _maskOnReference(labelmap, reference, segment.GetLabelValue(), segment.GetName())
         name = segment.GetName()
         kindKey = _tag(segment, "TheraTwin.StructureKind")
         kind = tt.study.STRUCTURE_KINDS.get(kindKey) if kindKey else None
