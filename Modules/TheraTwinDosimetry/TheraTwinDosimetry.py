@@ -253,7 +253,9 @@ class TheraTwinDosimetryLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("The study has no cycle {cycle}.").format(cycle=cycle))
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
-        shown = TheraTwinLib.showDosimetry(segmentationNode.GetScene(), run.results, cycle)
+        # the dose maps go under the patient's study, where SlicerRT looks for their unit
+        shown = TheraTwinLib.showDosimetry(segmentationNode.GetScene(), run.results, cycle,
+                                           referenceNode=next(iter(timePointNodes), None))
         maps = shown["maps"]
         return {"run": run, "doseVolume": maps.get(f"cycle{cycle}/dose"), "bedVolume": maps.get(f"cycle{cycle}/bed"),
                 "cumulativeDoseVolume": maps.get("cumulative/dose"), "dvhChart": shown["dvhChart"],

@@ -182,9 +182,10 @@ def mapNodeName(key: str) -> str:
     return "TheraTwin " + key.replace("/", " ")
 
 
-def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None) -> Any:
+def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None, referenceNode: Any = None) -> Any:
     """Put ``results.maps[key]`` into a volume node (reusing ``volumeNode`` or a node of the same name);
-    dose and BED maps are marked as dose volumes (SlicerRT) with the dose colour table."""
+    dose and BED maps are marked as dose volumes (SlicerRT) with the dose colour table, under the subject-hierarchy
+    study of ``referenceNode`` (a time point of the patient) unless they already have one."""
     image = results.maps[key]
     name = mapNodeName(key)
     node = volumeNode or scene.GetFirstNodeByName(name)
@@ -195,15 +196,16 @@ def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None) -> An
     node.SetAttribute("TheraTwin.Role", "Map")
     node.SetAttribute("TheraTwin.MapKey", key)
     if key.split("/")[-1] in DOSE_MAP_KINDS:
-        markAsDoseVolume(node, unit=image.unit)
+        markAsDoseVolume(node, unit=image.unit, referenceNode=referenceNode)
     else:
         node.SetAttribute(UNIT_ATTRIBUTE, image.unit)
     return node
 
 
-def showMaps(scene: Any, results: Any, kinds: Sequence[str]) -> dict[str, Any]:
+def showMaps(scene: Any, results: Any, kinds: Sequence[str], *, referenceNode: Any = None) -> dict[str, Any]:
     """:func:`showMap` for every map whose kind (``tia``, ``dose``, ``bed`` ...) is in ``kinds``."""
-    return {key: showMap(scene, results, key) for key in results.maps if key.split("/")[-1] in kinds}
+    return {key: showMap(scene, results, key, referenceNode=referenceNode) for key in results.maps
+            if key.split("/")[-1] in kinds}
 
 
 def fittedCurves(results: Any, cycle: int, state: dict[str, Any] | None = None) -> dict[str, Callable[[Any], Any]]:
@@ -246,10 +248,11 @@ def showKinetics(scene: Any, results: Any, cycle: int, state: dict[str, Any] | N
     }
 
 
-def showDosimetry(scene: Any, results: Any, cycle: int) -> dict[str, Any]:
-    """Dose/BED maps, DVH chart, DVH metrics and per-structure table (all cycles, with cumulative columns)."""
+def showDosimetry(scene: Any, results: Any, cycle: int, *, referenceNode: Any = None) -> dict[str, Any]:
+    """Dose/BED maps (under ``referenceNode``'s study, see :func:`showMap`), DVH chart, DVH metrics and
+    per-structure table (all cycles, with cumulative columns)."""
     return {
-        "maps": showMaps(scene, results, DOSE_MAP_KINDS),
+        "maps": showMaps(scene, results, DOSE_MAP_KINDS, referenceNode=referenceNode),
         "dvhChart": dvhChartNode(scene, results, cycle),
         "dvhTable": dvhMetricsTableNode(scene, results, cycle, name=f"TheraTwin DVH metrics cycle {cycle}"),
         "table": structureResultsTableNode(scene, results, name="TheraTwin dosimetry"),

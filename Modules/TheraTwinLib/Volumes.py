@@ -11,6 +11,7 @@ Only ``slicer`` (MRML from slicer-core or the application), ``vtk`` and ``numpy`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "doseColorTableNode",
     "markAsDoseVolume",
     "isDoseVolume",
+    "doseUnitName",
+    "DOSE_UNIT_VALUE_ATTRIBUTE",
 ]
 
 #: Homogeneous LPS -> RAS flip (its own inverse).
@@ -42,7 +45,11 @@ UNIT_ATTRIBUTE = "TheraTwin.Unit"
 #: SlicerRT's marker of dose volumes (vtkSlicerRtCommon::DICOMRTIMPORT_DOSE_VOLUME_IDENTIFIER_ATTRIBUTE_NAME):
 #: the Dose Volume Histogram and Isodose modules list a volume as dose when this attribute is present.
 DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
-#: SlicerRT's dose-unit attribute (DICOMRTIMPORT_DOSE_UNIT_NAME_ATTRIBUTE_NAME), "GY" as in DoseUnits (3004,0002).
+#: SlicerRT's dose-unit attributes (DICOMRTIMPORT_DOSE_UNIT_NAME/VALUE_ATTRIBUTE_NAME). SlicerRT keeps them on the
+#: subject-hierarchy *study* item, not on the volume: its DVH and Isodose modules read them with
+#: ``GetAttributeFromItemAncestor(doseItem, name, GetDICOMLevelStudy())`` or from ``GetItemAncestorAtLevel(...,
+#: study)``, and its RT Dose import and dose engines write them there (SlicerRT DoseVolumeHistogram/Logic,
+#: Isodose/Logic, DicomRtImportExport/Logic, ExternalBeamPlanning/Widgets/qSlicerAbstractDoseEngine.cxx).
 DOSE_UNIT_NAME_ATTRIBUTE = "DicomRtImport.DoseUnitName"
 DOSE_UNIT_VALUE_ATTRIBUTE = "DicomRtImport.DoseUnitValue"
 
@@ -193,17 +200,55 @@ def doseColorTableNode(scene: Any) -> Any:
     return node
 
 
-def markAsDoseVolume(volumeNode: Any, *, unit: str = "Gy") -> Any:
-    """Mark a volume as dose so SlicerRT (Dose Volume Histogram, Isodose) treats it as such.
+def _studyItem(sh: Any, node: Any) -> int:
+    """The subject-hierarchy study item above ``node`` (0 if none)."""
+    item = sh.GetItemByDataNode(node) if node is not None else 0
+    if not item:
+        return 0
+    return int(sh.GetItemAncestorAtLevel(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()))
 
-    Sets ``DicomRtImport.DoseVolume = "1"`` and the dose unit attributes, keeps ``TheraTwin.Unit``, and shows
-    the volume with the dose colour table (window 0..max).
+
+def _placeUnderStudy(volumeNode: Any, referenceNode: Any) -> int:
+    """Put ``volumeNode`` under a study item -- its own, else ``referenceNode``'s, else a new "TheraTwin" study --
+    and return that study item (SlicerRT needs the dose under a study to know its unit)."""
+    scene = volumeNode.GetScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = _studyItem(sh, volumeNode)
+    if study:
+        return study
+    study = _studyItem(sh, referenceNode)
+    if not study:
+        study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "TheraTwin results"), "TheraTwin dose")
+    item = sh.GetItemByDataNode(volumeNode)
+    if item:
+        sh.SetItemParent(item, study)
+    else:
+        sh.CreateItem(study, volumeNode)
+    return int(study)
+
+
+def markAsDoseVolume(volumeNode: Any, *, unit: str = "Gy", referenceNode: Any = None) -> Any:
+    """Mark a volume as dose so SlicerRT (Dose Volume Histogram, Isodose) treats it as such, with its unit.
+
+    Sets ``DicomRtImport.DoseVolume = "1"`` on the volume, puts the volume under a subject-hierarchy study (its
+    own, else ``referenceNode``'s -- e.g. a time point of the patient --, else a new one) and sets the study's
+    ``DicomRtImport.DoseUnitName`` to ``unit`` unless the study already has one (SlicerRT does not overwrite it
+    either; a different unit is logged). The voxels are already in ``unit``, so no ``DoseUnitValue`` (dose grid
+    scaling) is set, as SlicerRT's own dose engines do. Keeps ``TheraTwin.Unit`` and shows the volume with the
+    dose colour table (window 0..max).
     """
     volumeNode.SetAttribute(DOSE_VOLUME_ATTRIBUTE, "1")
-    volumeNode.SetAttribute(DOSE_UNIT_NAME_ATTRIBUTE, "GY" if unit == "Gy" else unit.upper())
-    volumeNode.SetAttribute(DOSE_UNIT_VALUE_ATTRIBUTE, "1.0")
     volumeNode.SetAttribute(UNIT_ATTRIBUTE, unit)
     scene = volumeNode.GetScene()
+    if scene is not None:
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        study = _placeUnderStudy(volumeNode, referenceNode)
+        existing = sh.GetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE)
+        if not existing:
+            sh.SetItemAttribute(study, DOSE_UNIT_NAME_ATTRIBUTE, unit)
+        elif existing.lower() != unit.lower():
+            logging.warning(f"TheraTwin: the study of '{volumeNode.GetName()}' has dose unit {existing!r} (from an "
+                            f"earlier RT Dose); its voxels are in {unit}.")
     if volumeNode.GetDisplayNode() is None:
         volumeNode.CreateDefaultDisplayNodes()
     display = volumeNode.GetDisplayNode()
@@ -213,6 +258,18 @@ def markAsDoseVolume(volumeNode: Any, *, unit: str = "Gy") -> Any:
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(0.0, maximum if maximum > 0 else 1.0)
     return volumeNode
+
+
+def doseUnitName(volumeNode: Any) -> str:
+    """The dose unit SlicerRT shows for ``volumeNode`` ("" if none): the study ancestor's DoseUnitName, read with
+    the same subject-hierarchy call as SlicerRT's Dose Volume Histogram logic."""
+    scene = volumeNode.GetScene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.GetItemByDataNode(volumeNode)
+    if not item:
+        return ""
+    return str(sh.GetAttributeFromItemAncestor(item, DOSE_UNIT_NAME_ATTRIBUTE,
+                                               slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()))
 
 
 def isDoseVolume(volumeNode: Any) -> bool:
