@@ -5,9 +5,16 @@ is not downloaded: ``theratwin.demo.build_demo`` generates it locally, determini
 caches it. Following the SlicerMorph pattern of registering sample data with SHA256 checksums, the files of the
 default build are listed in ``Resources/TheraTwinDemoPatient.sha256`` (``sha256sum`` format, computed from the
 deterministic build with :meth:`TheraTwinSampleDataLogic.writeChecksums`) and every generated file is verified
-against that list before it is loaded, so a changed generator or a corrupted cache cannot pass silently. The
-entry is registered with Sample Data's ``customDownloader`` hook, which builds, verifies and loads instead of
-downloading.
+against that list before it is loaded, so a changed generator or a corrupted cache cannot pass silently.
+
+The Sample Data entry goes through Sample Data's ordinary path, so the GUI button and scripts
+(``SampleData.downloadSample("TheraTwinDemoPatient")``) behave the same -- a ``customDownloader`` would serve only
+the button (Slicer v5.12.0 ``Modules/Scripted/SampleData/SampleData.py``: the button calls
+``source.customDownloader``, ``downloadSamples`` calls ``downloadFromSource``, which ignores it). Its one "file" is
+the checksum list itself, given as a ``file://`` URI with its SHA256 (``downloadFile`` fetches it with
+``urllib.request.urlretrieve`` into Slicer's cache and verifies the checksum), with the file type of this module's
+scripted reader, :class:`TheraTwinSampleDataFileReader` (registered by Slicer for a ``<Module>FileReader`` class,
+``qSlicerScriptedLoadableModule::registerIO``), which builds, verifies and loads the demo patient.
 """
 
 import hashlib
@@ -62,23 +69,31 @@ class TheraTwinSampleData(ScriptedLoadableModule):
             slicer.app.connect("startupCompleted()", registerSampleData)
 
 
+#: File type and name suffix of the demo patient's Sample Data "file" (see the module docstring).
+DEMO_FILE_TYPE = "TheraTwinDemoPatientFile"
+DEMO_FILE_SUFFIX = ".theratwin-demo"
+
+
+def sampleDataSource() -> dict:
+    """Keyword arguments of ``SampleData.SampleDataLogic.registerCustomSampleDataSource`` for the demo patient."""
+    manifest = CHECKSUMS[False]
+    return {
+        "category": "TheraTwin",
+        "sampleName": "TheraTwinDemoPatient",
+        "thumbnailFileName": str(RESOURCES / "Icons" / "TheraTwinDemoPatient.png"),
+        "uris": [manifest.as_uri()],
+        "fileNames": ["TheraTwinDemoPatient" + DEMO_FILE_SUFFIX],
+        "nodeNames": ["TheraTwinDemoPatient"],
+        "loadFileTypes": [DEMO_FILE_TYPE],
+        "checksums": [f"SHA256:{TheraTwinSampleDataLogic.sha256(manifest)}"],
+    }
+
+
 def registerSampleData():
-    """Add the demo patient to the Sample Data module (category "TheraTwin")."""
+    """Add the demo patient to the Sample Data module (category "TheraTwin"); registering twice is harmless."""
     import SampleData
 
-    logic = TheraTwinSampleDataLogic()
-    checksums = logic.readChecksums()
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="TheraTwin",
-        sampleName="TheraTwinDemoPatient",
-        thumbnailFileName=str(RESOURCES / "Icons" / "TheraTwinDemoPatient.png"),
-        # not a download: the files are generated locally (see the module docstring); the "URIs" name them
-        uris=[f"theratwin-demo:{name}" for name in checksums],
-        fileNames=list(checksums),
-        nodeNames=None,
-        checksums=[f"SHA256:{digest}" for digest in checksums.values()],
-        customDownloader=lambda source: logic.loadDemo(slicer.mrmlScene),
-    )
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sampleDataSource())
 
 
 #
@@ -168,6 +183,71 @@ class TheraTwinSampleDataLogic(ScriptedLoadableModuleLogic):
         nodes = TheraTwinLib.addStudyToScene(scene, study)
         logging.info(f"TheraTwin demo patient loaded from {demo.dicom_dir}")
         return nodes, demo
+
+
+    def isDemoManifest(self, path) -> bool | None:
+        """For a copy of a registered checksum list: True for the fast build's, False for the default's, None if
+        it is neither (e.g. the list of another TheraTwin version)."""
+        try:
+            data = pathlib.Path(path).read_bytes()
+        except OSError:
+            return None
+        for fast, manifest in CHECKSUMS.items():
+            if manifest.is_file() and data == manifest.read_bytes():
+                return fast
+        return None
+
+    def loadDemoFromManifest(self, scene, path, progress=None):
+        """Load the demo patient whose checksum list ``path`` is a copy of (what Sample Data hands the reader)."""
+        fast = self.isDemoManifest(path)
+        if fast is None:
+            raise ValueError(_("{path} is not the checksum list of this TheraTwin's demo patient; update the "
+                               "extension or load the demo from the TheraTwin category of Sample Data.").format(
+                path=path))
+        return self.loadDemo(scene, fast=fast, progress=progress)
+
+
+#
+# TheraTwinSampleDataFileReader
+#
+
+
+class TheraTwinSampleDataFileReader:
+    """Slicer file reader of the demo patient's Sample Data "file" (see the module docstring). Slicer instantiates
+    it with the C++ reader as ``parent`` (methods as in Slicer's SlicerScriptedFileReaderWriterTest.py)."""
+
+    def __init__(self, parent):
+        self.parent = parent
+
+    def description(self):
+        return _("TheraTwin demo patient")
+
+    def fileType(self):
+        return DEMO_FILE_TYPE
+
+    def extensions(self):
+        return [_("TheraTwin demo patient") + f" (*{DEMO_FILE_SUFFIX})"]
+
+    def canLoadFileConfidence(self, filePath):
+        if not str(filePath).endswith(DEMO_FILE_SUFFIX):
+            return 0.0
+        return 0.9 if TheraTwinSampleDataLogic().isDemoManifest(filePath) is not None else 0.0
+
+    def load(self, properties):
+        import vtk
+
+        try:
+            nodes, _demo = TheraTwinSampleDataLogic().loadDemoFromManifest(self.parent.mrmlScene(),
+                                                                          properties["fileName"])
+        except Exception as error:  # the reader reports to Slicer's message collection instead of raising
+            logging.exception("TheraTwin demo patient could not be loaded")
+            self.parent.userMessages().AddMessage(vtk.vtkCommand.ErrorEvent, _(
+                "The TheraTwin demo patient could not be loaded: {reason}").format(
+                reason=TheraTwinLib.messageFor(error)))
+            return False
+        loaded = nodes.allTimePoints() + list(nodes.cts) + ([nodes.segmentation] if nodes.segmentation else [])
+        self.parent.loadedNodes = [node.GetID() for node in loaded]
+        return True
 
 
 #

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ExplainedError", "userMessage", "explainedErrors", "isOwnError"]
+__all__ = ["ExplainedError", "userMessage", "explainedErrors", "isOwnError", "messageFor"]
 
 #: Folders whose code raises messages written for the user (the core and the modules).
 _OWN_CODE = (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2] / "Logic"),
@@ -86,6 +86,11 @@ def isOwnError(error: BaseException) -> bool:
         frames = traceback.extract_tb(error.__traceback__)
         return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_OWN_CODE)
     return False
+
+
+def messageFor(error: BaseException, *, path: str | os.PathLike[str] | None = None) -> str:
+    """The line to show for ``error``: its own message when it was written for the user, else :func:`userMessage`."""
+    return str(error) if isOwnError(error) else userMessage(error, path=path)
 
 
 @contextmanager

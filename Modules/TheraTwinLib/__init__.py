@@ -21,7 +21,7 @@ from .Dependencies import (
     missingRequirements,
     readRequirements,
 )
-from .Messages import ExplainedError, explainedErrors, userMessage
+from .Messages import ExplainedError, explainedErrors, messageFor, userMessage
 from .Parameters import isOptionalPath, pathOrNone, pathText, registerPathParameterConnector
 from .Pipeline import (
     DOSE_MAP_KINDS,
@@ -139,6 +139,7 @@ __all__ = [
     "ExplainedError",
     "explainedErrors",
     "userMessage",
+    "messageFor",
     "pathOrNone",
     "pathText",
     "isOptionalPath",
