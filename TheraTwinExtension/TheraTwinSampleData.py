@@ -125,14 +125,16 @@ class TheraTwinSampleDataLogic(ScriptedLoadableModuleLogic):
         path = CHECKSUMS[bool(fast)]
         if not path.is_file():
             return {}
-        entries = (line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
+        entries = (line.split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip())
         return {name.strip(): digest for digest, name in entries}
 
     def writeChecksums(self, dicomDirectory, fast=False) -> pathlib.Path:
         """Record the checksums of a fresh deterministic build (maintainers, when the demo generator changes)."""
         path = CHECKSUMS[bool(fast)]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{d}  {n}\n" for n, d in self.computeChecksums(dicomDirectory).items()))
+        path.write_text("".join(f"{d}  {n}\n" for n, d in self.computeChecksums(dicomDirectory).items()),
+                        encoding="utf-8", newline="\n")  # the same bytes on every OS (the file is checksummed)
         return path
 
     def verify(self, dicomDirectory, fast=False) -> list:

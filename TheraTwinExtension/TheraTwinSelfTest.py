@@ -104,7 +104,7 @@ class TheraTwinSelfTestLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def truth(demo, cycle, structure) -> dict:
         """Ground truth of one structure in one cycle (from ``demo-truth.json``)."""
-        truth = demo.truth if demo.truth else json.loads(pathlib.Path(demo.truth_path).read_text())
+        truth = demo.truth if demo.truth else json.loads(pathlib.Path(demo.truth_path).read_text(encoding="utf-8"))
         return next(c for c in truth["cycles"] if c["cycle"] == cycle)["structures"][structure]
 
 

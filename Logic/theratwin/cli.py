@@ -55,7 +55,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "config", None):
         path = Path(args.config)
         try:
-            cfg = PipelineConfig.from_dict(json.loads(path.read_text()))
+            cfg = PipelineConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, TheraTwinError, TypeError) as exc:
             raise TheraTwinError(f"{path}: cannot use this configuration: {exc}") from None
     if getattr(args, "stages", None):

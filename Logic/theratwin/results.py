@@ -249,5 +249,5 @@ class Results:
     def write_json(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json())
+        p.write_text(self.to_json(), encoding="utf-8")
         return p

@@ -582,14 +582,14 @@ def _load_if_complete(folder: Path) -> DemoPatient | None:
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if manifest.get("schema") != DEMO_SCHEMA_VERSION or manifest.get("generator") != generator_fingerprint():
             return None
         for rel, digest in manifest["files"].items():
             p = folder / rel
             if not p.is_file() or sha256_file(p) != digest:
                 return None
-        truth = json.loads((folder / _TRUTH).read_text())
+        truth = json.loads((folder / _TRUTH).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if manifest.get("dose_available") is False:
@@ -653,7 +653,7 @@ def build_demo(
     try:
         files = write_demo_dicom(sim, tmp / "dicom",
                                  progress=None if progress is None else (lambda f, m: report(progress, 0.7 + 0.28 * f, m)))
-        (tmp / _TRUTH).write_text(json.dumps(sim.truth, indent=2))
+        (tmp / _TRUTH).write_text(json.dumps(sim.truth, indent=2), encoding="utf-8")
         files.append(tmp / _TRUTH)
         manifest = {
             "schema": DEMO_SCHEMA_VERSION,
@@ -663,7 +663,7 @@ def build_demo(
             "dose_available": bool(sim.truth["dose"]["available"]),
             "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files},
         }
-        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         # Publish atomically. If another process published a complete copy meanwhile, keep theirs (it may be in
         # use); an incomplete or outdated folder is moved aside first, then removed.
         if not rebuild:

@@ -149,7 +149,7 @@ def _file_section(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigurationError(f"{path}: THERATWIN_CONFIG names a file that does not exist.")
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigurationError(f"{path}: cannot read the config file ({type(exc).__name__}).") from None
     section = data.get("pacs", {}) if isinstance(data, dict) else {}

@@ -141,7 +141,7 @@ def _load_icrp(name: str) -> dict:
         raise InvalidInputError(
             f"Nuclide {name!r} is not in the ICRP-107 database shipped with icrp107-database; check the name."
         )
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_text(encoding="utf-8"))
     # the package stores a JSON string inside the JSON file
     return json.loads(raw) if isinstance(raw, str) else raw
 

@@ -228,7 +228,7 @@ class TwinStage:
         ctx.state["twin"] = twin
         if ctx.out_dir is not None:
             path = ctx.out_dir / "twin-state.json"
-            path.write_text(twin.to_json())
+            path.write_text(twin.to_json(), encoding="utf-8")
             res.outputs["twin_state"] = "twin-state.json"
             out["state_file"] = "twin-state.json"
         res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace)",
