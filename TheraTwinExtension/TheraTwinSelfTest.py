@@ -149,6 +149,7 @@ class TheraTwinSelfTestTest(ScriptedLoadableModuleTest):
         self.assertTrue(0.3 <= kidneysDose.dose_per_activity_Gy_per_GBq <= 0.9, kidneysDose.dose_per_activity_Gy_per_GBq)
         self.assertAlmostEqual(kidneysDose.mean_dose_Gy / truth(demo, 1, "kidneys")["mean_dose_Gy"], 1.0, delta=0.35)
         self.assertTrue(TheraTwinLib.isDoseVolume(dosimetry["doseVolume"]))
+        self.assertEqual(TheraTwinLib.doseUnitName(dosimetry["doseVolume"]), "Gy")  # where SlicerRT reads it
         self.assertTrue(TheraTwinLib.isDoseVolume(dosimetry["cumulativeDoseVolume"]))
         self.assertGreater(dosimetry["dvhChart"].GetNumberOfPlotSeriesNodes(), 0)
         # twin: a prediction row per structure with ordered intervals, and a recommendation

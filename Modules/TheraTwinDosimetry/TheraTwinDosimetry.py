@@ -189,11 +189,7 @@ class TheraTwinDosimetryWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 progressDialog.close()
             slicer.util.setSliceViewerLayers(background=self._parameterNode.ctVolume,
                                              foreground=self._parameterNode.doseVolume, foregroundOpacity=0.5)
-            chart = self._parameterNode.dvhChart
-            if chart is not None:
-                layoutManager = slicer.app.layoutManager()
-                layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
-                layoutManager.plotWidget(0).mrmlPlotViewNode().SetPlotChartNodeID(chart.GetID())
+            TheraTwinLib.showChartInLayout(self._parameterNode.dvhChart)
 
 
 #

@@ -316,13 +316,8 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showChart(chartNode) -> None:
-        """Show ``chartNode`` in the layout's plot view (application only)."""
-        if chartNode is None or not hasattr(slicer, "app"):
-            return
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
-        plotWidget = layoutManager.plotWidget(0)
-        plotWidget.mrmlPlotViewNode().SetPlotChartNodeID(chartNode.GetID())
+        """Show ``chartNode`` in the layout's plot view (application with views only)."""
+        TheraTwinLib.showChartInLayout(chartNode)
 
 
 #

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import slicer
 
-__all__ = ["timeActivityChartNode", "dvhChartNode", "seriesOfChart", "removeOutputNodes"]
+__all__ = ["timeActivityChartNode", "dvhChartNode", "seriesOfChart", "removeOutputNodes", "showChartInLayout",
+           "showTableInLayout"]
 
 
 def _chart(scene: Any, name: str, title: str, xLabel: str, yLabel: str) -> Any:
@@ -143,3 +144,31 @@ def removeOutputNodes(*nodes: Any) -> None:
             for other in [*series, *tables]:
                 scene.RemoveNode(other)
         scene.RemoveNode(node)
+
+
+def _layoutManager() -> Any:
+    """The application's layout manager, or None (slicer-core, or ``Slicer --no-main-window``)."""
+    application = getattr(slicer, "app", None)
+    return application.layoutManager() if application is not None else None
+
+
+def showChartInLayout(chartNode: Any) -> bool:
+    """Switch to the four-up plot layout showing ``chartNode``; False (and nothing done) without views."""
+    layoutManager = _layoutManager()
+    if chartNode is None or layoutManager is None:
+        return False
+    layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+    layoutManager.plotWidget(0).mrmlPlotViewNode().SetPlotChartNodeID(chartNode.GetID())
+    return True
+
+
+def showTableInLayout(tableNode: Any) -> bool:
+    """Switch to the four-up table layout showing ``tableNode``; False (and nothing done) without views."""
+    layoutManager = _layoutManager()
+    if tableNode is None or layoutManager is None:
+        return False
+    layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    applicationLogic = slicer.app.applicationLogic()
+    applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
+    applicationLogic.PropagateTableSelection()
+    return True

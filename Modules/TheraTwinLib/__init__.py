@@ -35,7 +35,14 @@ from .Pipeline import (
     showMap,
     showMaps,
 )
-from .Plots import dvhChartNode, removeOutputNodes, seriesOfChart, timeActivityChartNode
+from .Plots import (
+    dvhChartNode,
+    removeOutputNodes,
+    seriesOfChart,
+    showChartInLayout,
+    showTableInLayout,
+    timeActivityChartNode,
+)
 from .Scenes import loadSceneFromBundle, saveSceneToBundle
 from .Segmentations import (
     segmentationFromSegmentationNode,
@@ -118,6 +125,8 @@ __all__ = [
     "dvhChartNode",
     "seriesOfChart",
     "removeOutputNodes",
+    "showChartInLayout",
+    "showTableInLayout",
     "saveSceneToBundle",
     "loadSceneFromBundle",
     "PipelineRun",

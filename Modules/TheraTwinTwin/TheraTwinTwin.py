@@ -181,10 +181,7 @@ class TheraTwinTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.processUsingParameterNode(self._parameterNode, progress=progress)
             finally:
                 progressDialog.close()
-            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(
-                self._parameterNode.predictionTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            TheraTwinLib.showTableInLayout(self._parameterNode.predictionTable)
 
     def onLoadTwinButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The twin could not be loaded."), waitCursor=True), \

@@ -654,3 +654,20 @@ def test_checker_catches_an_unexplained_action(tmp_path: Path) -> None:
     bad.write_text("def onApply(self):\n    with slicer.util.tryWithErrorDisplay('x', waitCursor=True):\n"
                    "        pass\n", encoding="utf-8")
     assert unexplainedActions(bad) == ["M.py:2"]
+
+
+# ---------------------------------------------------------------------------------------------- smoke test
+
+
+def test_the_smoke_test_is_documented_and_registered() -> None:
+    script = ROOT / "Testing" / "slicer" / "SlicerSmokeTest.py"
+    assert script.is_file()
+    command = "Slicer --no-main-window --testing --python-script Testing/slicer/SlicerSmokeTest.py"
+    assert command in (MODULES_DIR / "README.md").read_text(encoding="utf-8")
+    assert command in script.read_text(encoding="utf-8")
+    cmake = re.sub(r"#.*", "", (EXTENSION_DIR / "CMakeLists.txt").read_text(encoding="utf-8"))
+    assert re.search(r"slicer_add_python_test\(\s*SCRIPT \$\{PROJECT_SOURCE_DIR\}/Testing/slicer/SlicerSmokeTest\.py"
+                     r"\s+SLICER_ARGS --no-main-window\s+TESTNAME_PREFIX TheraTwin_\s*\)", cmake)
+    # it runs in Slicer's Python: ASCII (CTK's executeFile opens it without an encoding) and no qt at file scope
+    assert script.read_bytes().isascii()
+    assert importOffences(script, {"slicer"}) == []
