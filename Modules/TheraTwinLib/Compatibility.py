@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "MINIMUM_SLICER_VERSION",
+    "slicerApplication",
     "UnsupportedSlicerError",
     "slicerVersion",
     "unsupportedSlicerMessage",
@@ -39,12 +40,22 @@ class UnsupportedSlicerError(ImportError):
     """TheraTwin was loaded into a 3D Slicer older than :data:`MINIMUM_SLICER_VERSION`."""
 
 
+def slicerApplication() -> Any:
+    """The running 3D Slicer application (``slicer.app``), or None: slicer-core has none, and an ``app`` that other
+    software (a web shell, say) puts there without Slicer's version and testing properties is not Slicer's."""
+    import slicer
+
+    application = getattr(slicer, "app", None)
+    if application is None or not all(hasattr(application, a) for a in ("majorVersion", "minorVersion",
+                                                                          "testingEnabled")):
+        return None
+    return application
+
+
 def slicerVersion(application: Any = None) -> tuple[int, int] | None:
     """``(major, minor)`` of the running 3D Slicer application, or None without one (slicer-core)."""
     if application is None:
-        import slicer
-
-        application = getattr(slicer, "app", None)
+        application = slicerApplication()
     if application is None:
         return None
     return (int(application.majorVersion), int(application.minorVersion))

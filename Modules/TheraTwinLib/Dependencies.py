@@ -32,6 +32,8 @@ from typing import Any
 
 import slicer
 
+from .Compatibility import slicerApplication
+
 __all__ = [
     "REQUIREMENTS",
     "RestartRequiredError",
@@ -160,7 +162,7 @@ def ensureRequirements(path: str | Path | None = None, *, askConsent: Callable[[
     missing = missingRequirements(path)
     if not missing:
         return []
-    application = getattr(slicer, "app", None)
+    application = slicerApplication()
     text = ", ".join(missing)
     if application is None and install is None:
         command = " ".join(f'"{m}"' for m in missing)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import slicer
 
+from .Compatibility import slicerApplication
+
 __all__ = ["timeActivityChartNode", "dvhChartNode", "seriesOfChart", "removeOutputNodes", "showChartInLayout",
            "showTableInLayout"]
 
@@ -148,7 +150,7 @@ def removeOutputNodes(*nodes: Any) -> None:
 
 def _layoutManager() -> Any:
     """The application's layout manager, or None (slicer-core, or ``Slicer --no-main-window``)."""
-    application = getattr(slicer, "app", None)
+    application = slicerApplication()
     return application.layoutManager() if application is not None else None
 
 

@@ -59,6 +59,8 @@ def test_module_file_on_slicer_5_8_stops_at_the_version_message() -> None:
         class App:
             majorVersion, minorVersion = 5, 8
             connections = []
+            def testingEnabled(self):
+                return False
             def connect(self, signal, slot):
                 self.connections.append(signal)
 
@@ -78,3 +80,16 @@ def test_module_file_on_slicer_5_8_stops_at_the_version_message() -> None:
     assert len(out["errors"]) == 4
     assert all(kind == "UnsupportedSlicerError" and "this is 3D Slicer 5.8" in text for kind, text in out["errors"])
     assert out["connections"] == ["startupCompleted()"]
+
+
+def test_an_app_object_that_is_not_slicers_is_ignored(monkeypatch) -> None:
+    """A web shell (trame-slicer on slicer-core) may put its own ``slicer.app``: no version check, no pip there."""
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", object(), raising=False)
+    assert Compatibility.slicerApplication() is None and L.checkSlicerVersion() is None
+    monkeypatch.setattr(slicer, "app", type("SlicerApp", (), {"majorVersion": 5, "minorVersion": 8,
+                                                              "testingEnabled": lambda self: False})(),
+                        raising=False)
+    with pytest.raises(L.UnsupportedSlicerError):
+        L.checkSlicerVersion(Compatibility.slicerApplication())
