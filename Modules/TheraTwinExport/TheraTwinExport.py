@@ -257,7 +257,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
         import datetime
         import tempfile
 
-        application = getattr(slicer, "app", None)
+        application = TheraTwinLib.slicerApplication()
         base = pathlib.Path(application.temporaryPath if application is not None else tempfile.gettempdir())
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         folder = base / "TheraTwin" / f"export-{stamp}"

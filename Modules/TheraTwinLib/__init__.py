@@ -9,7 +9,12 @@ The first thing it does is refuse a 3D Slicer older than :data:`MINIMUM_SLICER_V
 (:mod:`TheraTwinLib.Compatibility`); everything above that check stays valid Python 3.9.
 """
 
-from .Compatibility import MINIMUM_SLICER_VERSION, UnsupportedSlicerError, checkSlicerVersion
+from .Compatibility import (
+    MINIMUM_SLICER_VERSION,
+    UnsupportedSlicerError,
+    checkSlicerVersion,
+    slicerApplication,
+)
 
 checkSlicerVersion()
 
@@ -89,6 +94,7 @@ __all__ = [
     "MINIMUM_SLICER_VERSION",
     "UnsupportedSlicerError",
     "checkSlicerVersion",
+    "slicerApplication",
     "volumeNodeFromImage",
     "updateVolumeNodeFromImage",
     "imageFromVolumeNode",
