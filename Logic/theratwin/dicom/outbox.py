@@ -4,7 +4,7 @@ Layout (``root`` is usually ``OUT/outbox``)::
 
     root/<channel>/manifest.json        one record per (destination, key): status, sha256, attempts, last error
     root/<channel>/pending/<id><suffix> a copy of every item not yet delivered
-    root/<channel>/.lock                 advisory lock held while the manifest changes
+    root/<channel>/.lock                 lock held while the manifest changes (an OS lock on every platform)
 
 Guarantees
 
@@ -22,7 +22,6 @@ Destination strings must not contain credentials (they are written to the manife
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import sha256_file
+from .._lock import exclusive_lock
 from ..errors import ConfigurationError
 from ..progress import ProgressCallback, report
 
@@ -117,14 +117,10 @@ class Outbox:
     def _locked(self, channel: str) -> Iterator[dict[str, OutboxItem]]:
         """Hold the channel lock and yield its manifest; the manifest is saved atomically on exit."""
         d = self._dir(channel)
-        with open(d / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                items = self._load(d)
-                yield items
-                self._save(d, items)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(d / ".lock", what=f"the outbox {d}"):
+            items = self._load(d)
+            yield items
+            self._save(d, items)
 
     @staticmethod
     def _load(d: Path) -> dict[str, OutboxItem]:
