@@ -31,7 +31,8 @@ def exclusive_lock(path: str | os.PathLike[str], *, timeout_s: float | None = No
     busy
         Error class raised when the lock is still held after ``timeout_s``.
     what
-        What the lock protects, for that error's message (e.g. ``"a push of /data/out"``).
+        The start of that error's message, saying who holds the lock (e.g. ``"Another push of /data/out is
+        running"``).
     """
     from filelock import FileLock, Timeout
 
@@ -42,8 +43,8 @@ def exclusive_lock(path: str | os.PathLike[str], *, timeout_s: float | None = No
         lock.acquire()
     except Timeout:
         waited = "" if not timeout_s else f" (waited {timeout_s:g} s)"
-        raise busy(f"{what or p} is in use by another TheraTwin process{waited}; wait until it has finished "
-                   f"and try again (lock file {p}).") from None
+        raise busy(f"{what or f'{p} is locked by another TheraTwin process'}{waited}; wait until it has "
+                   f"finished and try again (lock file {p}).") from None
     try:
         yield
     finally:

@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 
+from .._files import atomic_path
 from .outbox import PermanentFailure, StopDelivery
 from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
 
@@ -174,7 +175,8 @@ class DimseConnection:
             ds = event.dataset
             ds.file_meta = event.file_meta
             path = dest / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            with atomic_path(path) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
             written.append(path)
             return 0x0000
 

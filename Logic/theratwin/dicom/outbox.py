@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .._files import sha256_file
+from .._files import atomic_path, atomic_write, sha256_file
 from .._lock import exclusive_lock
 from ..errors import ConfigurationError
 from ..progress import ProgressCallback, report
@@ -136,10 +135,9 @@ class Outbox:
 
     @staticmethod
     def _save(d: Path, items: dict[str, OutboxItem]) -> None:
-        tmp = d / ".manifest.json.tmp"
-        tmp.write_text(json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in items.items()}},
-                                  indent=1, sort_keys=True))
-        os.replace(tmp, d / "manifest.json")
+        atomic_write(d / "manifest.json", json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in
+                                                                                 items.items()}},
+                                                     indent=1, sort_keys=True))
 
     @staticmethod
     def item_id(destination: str, key: str) -> str:
@@ -158,9 +156,8 @@ class Outbox:
             if old is not None and old.sha256 == digest and (old.status == "sent" or (d / old.file).exists()):
                 return old
             rel = f"pending/{iid}{src.suffix}"
-            tmp = d / "pending" / f".{iid}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, d / rel)
+            with atomic_path(d / rel) as tmp:
+                shutil.copyfile(src, tmp)
             item = OutboxItem(iid, key, destination, rel, digest, str(src))
             items[iid] = item
             return item

@@ -160,6 +160,10 @@ class FhirClient:
     def __repr__(self) -> str:
         return f"FhirClient({self.base_url!r}, auth={self.auth.describe()})"
 
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.session.close()
+
     # ------------------------------------------------------------------------------- HTTP plumbing
     def _headers(self, refresh: bool = False) -> dict[str, str]:
         h = {"Accept": _FHIR_JSON, "Content-Type": f"{_FHIR_JSON}; charset=utf-8"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
 from ..progress import ProgressCallback, scaled
 from ..results import Results
 from .core import Pipeline, PipelineConfig, PipelineContext
@@ -42,7 +43,7 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
-    (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
+    atomic_write(out / "demo-truth.json", json.dumps(demo.truth, indent=2))
     study = read_study(demo.dicom_dir)
     pipe = Pipeline(_with_demo_resolution(config))
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
