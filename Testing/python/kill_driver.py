@@ -5,8 +5,9 @@ Usage: ``python kill_driver.py OUT -- <theratwin run arguments>``
 This process runs the real command line in-process. Each time an output file is about to be renamed into
 place (``theratwin._files._commit``: the temporary file is complete, the target not yet replaced) for the
 first time (the run manifest: its first and its sealing write), it forks. The copy is the run at that moment;
-this process kills it with SIGINT (the copy then unwinds through the pipeline's own interrupt handling and
-exits 130) and then with SIGKILL (a second copy; nothing runs), and after each kill prints one JSON line
+this process kills it with SIGKILL (nothing runs), then a second copy with SIGINT (it unwinds through the
+pipeline's own interrupt handling and exits 130; what it recorded is undone afterwards, since this process
+goes on with the run), and after each kill prints one JSON line
 ``{"point", "signal", "status"}`` and waits for a line on stdin, so that the test can look at the folder
 exactly as that kill left it. Then the run goes on. Linux only (``os.fork``).
 """
@@ -48,7 +49,9 @@ def _label(tmp: Path, path: Path) -> str | None:
 
 def _kill_copies(label: str, tmp: Path) -> None:
     backup = tmp.with_name(tmp.name + ".keep")
-    for sig in (signal.SIGINT, signal.SIGKILL):
+    manifest = OUT / "run-manifest.json"
+    mark = manifest.read_bytes() if manifest.exists() else None
+    for sig in (signal.SIGKILL, signal.SIGINT):
         os.link(tmp, backup)  # the copy's own clean-up removes the shared temporary file
         sys.stdout.flush()
         sys.stderr.flush()
@@ -66,6 +69,10 @@ def _kill_copies(label: str, tmp: Path) -> None:
         code = os.waitstatus_to_exitcode(status)
         print(json.dumps({"point": label, "signal": sig.name, "status": code}), flush=True)
         sys.stdin.readline()
+        if mark is not None and manifest.read_bytes() != mark:  # undo what the interrupted copy recorded
+            keep = manifest.with_name(".run-manifest.json.restore")
+            keep.write_bytes(mark)
+            os.replace(keep, manifest)
 
 
 def _hooked_commit(tmp: Path, path: Path) -> None:

@@ -93,9 +93,13 @@ class DimseConnection:
                 raise StopDelivery(f"{self.endpoint.url}: TLS verification of the PACS failed ({problem}); give the "
                                    "PACS's CA certificate in THERATWIN_PACS_CA_BUNDLE (or \"ca_bundle\" in the config "
                                    "file).")
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer or unreachable"
-            raise StopDelivery(f"{self.endpoint.url}: association {why} (connect limit "
-                               f"{limits.connect_timeout_s:g} s, answer limit {limits.read_timeout_s:g} s).")
+            if assoc.is_rejected:
+                raise StopDelivery(f"{self.endpoint.url}: association rejected by the PACS (check the called AE "
+                                   f"title {self.endpoint.ae_title!r} and that the PACS knows ours, "
+                                   f"{self.settings.calling_ae_title!r}).")
+            raise StopDelivery(f"{self.endpoint.url}: association not established: no answer within "
+                               f"{limits.read_timeout_s:g} s, aborted by the PACS, or unreachable within "
+                               f"{limits.connect_timeout_s:g} s.")
         return assoc
 
     def _tls_problem(self) -> str:

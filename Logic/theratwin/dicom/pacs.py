@@ -15,8 +15,8 @@ written to any output. They come from the environment — ``THERATWIN_PACS_USER`
 (HTTP basic), ``THERATWIN_PACS_TOKEN`` (HTTP bearer; wins over basic) — or from the ``"pacs"`` object of a
 JSON config file (``$THERATWIN_CONFIG``, else ``~/.config/theratwin/config.json``) with the keys ``user``,
 ``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``calling_ae_title``, and the network
-limits (:mod:`theratwin._http`) ``connect_timeout_s`` (10), ``read_timeout_s`` (60; ``timeout_s`` is the older
-name), ``total_timeout_s`` (300, per instance with its retries), ``max_attempts`` (3) and ``retry_wait_ms``
+limits (:mod:`theratwin._http`) ``connect_timeout_s`` (10), ``read_timeout_s`` (30; ``timeout_s`` is the older
+name), ``total_timeout_s`` (120, per instance with its retries), ``max_attempts`` (3) and ``retry_wait_ms``
 (200). The environment wins over the file (``THERATWIN_PACS_CONNECT_TIMEOUT_S``, ``..._READ_TIMEOUT_S``,
 ``..._TOTAL_TIMEOUT_S``, ``..._MAX_ATTEMPTS``). TLS certificates are verified unless ``verify_tls`` is false
 (``THERATWIN_PACS_CA_BUNDLE`` names a CA bundle for private PKIs).
@@ -130,7 +130,7 @@ class PacsSettings:
     verify_tls: bool = True
     ca_bundle: str | None = None
     #: Longest silence while waiting for an answer, s (the read timeout; DIMSE: ACSE, DIMSE and network timeouts).
-    timeout_s: float = 60.0
+    timeout_s: float = 30.0
     calling_ae_title: str = "THERATWIN"
     #: Requests are tried this often on lost connections and HTTP 408/429/5xx, waiting ``retry_wait_ms`` doubled
     #: each time; then the push stops and the outbox keeps the rest for later.
@@ -138,7 +138,7 @@ class PacsSettings:
     retry_wait_ms: int = 200
     connect_timeout_s: float = 10.0
     #: Longest time one instance may take (store, check, retries), whatever the PACS does.
-    total_timeout_s: float = 300.0
+    total_timeout_s: float = 120.0
 
     @property
     def limits(self) -> NetworkLimits:
@@ -189,8 +189,8 @@ def load_pacs_config(env: Mapping[str, str] | None = None) -> tuple[PacsCredenti
     try:
         limits = NetworkLimits(
             connect_timeout_s=float(f.get("connect_timeout_s", 10.0)),
-            read_timeout_s=float(f.get("read_timeout_s", f.get("timeout_s", 60.0))),
-            total_timeout_s=float(f.get("total_timeout_s", 300.0)),
+            read_timeout_s=float(f.get("read_timeout_s", f.get("timeout_s", 30.0))),
+            total_timeout_s=float(f.get("total_timeout_s", 120.0)),
             max_attempts=int(f.get("max_attempts", 3)),
         ).with_env("THERATWIN_PACS", env)
         retry_wait_ms = max(0, int(f.get("retry_wait_ms", 200)))

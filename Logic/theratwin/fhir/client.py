@@ -129,7 +129,7 @@ class FhirClient:
         TLS verification: True (default), or a CA bundle path. False is refused unless the base URL is
         plain http (where it is moot).
     timeout_s
-        Read timeout: longest silence while waiting for an answer, in s (default 60, or
+        Read timeout: longest silence while waiting for an answer, in s (default 30, or
         ``THERATWIN_FHIR_READ_TIMEOUT_S``).
     retries
         How many times a 408/429/5xx answer or a connection failure is retried (default 4, or
@@ -139,7 +139,7 @@ class FhirClient:
         (default 0.5 s, or ``THERATWIN_FHIR_BACKOFF_S``).
     connect_timeout_s, total_timeout_s
         Longest wait for a connection, and longest time one request may take with its retries, in s (default
-        10 and 300, or ``THERATWIN_FHIR_CONNECT_TIMEOUT_S`` / ``THERATWIN_FHIR_TOTAL_TIMEOUT_S``).
+        10 and 120, or ``THERATWIN_FHIR_CONNECT_TIMEOUT_S`` / ``THERATWIN_FHIR_TOTAL_TIMEOUT_S``).
     """
 
     def __init__(self, base_url: str, *, auth: FhirAuth | None = None, verify: bool | str | None = None,
