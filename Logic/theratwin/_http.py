@@ -231,7 +231,7 @@ class DeadlineSession(requests.Session):
         timer.start()
         try:
             return super().request(method, url, *args, **kwargs)
-        except requests.RequestException as exc:
+        except requests.RequestException:
             if watch.fired:
                 total = self.deadline.seconds if self.deadline is not None else self.limits.total_timeout_s
                 raise DeadlineExceeded(f"no complete answer within the total time limit of {total:g} s") from None
