@@ -18,13 +18,14 @@ protocol): at most ``max_attempts`` tries, waits doubling from ``retry_wait_s`` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -216,6 +217,15 @@ class DeadlineSession(requests.Session):
         adapter = _watched_adapter()
         self.mount("http://", adapter)
         self.mount("https://", adapter)
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[Deadline]:
+        """One operation (its retries included): the requests made inside share its total time."""
+        self.deadline = Deadline(self.limits.total_timeout_s)
+        try:
+            yield self.deadline
+        finally:
+            self.deadline = None
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         left = self.deadline.remaining() if self.deadline is not None else self.limits.total_timeout_s

@@ -73,10 +73,8 @@ class DicomWebConnection:
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
         """``fn(**kwargs)`` under the total time limit, retried by the policy; errors mapped for the outbox."""
-        deadline = Deadline(self.limits.total_timeout_s)
-        self._session.deadline = deadline
-        attempt = 0
-        try:
+        with self._session.operation() as deadline:
+            attempt = 0
             while True:
                 attempt += 1
                 try:
@@ -105,8 +103,6 @@ class DicomWebConnection:
                     log.info("%s: %s: %s; try %d in %.2f s", self.endpoint.url, what, type(exc).__name__, attempt + 1,
                              wait)
                 time.sleep(wait)
-        finally:
-            self._session.deadline = None
 
     def _http_error(self, exc: requests.HTTPError, what: str, attempts: int, deadline: Deadline) -> Exception:
         resp = exc.response

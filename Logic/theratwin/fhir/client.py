@@ -216,10 +216,8 @@ class FhirClient:
         url = self.base_url + "/" + path.lstrip("/") if path else self.base_url
         basic = (self.auth.user, self.auth.password) if self.auth.user and self.auth.password else None
         refreshed = False
-        deadline = Deadline(self.limits.total_timeout_s)
-        self.session.deadline = deadline
-        attempt = 0
-        try:
+        with self.session.operation() as deadline:
+            attempt = 0
             while True:
                 attempt += 1
                 try:
@@ -255,8 +253,6 @@ class FhirClient:
                         time.sleep(wait)
                         continue
                 return self._answer(r, method, path, attempt, deadline)
-        finally:
-            self.session.deadline = None
 
     def _answer(self, r: Any, method: str, path: str, attempt: int, deadline: Deadline) -> Any:
         """The parsed JSON of a final answer, or :class:`FhirPushError` for a refusal."""
