@@ -234,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"theratwin: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("theratwin: interrupted (an output folder it was writing is marked unfinished in run-manifest.json)",
-              file=sys.stderr)
+        print("theratwin: interrupted (unfinished outputs are marked so in run-manifest.json; what a push did not "
+              "send stays in the outbox)", file=sys.stderr)
         return 130
 
 
