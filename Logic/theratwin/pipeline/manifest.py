@@ -7,8 +7,9 @@ A run marks its folder before it changes anything there, and seals it last:
    second run out, and the manifest is written with ``status: "running"``, the patient, the studies and a new
    run id;
 2. each stage's status (``running``, ``done``, ``skipped``) is recorded as the stage starts and ends;
-3. ``finish``: files of an earlier run that this run did not write again are removed, ``results.json`` is
-   written, then the manifest with ``status: "complete"`` and the SHA-256 of every file of the run.
+3. ``finish``: files of an earlier run that this run did not write again are removed, files the caller adds
+   (:data:`OUTPUT_FILES`, the demo's truth) and then ``results.json`` are written, then the manifest with
+   ``status: "complete"`` and the SHA-256 of every file of the run.
 
 Every file is written atomically (:mod:`theratwin._files`), so a run killed (SIGINT, SIGKILL, power loss) or
 stopped by a full disk at any moment leaves either the previous complete folder (killed before step 1) or a
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from ..results import Results
     from .core import PipelineContext
 
-__all__ = ["MANIFEST_NAME", "RunManifest", "RunRecorder", "read_manifest", "folder_patient",
+__all__ = ["MANIFEST_NAME", "OUTPUT_FILES", "RunManifest", "RunRecorder", "read_manifest", "folder_patient",
            "check_output_folder", "check_folder_for_push"]
 
 MANIFEST_NAME = "run-manifest.json"
@@ -56,6 +57,9 @@ DICOM_DIR = "dicom"
 OUTBOX_DIR = "outbox"
 #: Held by a run from ``begin`` to ``finish`` (one run per folder at a time).
 RUN_LOCK = ".theratwin-run.lock"
+#: ``PipelineContext.state`` key of ``{relative path: text}`` a caller adds to the run (e.g. the demo's truth);
+#: they are written when the run is sealed, just before ``results.json``.
+OUTPUT_FILES = "_output_files"
 
 
 def _now() -> str:
@@ -319,6 +323,9 @@ class RunRecorder:
                 with contextlib.suppress(FileNotFoundError):
                     if _signature(p) == sig:  # not written again by this run
                         p.unlink()
+            for rel, text in dict(self.ctx.state.get(OUTPUT_FILES) or {}).items():
+                atomic_write(self.out / rel, text)
+                results.outputs.setdefault(Path(rel).stem.replace("-", "_"), rel)
             results.outputs["results_json"] = "results.json"
             results.outputs["run_manifest"] = MANIFEST_NAME
             results.write_json(self.out / "results.json")
