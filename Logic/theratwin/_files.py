@@ -80,8 +80,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    """Rename the flushed temporary file over ``path`` and flush the folder."""
+def _commit(tmp: Path, path: Path, *, durable: bool = True) -> None:
+    """Rename the temporary file over ``path`` (and flush the folder entry when ``durable``)."""
     for attempt in range(20):
         try:
             os.replace(tmp, path)
@@ -92,25 +92,29 @@ def _commit(tmp: Path, path: Path) -> None:
             if os.name != "nt" or attempt == 19:
                 raise
             time.sleep(0.05 * (attempt + 1))
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without error, it becomes ``path``.
 
     Use it for writers that want a file name (``pydicom``'s ``save_as``, ``shutil.copyfile``). The temporary
-    file is flushed to the disk before the rename. On any error the temporary file is removed, the previous
-    ``path`` is untouched, and an ``OSError`` is re-raised as :class:`~theratwin.errors.OutputError`.
+    file is flushed to the disk before the rename unless ``durable`` is false (a copy whose original is on
+    disk already: the rename alone keeps it whole when a process dies; only a power loss could cost the copy).
+    On any error the temporary file is removed, the previous ``path`` is untouched, and an ``OSError`` is
+    re-raised as :class:`~theratwin.errors.OutputError`.
     """
     target = Path(path)
     make_dir(target.parent)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _commit(tmp, target)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _commit(tmp, target, durable=durable)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -121,10 +125,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, encoding: str = "utf-8") -> Path:
+def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, encoding: str = "utf-8",
+                 durable: bool = True) -> Path:
     """Write ``data`` (bytes, or text in ``encoding``) to ``path`` atomically (see :func:`atomic_path`)."""
     raw = data.encode(encoding) if isinstance(data, str) else bytes(data)
     target = Path(path)
-    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+    with atomic_path(target, durable=durable) as tmp, open(tmp, "wb") as f:
         f.write(raw)
     return target

@@ -75,13 +75,13 @@ def _kill_copies(label: str, tmp: Path) -> None:
             os.replace(keep, manifest)
 
 
-def _hooked_commit(tmp: Path, path: Path) -> None:
+def _hooked_commit(tmp: Path, path: Path, **kwargs: object) -> None:
     if os.getpid() == ORIGIN:
         label = _label(tmp, path)
         if label is not None:
             _seen.add(label)
             _kill_copies(label, tmp)
-    _commit(tmp, path)
+    _commit(tmp, path, **kwargs)
 
 
 files._commit = _hooked_commit

@@ -128,10 +128,10 @@ def test_disk_full_during_a_run_keeps_previous_results(tmp_path: Path, monkeypat
         else:
             real = files._commit
 
-            def full(tmp: Path, path: Path) -> None:
+            def full(tmp: Path, path: Path, **kwargs: bool) -> None:
                 if path.name == "report.html":
                     raise OSError(errno.ENOSPC, "No space left on device")
-                real(tmp, path)
+                real(tmp, path, **kwargs)
 
             monkeypatch.setattr(files, "_commit", full)
         with pytest.raises(OutputError) as err:

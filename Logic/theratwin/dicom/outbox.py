@@ -9,7 +9,8 @@ Layout (``root`` is usually ``OUT/outbox``)::
 Guarantees
 
 - *Atomic*: an item is copied to a temporary name and renamed into ``pending/`` (``os.replace``), and the
-  manifest is rewritten the same way, so a crash leaves either the old or the new state, never half a file.
+  manifest is rewritten the same way, so a killed process leaves either the old or the new state, never half a
+  file. (Neither is flushed to the disk on every change, for speed: the originals in the output folder are.)
 - *Idempotent*: adding an item whose (destination, key) is already pending or was delivered with the same
   content (SHA-256) changes nothing; a delivered item whose content changed is queued again.
 - *Nothing lost*: an item leaves ``pending/`` only after the sender returned without error; a failure is
@@ -114,12 +115,14 @@ class Outbox:
 
     @contextlib.contextmanager
     def _locked(self, channel: str) -> Iterator[dict[str, OutboxItem]]:
-        """Hold the channel lock and yield its manifest; the manifest is saved atomically on exit."""
+        """Hold the channel lock and yield its manifest; the manifest is saved atomically on exit if it changed."""
         d = self._dir(channel)
         with exclusive_lock(d / ".lock", what=f"the outbox {d}"):
             items = self._load(d)
+            before = {k: asdict(v) for k, v in items.items()}
             yield items
-            self._save(d, items)
+            if {k: asdict(v) for k, v in items.items()} != before:  # reads (pending, items) write nothing
+                self._save(d, items)
 
     @staticmethod
     def _load(d: Path) -> dict[str, OutboxItem]:
@@ -135,9 +138,11 @@ class Outbox:
 
     @staticmethod
     def _save(d: Path, items: dict[str, OutboxItem]) -> None:
-        atomic_write(d / "manifest.json", json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in
-                                                                                 items.items()}},
-                                                     indent=1, sort_keys=True))
+        # atomic (a killed process leaves the old or the new manifest) but not flushed to the disk each time: a
+        # push rewrites it per item, and a record lost to a power cut only means one idempotent re-send
+        text = json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in items.items()}}, indent=1,
+                          sort_keys=True)
+        atomic_write(d / "manifest.json", text, durable=False)
 
     @staticmethod
     def item_id(destination: str, key: str) -> str:
@@ -156,7 +161,7 @@ class Outbox:
             if old is not None and old.sha256 == digest and (old.status == "sent" or (d / old.file).exists()):
                 return old
             rel = f"pending/{iid}{src.suffix}"
-            with atomic_path(d / rel) as tmp:
+            with atomic_path(d / rel, durable=False) as tmp:  # a copy of an output already on disk
                 shutil.copyfile(src, tmp)
             item = OutboxItem(iid, key, destination, rel, digest, str(src))
             items[iid] = item
