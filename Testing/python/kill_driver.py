@@ -55,11 +55,17 @@ def _kill_copies(label: str, tmp: Path) -> None:
         os.link(tmp, backup)  # the copy's own clean-up removes the shared temporary file
         sys.stdout.flush()
         sys.stderr.flush()
+        ready_r, ready_w = os.pipe()
         child = os.fork()
         if child == 0:
-            time.sleep(600)  # the run, stopped in the middle of writing `label`, until the signal arrives
+            os.close(ready_r)
+            # say "ready" only once out of fork's own hooks: a SIGINT inside them would be swallowed
+            os.write(ready_w, b"1")
+            time.sleep(120)  # the run, stopped in the middle of writing `label`, until the signal arrives
             os._exit(99)
-        time.sleep(0.05)
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
         os.kill(child, sig)
         _, status = os.waitpid(child, 0)
         if not tmp.exists():
