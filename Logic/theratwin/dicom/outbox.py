@@ -130,7 +130,7 @@ class Outbox:
         if not path.exists():
             return {}
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigurationError(f"{path}: the outbox manifest is unreadable ({exc}); move it away and push "
                                      "again (the pending/ files are kept).") from None
