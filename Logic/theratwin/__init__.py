@@ -18,6 +18,7 @@ from .errors import (
     DicomReadError,
     FitError,
     InvalidInputError,
+    OutputError,
     PushError,
     TheraTwinError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "FitError",
     "ConfigurationError",
     "PushError",
+    "OutputError",
     *_SUBPACKAGES,
 ]
 

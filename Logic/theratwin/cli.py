@@ -64,7 +64,17 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         cfg.pacs_url = args.pacs
     if getattr(args, "fhir", None):
         cfg.fhir_url = args.fhir
+    if getattr(args, "replace", False):
+        cfg.replace_outputs = True
     return cfg
+
+
+def _preflight(config: Any) -> None:
+    """Checks that need no input data: push URLs, credentials and TLS files (before any computation)."""
+    if config.pacs_url or config.fhir_url:
+        from .push import check_push_settings
+
+        check_push_settings(config.pacs_url, config.fhir_url)
 
 
 def _print_summary(results: Any, out: Path) -> None:
@@ -89,10 +99,14 @@ def _print_summary(results: Any, out: Path) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_PATIENT_ID, DEMO_PATIENT_ISSUER
     from .pipeline import run_demo
+    from .pipeline.manifest import check_output_folder
 
     config = _config_from_args(args)
+    _preflight(config)
     out = Path(args.out)
+    check_output_folder(out, DEMO_PATIENT_ID, DEMO_PATIENT_ISSUER, replace=config.replace_outputs)
     demo_bar = _Progress(args.quiet, "demo patient")
     bar = _Progress(args.quiet, "pipeline")
     try:
@@ -108,12 +122,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # settings first: a bad config fails before any reading
+    _preflight(config)
     from .dicom import scan
     from .pipeline import run_folder
+    from .pipeline.manifest import check_output_folder
 
     inventory = scan(args.input)
     print(inventory.describe(), file=sys.stderr)
     out = Path(args.out)
+    if len(inventory.patients) == 1:  # (several patients are refused by the reader with the reason)
+        check_output_folder(out, next(iter(inventory.patients)), replace=config.replace_outputs)
     bar = _Progress(args.quiet, "pipeline")
     try:
         run = run_folder(args.input, out, config=config, strict=args.strict, progress=bar)
@@ -129,7 +147,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         raise TheraTwinError("Nothing to do: give --pacs URL and/or --fhir URL.")
     from .push import push_directory
 
-    report = push_directory(Path(args.dir), pacs_url=args.pacs, fhir_url=args.fhir)
+    report = push_directory(Path(args.dir), pacs_url=args.pacs, fhir_url=args.fhir, wait_s=args.wait)
     print(report.describe())
     return 0 if report.ok else EXIT_BAD_INPUT
 
@@ -164,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--pacs", help="push DICOM results: http(s)://host:port/dicom-web or dimse://AET@host:port")
         sp.add_argument("--fhir", help="push FHIR results to this FHIR R4 base URL")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+        sp.add_argument("--replace", action="store_true",
+                        help="if --out holds another patient's results, delete them and write this run's there "
+                             "(refused while their outbox holds undelivered items)")
 
     d = sub.add_parser("demo", help="build the built-in demo patient and run the whole pipeline on it",
                        description="Build (or reuse) the synthetic 177Lu-PSMA-617 demo patient, read it back as "
@@ -189,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("dir", help="an output directory of 'theratwin demo' or 'theratwin run'")
     u.add_argument("--pacs", help="http(s)://host:port/dicom-web or dimse://AETITLE@host:port")
     u.add_argument("--fhir", help="FHIR R4 base URL")
+    u.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another push of DIR is running, wait this long for it (default: say so and stop)")
     u.set_defaults(func=_cmd_push)
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
@@ -206,8 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TheraTwinError as exc:
         print(f"theratwin: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a file error no writer turned into a TheraTwinError: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"theratwin: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("theratwin: interrupted", file=sys.stderr)
+        print("theratwin: interrupted (unfinished outputs are marked so in run-manifest.json; what a push did not "
+              "send stays in the outbox)", file=sys.stderr)
         return 130
 
 

@@ -15,6 +15,9 @@ Error                  Raised when
                        no convergence) and no documented fallback applies.
 ``ConfigurationError`` A setting or plug-in is invalid (unknown method name, bad registry entry).
 ``PushError``          Sending results to a PACS or FHIR server failed; the objects stay in the outbox.
+``OutputError``        An output folder or file cannot be written or used: disk full, no permission, another
+                       patient's or an unfinished run in it, another process using it. Previous results are
+                       kept.
 =====================  =====================================================================================
 """
 
@@ -27,6 +30,7 @@ __all__ = [
     "FitError",
     "ConfigurationError",
     "PushError",
+    "OutputError",
 ]
 
 
@@ -72,3 +76,8 @@ class ConfigurationError(TheraTwinError, ValueError):
 
 class PushError(TheraTwinError):
     """Sending results to a PACS or FHIR server failed; what was not sent stays in the outbox."""
+
+
+class OutputError(TheraTwinError):
+    """An output folder or file cannot be written or used; the message names the path, and what was there
+    before is kept."""

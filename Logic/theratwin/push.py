@@ -6,12 +6,19 @@ and the next push (of the same folder, to the same PACS) sends exactly what is s
 idempotent, so pushing a folder twice sends nothing twice; objects of an earlier export that a re-export
 replaced in ``DIR/dicom`` are still delivered from the outbox. The FHIR part is delegated to
 ``theratwin.fhir.push_output_dir`` (imported only when ``fhir_url`` is given).
+
+Before anything is sent, :func:`push_directory` checks the settings (URLs, credentials, TLS files) and the
+folder: a run that did not finish, or a folder mixing runs or patients, is refused
+(:func:`theratwin.pipeline.manifest.check_folder_for_push`). One push per folder runs at a time
+(``OUT/outbox/.push.lock``, an OS lock on every platform): a second push waits ``wait_s`` or says that one
+is running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,15 +26,18 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .errors import InvalidInputError, PushError
+from ._lock import exclusive_lock
+from .errors import ConfigurationError, InvalidInputError, PushError
 from .progress import ProgressCallback, report, scaled
 
-__all__ = ["PushReport", "PacsPushResult", "push_directory", "push_dicom_directory", "OUTBOX_DIR"]
+__all__ = ["PushReport", "PacsPushResult", "push_directory", "push_dicom_directory", "push_lock",
+           "check_push_settings", "OUTBOX_DIR"]
 
 log = logging.getLogger(__name__)
 
 OUTBOX_DIR = "outbox"
 PACS_CHANNEL = "pacs"
+PUSH_LOCK = ".push.lock"
 
 
 class _Part(Protocol):
@@ -93,8 +103,44 @@ def _sop_uid(path: Path) -> str:
                                 "from the dicom/ folder.") from None
 
 
+def check_push_settings(pacs_url: str | None, fhir_url: str | None) -> None:
+    """Check URLs, credentials and TLS settings of the destinations without contacting them.
+
+    Raises
+    ------
+    ConfigurationError
+        A malformed URL, credentials in a URL, an unreadable config file, a CA bundle that does not exist ...
+    """
+    if pacs_url:
+        from .dicom.pacs import PacsEndpoint, load_pacs_config
+
+        PacsEndpoint.parse(pacs_url)
+        load_pacs_config()
+    if fhir_url:
+        try:
+            from .fhir.client import FhirClient
+        except ImportError as exc:
+            raise ConfigurationError(f"FHIR push is not available in this installation ({exc.name}).") from None
+        FhirClient(fhir_url).close()
+
+
+@contextlib.contextmanager
+def push_lock(directory: str | Path, *, wait_s: float | None = 0) -> Iterator[None]:
+    """Hold the folder's push lock (one push per folder at a time, across processes and platforms).
+
+    Raises
+    ------
+    PushError
+        When another push still holds it after ``wait_s`` seconds (``None``: wait for ever).
+    """
+    root = Path(directory)
+    with exclusive_lock(root / OUTBOX_DIR / PUSH_LOCK, timeout_s=wait_s, busy=PushError,
+                        what=f"Another push of {root} is running"):
+        yield
+
+
 def push_dicom_directory(directory: str | Path, pacs_url: str, *, progress: ProgressCallback | None = None,
-                         client: Any = None) -> PacsPushResult:
+                         client: Any = None, files: Sequence[str | Path] | None = None) -> PacsPushResult:
     """Queue ``directory/dicom/*.dcm`` in the outbox and deliver everything pending for ``pacs_url``.
 
     Parameters
@@ -107,6 +153,10 @@ def push_dicom_directory(directory: str | Path, pacs_url: str, *, progress: Prog
         Optional progress callback (called after each instance).
     client
         A ready :class:`~theratwin.dicom.pacs.PacsClient` (default: one from :func:`open_pacs`).
+    files
+        Queue only these files (paths relative to ``directory``; default: every ``dicom/*.dcm``).
+
+    The caller holds the folder's :func:`push_lock` (as :func:`push_directory` and the pipeline stages do).
     """
     from .dicom.outbox import Outbox
     from .dicom.pacs import PacsEndpoint, open_pacs
@@ -115,8 +165,12 @@ def push_dicom_directory(directory: str | Path, pacs_url: str, *, progress: Prog
     endpoint = PacsEndpoint.parse(pacs_url)
     outbox = Outbox(root / OUTBOX_DIR)
     res = PacsPushResult(endpoint.url, outbox=str(root / OUTBOX_DIR / PACS_CHANNEL))
-    files: Sequence[Path] = sorted((root / "dicom").glob("*.dcm")) if (root / "dicom").is_dir() else []
-    for f in files:
+    if files is None:
+        queue = sorted(p for p in (root / "dicom").glob("*.dcm") if not p.name.startswith(".")) \
+            if (root / "dicom").is_dir() else []
+    else:
+        queue = [root / f for f in files]
+    for f in queue:
         item = outbox.add(PACS_CHANNEL, f, key=_sop_uid(f), destination=endpoint.destination)
         if item.status == "sent":
             res.already_sent += 1
@@ -140,36 +194,41 @@ def push_dicom_directory(directory: str | Path, pacs_url: str, *, progress: Prog
     return res
 
 
-@dataclass
-class _FailedPart:
-    name: str
-    message: str
-    ok: bool = False
-
-    def describe(self) -> str:
-        return f"{self.name}: FAILED: {self.message}"
-
-
 def push_directory(directory: str | Path, pacs_url: str | None = None, fhir_url: str | None = None, *,
-                   progress: ProgressCallback | None = None) -> PushReport:
+                   progress: ProgressCallback | None = None, wait_s: float | None = 0,
+                   check_folder: bool = True, dicom_files: Sequence[str | Path] | None = None) -> PushReport:
     """Push an output folder to a PACS and/or a FHIR server (see the module docstring).
 
-    Failures do not raise: they are in the report (``ok`` false, ``describe()`` says what is left in the
-    outbox). A bad URL or a folder that is not an output folder raises :class:`~theratwin.errors.PushError`
-    or :class:`~theratwin.errors.ConfigurationError`.
+    Parameters
+    ----------
+    wait_s
+        How long to wait for another push of the same folder to finish (``None``: for ever; default: not at all).
+    check_folder
+        Refuse an unfinished or mixed folder (the pipeline's own push, during its run, skips this).
+    dicom_files
+        Push only these DICOM files (relative to ``directory``; default: all of ``dicom/``).
+
+    Failures to deliver do not raise: they are in the report (``ok`` false, ``describe()`` says what is left in
+    the outbox). A bad URL or setting, a folder that is not a finished output folder, or another push running
+    raise :class:`~theratwin.errors.PushError` or :class:`~theratwin.errors.ConfigurationError` before
+    anything is sent.
     """
     root = Path(directory)
     if not root.is_dir():
         raise PushError(f"{root}: no such output folder.")
+    check_push_settings(pacs_url, fhir_url)
+    if check_folder:
+        from .pipeline.manifest import check_folder_for_push
+
+        check_folder_for_push(root)
     rep = PushReport()
-    if pacs_url:
-        rep.parts.append(push_dicom_directory(root, pacs_url, progress=scaled(progress, 0.0, 0.5 if fhir_url else 1.0)))
-    if fhir_url:
-        try:
+    with push_lock(root, wait_s=wait_s):
+        if pacs_url:
+            rep.parts.append(push_dicom_directory(root, pacs_url, files=dicom_files,
+                                                  progress=scaled(progress, 0.0, 0.5 if fhir_url else 1.0)))
+        if fhir_url:
             from .fhir import push_output_dir
-        except ImportError as exc:
-            rep.parts.append(_FailedPart("FHIR", f"FHIR push is not available in this installation ({exc.name})."))
-        else:
+
             part: _Part = push_output_dir(root, fhir_url)
             rep.parts.append(part)
     report(progress, 1.0, "push done")

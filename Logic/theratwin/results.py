@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import atomic_write
 from ._version import __version__
 from .study import ImageVolume, Study
 
@@ -247,7 +248,5 @@ class Results:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def write_json(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_json(), encoding="utf-8")
-        return p
+        """Write :meth:`to_json` to ``path`` atomically (a crash or a full disk keeps the previous file)."""
+        return atomic_write(path, self.to_json())

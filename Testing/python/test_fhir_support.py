@@ -228,7 +228,9 @@ def free_port() -> int:
 class FhirTestServer:
     """The Node test server (Testing/fhir_server/server.mjs) as a subprocess on 127.0.0.1."""
 
-    def __init__(self, *args: str, data: Path | None = None, port: int = 0, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, data: Path | None = None, port: int = 0, env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()):
+        self.prefix = list(prefix)  # e.g. ("ip", "netns", "exec", NAME): serve inside a network namespace
         self.args = list(args)
         self.data = data
         self.port = port
@@ -243,7 +245,7 @@ class FhirTestServer:
     def start(self) -> FhirTestServer:
         if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
             raise RuntimeError(f"Run `npm ci` in {SERVER_DIR} first (scripts/bootstrap.sh does).")
-        cmd = [shutil.which("node") or "node", "server.mjs", "--port", str(self.port)]
+        cmd = [*self.prefix, shutil.which("node") or "node", "server.mjs", "--port", str(self.port)]
         if self.data is not None:
             cmd += ["--data", str(self.data)]
         cmd += self.args

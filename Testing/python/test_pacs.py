@@ -201,5 +201,8 @@ def test_tls_certificates_are_verified_by_default(export_dir: Path, tmp_path: Pa
         server.server_close()
     # the self-signed certificate is refused before any request is sent, and nothing is lost
     assert _Recorder.seen == []
-    assert not res.ok and res.pending == 3 and "cannot reach" in res.describe()
+    # one line naming the certificate problem and the setting that fixes it
+    assert not res.ok and res.pending == 3
+    assert "TLS verification" in res.describe() and "self-signed certificate" in res.describe()
+    assert "THERATWIN_PACS_CA_BUNDLE" in res.describe()
     assert len(Outbox(export_dir / "outbox").pending("pacs")) == 3

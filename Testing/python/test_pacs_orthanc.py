@@ -8,6 +8,7 @@ through TheraTwin's client.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import shutil
@@ -266,3 +267,38 @@ def test_dicom_tls_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert server.count_instances() == len(sops)
     finally:
         server.close()
+
+
+def test_two_concurrent_pushes_send_each_object_once(orthanc: Orthanc, creds_env, tmp_path: Path) -> None:
+    """Two `theratwin push` of one folder started together, to Orthanc and the FHIR server: the second waits for
+    the first (one push per folder) and then finds everything delivered."""
+    from test_fhir_support import FhirTestServer, make_results
+
+    from theratwin.fhir import build_bundle, bundle_to_json
+
+    out = tmp_path / "out"
+    res = make_results(out, patient_id="TT-FHIR-1")
+    (out / "fhir-bundle.json").write_text(bundle_to_json(build_bundle(res, out_dir=out)))
+    sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (out / "dicom").glob("*.dcm")}
+    before = orthanc.count_instances()
+    with FhirTestServer(prefix=tuple(orthanc._prefix())) as fhir:
+        env = {**os.environ, **creds_env}
+        cmd = [*orthanc._prefix(), sys.executable, "-m", "theratwin", "push", str(out), "--pacs", orthanc.dicomweb_url,
+               "--fhir", fhir.url, "--wait", "60"]
+        procs = [subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        fhir_counts = orthanc.call(lambda: requests.get(f"{fhir.url}/Observation", params={"_summary": "count"},
+                                                        timeout=10).json()["total"])
+    for p, (stdout, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stdout + stderr
+    text = "\n".join(o for o, _ in outs)
+    print(text)
+    sent = sorted(int(line.split(": ", 1)[1].split(" sent")[0]) for line in text.splitlines() if line.startswith("PACS"))
+    assert sent == [0, len(sops)]  # each object sent once, by one of the two
+    assert text.count("already there") == 2 and f"0 sent, {len(sops)} already there" in text
+    assert text.count(" stored (") == 1 and text.count("delivered before; not sent again") == 1
+    assert orthanc.count_instances() - before == len(sops)
+    expected_obs = sum(1 for e in json.loads((out / "fhir-bundle.json").read_text())["entry"]
+                       if e["resource"]["resourceType"] == "Observation")
+    assert fhir_counts == expected_obs

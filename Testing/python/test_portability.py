@@ -29,7 +29,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CODE = sorted([*(ROOT / "Logic" / "theratwin").rglob("*.py"), *(ROOT / "Modules").rglob("*.py"),
                *(ROOT / "TheraTwinExtension").glob("*.py")])
-OUTBOX = ROOT / "Logic" / "theratwin" / "dicom" / "outbox.py"
 
 UNIX_ONLY = {"fcntl", "termios", "tty", "pty", "pwd", "grp", "resource", "posix", "crypt", "syslog", "spwd", "nis",
              "readline", "curses", "_posixsubprocess"}
@@ -105,19 +104,7 @@ def _isDocstring(constant: ast.Constant, tree: ast.Module) -> bool:
     return False
 
 
-def _outboxStillUsesFcntl() -> bool:
-    return "import fcntl" in OUTBOX.read_text(encoding="utf-8")
-
-
-def _mark(path: Path):
-    if path == OUTBOX:
-        # issue 21 replaces the outbox's fcntl lock with a portable one; until that lands this file is expected to fail
-        return pytest.param(path, marks=pytest.mark.xfail(_outboxStillUsesFcntl(), strict=True,
-                                                          reason="outbox.py still imports fcntl (issue 21)"))
-    return path
-
-
-@pytest.mark.parametrize("path", [_mark(p) for p in CODE], ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", CODE, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_portable(path: Path) -> None:
     assert portabilityOffences(path) == []
 
@@ -155,10 +142,9 @@ def test_the_checker_catches_each_fault(tmp_path: Path) -> None:
 
 def test_the_core_imports_with_unix_only_modules_unavailable() -> None:
     """Import every module of ``theratwin`` and build a pipeline with its stages, in a fresh interpreter where the
-    Unix-only modules raise ModuleNotFoundError as on Windows (fcntl too once issue 21's portable outbox lock has
-    landed; issue 21's own test covers it before)."""
+    Unix-only modules (fcntl among them) raise ModuleNotFoundError as on Windows."""
     # posix and _posixsubprocess are the interpreter's own (os, subprocess) and have Windows counterparts
-    blocked = sorted(UNIX_ONLY - {"posix", "_posixsubprocess"} - ({"fcntl"} if _outboxStillUsesFcntl() else set()))
+    blocked = sorted(UNIX_ONLY - {"posix", "_posixsubprocess"})
     code = textwrap.dedent(f"""
         import importlib, importlib.abc, json, pkgutil, sys
         BLOCKED = set({blocked!r})

@@ -16,6 +16,8 @@ truth (kinetics, time-integrated activities, volumes, masses and mean absorbed d
 
 from .build import (
     DEFAULT_SEED,
+    DEMO_PATIENT_ID,
+    DEMO_PATIENT_ISSUER,
     DEMO_SCHEMA_VERSION,
     RESOLUTION_FWHM_MM,
     SENSITIVITY_CPS_PER_MBQ,
@@ -32,6 +34,8 @@ from .kinetics import CYCLE1_KINETICS, Component, Kinetics
 from .phantom import SEG_STRUCTURES
 
 __all__ = [
+    "DEMO_PATIENT_ID",
+    "DEMO_PATIENT_ISSUER",
     "build_demo",
     "simulate",
     "write_demo_dicom",

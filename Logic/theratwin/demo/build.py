@@ -70,6 +70,9 @@ _PATIENT = {
     "weight_kg": 82.0,
     "height_m": 1.76,
 }
+#: The demo patient's PatientID and IssuerOfPatientID (an output folder's owner is checked before a run).
+DEMO_PATIENT_ID: str = str(_PATIENT["id"])
+DEMO_PATIENT_ISSUER: str = str(_PATIENT["issuer"])
 _RADIOPHARMACEUTICAL = "PSMA-617"
 _NUCLIDE = "Lu-177"
 _ADMINISTERED_MBQ = 7400.0

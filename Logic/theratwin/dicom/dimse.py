@@ -6,12 +6,18 @@ One association is opened on first use and reused for every C-STORE of a push. S
 finds the instance; any other status means this instance was
 rejected (:class:`PermanentFailure`); a refused or aborted association means the PACS is unreachable now
 (:class:`StopDelivery`). DIMSE has no password: access control is by AE title and, with ``dimse+tls://``,
-by TLS (certificates verified unless the settings say otherwise).
+by TLS (certificates verified unless the settings say otherwise; a refused certificate is named).
+
+Network limits (:mod:`theratwin._http`): ``connect_timeout_s`` bounds the TCP connection, ``read_timeout_s``
+the ACSE, DIMSE and network timeouts, and ``total_timeout_s`` one instance's store and check: when it is up,
+the association is aborted (a watchdog) and the push stops with the outbox keeping the rest.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 
+from .._files import atomic_path
+from .._http import Deadline, tls_problem
 from .outbox import PermanentFailure, StopDelivery
 from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
 
@@ -75,13 +83,52 @@ class DimseConnection:
         return ctx, self.endpoint.host
 
     def _associate(self, ae: AE, **kwargs: Any) -> Any:
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.timeout_s
-        ae.connection_timeout = self.settings.timeout_s
+        limits = self.settings.limits
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = limits.read_timeout_s
+        ae.connection_timeout = limits.connect_timeout_s
         assoc = ae.associate(self.endpoint.host, self.endpoint.port, ae_title=self.endpoint.ae_title,
                              tls_args=self._tls(), **kwargs)
         if not assoc.is_established:
-            raise StopDelivery(f"{self.endpoint.url}: association refused or PACS unreachable.")
+            if self.endpoint.tls and (problem := self._tls_problem()):
+                raise StopDelivery(f"{self.endpoint.url}: TLS verification of the PACS failed ({problem}); give the "
+                                   "PACS's CA certificate in THERATWIN_PACS_CA_BUNDLE (or \"ca_bundle\" in the config "
+                                   "file).")
+            if assoc.is_rejected:
+                raise StopDelivery(f"{self.endpoint.url}: association rejected by the PACS (check the called AE "
+                                   f"title {self.endpoint.ae_title!r} and that the PACS knows ours, "
+                                   f"{self.settings.calling_ae_title!r}).")
+            raise StopDelivery(f"{self.endpoint.url}: association not established: no answer within "
+                               f"{limits.read_timeout_s:g} s, aborted by the PACS, or unreachable within "
+                               f"{limits.connect_timeout_s:g} s.")
         return assoc
+
+    def _tls_problem(self) -> str:
+        """Why the TLS handshake fails, found by one handshake of our own (pynetdicom only logs it)."""
+        tls = self._tls()
+        if tls is None:
+            return ""
+        try:
+            with socket.create_connection((self.endpoint.host, self.endpoint.port),
+                                          timeout=self.settings.limits.connect_timeout_s) as raw, \
+                    tls[0].wrap_socket(raw, server_hostname=tls[1]):
+                return ""
+        except ssl.SSLError as exc:
+            return tls_problem(exc)
+        except OSError:
+            return ""
+
+    def _watchdog(self, deadline: Deadline) -> threading.Timer:
+        """Abort the association when ``deadline`` passes (the total time of one instance)."""
+
+        def abort() -> None:
+            assoc = self._assoc
+            if assoc is not None and assoc.is_established:
+                assoc.abort()
+
+        timer = threading.Timer(max(0.0, deadline.remaining()), abort)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def close(self) -> None:
         if self._assoc is not None and self._assoc.is_established:
@@ -94,6 +141,20 @@ class DimseConnection:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError) as exc:
             raise PermanentFailure(f"{path.name}: not a readable DICOM file ({type(exc).__name__}).") from None
+        deadline = Deadline(self.settings.limits.total_timeout_s)
+        timer = self._watchdog(deadline)
+        try:
+            self._store(ds)
+        except StopDelivery as exc:
+            if deadline.remaining() <= 0:
+                raise StopDelivery(f"{self.endpoint.url}: C-STORE of {ds.SOPInstanceUID} stopped after "
+                                   f"{deadline.elapsed():.1f} s, the total time limit "
+                                   "(THERATWIN_PACS_TOTAL_TIMEOUT_S).") from None
+            raise exc
+        finally:
+            timer.cancel()
+
+    def _store(self, ds: Dataset) -> None:
         if self._assoc is None or not self._assoc.is_established:
             ae = AE(ae_title=self.settings.calling_ae_title)
             for uid in _STORE_CLASSES:
@@ -174,7 +235,8 @@ class DimseConnection:
             ds = event.dataset
             ds.file_meta = event.file_meta
             path = dest / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            with atomic_path(path) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
             written.append(path)
             return 0x0000
 

@@ -4,18 +4,19 @@ Files go to ``OUT/dicom/`` with fixed names per kind (``rtdose_cycle1_dose.dcm``
 ``seg_structures.dcm``, ``sr_cycle1.dcm`` ... ``sr_predicted.dcm``, one TID 1500 SR per cycle and one for the
 twin's predictions, all in one series); a re-export replaces TheraTwin's earlier files there (with new
 UIDs, so nothing collides with objects already sent to a PACS) and leaves files other stages put there (the
-report's Encapsulated PDF) alone.
+report's Encapsulated PDF) alone. Every file is written atomically, and earlier files are removed only after
+the new ones are in place.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from .._files import atomic_path, make_dir
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
 from ..results import Results
@@ -64,10 +65,9 @@ def dose_map_specs(results: Results) -> list[DoseMapSpec]:
 
 
 def write_dataset(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` as a DICOM file (PS3.10 preamble and meta), atomically (temporary file then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    """Write ``ds`` as a DICOM file (PS3.10 preamble and meta), atomically (see :func:`theratwin._files.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
 
 
 def _derivation(results: Results, kind: DoseKind) -> str:
@@ -100,14 +100,13 @@ def export_dicom(results: Results, out_dir: str | Path, *, seg_algorithm_type: s
     if study is None:
         raise InvalidInputError("Results without a study cannot be exported to DICOM (Results.study is None).")
     out = Path(out_dir)
-    ddir = out / DICOM_SUBDIR
-    ddir.mkdir(parents=True, exist_ok=True)
+    ddir = make_dir(out / DICOM_SUBDIR)
     # series numbers of earlier exports (including the files replaced now) are avoided, so a re-export never
     # reuses a number an earlier export may already have sent to a PACS
     ctx = ExportContext.for_study(study, existing_files=sorted(ddir.glob("*.dcm")))
-    for old in ddir.iterdir():
-        if _OWN_FILES.match(old.name):
-            old.unlink()
+    # earlier objects are removed only once the new ones are written: a failure half-way (a full disk) leaves
+    # every file either the earlier or the new object, never a folder without dose objects
+    earlier = [p for p in ddir.iterdir() if _OWN_FILES.match(p.name)]
     rep = ExportReport(warnings=list(ctx.warnings))
 
     specs = dose_map_specs(results)
@@ -159,6 +158,10 @@ def export_dicom(results: Results, out_dir: str | Path, *, seg_algorithm_type: s
             name = f"sr_{part}.dcm"
             write_dataset(sr, ddir / name)
             rep.sr.append(f"{DICOM_SUBDIR}/{name}")
+    written = {Path(f).name for f in (*rep.rtdose, *rep.seg, *rep.sr)}
+    for old in earlier:
+        if old.name not in written:
+            old.unlink(missing_ok=True)
     rep.all_files = sorted(p.relative_to(out).as_posix() for p in ddir.glob("*.dcm"))
     report(progress, 1.0, "DICOM export done")
     return rep

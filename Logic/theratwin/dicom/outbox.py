@@ -4,12 +4,13 @@ Layout (``root`` is usually ``OUT/outbox``)::
 
     root/<channel>/manifest.json        one record per (destination, key): status, sha256, attempts, last error
     root/<channel>/pending/<id><suffix> a copy of every item not yet delivered
-    root/<channel>/.lock                 advisory lock held while the manifest changes
+    root/<channel>/.lock                 lock held while the manifest changes (an OS lock on every platform)
 
 Guarantees
 
 - *Atomic*: an item is copied to a temporary name and renamed into ``pending/`` (``os.replace``), and the
-  manifest is rewritten the same way, so a crash leaves either the old or the new state, never half a file.
+  manifest is rewritten the same way, so a killed process leaves either the old or the new state, never half a
+  file. (Neither is flushed to the disk on every change, for speed: the originals in the output folder are.)
 - *Idempotent*: adding an item whose (destination, key) is already pending or was delivered with the same
   content (SHA-256) changes nothing; a delivered item whose content changed is queued again.
 - *Nothing lost*: an item leaves ``pending/`` only after the sender returned without error; a failure is
@@ -22,10 +23,8 @@ Destination strings must not contain credentials (they are written to the manife
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .._files import sha256_file
+from .._files import atomic_path, atomic_write, sha256_file
+from .._lock import exclusive_lock
 from ..errors import ConfigurationError
 from ..progress import ProgressCallback, report
 
@@ -115,16 +115,14 @@ class Outbox:
 
     @contextlib.contextmanager
     def _locked(self, channel: str) -> Iterator[dict[str, OutboxItem]]:
-        """Hold the channel lock and yield its manifest; the manifest is saved atomically on exit."""
+        """Hold the channel lock and yield its manifest; the manifest is saved atomically on exit if it changed."""
         d = self._dir(channel)
-        with open(d / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                items = self._load(d)
-                yield items
+        with exclusive_lock(d / ".lock", what=f"the outbox {d}"):
+            items = self._load(d)
+            before = {k: asdict(v) for k, v in items.items()}
+            yield items
+            if {k: asdict(v) for k, v in items.items()} != before:  # reads (pending, items) write nothing
                 self._save(d, items)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
     def _load(d: Path) -> dict[str, OutboxItem]:
@@ -132,7 +130,7 @@ class Outbox:
         if not path.exists():
             return {}
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigurationError(f"{path}: the outbox manifest is unreadable ({exc}); move it away and push "
                                      "again (the pending/ files are kept).") from None
@@ -140,10 +138,11 @@ class Outbox:
 
     @staticmethod
     def _save(d: Path, items: dict[str, OutboxItem]) -> None:
-        tmp = d / ".manifest.json.tmp"
-        tmp.write_text(json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in items.items()}},
-                                  indent=1, sort_keys=True))
-        os.replace(tmp, d / "manifest.json")
+        # atomic (a killed process leaves the old or the new manifest) but not flushed to the disk each time: a
+        # push rewrites it per item, and a record lost to a power cut only means one idempotent re-send
+        text = json.dumps({"schema": _SCHEMA, "items": {k: asdict(v) for k, v in items.items()}}, indent=1,
+                          sort_keys=True)
+        atomic_write(d / "manifest.json", text, durable=False)
 
     @staticmethod
     def item_id(destination: str, key: str) -> str:
@@ -162,9 +161,8 @@ class Outbox:
             if old is not None and old.sha256 == digest and (old.status == "sent" or (d / old.file).exists()):
                 return old
             rel = f"pending/{iid}{src.suffix}"
-            tmp = d / "pending" / f".{iid}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, d / rel)
+            with atomic_path(d / rel, durable=False) as tmp:  # a copy of an output already on disk
+                shutil.copyfile(src, tmp)
             item = OutboxItem(iid, key, destination, rel, digest, str(src))
             items[iid] = item
             return item

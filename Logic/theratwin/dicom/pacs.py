@@ -14,9 +14,11 @@ Never from the command line or the URL (a URL with a user name or password is re
 written to any output. They come from the environment — ``THERATWIN_PACS_USER``, ``THERATWIN_PACS_PASSWORD``
 (HTTP basic), ``THERATWIN_PACS_TOKEN`` (HTTP bearer; wins over basic) — or from the ``"pacs"`` object of a
 JSON config file (``$THERATWIN_CONFIG``, else ``~/.config/theratwin/config.json``) with the keys ``user``,
-``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``timeout_s``, ``calling_ae_title``,
-``max_attempts`` (3) and ``retry_wait_ms`` (200).
-The environment wins over the file. TLS certificates are verified unless ``verify_tls`` is false
+``password``, ``token``, ``verify_tls`` (default true), ``ca_bundle``, ``calling_ae_title``, and the network
+limits (:mod:`theratwin._http`) ``connect_timeout_s`` (10), ``read_timeout_s`` (30; ``timeout_s`` is the older
+name), ``total_timeout_s`` (120, per instance with its retries), ``max_attempts`` (3) and ``retry_wait_ms``
+(200). The environment wins over the file (``THERATWIN_PACS_CONNECT_TIMEOUT_S``, ``..._READ_TIMEOUT_S``,
+``..._TOTAL_TIMEOUT_S``, ``..._MAX_ATTEMPTS``). TLS certificates are verified unless ``verify_tls`` is false
 (``THERATWIN_PACS_CA_BUNDLE`` names a CA bundle for private PKIs).
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .._http import NetworkLimits
 from ..errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -126,12 +129,23 @@ class PacsSettings:
 
     verify_tls: bool = True
     ca_bundle: str | None = None
+    #: Longest silence while waiting for an answer, s (the read timeout; DIMSE: ACSE, DIMSE and network timeouts).
     timeout_s: float = 30.0
     calling_ae_title: str = "THERATWIN"
-    #: DICOMweb requests are tried this often on connection errors and 408/429/503/504, with exponential
-    #: back-off from ``retry_wait_ms``; then the push stops and the outbox keeps the rest for later.
+    #: Requests are tried this often on lost connections and HTTP 408/429/5xx, waiting ``retry_wait_ms`` doubled
+    #: each time; then the push stops and the outbox keeps the rest for later.
     max_attempts: int = 3
     retry_wait_ms: int = 200
+    connect_timeout_s: float = 10.0
+    #: Longest time one instance may take (store, check, retries), whatever the PACS does.
+    total_timeout_s: float = 120.0
+
+    @property
+    def limits(self) -> NetworkLimits:
+        """These settings as the network limits the clients apply."""
+        return NetworkLimits(connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.timeout_s,
+                             total_timeout_s=self.total_timeout_s, max_attempts=self.max_attempts,
+                             retry_wait_s=self.retry_wait_ms / 1000.0)
 
 
 def config_file_path(env: Mapping[str, str] | None = None) -> Path:
@@ -172,13 +186,29 @@ def load_pacs_config(env: Mapping[str, str] | None = None) -> tuple[PacsCredenti
     verify = f.get("verify_tls", True)
     if not isinstance(verify, bool):
         raise ConfigurationError(f"{config_file_path(env)}: pacs.verify_tls must be true or false.")
+    try:
+        limits = NetworkLimits(
+            connect_timeout_s=float(f.get("connect_timeout_s", 10.0)),
+            read_timeout_s=float(f.get("read_timeout_s", f.get("timeout_s", 30.0))),
+            total_timeout_s=float(f.get("total_timeout_s", 120.0)),
+            max_attempts=int(f.get("max_attempts", 3)),
+        ).with_env("THERATWIN_PACS", env)
+        retry_wait_ms = max(0, int(f.get("retry_wait_ms", 200)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{config_file_path(env)}: a pacs network setting is not a number ({exc}).") from None
+    ca_bundle = env.get("THERATWIN_PACS_CA_BUNDLE", f.get("ca_bundle")) or None
+    if ca_bundle and not Path(ca_bundle).is_file():
+        raise ConfigurationError(f"THERATWIN_PACS_CA_BUNDLE (or pacs.ca_bundle) names {ca_bundle}, which is not a "
+                                 "file; give the PEM file of the PACS's certificate authority.")
     settings = PacsSettings(
         verify_tls=verify,
-        ca_bundle=env.get("THERATWIN_PACS_CA_BUNDLE", f.get("ca_bundle")) or None,
-        timeout_s=float(f.get("timeout_s", 30.0)),
+        ca_bundle=ca_bundle,
+        timeout_s=limits.read_timeout_s,
         calling_ae_title=env.get("THERATWIN_PACS_CALLING_AET", str(f.get("calling_ae_title", "THERATWIN"))),
-        max_attempts=max(1, int(f.get("max_attempts", 3))),
-        retry_wait_ms=max(0, int(f.get("retry_wait_ms", 200))),
+        max_attempts=limits.max_attempts,
+        retry_wait_ms=retry_wait_ms,
+        connect_timeout_s=limits.connect_timeout_s,
+        total_timeout_s=limits.total_timeout_s,
     )
     return creds, settings
 

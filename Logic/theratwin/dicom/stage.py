@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import PushError
 from ..pipeline.core import STAGES, PipelineContext
 from .export import export_dicom
 
 __all__ = ["DicomExportStage"]
+
+#: How long the pipeline's push waits for a push of the same folder started by someone else.
+_PUSH_WAIT_S = 120.0
 
 
 class DicomExportStage:
@@ -50,7 +54,17 @@ class DicomExportStage:
         if context.config.pacs_url:
             from ..push import push_directory
 
-            push = push_directory(context.out_dir, pacs_url=context.config.pacs_url)
+            # this run's objects only (an earlier run's report object may still be in dicom/ until the run ends);
+            # the folder check is for finished folders, this one is being written
+            mine = [*rep.rtdose, *rep.seg, *rep.sr]
+            if res.outputs.get("report_dicom"):
+                mine.append(str(res.outputs["report_dicom"]))
+            try:
+                push = push_directory(context.out_dir, pacs_url=context.config.pacs_url, check_folder=False,
+                                      dicom_files=mine, wait_s=_PUSH_WAIT_S)
+            except PushError as exc:  # another push of this folder running: keep the run, say why
+                res.warn(self.name, f"PACS push not done: {exc}", severity="error")
+                return
             res.outputs["pacs_push"] = push.describe()
             if not push.ok:
                 res.warn(self.name, push.describe(), severity="error")

@@ -8,10 +8,12 @@ Authentication (from the environment, never from the command line, never logged 
   discovered from ``.well-known/smart-configuration``) — SMART backend services
   (:class:`~theratwin.fhir.smart.SmartBackendAuth`).
 
-TLS certificates are verified by default (``THERATWIN_FHIR_CA_BUNDLE`` may name a CA file). 429 and 5xx
-answers and connection failures are retried with exponential backoff (honouring ``Retry-After``); a
-transaction retried after a lost answer is safe because every entry is a conditional create. A refusal is
-raised as :class:`FhirPushError` carrying the server's OperationOutcome.
+TLS certificates are verified by default (``THERATWIN_FHIR_CA_BUNDLE`` may name a CA file). Every request runs
+under the network limits of :mod:`theratwin._http` (``THERATWIN_FHIR_CONNECT_TIMEOUT_S``, ``..._READ_TIMEOUT_S``,
+``..._TOTAL_TIMEOUT_S``); 408, 429 and 5xx answers and connection failures are retried by its one bounded
+policy (honouring ``Retry-After``, never past the total time); a transaction retried after a lost answer is
+safe because every entry is a conditional create. A refusal is raised as :class:`FhirPushError` carrying the
+server's OperationOutcome.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._http import (
+    RETRY_STATUSES,
+    Deadline,
+    DeadlineExceeded,
+    DeadlineSession,
+    NetworkLimits,
+    RetryPolicy,
+    retry_after_s,
+    tls_problem,
+)
 from ..errors import ConfigurationError, PushError
 from .smart import SmartBackendAuth
 
@@ -32,7 +44,7 @@ __all__ = ["FhirClient", "FhirAuth", "FhirPushError", "outcome_summary"]
 log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_RETRY_STATUSES = RETRY_STATUSES
 
 
 def outcome_summary(outcome: Any) -> str:
@@ -117,19 +129,22 @@ class FhirClient:
         TLS verification: True (default), or a CA bundle path. False is refused unless the base URL is
         plain http (where it is moot).
     timeout_s
-        Timeout of one HTTP request in s.
+        Read timeout: longest silence while waiting for an answer, in s (default 30, or
+        ``THERATWIN_FHIR_READ_TIMEOUT_S``).
     retries
-        How many times a 429/5xx answer or a connection failure is retried (default 4, or
+        How many times a 408/429/5xx answer or a connection failure is retried (default 4, or
         ``THERATWIN_FHIR_RETRIES``).
     backoff_s
         First backoff delay in s; doubled on every retry (capped at 30 s), or the server's Retry-After
         (default 0.5 s, or ``THERATWIN_FHIR_BACKOFF_S``).
+    connect_timeout_s, total_timeout_s
+        Longest wait for a connection, and longest time one request may take with its retries, in s (default
+        10 and 120, or ``THERATWIN_FHIR_CONNECT_TIMEOUT_S`` / ``THERATWIN_FHIR_TOTAL_TIMEOUT_S``).
     """
 
     def __init__(self, base_url: str, *, auth: FhirAuth | None = None, verify: bool | str | None = None,
-                 timeout_s: float = 60.0, retries: int | None = None, backoff_s: float | None = None) -> None:
-        import requests
-
+                 timeout_s: float | None = None, retries: int | None = None, backoff_s: float | None = None,
+                 connect_timeout_s: float | None = None, total_timeout_s: float | None = None) -> None:
         try:
             retries = int(os.environ.get("THERATWIN_FHIR_RETRIES", 4)) if retries is None else retries
             backoff_s = float(os.environ.get("THERATWIN_FHIR_BACKOFF_S", 0.5)) if backoff_s is None else backoff_s
@@ -147,18 +162,32 @@ class FhirClient:
         self.auth = auth if auth is not None else FhirAuth.from_env()
         if verify is None:
             verify = os.environ.get("THERATWIN_FHIR_CA_BUNDLE") or True
+            if isinstance(verify, str) and not os.path.isfile(verify):
+                raise ConfigurationError(f"THERATWIN_FHIR_CA_BUNDLE names {verify}, which is not a file; give the PEM "
+                                         "file of the FHIR server's certificate authority.")
         if verify is False and self.base_url.startswith("https://"):
             raise ConfigurationError("TLS verification cannot be switched off for an https FHIR server; "
                                      "give the server's CA bundle (THERATWIN_FHIR_CA_BUNDLE) instead.")
         self.verify = verify
-        self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.backoff_s = float(backoff_s)
-        self.session = requests.Session()
+        env_limits = NetworkLimits().with_env("THERATWIN_FHIR")
+        self.limits = NetworkLimits(
+            connect_timeout_s=env_limits.connect_timeout_s if connect_timeout_s is None else connect_timeout_s,
+            read_timeout_s=env_limits.read_timeout_s if timeout_s is None else timeout_s,
+            total_timeout_s=env_limits.total_timeout_s if total_timeout_s is None else total_timeout_s,
+            max_attempts=self.retries + 1, retry_wait_s=self.backoff_s)
+        self.timeout_s = self.limits.read_timeout_s
+        self._policy = RetryPolicy(self.limits)
+        self.session = DeadlineSession(self.limits)
         self.session.trust_env = False  # proxies/netrc from the environment must not capture credentials
 
     def __repr__(self) -> str:
         return f"FhirClient({self.base_url!r}, auth={self.auth.describe()})"
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.session.close()
 
     # ------------------------------------------------------------------------------- HTTP plumbing
     def _headers(self, refresh: bool = False) -> dict[str, str]:
@@ -187,49 +216,59 @@ class FhirClient:
         url = self.base_url + "/" + path.lstrip("/") if path else self.base_url
         basic = (self.auth.user, self.auth.password) if self.auth.user and self.auth.password else None
         refreshed = False
-        attempt = 0
-        while True:
-            delay = min(self.backoff_s * (2 ** attempt), 30.0)
-            try:
-                r = self.session.request(method, url, json=json_body, params=params, headers=self._headers(),
-                                         auth=basic, verify=self.verify, timeout=self.timeout_s)
-            except requests.exceptions.SSLError as exc:
-                # a certificate problem does not go away by retrying
-                raise FhirPushError(
-                    f"TLS verification of the FHIR server {self.base_url} failed ({exc}). Give the server's CA "
-                    "certificate in THERATWIN_FHIR_CA_BUNDLE; verification is never switched off.",
-                    retriable=False,
-                ) from exc
-            except requests.RequestException as exc:
-                if attempt < self.retries:
-                    log.info("FHIR %s %s: %s; retry %d in %.1f s", method, url, type(exc).__name__, attempt + 1, delay)
-                    time.sleep(delay)
-                    attempt += 1
-                    continue
-                raise FhirPushError(f"FHIR server {self.base_url} unreachable after {attempt + 1} attempts "
-                                    f"({type(exc).__name__}: {exc}).") from exc
-            if r.status_code == 401 and self.auth.smart is not None and not refreshed:
-                refreshed = True
-                self._headers(refresh=True)
-                continue
-            if r.status_code in _RETRY_STATUSES and attempt < self.retries:
-                ra = r.headers.get("Retry-After", "")
-                wait = float(ra) if ra.replace(".", "", 1).isdigit() else delay
-                log.info("FHIR %s %s: HTTP %d; retry %d in %.1f s", method, url, r.status_code, attempt + 1, wait)
-                time.sleep(min(wait, 60.0))
+        with self.session.operation() as deadline:
+            attempt = 0
+            while True:
                 attempt += 1
-                continue
-            try:
-                body = r.json() if r.content else None
-            except ValueError:
-                body = None
-            if r.status_code >= 400:
-                summary = outcome_summary(body) or (r.text[:300] if r.text else r.reason)
-                raise FhirPushError(
-                    f"FHIR server {self.base_url} refused {method} {path or '/'} (HTTP {r.status_code}): {summary}",
-                    status=r.status_code, outcome=body,
-                )
-            return body
+                try:
+                    r = self.session.request(method, url, json=json_body, params=params, headers=self._headers(),
+                                             auth=basic, verify=self.verify)
+                except requests.exceptions.SSLError as exc:
+                    # a certificate problem does not go away by retrying
+                    raise FhirPushError(
+                        f"TLS verification of the FHIR server {self.base_url} failed ({tls_problem(exc)}). Give the "
+                        "server's CA certificate in THERATWIN_FHIR_CA_BUNDLE; verification is never switched off.",
+                        retriable=False,
+                    ) from None
+                except DeadlineExceeded as exc:
+                    raise FhirPushError(f"FHIR server {self.base_url}: {method} {path or '/'} stopped after "
+                                        f"{deadline.elapsed():.1f} s: {exc} (THERATWIN_FHIR_TOTAL_TIMEOUT_S).") from None
+                except requests.RequestException as exc:
+                    wait = self._policy.next_wait(attempt, deadline)
+                    if wait is None:
+                        kind = "no answer in time" if isinstance(exc, requests.Timeout) else "unreachable"
+                        raise FhirPushError(f"FHIR server {self.base_url} {kind}: tried {attempt} time(s) in "
+                                            f"{deadline.elapsed():.1f} s ({type(exc).__name__}).") from None
+                    log.info("FHIR %s %s: %s; try %d in %.2f s", method, url, type(exc).__name__, attempt + 1, wait)
+                    time.sleep(wait)
+                    continue
+                if r.status_code == 401 and self.auth.smart is not None and not refreshed:
+                    refreshed = True
+                    self._headers(refresh=True)
+                    continue
+                if r.status_code in _RETRY_STATUSES:
+                    wait = self._policy.next_wait(attempt, deadline, retry_after_s(r.headers.get("Retry-After")))
+                    if wait is not None:
+                        log.info("FHIR %s %s: HTTP %d; try %d in %.2f s", method, url, r.status_code, attempt + 1, wait)
+                        time.sleep(wait)
+                        continue
+                return self._answer(r, method, path, attempt, deadline)
+
+    def _answer(self, r: Any, method: str, path: str, attempt: int, deadline: Deadline) -> Any:
+        """The parsed JSON of a final answer, or :class:`FhirPushError` for a refusal."""
+        try:
+            body = r.json() if r.content else None
+        except ValueError:
+            body = None
+        if r.status_code >= 400:
+            summary = outcome_summary(body) or (r.text[:300] if r.text else r.reason)
+            tries = f" after {attempt} tries in {deadline.elapsed():.1f} s" if r.status_code in _RETRY_STATUSES else ""
+            raise FhirPushError(
+                f"FHIR server {self.base_url} refused {method} {path or '/'} (HTTP {r.status_code}{tries}): "
+                f"{' '.join(str(summary).split())[:300]}",
+                status=r.status_code, outcome=body,
+            )
+        return body
 
     # --------------------------------------------------------------------------------- operations
     def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._files import atomic_write
 from ..errors import PushError
 from ..pipeline.core import STAGES
+from ..push import push_lock
 from .bundle import BundleOptions, build_bundle, bundle_to_json
 from .client import FhirClient
 from .push import BUNDLE_FILENAME, push_output_dir
@@ -43,10 +45,7 @@ class FhirExportStage:
         context.state["fhir_bundle"] = bundle
         if context.out_dir is None or not context.config.write_outputs:
             return
-        path = context.out_dir / BUNDLE_FILENAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(bundle_to_json(bundle), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(context.out_dir / BUNDLE_FILENAME, bundle_to_json(bundle))
         context.results.outputs["fhir_bundle"] = BUNDLE_FILENAME
         if context.config.fhir_url:
             context.stage_progress(0.5, "pushing FHIR bundle")
@@ -56,7 +55,8 @@ class FhirExportStage:
                 backoff = raw.get("push_backoff_s")
                 client = FhirClient(context.config.fhir_url, retries=None if retries is None else int(retries),
                                     backoff_s=None if backoff is None else float(backoff))
-                report = push_output_dir(context.out_dir, context.config.fhir_url, client=client)
+                with push_lock(context.out_dir, wait_s=120.0):  # one push of this folder at a time
+                    report = push_output_dir(context.out_dir, context.config.fhir_url, client=client)
             except PushError as exc:  # e.g. bad settings: keep the run, say why
                 context.results.warn(self.name, f"FHIR push not done: {exc}", severity="error")
                 return

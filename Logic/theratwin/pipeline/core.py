@@ -13,13 +13,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._files import make_dir
 from ..errors import ConfigurationError
 from ..progress import ProgressCallback, report, scaled
 from ..registry import Registry
 from ..results import Results
 from ..study import Study
+
+if TYPE_CHECKING:
+    from .manifest import RunRecorder
 
 __all__ = ["Stage", "STAGES", "DEFAULT_STAGES", "PipelineConfig", "PipelineContext", "Pipeline", "run_pipeline"]
 
@@ -89,6 +93,12 @@ class PipelineConfig:
     pacs_url, fhir_url
         Where to push results (None: do not push). Credentials never go here: they come from the
         environment (see ``theratwin.dicom.pacs`` and ``theratwin.fhir.client``).
+    write_outputs
+        Write ``results.json`` and the run manifest into the output folder (see
+        :mod:`theratwin.pipeline.manifest`).
+    replace_outputs
+        An output folder holding another patient's results is refused unless this is true; then those results
+        are removed whole when the run starts (never while their outbox holds undelivered items).
     """
 
     stages: tuple[str, ...] = DEFAULT_STAGES
@@ -96,6 +106,7 @@ class PipelineConfig:
     pacs_url: str | None = None
     fhir_url: str | None = None
     write_outputs: bool = True
+    replace_outputs: bool = False
 
     def options(self, stage: str) -> dict[str, Any]:
         return dict(self.stage_options.get(stage, {}))
@@ -172,11 +183,34 @@ class Pipeline:
         a run instead of registering the time points again). Uses ``self.config`` and ``ctx.out_dir``/
         ``ctx.progress`` as set on the context.
         """
+        from .manifest import RunRecorder
+
         ctx.config = self.config
         results, out, progress = ctx.results, ctx.out_dir, ctx.progress
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-        names = [s for s in stages if s not in ctx.completed]
+        if self.config.pacs_url or self.config.fhir_url:
+            from ..push import check_push_settings
+
+            check_push_settings(self.config.pacs_url, self.config.fhir_url)  # before any computation
+        recorder = RunRecorder(out, ctx) if out is not None and self.config.write_outputs else None
+        if recorder is not None:
+            recorder.begin()
+        elif out is not None:
+            make_dir(out)
+        try:
+            self._run_stages(ctx, [s for s in stages if s not in ctx.completed], recorder)
+            if recorder is not None:
+                recorder.finish(results)  # results.json, then the sealed manifest
+        except BaseException as exc:
+            if recorder is not None:
+                recorder.abort(exc)
+            raise
+        report(progress, 1.0, "done")
+        self.last_context = ctx
+        return results
+
+    @staticmethod
+    def _run_stages(ctx: PipelineContext, names: list[str], recorder: RunRecorder | None) -> None:
+        results, progress = ctx.results, ctx.progress
         for i, name in enumerate(names):
             if name not in STAGES:
                 results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
@@ -186,21 +220,22 @@ class Pipeline:
             missing = [r for r in getattr(stage, "requires", ()) if r not in ctx.completed]
             if missing:
                 results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
+                if recorder is not None:
+                    recorder.stage(name, "skipped", reason=f"needs {missing}")
                 continue
             ctx.state["_stage_progress"] = scaled(progress, i / len(names), (i + 1) / len(names))
             report(progress, i / len(names), f"{name}")
+            if recorder is not None:
+                recorder.stage(name, "running")
             t0 = time.perf_counter()
             stage.run(ctx)
             ctx.completed.append(name)
-            results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
+            seconds = round(time.perf_counter() - t0, 3)
+            results.extras.setdefault("stage_seconds", {})[name] = seconds
+            if recorder is not None:
+                recorder.stage(name, "done", seconds=seconds)
         ctx.state.pop("_stage_progress", None)
         results.extras["completed_stages"] = list(ctx.completed)
-        if out is not None and self.config.write_outputs:
-            results.outputs["results_json"] = "results.json"
-            results.write_json(out / "results.json")
-        report(progress, 1.0, "done")
-        self.last_context = ctx
-        return results
 
 
 def run_pipeline(study: Study, out_dir: str | Path | None = None, *, config: PipelineConfig | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 from ..progress import ProgressCallback, scaled
 from ..results import Results
 from .core import Pipeline, PipelineConfig, PipelineContext
+from .manifest import OUTPUT_FILES
 
 __all__ = ["RunOutput", "run_demo", "run_folder"]
 
@@ -40,12 +41,13 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     from ..dicom import read_study
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
-    (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2), encoding="utf-8")
     study = read_study(demo.dicom_dir)
     pipe = Pipeline(_with_demo_resolution(config))
-    results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
+    # the truth file is one of the run's files: written (and listed in the manifest) when the run is sealed
+    extra = {"demo-truth.json": json.dumps(demo.truth, indent=2)}
+    results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress,
+                       state={OUTPUT_FILES: extra})
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
 

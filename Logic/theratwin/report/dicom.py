@@ -20,6 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from .._files import atomic_path
 from .._version import __version__
 from ..errors import InvalidInputError
 from ..results import Results
@@ -215,6 +216,6 @@ def write_encapsulated_pdf(pdf: bytes | str | Path, results: Results, path: str 
     data = pdf if isinstance(pdf, bytes) else Path(pdf).read_bytes()
     ds = encapsulated_pdf_dataset(data, results, title=title, study=study)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out, enforce_file_format=True)
+    with atomic_path(out) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
     return out

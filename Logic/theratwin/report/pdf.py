@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
 from ..errors import ConfigurationError, InvalidInputError
 
 __all__ = ["html_to_pdf", "bundled_font_files"]
@@ -114,7 +115,5 @@ def html_to_pdf(html: str, path: str | Path | None = None) -> bytes:
     if pdf is None:  # pragma: no cover - write_pdf returns bytes when no target is given
         raise ConfigurationError("WeasyPrint returned no PDF for the report.")
     if path is not None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(pdf)
+        atomic_write(path, bytes(pdf))
     return bytes(pdf)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write
 from ..progress import ProgressCallback, report, scaled
 from ..results import Results
 from ..study import ImageVolume
@@ -52,7 +53,7 @@ def write_report(results: Results, out_dir: str | Path, *, masks: dict[str, np.n
     out.mkdir(parents=True, exist_ok=True)
     html = render_html(results, masks=masks, activity=activity, config=cfg, progress=scaled(progress, 0.0, 0.6))
     files = ReportFiles(html=out / "report.html")
-    files.html.write_text(html, encoding="utf-8")
+    atomic_write(files.html, html)
     if cfg.pdf:
         report(progress, 0.6, "report: PDF")
         try:

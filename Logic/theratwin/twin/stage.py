@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..pipeline.core import STAGES, PipelineContext
 from ..results import RESEARCH_USE_NOTICE
@@ -227,8 +228,7 @@ class TwinStage:
         res.twin = out
         ctx.state["twin"] = twin
         if ctx.out_dir is not None:
-            path = ctx.out_dir / "twin-state.json"
-            path.write_text(twin.to_json(), encoding="utf-8")
+            atomic_write(ctx.out_dir / "twin-state.json", twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
             out["state_file"] = "twin-state.json"
         res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace)",
