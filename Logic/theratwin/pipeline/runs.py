@@ -15,7 +15,7 @@ from ..progress import ProgressCallback, scaled
 from ..results import Results
 from .core import Pipeline, PipelineConfig, PipelineContext
 
-__all__ = ["RunOutput", "run_demo", "run_folder"]
+__all__ = ["RunOutput", "run_demo", "run_folder", "demo_config"]
 
 
 @dataclass
@@ -44,13 +44,15 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
     (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
     study = read_study(demo.dicom_dir)
-    pipe = Pipeline(_with_demo_resolution(config))
+    pipe = Pipeline(demo_config(config))
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
 
-def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
-    """The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
+def demo_config(config: PipelineConfig | None = None) -> PipelineConfig:
+    """The settings ``theratwin demo`` runs the demo patient with (every front end uses them for the demo).
+
+    The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
     stage uses the first two for the partial-volume correction and the counting statistics, the dosimetry stage
     the third for densities, unless the caller set them (a site takes them from its own phantom measurements)."""
     from dataclasses import replace
