@@ -5,6 +5,8 @@
 #   - .venv with theratwin installed editable plus the test extras
 #   - Testing/fhir_server node_modules (Medplum FHIR engine)
 #   - .venv-slicer with slicer-core for the TheraTwinLib tests
+#   - .venv-web with theratwin[web] (trame-slicer, which pins slicer-core 5.11 and vtk 9.6) and Playwright, for
+#     `theratwin web` and its tests in Debian's chromium; VTK renders offscreen through EGL (Mesa)
 # Usage: scripts/bootstrap.sh [core|all]   ("core": only the Python package, for the demo)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +17,7 @@ PY=${PYTHON:-python3}
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 apt_packages=(orthanc orthanc-dicomweb dicom3tools dcmtk pixelmed-apps libpixelmed-java plastimatch
-              chromium poppler-utils iproute2 nodejs npm)
+              chromium poppler-utils iproute2 nodejs npm libegl1 libegl-mesa0 libgl1-mesa-dri)
 
 if [ "$what" = all ]; then
   missing=()
@@ -65,6 +67,17 @@ if [ "$what" = all ]; then
       .venv-slicer/bin/python -m pip install -q -r Testing/slicer/requirements.txt
       .venv-slicer/bin/python -m pip install -q -e ".[test]"
       touch "$sstamp"
+    fi
+  fi
+  if [ -f Testing/web/requirements.txt ]; then
+    wstamp=.venv-web/.installed
+    if [ ! -f "$wstamp" ] || [ Testing/web/requirements.txt -nt "$wstamp" ] || [ pyproject.toml -nt "$wstamp" ]; then
+      log "creating .venv-web with theratwin[web] (trame-slicer) and Playwright (Debian chromium is the browser)"
+      [ -x .venv-web/bin/python ] || $PY -m venv .venv-web
+      .venv-web/bin/python -m pip install -q --upgrade pip >/dev/null
+      .venv-web/bin/python -m pip install -q -r Testing/web/requirements.txt
+      .venv-web/bin/python -m pip install -q -e ".[web,test]" 2> >(grep -v "WARNING: Location" >&2)
+      touch "$wstamp"
     fi
   fi
 fi

@@ -244,7 +244,8 @@ class TheraTwinWebApp:
         self._refresh_results()
         dose = [o for o in self.session.overlays() if o["title"].startswith("Dose") and "cycle" in o["title"]]
         if dose:
-            self.state.overlay = dose[0]["value"]
+            self._flush(overlay=dose[0]["value"])
+            self._on_overlay(dose[0]["value"])
         self._flush(cycle=self.state.cycle if self.state.cycle in cycles else (cycles[0] if cycles else None),
                     tab="results")
 

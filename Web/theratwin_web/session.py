@@ -78,6 +78,8 @@ class WorkflowSession:
         self.results_data: dict[str, Any] | None = None  # results.json content of the last run or --results
         self.map_nodes: dict[str, Any] = {}
         self.stage_options: dict[str, dict[str, Any]] = {}
+        self._summary: dict[str, Any] = {"loaded": False}
+        self._structures: list[dict[str, Any]] = []
 
     # -- reading (worker thread) ------------------------------------------------------------------------------
     def check_folder(self, folder: str | Path) -> Path:
@@ -154,6 +156,14 @@ class WorkflowSession:
         self.loaded = loaded
         self.stage_options = {k: dict(v) for k, v in loaded.stage_options.items()}
         self.nodes = L.addStudyToScene(self.scene, loaded.study)
+        # the scene holds the images now: keep only what the page shows of the study (a second copy of every
+        # volume would cost as much memory again)
+        self._summary = self._summarise(loaded)
+        seg = loaded.study.segmentation
+        self._structures = [] if seg is None else [
+            {"structure": s.name, "color": "#{:02x}{:02x}{:02x}".format(*s.color_rgb), "volume_mL": seg.volume_mL(s.name),
+             "tia_method": "", "flags": []} for s in seg.structures]
+        loaded.study = None
         if loaded.truth is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "demo-truth.json").write_text(json.dumps(loaded.truth, indent=2))
@@ -167,6 +177,7 @@ class WorkflowSession:
                     self.scene.RemoveNode(node)
         self.nodes = self.loaded = self.run = self.results_data = None
         self.map_nodes = {}
+        self._summary, self._structures = {"loaded": False}, []
         L.clearPipelineCache()
 
     # -- running (worker thread) ------------------------------------------------------------------------------
@@ -234,7 +245,11 @@ class WorkflowSession:
                                 "time_points": [f"{t:.1f} h" for t in c.get("time_points_h", [])]}
                                for k, c in (data.get("cycles") or {}).items()],
                     "structures": [s["name"] for s in study.get("structures", [])], "warnings": [], "report": ""}
-        inv, study = self.loaded.inventory, self.loaded.study
+        return self._summary
+
+    @staticmethod
+    def _summarise(loaded: LoadedFolder) -> dict[str, Any]:
+        inv, study = loaded.inventory, loaded.study
         patient = study.patient
         cycles = []
         for c in study.cycles:
@@ -247,7 +262,7 @@ class WorkflowSession:
         warnings = list(inv.warnings) + [f"{s.modality} '{s.description}': {w}" for s in inv.series
                                          for w in s.warnings]
         warnings += [f"skipped {p}: {why}" for p, why in inv.skipped]
-        return {"loaded": True, "source": self.loaded.label,
+        return {"loaded": True, "source": loaded.label,
                 "patient": f"{patient.patient_id} ({patient.name or 'no name'})",
                 "cycles": cycles,
                 "structures": study.segmentation.names if study.segmentation is not None else [],
@@ -259,21 +274,18 @@ class WorkflowSession:
     def structure_colors(self) -> dict[str, str]:
         """Hex colour of every structure: the segmentation's (the same as in the views and the SEG)."""
         structures = ((self.results_data or {}).get("study") or {}).get("structures") or []
-        colors = {s["name"]: s.get("color_rgb") for s in structures}
-        if self.loaded is not None and self.loaded.study.segmentation is not None:
-            colors.update({s.name: s.color_rgb for s in self.loaded.study.segmentation.structures})
-        return {k: "#{:02x}{:02x}{:02x}".format(*v) for k, v in colors.items() if v}
+        colors = {s["name"]: "#{:02x}{:02x}{:02x}".format(*s["color_rgb"]) for s in structures if s.get("color_rgb")}
+        colors.update({s["structure"]: s["color"] for s in self._structures})
+        return colors
 
     def structure_rows(self, cycle: int | None) -> list[dict[str, Any]]:
         """One row per structure of ``cycle``: the values of ``results.json`` (units in the keys), the limit
         comparison the radiobiology stage wrote (``limit.fraction_of_limit``) and the stage warnings."""
         data = self.results_data or {}
         colors = self.structure_colors()
-        if not data and self.loaded is not None and self.loaded.study.segmentation is not None:
+        if not data:
             # before a run: the structures of the segmentation, for their colours, visibility and volumes
-            seg = self.loaded.study.segmentation
-            return [{"structure": s.name, "color": colors.get(s.name, "#888888"), "volume_mL": seg.volume_mL(s.name),
-                     "tia_method": "", "flags": []} for s in seg.structures]
+            return [dict(s) for s in self._structures]
         c = (data.get("cycles") or {}).get(str(cycle)) or {}
         warnings: dict[str, list[str]] = {}
         for w in data.get("warnings") or []:

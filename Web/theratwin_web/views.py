@@ -37,7 +37,8 @@ def _css_gradient(color_node: Any, stops: int = 9) -> str:
     low, high = lookup.GetRange()
     colors = []
     for i in range(stops):
-        rgb = lookup.GetColor(low + (high - low) * i / (stops - 1))
+        rgb = [0.0, 0.0, 0.0]
+        lookup.GetColor(low + (high - low) * i / (stops - 1), rgb)
         colors.append("#{:02x}{:02x}{:02x}".format(*(int(round(255 * c)) for c in rgb)))
     return f"linear-gradient(to right, {', '.join(colors)})"
 
