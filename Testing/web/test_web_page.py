@@ -148,7 +148,8 @@ def test_run_from_the_page_matches_results_json(page, server, artifacts, figures
     assert results["twin"]["recommendation"]["limiting_structure"] in page.inner_text("#tt-plan-binding")
     page.click("#tt-tab-results")
     page.wait_for_selector("#tt-tac")
-    _shot(page, artifacts, "03-dose-after-run.png")
+    page.wait_for_timeout(1000)  # the tab transition
+    _shot(page, artifacts, "03-dose-after-run.png")  # the README's screenshot (TheraTwinExtension/Screenshots/web.png)
 
 
 def test_rerun_dosimetry_keeps_registration(page, server, figures) -> None:
