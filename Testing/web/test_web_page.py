@@ -79,6 +79,7 @@ def test_first_image_and_structure_table(page, server, artifacts, figures) -> No
     while _not_blank(_axial(page)) < 0.05 and time.monotonic() < deadline:
         page.wait_for_timeout(300)
     figures["time_to_first_image_s"] = round(time.perf_counter() - server.started, 1)
+    figures["server_memory_after_load"] = server.memory_MB()
     image = _axial(page)
     assert _not_blank(image) > 0.05, "the axial view shows no image"
     # fused: the activity overlay is in colour over the grey CT (heat map: red dominates somewhere)
