@@ -160,7 +160,13 @@ def namespace(orthanc: Orthanc) -> Iterator[str | None]:
 
 
 @pytest.fixture(scope="module")
-def browser(namespace: str | None) -> Iterator[Any]:
+def browser_netns() -> str | None:
+    """The network namespace the browser starts in; a module whose servers live in one overrides this."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(browser_netns: str | None) -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (scripts/bootstrap.sh all installs it)")
     with playwright_sync.sync_playwright() as p:

@@ -23,6 +23,11 @@ RUN_TIMEOUT_MS = 600_000
 
 
 @pytest.fixture(scope="module")
+def browser_netns(namespace):
+    return namespace
+
+
+@pytest.fixture(scope="module")
 def server(namespace, orthanc, tmp_path_factory) -> Any:
     out = tmp_path_factory.mktemp("web") / "out"
     web = WebServer(["--demo"], out, env={"THERATWIN_PACS_USER": orthanc.user,

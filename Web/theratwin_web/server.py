@@ -82,6 +82,20 @@ def _auth_middleware(token: str) -> Any:
     return middleware
 
 
+class _Redact(logging.Filter):
+    """Keeps the access token out of the access log (its first URL carries it as ``?token=``)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.secret in text:
+            record.msg, record.args = text.replace(self.secret, "***"), ()
+        return True
+
+
 def configure_rendering() -> None:
     """Offscreen rendering without a display: VTK's EGL window unless the environment chose one (e.g. OSMesa)."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -98,6 +112,12 @@ def serve(*, out_dir: str | Path | None = None, input_dir: str | None = None, re
     """
     token = check_binding(host, allow_remote=allow_remote)
     configure_rendering()
+    try:
+        import slicer  # noqa: F401 - slicer-core, pinned by trame-slicer
+        import trame_slicer  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(f"'theratwin web' needs the web extra ({exc.name} is missing in this environment): "
+                                 "pip install 'theratwin[web]' (scripts/bootstrap.sh all makes .venv-web).") from None
     from trame.app import get_server
 
     from .app import TheraTwinWebApp, WebOptions
@@ -109,6 +129,8 @@ def serve(*, out_dir: str | Path | None = None, input_dir: str | None = None, re
                                      pacs_url=pacs_url, fhir_url=fhir_url, data_root=data_root,
                                      cache_dir=cache_dir), server)
     if token is not None:
+        logging.getLogger("aiohttp.access").addFilter(_Redact(token))
+
         @server.controller.add("on_server_bind")
         def _protect(wslink_server: Any) -> None:
             wslink_server.app.middlewares.append(_auth_middleware(token))
