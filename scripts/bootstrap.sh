@@ -58,27 +58,21 @@ if [ "$what" = all ]; then
       touch Testing/fhir_server/node_modules
     fi
   fi
-  if [ -f Testing/slicer/requirements.txt ]; then
-    sstamp=.venv-slicer/.installed
-    if [ ! -f "$sstamp" ] || [ Testing/slicer/requirements.txt -nt "$sstamp" ] || [ pyproject.toml -nt "$sstamp" ]; then
-      log "creating .venv-slicer with slicer-core"
-      [ -x .venv-slicer/bin/python ] || $PY -m venv .venv-slicer
-      .venv-slicer/bin/python -m pip install -q --upgrade pip >/dev/null
-      .venv-slicer/bin/python -m pip install -q -r Testing/slicer/requirements.txt
-      .venv-slicer/bin/python -m pip install -q -e ".[test]"
-      touch "$sstamp"
+  # side environments: VENV REQUIREMENTS EXTRAS WHAT -- (re)made when the requirements or pyproject change
+  side_venv() {
+    local venv=$1 requirements=$2 extras=$3 what=$4 stamp=$1/.installed
+    [ -f "$requirements" ] || return 0
+    if [ ! -f "$stamp" ] || [ "$requirements" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+      log "creating $venv with $what"
+      [ -x "$venv/bin/python" ] || $PY -m venv "$venv"
+      "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+      "$venv/bin/python" -m pip install -q -r "$requirements"
+      "$venv/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "WARNING: Location" >&2)
+      touch "$stamp"
     fi
-  fi
-  if [ -f Testing/web/requirements.txt ]; then
-    wstamp=.venv-web/.installed
-    if [ ! -f "$wstamp" ] || [ Testing/web/requirements.txt -nt "$wstamp" ] || [ pyproject.toml -nt "$wstamp" ]; then
-      log "creating .venv-web with theratwin[web] (trame-slicer) and Playwright (Debian chromium is the browser)"
-      [ -x .venv-web/bin/python ] || $PY -m venv .venv-web
-      .venv-web/bin/python -m pip install -q --upgrade pip >/dev/null
-      .venv-web/bin/python -m pip install -q -r Testing/web/requirements.txt
-      .venv-web/bin/python -m pip install -q -e ".[web,test]" 2> >(grep -v "WARNING: Location" >&2)
-      touch "$wstamp"
-    fi
-  fi
+  }
+  side_venv .venv-slicer Testing/slicer/requirements.txt test "slicer-core"
+  # trame-slicer pins slicer-core 5.11 and vtk 9.6: its own environment; Debian's chromium is the tests' browser
+  side_venv .venv-web Testing/web/requirements.txt web,test "theratwin[web] (trame-slicer) and Playwright"
 fi
 log "ready"
