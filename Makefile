@@ -21,4 +21,4 @@ bench:
 	.venv/bin/python -m pytest Testing/benchmarks -s -q
 
 lint:
-	.venv/bin/ruff check Logic Testing Modules
+	.venv/bin/ruff check Logic Testing Modules Web

@@ -5,6 +5,8 @@
 #   - .venv with theratwin installed editable plus the test extras
 #   - Testing/fhir_server node_modules (Medplum FHIR engine)
 #   - .venv-slicer with slicer-core for the TheraTwinLib tests
+#   - .venv-web with theratwin[web] (trame-slicer, which pins slicer-core 5.11 and vtk 9.6) and Playwright, for
+#     `theratwin web` and its tests in Debian's chromium; VTK renders offscreen through EGL (Mesa)
 # Usage: scripts/bootstrap.sh [core|all]   ("core": only the Python package, for the demo)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +17,7 @@ PY=${PYTHON:-python3}
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 apt_packages=(orthanc orthanc-dicomweb dicom3tools dcmtk pixelmed-apps libpixelmed-java plastimatch
-              chromium poppler-utils iproute2 nodejs npm)
+              chromium poppler-utils iproute2 nodejs npm libegl1 libegl-mesa0 libgl1-mesa-dri)
 
 if [ "$what" = all ]; then
   missing=()
@@ -56,16 +58,21 @@ if [ "$what" = all ]; then
       touch Testing/fhir_server/node_modules
     fi
   fi
-  if [ -f Testing/slicer/requirements.txt ]; then
-    sstamp=.venv-slicer/.installed
-    if [ ! -f "$sstamp" ] || [ Testing/slicer/requirements.txt -nt "$sstamp" ] || [ pyproject.toml -nt "$sstamp" ]; then
-      log "creating .venv-slicer with slicer-core"
-      [ -x .venv-slicer/bin/python ] || $PY -m venv .venv-slicer
-      .venv-slicer/bin/python -m pip install -q --upgrade pip >/dev/null
-      .venv-slicer/bin/python -m pip install -q -r Testing/slicer/requirements.txt
-      .venv-slicer/bin/python -m pip install -q -e ".[test]"
-      touch "$sstamp"
+  # side environments: VENV REQUIREMENTS EXTRAS WHAT -- (re)made when the requirements or pyproject change
+  side_venv() {
+    local venv=$1 requirements=$2 extras=$3 what=$4 stamp=$1/.installed
+    [ -f "$requirements" ] || return 0
+    if [ ! -f "$stamp" ] || [ "$requirements" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+      log "creating $venv with $what"
+      [ -x "$venv/bin/python" ] || $PY -m venv "$venv"
+      "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+      "$venv/bin/python" -m pip install -q -r "$requirements"
+      "$venv/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "WARNING: Location" >&2)
+      touch "$stamp"
     fi
-  fi
+  }
+  side_venv .venv-slicer Testing/slicer/requirements.txt test "slicer-core"
+  # trame-slicer pins slicer-core 5.11 and vtk 9.6: its own environment; Debian's chromium is the tests' browser
+  side_venv .venv-web Testing/web/requirements.txt web,test "theratwin[web] (trame-slicer) and Playwright"
 fi
 log "ready"

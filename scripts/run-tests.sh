@@ -5,7 +5,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 status=0
 echo "== ruff"
-.venv/bin/ruff check Logic Testing Modules || status=1
+.venv/bin/ruff check Logic Testing Modules Web || status=1
 echo "== mypy (core)"
 .venv/bin/mypy || status=1
 echo "== core and integration tests (pytest)"
@@ -13,6 +13,13 @@ echo "== core and integration tests (pytest)"
 if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then
   echo "== TheraTwinLib tests on slicer-core"
   .venv-slicer/bin/python -m pytest Testing/slicer -q -p no:cacheprovider || status=1
+fi
+if [ -x .venv-web/bin/python ]; then
+  # the web environment has trame-slicer's slicer-core 5.11: the adapter must work there too
+  echo "== TheraTwinLib tests on slicer-core $(.venv-web/bin/python -c 'import importlib.metadata as m; print(m.version("slicer-core"))') (web environment)"
+  .venv-web/bin/python -m pytest Testing/slicer -q -p no:cacheprovider || status=1
+  echo "== theratwin web in headless Debian chromium (Playwright), with a real Orthanc"
+  .venv-web/bin/python -m pytest Testing/web -q -p no:cacheprovider || status=1
 fi
 if [ -d Testing/benchmarks ] && ls Testing/benchmarks/test_*.py >/dev/null 2>&1; then
   echo "== benchmarks"

@@ -1,4 +1,4 @@
-"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``info``.
+"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``info``.
 
 Errors the user can act on (bad input, bad settings, failed push) end the command with a one-line message on
 stderr and exit status 2; progress goes to stderr as a bar (tqdm) unless ``--quiet``.
@@ -152,6 +152,21 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_BAD_INPUT
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    sources = [bool(args.demo), bool(args.input)]
+    if sum(sources) > 1:
+        raise TheraTwinError("Give at most one of --demo and --input (--results and --pacs may be added).")
+    try:
+        from theratwin_web import serve  # the optional web shell: pip install theratwin[web]
+    except ImportError as exc:
+        raise TheraTwinError(f"'theratwin web' needs the web extra ({exc.name} is missing): pip install "
+                             "'theratwin[web]' (or scripts/bootstrap.sh all, which makes .venv-web).") from None
+    serve(out_dir=args.out, input_dir=args.input, results_dir=args.results, demo=args.demo, pacs_url=args.pacs,
+          fhir_url=args.fhir, host=args.host, port=args.port, allow_remote=args.allow_remote,
+          data_root=args.data_root, cache_dir=args.cache, idle_timeout_s=args.idle_timeout)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import nuclides
     from .pipeline import STAGES, Pipeline
@@ -213,6 +228,27 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another push of DIR is running, wait this long for it (default: say so and stop)")
     u.set_defaults(func=_cmd_push)
+
+    w = sub.add_parser("web", help="serve the per-cycle workflow as a web page (trame-slicer)",
+                       description="Serve the reading-room workflow in a browser: study, run with progress, fused "
+                                   "views with dose/BED overlays, TAC/DVH, structure table, twin plan, export and "
+                                   "push. Listens on 127.0.0.1 only unless --allow-remote (then an access token in "
+                                   "THERATWIN_WEB_TOKEN is required). Needs: pip install 'theratwin[web]'.")
+    w.add_argument("--demo", action="store_true", help="open the built-in demo patient")
+    w.add_argument("--input", help="open this folder of DICOM (one patient)")
+    w.add_argument("--results", help="open the saved results of 'theratwin demo'/'run' (an output folder)")
+    w.add_argument("--pacs", help="PACS to list and retrieve studies from and push to (DICOMweb or dimse://)")
+    w.add_argument("--fhir", help="FHIR R4 base URL to push to")
+    w.add_argument("--out", help="where runs write their outputs (default: a new temporary folder)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
+    w.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    w.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host; requires THERATWIN_WEB_TOKEN (>= 16 characters)")
+    w.add_argument("--data-root", help="refuse folders outside this one (recommended with --allow-remote)")
+    w.add_argument("--cache", help="demo patient cache (default: $THERATWIN_CACHE or ~/.cache/theratwin)")
+    w.add_argument("--idle-timeout", type=int, default=0,
+                   help="stop after this many seconds without a connected browser (default 0: never)")
+    w.set_defaults(func=_cmd_web)
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
     i.set_defaults(func=_cmd_info)

@@ -24,6 +24,7 @@ __all__ = [
     "OUTPUT_STAGES",
     "KEPT_RUNS",
     "runPipelineOnNodes",
+    "forgetStages",
     "clearPipelineCache",
     "mapNodeName",
     "showMap",
@@ -96,14 +97,32 @@ def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: P
     run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 
-def _forgetOutputs(run: PipelineRun, stages: Sequence[str]) -> None:
-    """Undo the record of output stages on a kept run, so they run again (their files stay where they were)."""
+def forgetStages(run: PipelineRun, fromStage: str) -> list[str]:
+    """Undo the record of ``fromStage`` and every stage completed after it on a kept run, so that the next
+    :func:`runPipelineOnNodes` on the same nodes runs them again on the earlier stages' results (e.g. dosimetry
+    with another method, without registering again). Their warnings and method records go; the values they
+    wrote are overwritten by the new run. Returns the forgotten stages (empty when ``fromStage`` did not run)."""
+    done = run.completedStages
+    if fromStage not in done:
+        return []
+    stages = done[done.index(fromStage):]
+    _forget(run, stages)
+    run.results.methods[:] = [m for m in run.results.methods if m.stage not in stages]
+    return stages
+
+
+def _forget(run: PipelineRun, stages: Sequence[str]) -> None:
     results = run.results
     run.context.completed[:] = [s for s in run.context.completed if s not in stages]
     results.warnings[:] = [w for w in results.warnings if w.stage not in stages]
-    results.outputs.clear()
     for name in stages:
         run.settings.pop(name, None)
+
+
+def _forgetOutputs(run: PipelineRun, stages: Sequence[str]) -> None:
+    """Undo the record of output stages on a kept run, so they run again (their files stay where they were)."""
+    _forget(run, stages)
+    run.results.outputs.clear()
 
 
 def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,

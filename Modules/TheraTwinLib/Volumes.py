@@ -34,6 +34,7 @@ __all__ = [
     "isDoseVolume",
     "doseUnitName",
     "DOSE_UNIT_VALUE_ATTRIBUTE",
+    "showColorLegend",
 ]
 
 #: Homogeneous LPS -> RAS flip (its own inverse).
@@ -275,3 +276,28 @@ def doseUnitName(volumeNode: Any) -> str:
 def isDoseVolume(volumeNode: Any) -> bool:
     """True when SlicerRT would list the volume as a dose volume."""
     return volumeNode is not None and volumeNode.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is not None
+
+
+def showColorLegend(volumeNode: Any, *, title: str | None = None, visible: bool = True,
+                    labelFormat: str = "%.3g") -> Any:
+    """Show the colour bar (``vtkMRMLColorLegendDisplayNode``) of a volume in the slice views, titled with the
+    quantity and its unit, e.g. ``Dose (Gy)`` (default: the node name and its ``TheraTwin.Unit``).
+
+    The legend node is made once per volume (``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode``, as the
+    Colors module does) and reused; its node class is registered in the scene first if the application has not
+    done so (``slicer-core`` without the Colors module). Returns the legend display node.
+    """
+    scene = volumeNode.GetScene()
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    if volumeNode.GetDisplayNode() is None:
+        volumeNode.CreateDefaultDisplayNodes()
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(volumeNode)
+    if legend is None:
+        legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(volumeNode)
+    unit = volumeNode.GetAttribute(UNIT_ATTRIBUTE)
+    legend.SetTitleText(title if title is not None else (f"{volumeNode.GetName()} ({unit})" if unit
+                                                          else volumeNode.GetName()))
+    legend.SetLabelFormat(labelFormat)
+    legend.SetVisibility(bool(visible))
+    return legend

@@ -14,7 +14,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "theratwin", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["run"], ["push"], ["info"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["run"], ["push"], ["web"], ["info"]])
 def test_help_on_every_command(cmd: list[str]) -> None:
     proc = _run(*cmd, "--help")
     assert proc.returncode == 0
@@ -58,3 +58,19 @@ def test_push_without_target_is_refused(tmp_path, capsys) -> None:
     rc = main(["push", str(tmp_path)])
     assert rc == 2
     assert "--pacs" in capsys.readouterr().err
+
+
+def test_web_without_its_extra_says_how_to_install_it(capsys) -> None:
+    """The core environment has no trame-slicer: one line naming the extra, not a traceback (the page itself is
+    tested in .venv-web, Testing/web)."""
+    assert main(["web", "--demo"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the web extra" in err and "theratwin[web]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_web_refuses_a_non_loopback_address_without_the_flag(capsys, monkeypatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "Web"))  # the shell, not its dependencies
+    assert main(["web", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err

@@ -174,6 +174,24 @@ class TestSegmentation:
         assert seg.structure("red_marrow").tissue == "red_marrow"
         assert seg.structure("body").role.value == "body"
 
+    def test_segment_colours_from_recommended_display_cielab_value(self, study, copy: Path) -> None:
+        # the demo SEG carries each kind's colour; a colour edited in the file is what the reader returns
+        assert study.segmentation.structure("kidneys").color_rgb == (185, 102, 83)
+        assert study.segmentation.structure("liver").color_rgb == (221, 130, 101)
+        seg_path = next(copy.rglob("SEG_*.dcm"))
+
+        def recolour(ds):
+            ds.SegmentSequence[1].RecommendedDisplayCIELabValue = [34885, 53485, 50171]  # ~ (255, 0, 0)
+            ds.SegmentSequence[2].RecommendedDisplayCIELabValue = [1, 2]  # malformed: the kind's colour
+
+        _edit(seg_path, recolour)
+        st = read_study(copy)
+        red = np.array(st.segmentation.structure("kidneys").color_rgb)
+        assert np.max(np.abs(red - (255, 0, 0))) <= 2
+        assert st.segmentation.structure("liver").color_rgb == (221, 130, 101)
+        with pytest.raises(DicomReadError, match="RecommendedDisplayCIELabValue"):
+            read_study(copy, strict=True)
+
     def test_kind_comes_from_codes_not_name(self, copy: Path) -> None:
         seg_path = next(copy.rglob("SEG_*.dcm"))
 

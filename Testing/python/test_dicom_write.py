@@ -180,6 +180,37 @@ def test_seg_round_trip_with_highdicom(exported) -> None:
     assert seg.FrameOfReferenceUID == study.reference_ct_source.frame_of_reference_uid
 
 
+def test_seg_carries_each_structure_colour(exported) -> None:
+    """RecommendedDisplayCIELabValue (0062,000D) of every segment is the structure's colour: read back as sRGB by
+    highdicom's own conversion, to within one step of 8-bit rounding."""
+    out, study, results, rep = exported
+    seg = hd.seg.segread(out / rep.seg[0])
+    for i, name in enumerate(["kidneys", "lesion_bone_1"], start=1):
+        value = seg.get_segment_description(i).RecommendedDisplayCIELabValue
+        rgb = hd.color.CIELabColor.from_dicom_value([int(v) for v in value]).to_rgb()
+        assert np.max(np.abs(np.subtract(rgb, study.segmentation.structure(name).color_rgb))) <= 1, name
+
+
+@pytest.mark.parametrize(("rgb", "lab"), [
+    # sRGB (D65) -> CIE L*a*b*, published values (Lindbloom's calculator; also the CSS Color 4 sample values)
+    ((255, 0, 0), (53.24, 80.09, 67.20)),
+    ((0, 0, 255), (32.30, 79.19, -107.86)),
+    ((255, 255, 255), (100.0, 0.0, 0.0)),
+    ((128, 128, 128), (53.59, 0.0, 0.0)),
+])
+def test_display_colour_is_scaled_cielab(rgb, lab) -> None:
+    """The stored value is L* scaled 0..100 -> 0..0xFFFF and a*, b* -128..127 -> 0..0xFFFF (PS3.3 C.10.7.1.1),
+    checked against published L*a*b* of sRGB colours rather than against highdicom's own conversion."""
+    from theratwin.dicom.seg import display_color, rgb_from_display_color
+
+    stored = np.array(display_color(rgb).value, dtype=float)
+    expected = np.array([lab[0] * 0xFFFF / 100.0, (lab[1] + 128.0) * 0xFFFF / 255.0,
+                         (lab[2] + 128.0) * 0xFFFF / 255.0])
+    # 0.1 L*a*b* unit of tolerance: the published values are rounded to 0.01 and the white point to 4 digits
+    assert np.all(np.abs(stored - expected) <= np.array([0xFFFF / 1000.0, 0xFFFF / 2550.0, 0xFFFF / 2550.0])), stored
+    assert rgb_from_display_color(display_color(rgb).value) == rgb
+
+
 # (code value, scheme) -> StructureResult attribute or dvh_metrics key; written out here, not taken from sr.py
 EXPECTED_FIELDS = {
     ("118565006", "SCT"): "volume_mL",

@@ -195,3 +195,43 @@ def test_kept_run_is_continued_and_outputs_rewritten(scene, study, tmp_path) -> 
     tps[0].SetAttribute("TheraTwin.AcquisitionDuration_s", "1000.0")
     changed = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=("registration",))
     assert changed is not other and changed.study.cycles[0].time_points[0].acquisition_duration_s == 1000.0
+
+
+def test_forget_stages_reruns_from_a_stage_keeping_the_earlier_ones(scene, study, tmp_path) -> None:
+    """Re-running dosimetry with another engine keeps registration and kinetics (the same objects, not
+    recomputed), replaces the dose fields and records the dosimetry method once."""
+    from theratwin.pipeline.core import STAGES, load_builtin_stages
+
+    load_builtin_stages()
+    stages = ("registration", "kinetics", "dosimetry")
+    if not set(stages) <= set(STAGES):
+        pytest.skip("pipeline stages not installed yet")
+    L.clearPipelineCache()
+    nodes = L.addStudyToScene(scene, study)
+    tps, seg = nodes.allTimePoints(), nodes.segmentation
+    options = {"registration": {"spect_to_spect": False}, "dosimetry": {"method": "dvk"}}
+    run = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages, stageOptions=options)
+    kidneys = run.results.cycles[1].structures["kidneys"]
+    tia, dose_dvk = kidneys.tia_MBq_h, kidneys.mean_dose_Gy
+    registration_state = {k: v for k, v in run.context.state.items() if "regist" in k}
+    assert L.forgetStages(run, "nothing-ran") == []
+    assert L.forgetStages(run, "dosimetry") == ["dosimetry"]
+    assert run.completedStages == ["registration", "kinetics"]
+    again = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages,
+                                 stageOptions={**options, "dosimetry": {"method": "led"}})
+    assert again is run and run.completedStages == list(stages)
+    assert all(run.context.state[k] is v for k, v in registration_state.items())
+    kidneys = run.results.cycles[1].structures["kidneys"]
+    assert kidneys.tia_MBq_h == tia and "led" in (kidneys.dose_method or "").lower()
+    assert kidneys.mean_dose_Gy != dose_dvk
+    assert sum(m.stage == "dosimetry" for m in run.results.methods) == 1
+
+
+def test_color_legend_titles_the_dose_in_gray(scene, results) -> None:
+    node = L.showMap(scene, results, "cycle1/dose")
+    legend = L.showColorLegend(node, title="Dose (Gy)")
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetTitleText() == "Dose (Gy)"
+    assert legend.GetVisibility() and legend.GetPrimaryDisplayNode() is node.GetDisplayNode()
+    assert L.showColorLegend(node, visible=False) is legend and not legend.GetVisibility()  # reused, not a new one
+    assert legend.GetTitleText() == "TheraTwin cycle1 dose (Gy)"  # default: node name and TheraTwin.Unit
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1

@@ -359,6 +359,7 @@ def write_seg(
     import highdicom as hd
     from highdicom.sr.coding import CodedConcept as HdCode
 
+    from ..dicom.seg import display_color
     from ..study.codes import structure_kind
 
     descriptions = []
@@ -381,6 +382,7 @@ def write_seg(
                 tracking_uid=uid("tracking", name),
                 tracking_id=name,
                 anatomic_regions=regions,
+                display_color=display_color(kind.color_rgb),
             )
         )
     pixels = np.stack([masks[n] for n in masks], axis=-1).astype(bool)

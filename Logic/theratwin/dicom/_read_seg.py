@@ -4,7 +4,8 @@ Frames are placed on the reference CT grid when the SEG's plane orientation and 
 frame positions fall on CT slices (the usual case: a SEG drawn on that CT); otherwise the SEG's own regular grid
 is used (``Segmentation.fractional_mask`` resamples as needed). Structure names come from SegmentLabel; the kind
 (SNOMED codes, role, tissue) from the Segmented Property Type code, disambiguated by the Anatomic Region for
-lesions, and from the name when the codes are not among TheraTwin's built-in kinds.
+lesions, and from the name when the codes are not among TheraTwin's built-in kinds; the display colour from
+RecommendedDisplayCIELabValue (else the kind's recommended colour).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..study.image import Geometry
 from ..study.model import Segmentation, SourceRef, Structure
 from ._read_images import _orientation, pixel_array
 from ._read_values import get_float, get_floats, get_int, get_item, get_text, get_value
+from .seg import rgb_from_display_color
 
 __all__ = ["read_seg", "kind_from_codes"]
 
@@ -38,6 +40,21 @@ def kind_from_codes(name: str, type_value: str, type_scheme: str, region_values:
     if matches:
         return matches[0]
     return structure_kind(name)
+
+
+def _display_rgb(item: Dataset, path: Path, strict: bool) -> tuple[int, int, int] | None:
+    """sRGB of a segment's RecommendedDisplayCIELabValue (0062,000D); None (the kind's colour) when absent, or
+    when malformed and not strict."""
+    value = get_value(item, "RecommendedDisplayCIELabValue")
+    if value is None:
+        return None
+    try:
+        return rgb_from_display_color(list(value))
+    except (TypeError, ValueError):
+        if strict:
+            raise DicomReadError(f"RecommendedDisplayCIELabValue {value!r} is not three values 0-65535.", path=path,
+                                 tag="RecommendedDisplayCIELabValue") from None
+        return None
 
 
 def _frame_info(ds: Dataset, i: int, shared: Dataset | None, path: Path) -> tuple[int, list[float]]:
@@ -156,7 +173,7 @@ def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: boo
                 except TypeError:
                     pass
         kind = kind_from_codes(name, get_text(t, "CodeValue"), get_text(t, "CodingSchemeDesignator"), regions)
-        structures.append(Structure(name, number, kind))
+        structures.append(Structure(name, number, kind, _display_rgb(item, path, strict) or kind.color_rgb))
         masks[name] = np.zeros(geometry.shape, dtype=bool)
         number_to_name[number] = name
     assert ks is not None and ii is not None and jj is not None

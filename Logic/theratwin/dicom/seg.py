@@ -21,7 +21,7 @@ from ..study.codes import CodedConcept
 from .exportcontext import MANUFACTURER, MODEL_NAME, ExportContext
 from .uids import new_uid
 
-__all__ = ["build_seg", "coded", "SEG_SERIES_DESCRIPTION"]
+__all__ = ["build_seg", "coded", "display_color", "rgb_from_display_color", "SEG_SERIES_DESCRIPTION"]
 
 SEG_SERIES_DESCRIPTION = "TheraTwin structures used for dosimetry [research use]"
 
@@ -29,6 +29,20 @@ SEG_SERIES_DESCRIPTION = "TheraTwin structures used for dosimetry [research use]
 def coded(c: CodedConcept) -> hd.sr.CodedConcept:
     """The highdicom form of a :class:`~theratwin.study.codes.CodedConcept`."""
     return hd.sr.CodedConcept(value=c.value, scheme_designator=c.scheme, meaning=c.meaning)
+
+
+def display_color(rgb: Sequence[int]) -> hd.color.CIELabColor:
+    """RecommendedDisplayCIELabValue of an sRGB colour (0-255): CIE L*a*b* (D65), each component scaled to
+    0..0xFFFF as PS3.3 C.10.7.1.1 prescribes (highdicom does the colour-space conversion)."""
+    r, g, b = (int(c) for c in rgb)
+    return hd.color.CIELabColor.from_rgb(r, g, b)
+
+
+def rgb_from_display_color(value: Sequence[int]) -> tuple[int, int, int]:
+    """sRGB (0-255) of a RecommendedDisplayCIELabValue (three unsigned 16-bit values); raises ValueError for
+    a value that is not three integers in 0..0xFFFF."""
+    r, g, b = hd.color.CIELabColor.from_dicom_value([int(v) for v in value]).to_rgb()
+    return int(r), int(g), int(b)
 
 
 def _order_ct_headers(headers: Sequence[Dataset], geometry: Geometry) -> list[Dataset]:
@@ -110,6 +124,7 @@ def build_seg(segmentation: Segmentation, structures: Sequence[Structure], ctx: 
             tracking_uid=new_uid(),
             tracking_id=s.name[:64],
             anatomic_regions=[coded(k.anatomic_region)] if k.anatomic_region else None,
+            display_color=display_color(s.color_rgb),
         ))
     seg = hd.seg.Segmentation(
         source_images=sources,

@@ -10,6 +10,6 @@ from .core import (
     Stage,
     run_pipeline,
 )
-from .runs import RunOutput, run_demo, run_folder
+from .runs import RunOutput, demo_config, run_demo, run_folder
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline", "RunOutput", "run_demo", "run_folder"]
+__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline", "RunOutput", "run_demo", "run_folder", "demo_config"]

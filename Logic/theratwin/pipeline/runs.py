@@ -16,7 +16,7 @@ from ..results import Results
 from .core import Pipeline, PipelineConfig, PipelineContext
 from .manifest import OUTPUT_FILES
 
-__all__ = ["RunOutput", "run_demo", "run_folder"]
+__all__ = ["RunOutput", "run_demo", "run_folder", "demo_config"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     out = Path(out_dir)
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
     study = read_study(demo.dicom_dir)
-    pipe = Pipeline(_with_demo_resolution(config))
+    pipe = Pipeline(demo_config(config))
     # the truth file is one of the run's files: written (and listed in the manifest) when the run is sealed
     extra = {"demo-truth.json": json.dumps(demo.truth, indent=2)}
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress,
@@ -51,8 +51,10 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
 
-def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
-    """The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
+def demo_config(config: PipelineConfig | None = None) -> PipelineConfig:
+    """The settings ``theratwin demo`` runs the demo patient with (every front end uses them for the demo).
+
+    The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
     stage uses the first two for the partial-volume correction and the counting statistics, the dosimetry stage
     the third for densities, unless the caller set them (a site takes them from its own phantom measurements)."""
     from dataclasses import replace

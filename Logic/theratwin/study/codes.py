@@ -7,7 +7,7 @@ radiobiology table (alpha/beta, repair half-time, limits) and to the twin's popu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from pydicom.sr.codedict import codes
@@ -47,7 +47,8 @@ class StructureRole(str, Enum):
 
 @dataclass(frozen=True)
 class StructureKind:
-    """Template for a kind of structure: its codes (DICOM SEG CID 7150/7151), role and tissue key."""
+    """Template for a kind of structure: its codes (DICOM SEG CID 7150/7151), role, tissue key and the
+    recommended display colour (sRGB 0-255, written to DICOM SEG as RecommendedDisplayCIELabValue)."""
 
     key: str
     category: CodedConcept
@@ -55,6 +56,29 @@ class StructureKind:
     role: StructureRole
     tissue: str
     anatomic_region: CodedConcept | None = None
+    color_rgb: tuple[int, int, int] = (128, 174, 128)
+
+
+# Display colours (sRGB). Kidney, liver, spleen and urinary bladder are the recommendedDisplayRGBValue of
+# Slicer's "DICOM master list" segmentation terminology (SegmentationCategoryTypeModifier-DICOM-Master.term.json),
+# skin and the default (tissue) those of its "Slicer General Anatomy" list, so a SEG from TheraTwin and one drawn
+# in Slicer look alike. The terminologies give none for the glands, marrow and lesions: those take colours of the
+# Okabe-Ito colour-blind-safe palette (Okabe M, Ito K. Color Universal Design, 2008), lesions the warm ones.
+_COLORS: dict[str, tuple[int, int, int]] = {
+    "body": (177, 122, 101),  # Skin (Slicer General Anatomy)
+    "kidneys": (185, 102, 83),
+    "liver": (221, 130, 101),
+    "spleen": (157, 108, 162),
+    "bladder": (222, 154, 132),
+    "parotid_glands": (86, 180, 233),  # Okabe-Ito sky blue
+    "submandibular_glands": (0, 114, 178),  # blue
+    "lacrimal_glands": (240, 228, 66),  # yellow
+    "red_marrow": (204, 121, 167),  # reddish purple
+    "bone_lesion": (213, 94, 0),  # vermillion
+    "node_lesion": (230, 159, 0),  # orange
+    "lesion": (255, 0, 255),
+    "other": (128, 174, 128),  # Tissue (Slicer General Anatomy)
+}
 
 
 _TISSUE = CodedConcept.sct("Tissue")
@@ -63,7 +87,7 @@ _ABNORMAL = CodedConcept.sct("MorphologicallyAbnormalStructure")
 
 #: Built-in structure kinds, by key. ``tissue`` keys are those of ``theratwin.radiobiology``.
 STRUCTURE_KINDS: dict[str, StructureKind] = {
-    k.key: k
+    k.key: replace(k, color_rgb=_COLORS[k.key])
     for k in [
         StructureKind("body", _ANATOMY, CodedConcept.sct("External", "External body contour"), StructureRole.BODY, "body"),
         StructureKind("kidneys", _ANATOMY, CodedConcept.sct("Kidney"), StructureRole.ORGAN_AT_RISK, "kidney"),

@@ -162,12 +162,14 @@ class Structure:
     """A segmented structure: name, label value in the SEG, coded concept and role.
 
     ``kind`` supplies the SNOMED codes and the tissue key; by default it is guessed from the name.
+    ``color_rgb`` is the display colour (sRGB, 0-255; DICOM SEG RecommendedDisplayCIELabValue); by default the
+    kind's recommended colour.
     """
 
     name: str
     label: int
     kind: StructureKind = None  # type: ignore[assignment]
-    color_rgb: tuple[int, int, int] = (200, 200, 200)
+    color_rgb: tuple[int, int, int] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -176,6 +178,13 @@ class Structure:
             raise InvalidInputError(f"Structure '{self.name}': label must be >= 1; got {self.label}.")
         if self.kind is None:
             object.__setattr__(self, "kind", structure_kind(self.name))
+        if self.color_rgb is None:
+            object.__setattr__(self, "color_rgb", self.kind.color_rgb)
+        color = tuple(int(c) for c in self.color_rgb)
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise InvalidInputError(f"Structure '{self.name}': color_rgb must be three integers 0-255; got "
+                                    f"{self.color_rgb!r}.")
+        object.__setattr__(self, "color_rgb", color)
 
     @property
     def role(self) -> StructureRole:
@@ -198,6 +207,7 @@ class Structure:
             "name": self.name,
             "label": self.label,
             "kind": self.kind.key,
+            "color_rgb": list(self.color_rgb),
             "role": self.kind.role.value,
             "tissue": self.kind.tissue,
             "category": self.kind.category.to_dict(),
