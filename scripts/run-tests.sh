@@ -14,6 +14,12 @@ if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then
   echo "== TheraTwinLib tests on slicer-core"
   .venv-slicer/bin/python -m pytest Testing/slicer -q -p no:cacheprovider || status=1
 fi
+if [ -n "${CI:-}" ]; then
+  # in CI every environment is made by scripts/bootstrap.sh: a missing one is a broken install, never a pass
+  for v in .venv-slicer .venv-web; do
+    [ -x "$v/bin/python" ] || { echo "CI: $v is missing (scripts/bootstrap.sh all makes it)"; status=1; }
+  done
+fi
 if [ -x .venv-web/bin/python ]; then
   # the web environment has trame-slicer's slicer-core 5.11: the adapter must work there too
   echo "== TheraTwinLib tests on slicer-core $(.venv-web/bin/python -c 'import importlib.metadata as m; print(m.version("slicer-core"))') (web environment)"
