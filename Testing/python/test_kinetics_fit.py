@@ -47,7 +47,8 @@ def test_biexponential_uptake_noisy_unbiased_and_sd_covers_68_percent() -> None:
     assert 0.60 <= coverage <= 0.76, coverage
 
 
-def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
+@pytest.mark.parametrize("selection", ["evidence", "aicc"])
+def test_selection_picks_the_generating_model_most_of_the_time(selection: str) -> None:
     rng = np.random.default_rng(3)
     t = np.array([0.5, 1.0, 2.0, 4.0, 24.0, 48.0, 96.0, 168.0])
     lc, lu = LP + 0.02, LP + 0.02 + 0.5
@@ -56,10 +57,11 @@ def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
     picks_up, picks_mono = 0, 0
     cands = ["mono_exp", "biexp_uptake", "biexp"]
     for _ in range(40):
-        f = fit_tac(t, up * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * up, candidates=cands)
+        f = fit_tac(t, up * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * up, candidates=cands,
+                    selection=selection)
         picks_up += f.model == "biexp_uptake"
         g = fit_tac(t, mono * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * mono,
-                    candidates=cands)
+                    candidates=cands, selection=selection)
         picks_mono += g.model == "mono_exp"
         assert sum(g.model_weights.values()) == pytest.approx(1.0)
     assert picks_up >= 32 and picks_mono >= 28, (picks_up, picks_mono)
@@ -68,8 +70,8 @@ def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
 def test_model_average_combines_candidates_with_akaike_weights() -> None:
     t = np.array([1.0, 4.0, 24.0, 48.0, 96.0, 168.0])
     a = 100 * np.exp(-(LP + 0.01) * t) * np.array([0.97, 1.03, 1.0, 0.98, 1.02, 1.0])
-    fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp"])
-    assert fit.method == "model_average"
+    fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp"], selection="aicc")
+    assert fit.method == "model_average" and fit.selection == "aicc"
     w = fit.model_weights
     expected = sum(w[m] * fit.candidates[m].tia_MBq_h for m in w)
     assert fit.tia_MBq_h == pytest.approx(expected)
@@ -138,8 +140,9 @@ def test_all_zero_curve_reports_zero_tia_as_fallback() -> None:
 def test_too_few_points_for_aicc_uses_mono_exponential_and_says_so() -> None:
     lam = LP + 0.01
     t = np.array([4.0, 48.0, 168.0])
-    fit = fit_tac(t, 10 * np.exp(-lam * t), activity_sd_MBq=[0.1, 0.1, 0.1])
-    assert fit.method == "fallback:mono_exp"
+    fit = fit_tac(t, 10 * np.exp(-lam * t), activity_sd_MBq=[0.1, 0.1, 0.1], selection="aicc")
+    assert fit.method == "fallback:mono_exp" and fit.selection == "none"
+    assert any("no model selection happened" in n for n in fit.notes)
     assert fit.tia_MBq_h == pytest.approx(10 / lam, rel=1e-5)
     two = fit_tac([24.0, 96.0], [10.0, 5.0])
     assert two.method == "fallback:trapezoid_fitted_tail"
@@ -170,7 +173,7 @@ def test_auto_without_uncertainties_estimates_the_error_scale() -> None:
     lam = LP + 0.02
     t = np.array([2.0, 4.0, 24.0, 48.0, 96.0, 168.0, 240.0])
     a = 100 * np.exp(-lam * t) * (1 + 0.02 * rng.standard_normal(t.size))
-    fit = fit_tac(t, a, candidates=["mono_exp", "biexp_uptake"])
+    fit = fit_tac(t, a, candidates=["mono_exp", "biexp_uptake"], selection="aicc")
     # the variance counts as a parameter: mono (k = 2 + 1) and biexp_uptake (3 + 1) are both eligible at n = 7
     assert set(fit.model_weights) == {"mono_exp", "biexp_uptake"}
     assert fit.model == "mono_exp"
