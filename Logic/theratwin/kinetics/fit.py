@@ -242,8 +242,15 @@ def aicc(chi2: float, n_points: int, n_params: int) -> float | None:
 
 
 def describe_method(method: str) -> str:
-    """A sentence naming how a TIA with this ``TacFit.method`` string was obtained (honest provenance text)."""
+    """A phrase naming how a TIA with this method string was obtained (``TacFit.method``, or the kinetics stage's
+    ``tia_method``: also ``"stp:<method>"`` and ``"hanscheid"``), for reports and provenance."""
     kind, _, model = method.partition(":")
+    stp = {"prior": "prior-informed single time point (the earlier cycle's fitted curve, rescaled to its sample "
+                    "nearest in time, scaled through the measurement)",
+           "madsen": "single time point with a population effective half-life (Madsen 2018)",
+           "hanscheid": "Hänscheid single-time-point approximation A(t) 2t/ln 2"}
+    if kind == "stp" or kind == "hanscheid":
+        return stp.get(model or kind, method)
     text = {
         "evidence_average": "prior-informed (MAP) fits of the candidate models averaged with their posterior "
                             "probabilities (Laplace evidence)",

@@ -118,8 +118,9 @@ class KineticPriors:
         """
         if not d:
             return cls()
-        known = {"clearance_biological_half_time_h": LogNormalPrior, "uptake_half_time_h": LogNormalPrior, "fast_excess_half_time_h": LogNormalPrior,
-                 "fast_fraction_logit": NormalPrior}
+        known: dict[str, type[Any]] = {
+            "clearance_biological_half_time_h": LogNormalPrior, "uptake_half_time_h": LogNormalPrior,
+            "fast_excess_half_time_h": LogNormalPrior, "fast_fraction_logit": NormalPrior}
         unknown = set(d) - set(known)
         if unknown:
             raise ConfigurationError(f"Unknown kinetic priors {sorted(unknown)}; known: {sorted(known)}.")

@@ -61,6 +61,7 @@ import numpy as np
 from .. import nuclides
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
+from .priors import KineticPriors
 
 __all__ = ["VoxelFit", "fit_voxels", "VOXEL_MODEL_CODES"]
 
@@ -118,6 +119,10 @@ class VoxelFit:
                 "n_iterations": self.n_iterations,
                 "voxels_per_model": {self.model_codes[i]: int(c) for i, c in enumerate(counts)
                                      if i in self.model_codes}}
+
+
+def _as_kinetic_priors(priors: KineticPriors | dict[str, Any] | None) -> KineticPriors:
+    return priors if isinstance(priors, KineticPriors) else KineticPriors.from_dict(priors)
 
 
 def _trapezoid_weights(t: np.ndarray, lp: float) -> np.ndarray:
@@ -253,16 +258,23 @@ def _mono_iterate(yf: np.ndarray, wf: np.ndarray | None, t32: np.ndarray, tt32: 
     return out, iters
 
 
-def _hybrid_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float, max_iterations: int,
-                  tolerance: float, reweight: bool) -> tuple[dict[str, np.ndarray], int]:
-    """Hybrid integral of the columns of ``yf`` (T >= 3); see ``fit_voxels`` (model ``"hybrid"``).
+def _tail_start(T: int) -> int:
+    """Index of the first sample of the exponential tail: the last three samples (two when T = 3)."""
+    return max(1, T - 3)
 
-    Returns the TIA, the tail fit (C0, lambda, R^2), the residual sum of the tail fit in units of the noise
-    scale ``k`` (weighted by 1/f for the Poisson-like model) and the TIA and lambda variances per unit ``k``.
+
+def _tail_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float, max_iterations: int,
+                tolerance: float, reweight: bool) -> tuple[dict[str, np.ndarray], int]:
+    """Exponential tail of the columns of ``yf`` fitted to the samples from ``_tail_start(T)`` on.
+
+    Returns ``c0``, ``lam``, ``r2``, the residual sum ``rss`` (in units of the noise scale ``k``: weighted by
+    ``1/f`` for the counting-like model) and the covariance of ``(c0, lambda)`` per unit ``k`` (``cu11``, ``cu12``,
+    ``cu22``; absolute with given SDs).
     """
-    yt = np.ascontiguousarray(yf[1:])
-    tt = t[1:]
-    wt = None if wf is None else np.ascontiguousarray(wf[1:])
+    j = _tail_start(yf.shape[0])
+    yt = np.ascontiguousarray(yf[j:])
+    tt = t[j:]
+    wt = None if wf is None else np.ascontiguousarray(wf[j:])
     out, iters = _mono_chunk(yt, wt, tt, lp, max_iterations, tolerance)
     if reweight:
         # one iteratively-reweighted pass (IRLS; McCullagh & Nelder 1989, Generalized Linear Models, ch. 2.5):
@@ -276,45 +288,152 @@ def _hybrid_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: floa
         w = np.where(np.isfinite(w), w, 1.0 / floor[None, :]).astype(np.float32)
         out, it2 = _mono_chunk(yt, w, tt, lp, max_iterations, tolerance, lam_init=out["lam"])
         iters += it2
-    c0, lam = out["c0"], out["lam"]
-    t0, t1 = float(t[0]), float(t[1])
-    y0 = yf[0].astype(np.float64)
+    keys = ("c0", "lam", "r2", "rss", "cu11", "cu12", "cu22")
+    return {k: out[k] for k in keys}, iters
+
+
+def _log_trapezoid(a: np.ndarray, b: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area ``dt (a - b) / ln(a / b)`` of the exponential through ``a`` and ``b`` (MIRD Pamphlet 16), the linear
+    trapezoid ``dt (a + b) / 2`` where that is undefined (a sample <= 0, or a ~ b); with ``d/da`` and ``d/db``."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        use_log = (a > 0) & (b > 0) & (np.abs(a - b) > 1e-6 * np.abs(a + b))
+        aa, bb = np.where(use_log, a, 2.0), np.where(use_log, b, 1.0)
+        ln_r = np.log(aa / bb)
+        area = np.where(use_log, dt * (aa - bb) / ln_r, 0.5 * dt * (a + b))
+        da = np.where(use_log, dt * (1.0 / ln_r - (aa - bb) / (aa * ln_r * ln_r)), 0.5 * dt)
+        db = np.where(use_log, dt * (-1.0 / ln_r + (aa - bb) / (bb * ln_r * ln_r)), 0.5 * dt)
+    return area, da, db
+
+
+def _early_excess(y: np.ndarray, var_y: np.ndarray, t: np.ndarray, c0: np.ndarray, lam: np.ndarray, e: np.ndarray,
+                  f: np.ndarray, cov: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Fast early component (first sample above the tail): the MIRD 16 hybrid integral and its unit variance.
+
+    ``[0, t0]`` along the tail's shape through the first sample, ``C(t0) (exp(lambda t0) - 1) / lambda``;
+    log-trapezoids between the early samples and down to the tail at ``t_j``; the tail to infinity.
+    """
+    j = y.shape[0]
+    c11, c12, c22 = cov
+    t0 = float(t[0])
+    big_e0 = np.expm1(lam * t0) / lam
+    d_big_e0 = (t0 * np.exp(lam * t0) * lam - np.expm1(lam * t0)) / (lam * lam)
+    tia = y[0] * big_e0 + f[j] / lam
+    g_y = np.zeros_like(y)
+    g_y[0] = big_e0
+    dfj = np.zeros_like(lam)
+    for i in range(j):  # loop over the few early samples, vectorised over voxels
+        b = y[i + 1] if i + 1 < j else f[j]
+        area, da, db = _log_trapezoid(y[i], b, float(t[i + 1] - t[i]))
+        tia = tia + area
+        g_y[i] += da
+        if i + 1 < j:
+            g_y[i + 1] += db
+        else:
+            dfj = db + 1.0 / lam  # d TIA / d f(t_j)
+    g_c = dfj * e[j]
+    g_l = y[0] * d_big_e0 - dfj * t[j] * f[j] - f[j] / (lam * lam)
+    var = (g_y**2 * var_y).sum(0) + g_c**2 * c11 + 2 * g_c * g_l * c12 + g_l**2 * c22
+    return tia, var
+
+
+def _early_uptake(y: np.ndarray, var_y: np.ndarray, t: np.ndarray, c0: np.ndarray, lam: np.ndarray,
+                  e: np.ndarray, f: np.ndarray, cov: tuple[np.ndarray, ...], k: np.ndarray, mu_u: float,
+                  s_u: float, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uptake (first sample at or below the tail): two models weighted by their Laplace evidence.
+
+    M0, uptake complete before the first scan: the tail from 0, ``C0 / lambda``. M1, uptake-washout with
+    ``A(0) = 0`` through the early samples: ``C(t) = C0 (exp(-lambda t) - exp(-(lambda + kappa) t))``, TIA
+    ``C0/lambda - C0/(lambda + kappa)``, ``kappa = exp(u)`` from a MAP fit with the uptake half-time prior
+    (Gauss-Newton, vectorised; the tail held fixed). Returns the TIA, its variance and the weight of M1.
+    """
+    j = y.shape[0]
+    c11, c12, c22 = cov
+    tj = t[:j, None]
+    t0 = float(t[0])
+    # variance of each early sample's deficit: the sample's own plus the tail's extrapolation to it
+    sig2 = k * (var_y + c11 * e[:j] ** 2 - 2 * c12 * e[:j] * tj * f[:j] + c22 * (tj * f[:j]) ** 2)
+    # floor: 1e-5 of the tail amplitude, above the float32 precision of the samples and of the tail fit, so that a
+    # noiseless curve is not read as an uptake deficit of that size
+    sig = np.sqrt(np.maximum(sig2, (_DEFICIT_FLOOR_REL * c0) ** 2 + np.float32(1e-30)))
+    d0 = f[0] - y[0]
+    # start: the uptake rate that puts M1 through the first sample exactly (noiseless data: the answer)
+    u = np.where((y[0] > 0) & (d0 > 0), np.log(np.maximum(np.log(c0 / d0) / t0 - lam, 1e-30)), mu_u - 4 * s_u)
+    lo, hi = mu_u - 6 * s_u, mu_u + 6 * s_u
+    u = np.clip(np.nan_to_num(u, nan=mu_u), lo, hi)
+    act = np.arange(u.size)
+    for _ in range(iterations):  # Gauss-Newton on u, voxels leave once converged
+        ua, ca, la = u[act], c0[act], lam[act]
+        kap = np.exp(ua)
+        eu = np.exp(-tj * (la + kap))
+        r = (y[:, act] - f[:j, act] + ca * eu) / sig[:, act]
+        jac = -ca * tj * kap * eu / sig[:, act]
+        step = -((jac * r).sum(0) + (ua - mu_u) / s_u**2) / ((jac * jac).sum(0) + 1.0 / s_u**2)
+        step = np.clip(step, -1.0, 1.0)
+        u[act] = np.clip(ua + step, lo, hi)
+        act = act[np.abs(step) > 1e-6]
+        if not act.size:
+            break
+    kap = np.exp(u)
+    lu = lam + kap
+    eu = np.exp(-tj * lu)
+    r = (y - f[:j] + c0 * eu) / sig
+    jac = -c0 * tj * kap * eu / sig
+    f_u = (jac * jac).sum(0) + 1.0 / s_u**2
+    # Laplace evidences (Gaussian constants common to both dropped); M1 carries the prior-informed parameter u
+    log_z1 = -0.5 * (r * r).sum(0) - 0.5 * ((u - mu_u) / s_u) ** 2 - math.log(s_u) - 0.5 * np.log(f_u)
+    r0 = (y - f[:j]) / sig
+    log_z0 = -0.5 * (r0 * r0).sum(0)
+    w1 = 1.0 / (1.0 + np.exp(np.clip(log_z0 - log_z1, -700.0, 700.0)))
+    tia0, tia1 = c0 / lam, c0 / lam - c0 / lu
+    # delta method; u follows the data through the Gauss-Newton stationarity condition (implicit function)
+    dtia_du = c0 * kap / (lu * lu)
+    g1_y = dtia_du * (-jac / sig) / f_u
+    g1_c = 1.0 / lam - 1.0 / lu - dtia_du * (jac * (eu - e[:j]) / sig).sum(0) / f_u
+    g1_l = -c0 / lam**2 + c0 / lu**2 - dtia_du * (jac * tj * (f[:j] - c0 * eu) / sig).sum(0) / f_u
+    g_y = w1 * g1_y
+    g_c = (1 - w1) / lam + w1 * g1_c
+    g_l = -(1 - w1) * c0 / lam**2 + w1 * g1_l
+    var = k * ((g_y**2 * var_y).sum(0) + g_c**2 * c11 + 2 * g_c * g_l * c12 + g_l**2 * c22)
+    # within-model variance + between-model variance of the two uptake models (law of total variance)
+    var = var + w1 * (1 - w1) * (tia1 - tia0) ** 2
+    return (1 - w1) * tia0 + w1 * tia1, var, w1
+
+
+def _hybrid_integral(y: np.ndarray, var_y: np.ndarray, t: np.ndarray, c0: np.ndarray, lam: np.ndarray,
+                     cov: tuple[np.ndarray, np.ndarray, np.ndarray], k: np.ndarray, mu_u: float, s_u: float,
+                     iterations: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TIA and its SD from the tail ``c0 exp(-lam t)`` and the early samples ``y`` (j, n) before it.
+
+    ``var_y`` (j, n) and ``cov`` (the tail's ``(c0, lambda)`` covariance) are per unit noise scale ``k`` (n);
+    ``mu_u``, ``s_u`` the normal prior of ``u = ln(lambda_uptake - lambda)``. See ``fit_voxels``. Returns the TIA,
+    its SD and the weight of the uptake-washout model (0 on the fast-component branch).
+    """
+    j = y.shape[0]
+    # float32 throughout (as the tail fits): the early part is a small correction, 1e-7 relative is ample
+    y, var_y, c0, lam, k = (np.asarray(v, np.float32) for v in (y, var_y, c0, lam, k))
+    cov = tuple(np.asarray(v, np.float32) for v in cov)  # type: ignore[assignment]
+    t = t.astype(np.float32)
+    e = np.exp(-np.multiply.outer(t[: j + 1], lam))  # (j + 1, n)
+    f = c0 * e
+    excess = (y[0] > f[0]) & (f[j] > 0)
+    tia = np.empty_like(c0)
+    var = np.empty_like(c0)
+    w1 = np.zeros_like(c0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        e0, e1 = np.exp(-lam * t0), np.exp(-lam * t1)
-        f0, f1 = c0 * e0, c0 * e1
-        # [0, t0]: the tail's shape through the first sample, C(t) = C(t0) exp(lambda (t0 - t)) (uptake before
-        # the first scan taken as fast; exact for a mono-exponential curve)
-        big_e0 = np.expm1(lam * t0) / lam
-        d_big_e0 = (t0 * np.exp(lam * t0) * lam - np.expm1(lam * t0)) / (lam * lam)
-        # [t0, infinity): the fitted tail, or, when the first sample lies above it (a fast early component),
-        # the exponential interpolation from C(t0) to the tail at t1 (log-trapezoid, MIRD Pamphlet 16) + the tail
-        excess = (y0 > f0) & (f1 > 0)
-        a = np.where(excess, y0, 2.0)
-        b = np.where(excess, f1, 1.0)
-        ln_r = np.log(a / b)  # > lambda (t1 - t0) > 0 on the excess branch
-        dt = t1 - t0
-        lt = dt * (a - b) / ln_r
-        dlt_da = dt * (1.0 / ln_r - (a - b) / (a * ln_r * ln_r))
-        dlt_db = dt * (-1.0 / ln_r + (a - b) / (b * ln_r * ln_r))
-        # first sample at or below the tail (uptake not complete at t0): the tail from 0 to infinity, C0/lambda,
-        # minus the uptake deficit d = f(t0) - C(t0). An exponential deficit d exp(-kappa (t - t0)) integrates
-        # from 0 to d t0 e^x / x with x = kappa t0, whose minimum over kappa is e d t0 (at x = 1): the smallest
-        # deficit area consistent with exponential uptake through the first sample (linear in C(t0), continuous
-        # with the branch above at C(t0) = f(t0))
-        tia = np.where(excess, y0 * big_e0 + lt + f1 / lam, c0 / lam - _E * t0 * (f0 - y0))
-        # gradient of the TIA with respect to C(t0) and the tail parameters (C0, lambda): delta method
-        g_y = np.where(excess, big_e0 + dlt_da, _E * t0)
-        g_c = np.where(excess, dlt_db * e1 + e1 / lam, 1.0 / lam - _E * t0 * e0)
-        g_l = np.where(excess, y0 * d_big_e0 - dlt_db * t1 * f1 - f1 * (t1 / lam + 1.0 / (lam * lam)),
-                       -c0 / (lam * lam) + _E * t0 * t0 * f0)
-        v_tail = g_c * g_c * out["cu11"] + 2.0 * g_c * g_l * out["cu12"] + g_l * g_l * out["cu22"]
-    res = {"tia": tia, "lam": lam, "c0": c0, "r2": out["r2"], "rss": out["rss"], "v_tail": v_tail,
-           "g_y": g_y, "lv": out["cu22"]}
-    return res, iters
+        for sel, is_x in ((np.flatnonzero(excess), True), (np.flatnonzero(~excess), False)):
+            if not sel.size:
+                continue
+            args = (y[:, sel], var_y[:, sel], t, c0[sel], lam[sel], e[:, sel], f[:, sel],
+                    tuple(cv[sel] for cv in cov))
+            if is_x:
+                tx, vx = _early_excess(*args)
+                tia[sel], var[sel] = tx, k[sel] * vx
+            else:
+                tia[sel], var[sel], w1[sel] = _early_uptake(*args, k[sel], mu_u, s_u, iterations)
+    return tia.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64), w1
 
 
-_E = math.e
-
+_DEFICIT_FLOOR_REL = 1e-5
 
 # voxels per chunk: (T, 65536) float32 arrays stay in cache and avoid fresh page faults on big temporaries
 _CHUNK = 65536
@@ -330,6 +449,7 @@ def fit_voxels(
     concentration_sd_Bq_per_mL: Any = None,
     noise_model: str = "poisson",
     pool_radius_voxels: int = 1,
+    priors: KineticPriors | dict[str, Any] | None = None,
     max_iterations: int = 12,
     tolerance: float = 1e-4,
     progress: ProgressCallback | None = None,
@@ -418,6 +538,13 @@ def fit_voxels(
     # per voxel pieces of the pooled noise models: residual sum, its expectation per unit k, unit variances
     pool = {k: np.zeros(n_vox) for k in ("num", "den", "v", "lv")}
     code = np.zeros(n_vox, np.uint8)
+    hybrid = model in ("auto", "hybrid") and T >= 3
+    # hybrid: the tail fits first (pass 1), the early part once the noise scale is pooled (pass 2)
+    j_tail = _tail_start(T)
+    dof_tail = T - j_tail - 2  # tail samples minus (C0, lambda)
+    tail_cov = {key: np.full(n_vox, np.nan) for key in ("cu11", "cu12", "cu22")} if hybrid else {}
+    k_self = np.full(n_vox, np.nan)
+    is_hybrid = np.zeros(n_vox, bool)
     wt = _trapezoid_weights(t, lp)
     wt32 = wt.astype(np.float32)
     wt_norm = math.sqrt(float(np.sum(wt * wt)))
@@ -436,34 +563,31 @@ def fit_voxels(
                 raise InvalidInputError("concentration_sd_Bq_per_mL must be positive and finite in the mask.")
             wf = 1.0 / (sdc * sdc)
         nch = yf.shape[1]
-        if model == "hybrid" and T >= 3:
-            h, it = _hybrid_chunk(yf, wf, t, lp, max_iterations, tolerance,
-                                  reweight=wf is None and noise_model != "constant")
+        if hybrid:
+            h, it = _tail_chunk(yf, wf, t, lp, max_iterations, tolerance,
+                                reweight=wf is None and noise_model != "constant")
             iters_done = max(iters_done, it)
-            y0 = yf[0].astype(np.float64)
-            # variance of the first sample per unit k: given SD, constant, or counting-like k C(t0)
-            var0 = 1.0 / wf[0].astype(np.float64) if wf is not None else (
-                np.ones(nch) if noise_model == "constant" else np.maximum(y0, 0.0))
-            v = h["g_y"] ** 2 * var0 + h["v_tail"]
-            ok = np.isfinite(h["tia"]) & np.isfinite(v) & (h["c0"] >= 0)
+            ok = np.isfinite(h["c0"]) & np.isfinite(h["lam"]) & (h["c0"] >= 0) & np.isfinite(h["cu22"])
             fb = (yf[-1] > yf[:-1].max(0)) | ~ok | ((yf > 0).sum(0) < 2)
             ch_code = np.where(fb, 2, 3).astype(np.uint8)
-            dof = T - 3  # tail samples minus (C0, lambda)
             with np.errstate(divide="ignore", invalid="ignore"):
-                k_own = h["rss"] / dof if dof > 0 else np.full(nch, np.nan)
+                k_own = h["rss"] / dof_tail if dof_tail > 0 else np.full(nch, np.nan)
             if wf is not None:
                 k_own = np.ones(nch)
-            res["tia"][sl], res["lam"][sl], res["c0"][sl], res["r2"][sl] = h["tia"], h["lam"], h["c0"], h["r2"]
-            res["tia_sd"][sl] = np.sqrt(np.maximum(k_own * v, 0.0))
-            res["lam_sd"][sl] = np.sqrt(np.maximum(k_own * h["lv"], 0.0))
+            res["lam"][sl], res["c0"][sl], res["r2"][sl] = h["lam"], h["c0"], h["r2"]
+            res["lam_sd"][sl] = np.sqrt(np.maximum(k_own * h["cu22"], 0.0))
+            for key in ("cu11", "cu12", "cu22"):
+                tail_cov[key][sl] = h[key]
+            k_self[sl] = k_own
+            is_hybrid[sl] = ~fb
             # sample variance for the trapezoid fallback's SD: k times the counting-like level of the curve
             s2r = k_own * (1.0 if (wf is not None or noise_model == "constant")
                            else np.maximum((np.ones(T, np.float32) @ yf).astype(np.float64) / T, 0.0))
             if noise_model in ("poisson", "constant") and wf is None:
                 pool["num"][sl] = np.where(fb, 0.0, h["rss"])
-                pool["den"][sl] = np.where(fb | ~np.isfinite(h["rss"]), 0.0, float(max(dof, 0)))
-                pool["v"][sl], pool["lv"][sl] = v, h["lv"]
-        elif model in ("auto", "mono_exp", "hybrid"):
+                pool["den"][sl] = np.where(fb | ~np.isfinite(h["rss"]), 0.0, float(max(dof_tail, 0)))
+                pool["v"][sl], pool["lv"][sl] = np.nan, h["cu22"]
+        elif model in ("auto", "mono_exp", "hybrid"):  # (auto and hybrid with T = 2)
             out, it = _mono_chunk(yf, wf, t, lp, max_iterations, tolerance)
             iters_done = max(iters_done, it)
             ok = np.isfinite(out["tia"]) & np.isfinite(out["tia_sd"]) & (out["c0"] >= 0)
@@ -507,8 +631,9 @@ def fit_voxels(
             for k in ("lam", "lam_sd", "c0", "r2"):
                 res[k][idx] = np.nan
         code[sl] = ch_code
-        report(progress, (ci + 1) / n_chunks, "voxel fits")
+        report(progress, (0.9 if hybrid else 1.0) * (ci + 1) / n_chunks, "voxel fits")
 
+    k_pool: np.ndarray | None = None
     if sd2 is None and noise_model != "none" and n_vox and T > 2:
         # pool the noise scale k over the neighbourhood: k = sum(RSS) / sum(E[RSS]/k) (ratio of sums)
         from scipy.ndimage import uniform_filter
@@ -528,6 +653,42 @@ def fit_voxels(
         res["tia_sd"] = np.where(fitted, np.sqrt(np.maximum(k_pool * pool["v"], 0.0)), res["tia_sd"])
         code_is_fit = np.isfinite(pool["lv"]) & np.isfinite(k_pool)
         res["lam_sd"] = np.where(code_is_fit, np.sqrt(np.maximum(k_pool * pool["lv"], 0.0)), res["lam_sd"])
+
+    if hybrid and is_hybrid.any():
+        # pass 2: the early part of every hybrid voxel with its noise scale (given SDs: 1; pooled; own)
+        report(progress, 0.9, "early phase (uptake / fast component)")
+        if sd2 is not None:
+            k_h = np.ones(n_vox)
+        elif k_pool is not None:
+            k_h = np.where(np.isfinite(k_pool), k_pool, k_self)
+        else:
+            k_h = k_self
+        up = _as_kinetic_priors(priors).uptake_half_time_h
+        mu_u, s_u = math.log(math.log(2.0) / up.median), up.log_sd  # prior of ln(lambda_uptake - lambda)
+        idx_all = np.flatnonzero(is_hybrid)
+        for start in range(0, idx_all.size, _CHUNK):
+            idx = idx_all[start:start + _CHUNK]
+            cols = flat[idx]
+            y = c2[:j_tail, cols].astype(np.float64)
+            if sd2 is not None:
+                var_y = sd2[:j_tail, cols].astype(np.float64) ** 2
+            elif noise_model == "constant":
+                var_y = np.ones_like(y)
+            else:
+                var_y = np.maximum(y, 0.0)
+            kk = k_h[idx]
+            tia, tia_sd, _ = _hybrid_integral(y, var_y, t, res["c0"][idx], res["lam"][idx],
+                                              (tail_cov["cu11"][idx], tail_cov["cu12"][idx], tail_cov["cu22"][idx]),
+                                              np.nan_to_num(kk, nan=0.0), mu_u, s_u)
+            res["tia"][idx] = tia
+            res["tia_sd"][idx] = np.where(np.isfinite(kk), tia_sd, np.nan)
+        bad = is_hybrid & ~np.isfinite(res["tia"])
+        if bad.any():  # numerically failed early part: the trapezoid fallback
+            code[bad] = 2
+            res["tia"][bad] = (wt @ c2[:, flat[bad]].astype(np.float64))
+            res["tia_sd"][bad] = np.nan
+    if hybrid:
+        report(progress, 1.0, "voxel fits")
 
     def put(v: np.ndarray, fill: float, dtype: Any = np.float32) -> np.ndarray:
         full = np.full(int(np.prod(shape)), fill, dtype=dtype)
