@@ -350,8 +350,9 @@ def _early_uptake(y: np.ndarray, var_y: np.ndarray, t: np.ndarray, c0: np.ndarra
     c11, c12, c22 = cov
     tj = t[:j, None]
     t0 = float(t[0])
-    # variance of each early sample's deficit: the sample's own plus the tail's extrapolation to it
-    sig2 = k * (var_y + c11 * e[:j] ** 2 - 2 * c12 * e[:j] * tj * f[:j] + c22 * (tj * f[:j]) ** 2)
+    # the fit is conditional on the tail (its uncertainty enters the SD through the delta method below), so the
+    # residuals carry the samples' own variance only
+    sig2 = k * var_y
     # floor: 1e-5 of the tail amplitude, above the float32 precision of the samples and of the tail fit, so that a
     # noiseless curve is not read as an uptake deficit of that size
     sig = np.sqrt(np.maximum(sig2, (_DEFICIT_FLOOR_REL * c0) ** 2 + np.float32(1e-30)))
