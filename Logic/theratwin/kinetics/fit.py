@@ -7,8 +7,9 @@ washout, tri-exponential) in one of two ways, and says which in ``TacFit.method`
 - ``selection="evidence"`` (default): every candidate with at most as many parameters as samples (one fewer
   without SDs) is fitted by MAP with the weak population priors of :mod:`theratwin.kinetics.priors` on the
   parameters sparse data cannot pin down (uptake rate, fast-phase rate and share) and a wide one on the slow
-  clearance (which keeps it off the physical-decay boundary; the amplitude keeps a flat prior), and the candidates are weighted by their posterior probabilities from the
-  Laplace approximation of the marginal likelihood (the evidence), which is defined for any number of samples.
+  clearance (which keeps it off the physical-decay boundary; the amplitude keeps a flat prior), and the
+  candidates are weighted by their posterior probabilities from the Laplace approximation of the marginal
+  likelihood (the evidence), which is defined for any number of samples.
   The TIA is the posterior model average (``"evidence_average"``) or that of the most probable model
   (``"evidence:<model>"``, ``average=False``). This is what lets an uptake phase or a fast early washout seen at
   one scan count, where AICc (undefined for ``n <= k + 1``) would leave only the mono-exponential.

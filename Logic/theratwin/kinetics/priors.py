@@ -5,8 +5,10 @@ curve are well determined, but the rate of the uptake phase (usually over before
 rate and share of a fast early washout phase (seen at one or two early scans) are not. A least-squares fit of a
 model with these parameters then either is not identifiable (as many parameters as points) or scatters wildly.
 The prior-informed fit of :func:`theratwin.kinetics.fit_tac` (maximum a posteriori, MAP) adds weak population
-priors on exactly these parameters, and nothing else: the amplitudes and the slow clearance rate keep flat
-priors, so that where the data determine the curve the MAP fit is the least-squares fit. It is the per-patient
+priors on exactly these parameters, plus a very wide one on the slow clearance (it keeps the biological rate off
+the physical-decay boundary, where the likelihood is flat and an improper prior would make the evidence
+infinite); the amplitude keeps a flat prior on its logarithm. Where the data determine the curve, the MAP fit is
+the least-squares fit. It is the per-patient
 form of the population information that population-based model selection and non-linear mixed-effects fitting
 bring to sparse data ("A population-based method to determine the time-integrated activity in molecular
 radiotherapy", EJNMMI Phys 2021, doi:10.1186/s40658-021-00427-x; "Single-time-point dosimetry using model
@@ -18,6 +20,11 @@ Every prior is a normal distribution of a linear function of the models' interna
 ====================================  ==========  ===========  ====================================================
 Parameter (model)                     Median      log SD       Source
 ====================================  ==========  ===========  ====================================================
+biological half-time of the slow      200 h       3.0          not published as a population distribution
+clearance ``ln2/(l_eff - l_phys)``                             (assumption): a deliberately vague prior, 95 % range
+(every model)                                                  0.6 h - 70 000 h (i.e. up to no biological
+                                                               clearance); 177Lu-PSMA-617 organ T_eff of 17-42 h
+                                                               (twin priors, AAPM 2026 abstract) lie inside.
 uptake half-time ``ln2/(lu - lc)``    1.0 h       1.0          not published as a population distribution
 (biexp_uptake, triexp)                                         (assumption). Organ and lesion uptake half-times of
                                                                about 0.2-2.5 h are used by the demo patient

@@ -22,32 +22,38 @@ positive sample get TIA 0. ``model_map`` says which voxel got what (codes in
 ``VOXEL_MODEL_CODES``). The same estimator as :func:`theratwin.kinetics.fit_tac` with ``model="mono_exp"``
 (unweighted when no SDs are given), so both agree on the same curve.
 
-``model="hybrid"`` (what the kinetics stage uses) integrates each voxel piecewise, as in the hybrid
-trapezoid/exponential integration of MIRD Pamphlet 16 (Siegel et al. 1999 J Nucl Med 40:37S, section on
-integration of time-activity data), because a mono-exponential through all samples is pulled flat by an uptake
-phase at the first scan (+10..20 % TIA) and steep by a fast early blood component (-10..15 %):
+``model="hybrid"`` (what ``"auto"`` does with >= 3 time points, and what the kinetics stage uses) integrates each
+voxel piecewise, as in the hybrid trapezoid/exponential integration of MIRD Pamphlet 16 (Siegel et al. 1999
+J Nucl Med 40:37S, section on integration of time-activity data), because a mono-exponential through all samples
+is pulled flat by an uptake phase at the first scan (+10..30 % TIA) and steep by a fast early component
+(-10..40 %), and with the uptake phase treated as the structure fits treat it (:mod:`theratwin.kinetics.fit`):
 
-- tail ``[t1, inf)``: mono-exponential ``C0 exp(-lambda t)``, ``lambda >= lambda_phys``, fitted to the samples
-  from the second on (as above, then refitted once with weights ``1 / f(t_i)``, i.e. iteratively reweighted
-  for counting-like variance ``k f``, so the late samples of a slow component are not swamped by the early
-  ones); integrated analytically to infinity;
-- first sample above the tail (a fast early component, e.g. blood): ``[t0, t1]`` by the exponential
-  interpolation from ``C(t0)`` to the tail at ``t1`` (log-trapezoid) and ``[0, t0]`` by the tail's shape through
-  the first sample, ``C(t0) (exp(lambda t0) - 1) / lambda``;
-- first sample at or below the tail (uptake not complete at ``t0``): the tail from 0, ``C0 / lambda``, minus the
-  uptake deficit ``d = f(t0) - C(t0)``. An exponentially closing deficit ``d exp(-kappa (t - t0))`` has the area
-  ``d t0 e^x / x`` (``x = kappa t0``) from 0, whose minimum over ``kappa`` is ``e d t0``: the smallest deficit
-  consistent with exponential uptake through the first sample, subtracted (linear in ``C(t0)``; for the demo's
-  organ and lesion uptake half-times of 1-2.5 h, ``x`` is 1.1-2.8 and the true deficit within 10 % of it).
+- tail ``[t_j, inf)``: mono-exponential ``C0 exp(-lambda t)``, ``lambda >= lambda_phys``, fitted to the last
+  three samples (the last two of three: ``t_j`` is the second scan of a 4-scan schedule, the third of a 5-scan
+  one; as above, then refitted once with weights ``1 / f(t_i)``, i.e. iteratively reweighted for counting-like
+  variance ``k f``, so the late samples of a slow component are not swamped by the early ones); integrated
+  analytically to infinity;
+- first sample above the tail (a fast early component, e.g. blood): log-trapezoids (exponential interpolation)
+  between the early samples and down to the tail at ``t_j``, and ``[0, t0]`` along the tail's shape through the
+  first sample, ``C(t0) (exp(lambda t0) - 1) / lambda``;
+- first sample at or below the tail (uptake): two models weighted by their Laplace evidence, as the structure
+  fits weigh theirs. M0: uptake complete before the first scan, TIA ``C0 / lambda``. M1: uptake-washout with
+  ``A(0) = 0``, ``C(t) = C0 (exp(-lambda t) - exp(-(lambda + kappa) t))``, TIA ``C0/lambda - C0/(lambda +
+  kappa)``, with ``ln kappa`` fitted to the early samples by MAP (vectorised Gauss-Newton) under the uptake
+  half-time prior of :class:`~theratwin.kinetics.priors.KineticPriors`, the tail held fixed. On noiseless data
+  the first sample fixes ``kappa`` exactly (``C0 exp(-(lambda + kappa) t0)`` is the deficit), so M1 is exact on
+  uptake-washout curves; with noise the prior keeps ``kappa`` plausible where one sample cannot.
 
-Both branches meet at ``C(t0) = f(t0)``, where they give ``C0 / lambda``: the estimate is continuous in the
-data and exact on a mono-exponential curve. The SD is the delta method on
-``C(t0)`` (variance ``k C(t0)``) and the tail's ``(C0, lambda)`` (covariance ``k (J^T W J)^-1`` of the weighted
-fit), with ``k`` pooled over the neighbourhood from the weighted residuals of the tail fits (``T - 3`` degrees of
-freedom per voxel, so T >= 4 is needed for an SD without given SDs). Measured on the demo patient (cycle 1):
-on the noiseless as-imaged series, structure TIAs of the hybrid map agree with the resolution-limited
-truth within 2.5 % for every structure but the bladder (mono-exponential: -18 .. +20 %); on the noisy
-registered series, within 3 % for organs, body and red marrow (mono-exponential: -17 .. +13 %).
+The SD is the delta method on the early samples (variance ``k C(t_i)``, or given SDs) and the tail's
+``(C0, lambda)`` (covariance ``k (J^T W J)^-1`` of the weighted fit), with ``kappa`` following the data through the
+MAP's stationarity condition, plus the between-model variance of M0 and M1; ``k`` is pooled over the
+neighbourhood from the weighted residuals of the tail fits (one degree of freedom per voxel with four scans), so
+the early part is computed in a second pass once ``k`` is known. Measured against closed-form TIAs
+(``Testing/python/test_kinetics_schedules.py``, ``Testing/benchmarks/test_bench_fit_voxels.py``): noiseless
+uptake-washout voxels (uptake half-time 0.5-3 h, T_eff 20-150 h, scans at 4, 24, 48, 168 h) median |error|
+< 0.01 %, 95th percentile 0.07 %; fast + slow washout within 1 % (4 scans) and 1.8 % (5 scans from 1 h);
+mono-exponentials within 0.2 % (the evidence leaves M1 a small weight for an uptake faster than the first scan
+resolves).
 """
 
 from __future__ import annotations
@@ -361,17 +367,23 @@ def _early_uptake(y: np.ndarray, var_y: np.ndarray, t: np.ndarray, c0: np.ndarra
     u = np.where((y[0] > 0) & (d0 > 0), np.log(np.maximum(np.log(c0 / d0) / t0 - lam, 1e-30)), mu_u - 4 * s_u)
     lo, hi = mu_u - 6 * s_u, mu_u + 6 * s_u
     u = np.clip(np.nan_to_num(u, nan=mu_u), lo, hi)
+    yf_s = (y - f[:j]) / sig  # -deficit / sigma
+    c_s = c0 / sig  # (j, n)
+    prec = np.float32(1.0 / s_u**2)
     act = np.arange(u.size)
     for _ in range(iterations):  # Gauss-Newton on u, voxels leave once converged
-        ua, ca, la = u[act], c0[act], lam[act]
+        ua = u[act]
         kap = np.exp(ua)
-        eu = np.exp(-tj * (la + kap))
-        r = (y[:, act] - f[:j, act] + ca * eu) / sig[:, act]
-        jac = -ca * tj * kap * eu / sig[:, act]
-        step = -((jac * r).sum(0) + (ua - mu_u) / s_u**2) / ((jac * jac).sum(0) + 1.0 / s_u**2)
-        step = np.clip(step, -1.0, 1.0)
+        ceu = c_s[:, act] * np.exp(-tj * (lam[act] + kap))
+        r = yf_s[:, act] + ceu
+        jac = -tj * kap * ceu
+        if j == 1:
+            num, den = jac[0] * r[0], jac[0] * jac[0]
+        else:
+            num, den = (jac * r).sum(0), (jac * jac).sum(0)
+        step = np.clip(-(num + (ua - mu_u) * prec) / (den + prec), -1.0, 1.0)
         u[act] = np.clip(ua + step, lo, hi)
-        act = act[np.abs(step) > 1e-6]
+        act = act[np.abs(step) > 1e-4]
         if not act.size:
             break
     kap = np.exp(u)
