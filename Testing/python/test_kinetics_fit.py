@@ -200,3 +200,65 @@ def test_weighted_mono_exp_finds_the_global_minimum_of_a_two_phase_curve() -> No
     assert chi2 <= best_chi2 * (1 + 1e-6)
     # the global minimum follows the fast phase that holds the activity (T_eff ~ 6.5 h, not ~ 21 h)
     assert 4.0 < fit.effective_half_life_h < 9.0
+
+
+def test_evidence_selection_reports_weights_priors_and_evidence() -> None:
+    t = np.array([4.0, 24.0, 48.0, 168.0])
+    lc, lu = LP + 0.012, LP + 0.012 + math.log(2) / 2.0
+    a = 100 * (np.exp(-lc * t) - np.exp(-lu * t))
+    fit = fit_tac(t, a, activity_sd_MBq=0.05 * a)
+    assert fit.selection == "evidence" and fit.method == "evidence_average"
+    # four points with SDs: every model with at most four parameters competes (AICc would allow one)
+    assert set(fit.model_weights) == {"mono_exp", "biexp_uptake", "biexp"}
+    assert set(fit.log_evidence) == set(fit.model_weights)
+    top = max(fit.log_evidence.values())
+    raw = {m: math.exp(v - top) for m, v in fit.log_evidence.items()}
+    for m in raw:
+        assert fit.model_weights[m] == pytest.approx(raw[m] / sum(raw.values()))
+    assert fit.priors is not None and set(fit.priors) >= {"uptake_half_time_h", "fast_fraction_logit"}
+    assert all(fit.candidates[m].prior_informed for m in fit.candidates)
+    assert fit.tia_MBq_h == pytest.approx(100 * (1 / lc - 1 / lu), rel=0.02)
+    one = fit_tac(t, a, activity_sd_MBq=0.05 * a, average=False)
+    assert one.method == f"evidence:{one.model}" and one.tia_MBq_h == one.candidates[one.model].tia_MBq_h
+
+
+def test_model_given_with_priors_is_a_map_fit_and_says_so() -> None:
+    t = np.array([24.0, 48.0, 168.0])
+    lc = LP + 0.012
+    a = 100 * np.exp(-lc * t)
+    fit = fit_tac(t, a, model="biexp_uptake", activity_sd_MBq=0.03 * a, priors=tt.kinetics.KineticPriors())
+    assert fit.method == "map:biexp_uptake" and fit.selection == "none" and fit.priors is not None
+    # three points, three parameters: the uptake half-time comes from its prior (median 1 h), which subtracts
+    # the prior's uptake deficit A0 / (lambda_c + ln2 / 1 h) from the washout integral
+    assert fit.params["lambda_uptake_per_h"] - fit.params["lambda_eff_per_h"] == pytest.approx(math.log(2), rel=0.05)
+    with pytest.raises(tt.FitError, match="needs at least 4"):
+        fit_tac(t, a, model="biexp_uptake", priors=tt.kinetics.KineticPriors())  # no SDs: one more point
+
+
+def test_bad_selection_and_priors_are_configuration_errors() -> None:
+    t = np.array([4.0, 24.0, 48.0, 168.0])
+    a = 100 * np.exp(-(LP + 0.01) * t)
+    with pytest.raises(tt.ConfigurationError, match="selection"):
+        fit_tac(t, a, selection="bic")
+    with pytest.raises(tt.ConfigurationError, match="Unknown kinetic priors"):
+        fit_tac(t, a, priors={"uptake_rate": 1.0})
+    with pytest.raises(tt.ConfigurationError, match="median > 0"):
+        fit_tac(t, a, priors={"uptake_half_time_h": {"median": -1.0, "log_sd": 1.0}})
+    from theratwin.kinetics.stage import KineticsConfig
+
+    with pytest.raises(tt.ConfigurationError, match="Unknown kinetic priors"):
+        KineticsConfig(priors={"bogus": {}})
+
+
+def test_plugin_without_priors_is_left_out_of_the_evidence_selection_with_a_note() -> None:
+    from test_kinetics_models import _PhysicalDecayOnly
+
+    tt.kinetics.KINETIC_MODELS.register("physical_only", _PhysicalDecayOnly())
+    try:
+        t = np.array([4.0, 24.0, 48.0, 168.0])
+        a = 100 * np.exp(-(LP + 0.01) * t)
+        fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp_uptake", "physical_only"])
+        assert "physical_only" not in fit.model_weights
+        assert any("physical_only (no priors" in n for n in fit.notes)
+    finally:
+        tt.kinetics.KINETIC_MODELS.unregister("physical_only")

@@ -43,6 +43,10 @@ REFERENCES = [
     "Madsen MT, et al. Single time point dose estimate for exponential clearance. Med Phys 2018;45:2318-24.",
     "Siegel JA, et al. MIRD Pamphlet No. 16: techniques for quantitative radiopharmaceutical biodistribution "
     "data acquisition and analysis for use in human radiation dose estimates. J Nucl Med 1999;40:37S-61S.",
+    "MacKay DJC. Information Theory, Inference, and Learning Algorithms. Cambridge University Press; 2003, "
+    "ch. 27-28 (Laplace approximation of the evidence).",
+    "Hoeting JA, Madigan D, Raftery AE, Volinsky CT. Bayesian model averaging: a tutorial. Stat Sci "
+    "1999;14:382-417.",
 ]
 
 
@@ -130,28 +134,30 @@ _VOXEL_METHODS = {
 }
 
 
-def _method_text(res: Any) -> str:
-    """What the stage did, from the results themselves: structure TIA methods with counts (first clause, which
-    the SR repeats on every measurement), each described, then the voxel methods per cycle with voxel counts."""
+def _method_record(res: Any) -> tuple[str, dict[str, Any]]:
+    """What the stage did, from the results themselves: a short text (structure TIA methods with counts as the
+    first clause, which the SR repeats on every measurement; voxel methods per cycle with voxel counts; the RT Dose
+    derivation repeats it within its 1024 characters) and, for the parameters, what each method means."""
     used: dict[str, int] = {}
     for c in res.cycles.values():
         for sr in c.structures.values():
             if sr.tia_method:
                 used[sr.tia_method] = used.get(sr.tia_method, 0) + 1
     parts = ["Structure TIAs: " + (", ".join(f"{m} ({k})" for m, k in sorted(used.items())) or "none")]
-    parts += [f"{m}: {describe_method(m)}" for m in sorted(used)]
-    parts.append("structure TACs from registered quantitative SPECT and fractional masks; TIA 0-infinity analytic "
-                 "with delta-method (Laplace) SD plus the correlated calibration/segmentation components")
+    voxel_used: set[str] = set()
     for n, vs in sorted(res.extras.get("voxel_fits", {}).items()):
         if vs.get("method") == "single_time_point":
-            parts.append(f"voxel TIAs cycle {n}: single time point, prior-cycle curve shape rescaled to its nearest "
-                         f"sample ({vs.get('voxels_prior', 0)} voxels), Hänscheid ({vs.get('voxels_hanscheid', 0)} "
-                         "voxels)")
+            parts.append(f"voxel TIAs cycle {n}: single time point, prior-cycle curve shape ({vs.get('voxels_prior', 0)}"
+                         f" voxels), Hanscheid ({vs.get('voxels_hanscheid', 0)} voxels)")
             continue
         counts = {k: v for k, v in (vs.get("voxels_per_model") or {}).items() if k != "none" and v}
-        parts.append(f"voxel TIAs cycle {n}: " + ", ".join(
-            f"{k} ({v} voxels: {_VOXEL_METHODS.get(k, k)})" for k, v in counts.items()))
-    return "; ".join(parts)
+        voxel_used.update(counts)
+        parts.append(f"voxel TIAs cycle {n}: " + ", ".join(f"{k} ({v} voxels)" for k, v in counts.items()))
+    parts.append("TACs from registered quantitative SPECT and fractional masks; TIA 0-infinity analytic, "
+                 "delta-method (Laplace) SD plus correlated calibration/segmentation components")
+    descriptions = {m: describe_method(m) for m in sorted(used)}
+    descriptions.update({f"voxel {k}": _VOXEL_METHODS.get(k, k) for k in sorted(voxel_used)})
+    return "; ".join(parts), descriptions
 
 
 def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, prior: VoxelFit | None, *,
@@ -297,7 +303,9 @@ class KineticsStage:
                 self._voxels(ctx, cfg, n, times, images, grid, adm.nuclide, voxel_all, prior_cycle)
         state["tacs"] = tacs_all
         state["tac_fits"] = fits_all
-        res.record_method("kinetics", _method_text(res), dataclasses.asdict(cfg), REFERENCES)
+        text, descriptions = _method_record(res)
+        res.record_method("kinetics", text, {**dataclasses.asdict(cfg), "method_descriptions": descriptions},
+                          REFERENCES)
         ctx.stage_progress(1.0, "kinetics done")
 
     # ------------------------------------------------------------------------------------------------
