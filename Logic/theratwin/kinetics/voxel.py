@@ -142,17 +142,20 @@ def _trapezoid_weights(t: np.ndarray, lp: float) -> np.ndarray:
 
 
 def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float, max_iterations: int,
-                tolerance: float, lam_init: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int]:
+                tolerance: float, lam_init: np.ndarray | None = None,
+                tail_only: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """Fit the mono-exponential to the columns of ``yf`` (T, n) (float32); see the module docstring.
 
-    ``lam_init`` (1/h, per column) replaces the log-linear initialisation (warm start of a refit)."""
+    ``lam_init`` (1/h, per column) replaces the log-linear initialisation (warm start of a refit); ``tail_only``
+    returns what the hybrid's tail needs (``c0``, ``lam``, ``r2``, ``rss``, ``cu11``, ``cu12``, ``cu22``) and
+    skips the pooled-noise pieces of the mono-exponential model."""
     T, n = yf.shape
     t32 = t.astype(np.float32)
     tt32 = t32 * t32
     ones = np.ones(T, np.float32)
     if lam_init is not None:
         lam = np.maximum(np.nan_to_num(lam_init, nan=lp), lp).astype(np.float32)
-        return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance)
+        return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance, tail_only)
     # 1. log-linear initialisation, weights C^2 (delta method: var(ln C) ~ sigma^2 / C^2)
     pos = yf > 0
     lw = np.where(pos, yf * yf, np.float32(0))
@@ -166,12 +169,12 @@ def _mono_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
         slope = np.where(den > 0, (s0 * sty - s1 * sy) / den, np.float32(-lp))
     lam = np.maximum(-slope, np.float32(lp)).astype(np.float32)
     lam[~np.isfinite(lam)] = lp
-    return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance)
+    return _mono_iterate(yf, wf, t32, tt32, ones, lam, lp, max_iterations, tolerance, tail_only)
 
 
 def _mono_iterate(yf: np.ndarray, wf: np.ndarray | None, t32: np.ndarray, tt32: np.ndarray, ones: np.ndarray,
-                  lam: np.ndarray, lp: float, max_iterations: int,
-                  tolerance: float) -> tuple[dict[str, np.ndarray], int]:
+                  lam: np.ndarray, lp: float, max_iterations: int, tolerance: float,
+                  tail_only: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """Steps 2-3 of :func:`_mono_chunk` from the starting decay constants ``lam`` (float32, 1/h)."""
     T, n = yf.shape
     # 2. Gauss-Newton on lambda with C0 eliminated (variable projection): at each lambda, C0 is the exact
@@ -227,6 +230,12 @@ def _mono_iterate(yf: np.ndarray, wf: np.ndarray | None, t32: np.ndarray, tt32: 
         j11 = s_ee.astype(np.float64)
         j12 = -a64 * s_tee
         j22 = a64 * a64 * s_ttee
+        if tail_only:
+            det = j11 * j22 - j12 * j12
+            ym = ((ones @ yf) / T).astype(np.float64)
+            r2 = 1.0 - rss_plain / ((ones @ (yf * yf)).astype(np.float64) - T * ym**2)
+            return {"c0": a64, "lam": lam64, "r2": r2, "rss": rss, "cu11": j22 / det, "cu12": -j12 / det,
+                    "cu22": j11 / det}, iters
         if wf is not None:
             s2r = np.ones(n)
         elif T > 2:
@@ -281,7 +290,7 @@ def _tail_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
     yt = np.ascontiguousarray(yf[j:])
     tt = t[j:]
     wt = None if wf is None else np.ascontiguousarray(wf[j:])
-    out, iters = _mono_chunk(yt, wt, tt, lp, max_iterations, tolerance)
+    out, iters = _mono_chunk(yt, wt, tt, lp, max_iterations, tolerance, tail_only=True)
     if reweight:
         # one iteratively-reweighted pass (IRLS; McCullagh & Nelder 1989, Generalized Linear Models, ch. 2.5):
         # weights 1/f(t_i) of the first fit, the inverse of the counting-like variance k f(t_i). Without it the
@@ -292,7 +301,7 @@ def _tail_chunk(yf: np.ndarray, wf: np.ndarray | None, t: np.ndarray, lp: float,
         floor = np.maximum(0.05 * np.abs(yt).max(0), np.float32(1e-12))
         w = 1.0 / np.maximum(f, floor[None, :])
         w = np.where(np.isfinite(w), w, 1.0 / floor[None, :]).astype(np.float32)
-        out, it2 = _mono_chunk(yt, w, tt, lp, max_iterations, tolerance, lam_init=out["lam"])
+        out, it2 = _mono_chunk(yt, w, tt, lp, max_iterations, tolerance, lam_init=out["lam"], tail_only=True)
         iters += it2
     keys = ("c0", "lam", "r2", "rss", "cu11", "cu12", "cu22")
     return {k: out[k] for k in keys}, iters
