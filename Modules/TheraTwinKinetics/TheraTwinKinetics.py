@@ -69,7 +69,7 @@ class TheraTwinKinetics(ScriptedLoadableModule):
 
 
 class KineticModel(enum.Enum):
-    """Models of ``theratwin.kinetics.fit_tac`` ("auto" selects by AICc)."""
+    """Models of ``theratwin.kinetics.fit_tac`` ("auto": prior-informed fits selected by their evidence)."""
 
     Auto = "auto"
     MonoExponential = "mono_exp"

@@ -10,6 +10,7 @@ with the true TIA.
 from __future__ import annotations
 
 import json
+import math
 
 import pydicom
 import pytest
@@ -75,7 +76,14 @@ def test_bladder_tia_follows_its_fast_clearance(demo_run) -> None:
     truth = _truth_structures(demo_run.truth, 1)["bladder"]
     s = demo_run.results.cycles[1].structures["bladder"]
     assert 0.95 <= s.tia_MBq_h / truth["tia_MBq_h"] <= 1.25, (s.tia_MBq_h, truth["tia_MBq_h"])
-    assert s.effective_half_life_h == pytest.approx(6.0, rel=0.25)
+    # the selected model may separate the content's clearance from the spill-in tail (a fast + slow fit, whose
+    # effective_half_life_h is the terminal, spill-in phase): the phase that holds the TIA clears with ~6 h
+    p = s.kinetic_params
+    phases = [(p.get("A0_MBq", p.get("A1_MBq", 1.0)), p["lambda_eff_per_h"])]
+    if "lambda_fast_per_h" in p:
+        phases.append((p["A2_MBq"], p["lambda_fast_per_h"]))
+    _, lam = max(phases, key=lambda ph: ph[0] / ph[1])
+    assert math.log(2) / lam == pytest.approx(6.0, rel=0.25)
 
 
 def test_kidney_dose_is_in_the_published_range_and_close_to_truth(demo_run) -> None:

@@ -93,3 +93,37 @@ def test_voxel_tia_map_total_matches_body_truth(demo_run) -> None:
     truth = _truth(demo, 1)["body"]["tia_MBq_h"]
     # no partial-volume correction in the voxel map: a few % of the body's counts blur out of it
     assert total_MBq_h == pytest.approx(truth, rel=0.10)
+
+
+def test_recorded_methods_match_what_was_done(demo_run) -> None:
+    """Every structure's tia_method is the method of the estimate the stage kept (issue 13: never "AICc" when no
+    selection happened), and the stage's method record counts exactly these."""
+    from theratwin.kinetics import StpEstimate, TacFit
+
+    _, _, res, ctx = demo_run
+    counts: dict[str, int] = {}
+    for n, cres in res.cycles.items():
+        for name, sr in cres.structures.items():
+            est = ctx.state["tac_fits"][n][name]
+            if isinstance(est, TacFit):
+                assert sr.tia_method == est.method and sr.kinetic_model == est.model, (n, name)
+                assert est.selection == "evidence" and est.method in ("evidence_average", f"evidence:{est.model}")
+                assert sum(est.model_weights.values()) == pytest.approx(1.0)
+                assert sr.tia_MBq_h == pytest.approx(est.tia_MBq_h)
+            else:
+                assert isinstance(est, StpEstimate) and est.method == "prior" and sr.tia_method == "stp:prior"
+                assert sr.fit_quality["prior_rescale_factor"] == pytest.approx(est.rescale_factor)
+            counts[sr.tia_method] = counts.get(sr.tia_method, 0) + 1
+    record = next(m.method for m in res.methods if m.stage == "kinetics")
+    first = record.split(";")[0]
+    assert first == "Structure TIAs: " + ", ".join(f"{m} ({k})" for m, k in sorted(counts.items()))
+    assert "AICc" not in record
+
+
+def test_cycle2_body_tia_within_10_percent(demo_run) -> None:
+    """The body's cycle-1 curve (blood, urine and tissue: a fast and a slow phase) is fitted well now and its
+    single-time-point cycle 2 is rescaled to the nearest cycle-1 sample: within 10 % of the truth (was -21 %)."""
+    demo, _, res, _ = demo_run
+    sr = res.cycles[2].structures["body"]
+    assert sr.tia_MBq_h == pytest.approx(_truth(demo, 2)["body"]["tia_MBq_h"], rel=0.10)
+    assert res.cycles[1].structures["body"].fit_quality["chi2_reduced"] < 3.0

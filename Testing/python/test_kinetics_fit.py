@@ -47,7 +47,8 @@ def test_biexponential_uptake_noisy_unbiased_and_sd_covers_68_percent() -> None:
     assert 0.60 <= coverage <= 0.76, coverage
 
 
-def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
+@pytest.mark.parametrize("selection", ["evidence", "aicc"])
+def test_selection_picks_the_generating_model_most_of_the_time(selection: str) -> None:
     rng = np.random.default_rng(3)
     t = np.array([0.5, 1.0, 2.0, 4.0, 24.0, 48.0, 96.0, 168.0])
     lc, lu = LP + 0.02, LP + 0.02 + 0.5
@@ -56,10 +57,11 @@ def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
     picks_up, picks_mono = 0, 0
     cands = ["mono_exp", "biexp_uptake", "biexp"]
     for _ in range(40):
-        f = fit_tac(t, up * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * up, candidates=cands)
+        f = fit_tac(t, up * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * up, candidates=cands,
+                    selection=selection)
         picks_up += f.model == "biexp_uptake"
         g = fit_tac(t, mono * (1 + 0.04 * rng.standard_normal(t.size)), activity_sd_MBq=0.04 * mono,
-                    candidates=cands)
+                    candidates=cands, selection=selection)
         picks_mono += g.model == "mono_exp"
         assert sum(g.model_weights.values()) == pytest.approx(1.0)
     assert picks_up >= 32 and picks_mono >= 28, (picks_up, picks_mono)
@@ -68,8 +70,8 @@ def test_aicc_selects_the_generating_model_most_of_the_time() -> None:
 def test_model_average_combines_candidates_with_akaike_weights() -> None:
     t = np.array([1.0, 4.0, 24.0, 48.0, 96.0, 168.0])
     a = 100 * np.exp(-(LP + 0.01) * t) * np.array([0.97, 1.03, 1.0, 0.98, 1.02, 1.0])
-    fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp"])
-    assert fit.method == "model_average"
+    fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp"], selection="aicc")
+    assert fit.method == "model_average" and fit.selection == "aicc"
     w = fit.model_weights
     expected = sum(w[m] * fit.candidates[m].tia_MBq_h for m in w)
     assert fit.tia_MBq_h == pytest.approx(expected)
@@ -138,8 +140,9 @@ def test_all_zero_curve_reports_zero_tia_as_fallback() -> None:
 def test_too_few_points_for_aicc_uses_mono_exponential_and_says_so() -> None:
     lam = LP + 0.01
     t = np.array([4.0, 48.0, 168.0])
-    fit = fit_tac(t, 10 * np.exp(-lam * t), activity_sd_MBq=[0.1, 0.1, 0.1])
-    assert fit.method == "fallback:mono_exp"
+    fit = fit_tac(t, 10 * np.exp(-lam * t), activity_sd_MBq=[0.1, 0.1, 0.1], selection="aicc")
+    assert fit.method == "fallback:mono_exp" and fit.selection == "none"
+    assert any("no model selection happened" in n for n in fit.notes)
     assert fit.tia_MBq_h == pytest.approx(10 / lam, rel=1e-5)
     two = fit_tac([24.0, 96.0], [10.0, 5.0])
     assert two.method == "fallback:trapezoid_fitted_tail"
@@ -170,7 +173,7 @@ def test_auto_without_uncertainties_estimates_the_error_scale() -> None:
     lam = LP + 0.02
     t = np.array([2.0, 4.0, 24.0, 48.0, 96.0, 168.0, 240.0])
     a = 100 * np.exp(-lam * t) * (1 + 0.02 * rng.standard_normal(t.size))
-    fit = fit_tac(t, a, candidates=["mono_exp", "biexp_uptake"])
+    fit = fit_tac(t, a, candidates=["mono_exp", "biexp_uptake"], selection="aicc")
     # the variance counts as a parameter: mono (k = 2 + 1) and biexp_uptake (3 + 1) are both eligible at n = 7
     assert set(fit.model_weights) == {"mono_exp", "biexp_uptake"}
     assert fit.model == "mono_exp"
@@ -197,3 +200,65 @@ def test_weighted_mono_exp_finds_the_global_minimum_of_a_two_phase_curve() -> No
     assert chi2 <= best_chi2 * (1 + 1e-6)
     # the global minimum follows the fast phase that holds the activity (T_eff ~ 6.5 h, not ~ 21 h)
     assert 4.0 < fit.effective_half_life_h < 9.0
+
+
+def test_evidence_selection_reports_weights_priors_and_evidence() -> None:
+    t = np.array([4.0, 24.0, 48.0, 168.0])
+    lc, lu = LP + 0.012, LP + 0.012 + math.log(2) / 2.0
+    a = 100 * (np.exp(-lc * t) - np.exp(-lu * t))
+    fit = fit_tac(t, a, activity_sd_MBq=0.05 * a)
+    assert fit.selection == "evidence" and fit.method == "evidence_average"
+    # four points with SDs: every model with at most four parameters competes (AICc would allow one)
+    assert set(fit.model_weights) == {"mono_exp", "biexp_uptake", "biexp"}
+    assert set(fit.log_evidence) == set(fit.model_weights)
+    top = max(fit.log_evidence.values())
+    raw = {m: math.exp(v - top) for m, v in fit.log_evidence.items()}
+    for m in raw:
+        assert fit.model_weights[m] == pytest.approx(raw[m] / sum(raw.values()))
+    assert fit.priors is not None and set(fit.priors) >= {"uptake_half_time_h", "fast_fraction_logit"}
+    assert all(fit.candidates[m].prior_informed for m in fit.candidates)
+    assert fit.tia_MBq_h == pytest.approx(100 * (1 / lc - 1 / lu), rel=0.02)
+    one = fit_tac(t, a, activity_sd_MBq=0.05 * a, average=False)
+    assert one.method == f"evidence:{one.model}" and one.tia_MBq_h == one.candidates[one.model].tia_MBq_h
+
+
+def test_model_given_with_priors_is_a_map_fit_and_says_so() -> None:
+    t = np.array([24.0, 48.0, 168.0])
+    lc = LP + 0.012
+    a = 100 * np.exp(-lc * t)
+    fit = fit_tac(t, a, model="biexp_uptake", activity_sd_MBq=0.03 * a, priors=tt.kinetics.KineticPriors())
+    assert fit.method == "map:biexp_uptake" and fit.selection == "none" and fit.priors is not None
+    # three points, three parameters: the uptake half-time comes from its prior (median 1 h), which subtracts
+    # the prior's uptake deficit A0 / (lambda_c + ln2 / 1 h) from the washout integral
+    assert fit.params["lambda_uptake_per_h"] - fit.params["lambda_eff_per_h"] == pytest.approx(math.log(2), rel=0.05)
+    with pytest.raises(tt.FitError, match="needs at least 4"):
+        fit_tac(t, a, model="biexp_uptake", priors=tt.kinetics.KineticPriors())  # no SDs: one more point
+
+
+def test_bad_selection_and_priors_are_configuration_errors() -> None:
+    t = np.array([4.0, 24.0, 48.0, 168.0])
+    a = 100 * np.exp(-(LP + 0.01) * t)
+    with pytest.raises(tt.ConfigurationError, match="selection"):
+        fit_tac(t, a, selection="bic")
+    with pytest.raises(tt.ConfigurationError, match="Unknown kinetic priors"):
+        fit_tac(t, a, priors={"uptake_rate": 1.0})
+    with pytest.raises(tt.ConfigurationError, match="median > 0"):
+        fit_tac(t, a, priors={"uptake_half_time_h": {"median": -1.0, "log_sd": 1.0}})
+    from theratwin.kinetics.stage import KineticsConfig
+
+    with pytest.raises(tt.ConfigurationError, match="Unknown kinetic priors"):
+        KineticsConfig(priors={"bogus": {}})
+
+
+def test_plugin_without_priors_is_left_out_of_the_evidence_selection_with_a_note() -> None:
+    from test_kinetics_models import _PhysicalDecayOnly
+
+    tt.kinetics.KINETIC_MODELS.register("physical_only", _PhysicalDecayOnly())
+    try:
+        t = np.array([4.0, 24.0, 48.0, 168.0])
+        a = 100 * np.exp(-(LP + 0.01) * t)
+        fit = fit_tac(t, a, activity_sd_MBq=0.03 * a, candidates=["mono_exp", "biexp_uptake", "physical_only"])
+        assert "physical_only" not in fit.model_weights
+        assert any("physical_only (no priors" in n for n in fit.notes)
+    finally:
+        tt.kinetics.KINETIC_MODELS.unregister("physical_only")

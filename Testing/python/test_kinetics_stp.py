@@ -66,3 +66,22 @@ def test_invalid_inputs() -> None:
         single_time_point(24.0, 1.0, method="guess")
     with pytest.raises(tt.InvalidInputError, match="> 0 h"):
         single_time_point(0.0, 1.0)
+
+
+def test_prior_curve_rescaled_to_nearest_sample_carries_no_misfit() -> None:
+    # cycle 1: a fast + slow curve fitted (on purpose) with one exponential, which misses its 48 h sample;
+    # cycle 2: the same kinetics at 0.8 x the amplitude, scanned once at 48 h. Rescaled to the measured 48 h
+    # sample the prior curve gives TIA_2 / TIA_1 = 0.8 exactly; the fitted curve alone carries its misfit
+    t = np.array([4.0, 24.0, 48.0, 96.0, 168.0])
+    lf, ls = math.log(2) / 6.0, math.log(2) / 60.0
+    curve = 60 * np.exp(-lf * t) + 40 * np.exp(-ls * t)
+    prior = fit_tac(t, curve, model="mono_exp", activity_sd_MBq=0.03 * curve)
+    a2 = 0.8 * curve[2]
+    est = single_time_point_estimate(48.0, a2, method="prior", prior=prior)
+    plain = single_time_point_estimate(48.0, a2, method="prior", prior=prior, rescale_to_nearest_sample=False)
+    assert est.tia_MBq_h == pytest.approx(0.8 * prior.tia_MBq_h, rel=1e-9)
+    assert est.rescale_time_h == 48.0 and est.rescale_factor == pytest.approx(curve[2] / prior.predict([48.0])[0])
+    assert abs(plain.tia_MBq_h / (0.8 * prior.tia_MBq_h) - 1) > 0.05
+    assert any("rescaled to its sample at 48.0 h" in n for n in est.notes)
+    # the sample's random SD (3 %) enters the estimate's SD
+    assert est.tia_sd_MBq_h > plain.tia_sd_MBq_h * est.tia_MBq_h / plain.tia_MBq_h

@@ -22,7 +22,7 @@ def test_exact_on_clean_mono_exponential_voxels() -> None:
     rng = np.random.default_rng(0)
     c0 = rng.uniform(100, 5000, (4, 5, 6))
     lam = LP + rng.uniform(0.001, 0.08, (4, 5, 6))
-    vf = fit_voxels(T, _series(c0, lam))
+    vf = fit_voxels(T, _series(c0, lam), model="mono_exp")
     np.testing.assert_allclose(vf.tia_Bq_h_per_mL, c0 / lam, rtol=2e-4)
     np.testing.assert_allclose(vf.effective_half_life_h, math.log(2) / lam, rtol=2e-4)
     assert np.all(vf.model_map == 1)
@@ -67,7 +67,7 @@ def test_zero_nan_and_rising_voxels_and_mask() -> None:
     c[:, 0, 1, 2] = 50.0  # outside the mask
     vf = fit_voxels(T, c, mask=mask)
     codes = {v: k for k, v in VOXEL_MODEL_CODES.items()}
-    assert vf.model_map[0, 0, 0] == codes["mono_exp"]
+    assert vf.model_map[0, 0, 0] == codes["hybrid"]  # "auto" with T >= 3
     assert vf.model_map[0, 0, 1] == codes["trapezoid"]
     trap = 0.5 * 4 * 1 + 0.5 * 20 * 3 + 0.5 * 24 * 5 + 0.5 * 120 * 7 + 4 / LP
     assert vf.tia_Bq_h_per_mL[0, 0, 1] == pytest.approx(trap, rel=1e-5)
@@ -86,7 +86,7 @@ def test_noise_only_voxels_stay_finite_with_finite_sd() -> None:
     vf = fit_voxels(T, c)
     assert np.all(np.isfinite(vf.tia_Bq_h_per_mL))
     assert np.all(np.isfinite(vf.tia_sd_Bq_h_per_mL)) and np.all(vf.tia_sd_Bq_h_per_mL >= 0)
-    assert set(np.unique(vf.model_map)) <= {0, 1, 2}
+    assert set(np.unique(vf.model_map)) <= {0, 2, 3}
 
 
 def test_bad_shapes_and_times_raise() -> None:
@@ -105,7 +105,7 @@ def test_pooled_noise_model_gives_honest_voxel_sd(noise_model: str, kind: str) -
     lam = LP + 0.02
     clean = 1000.0 * np.exp(-lam * T)[:, None, None, None] * np.ones((4, 10, 40, 40))
     sd = np.sqrt(5.0 * clean) if kind == "poisson" else np.full_like(clean, 30.0)
-    vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), noise_model=noise_model)
+    vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), model="mono_exp", noise_model=noise_model)
     err = vf.tia_Bq_h_per_mL - 1000.0 / lam
     assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.08)
     assert 0.64 <= float(np.mean(np.abs(err) <= vf.tia_sd_Bq_h_per_mL)) <= 0.72
@@ -135,12 +135,15 @@ def _uptake_washout(t, lam, ku):
     return np.exp(-lam * t) - np.exp(-(lam + ku) * t), 1.0 / lam - 1.0 / (lam + ku)
 
 
-def test_hybrid_is_exact_on_mono_exponentials_and_codes_its_voxels() -> None:
+def test_hybrid_is_within_0p2_percent_on_mono_exponentials_and_codes_its_voxels() -> None:
+    # noiseless mono-exponentials (uptake complete at t = 0): the first sample lies on the tail, so the
+    # "uptake complete" model gets nearly all the weight; the uptake-washout model keeps the posterior weight of an
+    # uptake too fast for a 4 h scan to see (T_up < ~0.25 h: prior tail), < 0.2 % of the TIA even for T_eff = 8 h
     rng = np.random.default_rng(10)
     c0 = rng.uniform(100, 5000, (3, 4, 5))
     lam = LP + rng.uniform(0.001, 0.08, (3, 4, 5))
     vf = fit_voxels(T, _series(c0, lam), model="hybrid")
-    np.testing.assert_allclose(vf.tia_Bq_h_per_mL, c0 / lam, rtol=5e-4)
+    np.testing.assert_allclose(vf.tia_Bq_h_per_mL, c0 / lam, rtol=2e-3)
     np.testing.assert_allclose(vf.effective_half_life_h, math.log(2) / lam, rtol=5e-4)
     codes = {v: k for k, v in VOXEL_MODEL_CODES.items()}
     assert np.all(vf.model_map == codes["hybrid"])
@@ -203,14 +206,19 @@ def test_hybrid_pooled_sd_is_honest(noise_model: str) -> None:
     assert float(est.mean()) == pytest.approx(noiseless, rel=0.03)
 
 
-def test_hybrid_with_given_sds_matches_the_scatter() -> None:
+def test_hybrid_with_given_sds_covers_the_truth() -> None:
+    # the reported SD adds to the scatter of the estimates the between-model variance of the two uptake models
+    # (law of total variance), so it exceeds the scatter a little; +-1 SD covers the analytic TIA ~68 %
     rng = np.random.default_rng(12)
     clean = 1000.0 * np.exp(-(LP + 0.015) * T)[:, None, None, None] * np.ones((4, 5, 40, 40))
     sd = 0.05 * clean
     vf = fit_voxels(T, clean + sd * rng.standard_normal(clean.shape), model="hybrid",
                     concentration_sd_Bq_per_mL=sd)
-    err = vf.tia_Bq_h_per_mL - 1000.0 / (LP + 0.015)
-    assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.1)
+    truth = 1000.0 / (LP + 0.015)
+    err = vf.tia_Bq_h_per_mL - truth
+    assert abs(float(np.mean(err))) < 0.01 * truth
+    assert float(np.mean(vf.tia_sd_Bq_h_per_mL)) == pytest.approx(float(np.std(err)), rel=0.15)
+    assert 0.62 <= float(np.mean(np.abs(err) <= vf.tia_sd_Bq_h_per_mL)) <= 0.74
 
 
 def test_single_time_point_voxels_keep_the_prior_curve_shape() -> None:

@@ -205,7 +205,8 @@ def build_rtdose(spec: DoseMapSpec, ctx: ExportContext, *, series_number: int,
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.ImageComments = RESEARCH_USE_NOTICE[:10240]
     if derivation:
-        ds.DerivationDescription = derivation[:1024]
+        # ST holds at most 1024 bytes: cut the UTF-8 encoding (ISO_IR 192), never inside a character
+        ds.DerivationDescription = derivation.encode("utf-8")[:1024].decode("utf-8", "ignore")
     if source_images:
         items = []
         for src in source_images:

@@ -374,6 +374,14 @@ def _algorithm(stage: str, methods: Sequence[MethodRecord], extra: Sequence[str]
                                          parameters=params[:16] or None)
 
 
+def _tia_method_text(method: str) -> str:
+    """``TIA method=<method> (<how>)``: the kinetics stage's method string and, for its own methods, what it did."""
+    from ..kinetics.fit import describe_method
+
+    how = describe_method(method)
+    return f"TIA method={method}" + (f" ({how})" if how != method else "")
+
+
 def _companions(key: str, m: SRMeasurement) -> list[tuple[str, float]]:
     """(private code key, value) of the uncertainty measurements that accompany ``m``."""
     if key not in _UNCERTAIN:
@@ -466,7 +474,7 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         twin_tia = sres is not None and (sres.tia_method or "").startswith("twin")
         extra = {
             "kinetics": [f"kinetic model={sres.kinetic_model}" if sres and sres.kinetic_model else "",
-                         f"TIA method={sres.tia_method}" if sres and sres.tia_method else ""],
+                         _tia_method_text(sres.tia_method) if sres and sres.tia_method else ""],
             "dosimetry": [f"dose method={sres.dose_method}" if sres and sres.dose_method else ""],
         }
         algos = {stage: _algorithm(stage, methods, [e for e in extra.get(stage, []) if e])

@@ -12,17 +12,20 @@ protocol a plug-in implements is documented in :mod:`theratwin.kinetics.models`.
 
 Where to look:
 
-- :mod:`~theratwin.kinetics.fit`: ``fit_tac`` (weighted least squares, covariance, analytic TIA with
-  delta-method SD, AICc selection with Akaike weights and model averaging, documented fallbacks);
-- :mod:`~theratwin.kinetics.voxel`: ``fit_voxels`` (all voxels at once: mono-exponential or the hybrid
-  first-scan + exponential-tail integral the stage uses; pooled noise model for the SDs);
+- :mod:`~theratwin.kinetics.fit`: ``fit_tac`` (prior-informed MAP or weighted least-squares fits, covariance,
+  analytic TIA with delta-method SD, model selection by Laplace evidence (default) or AICc with model
+  averaging, documented fallbacks; ``TacFit.method`` says which);
+- :mod:`~theratwin.kinetics.priors`: the population priors of the parameters sparse schedules cannot pin
+  down (uptake half-time, fast phase), with their sources;
+- :mod:`~theratwin.kinetics.voxel`: ``fit_voxels`` (all voxels at once: the hybrid tail + early-phase integral
+  the stage uses, or a mono-exponential; pooled noise model for the SDs);
 - :mod:`~theratwin.kinetics.stp`: single-time-point methods and when each is valid;
 - :mod:`~theratwin.kinetics.tac`: structure activities from images, the uncertainty budget (Gear et al.
   2018) and partial-volume recovery (mask/sphere recovery coefficients, geometric transfer matrix);
 - :mod:`~theratwin.kinetics.stage`: the pipeline stage and its options (``KineticsConfig``).
 """
 
-from .fit import ModelFit, TacFit, aicc, fit_tac
+from .fit import ModelFit, TacFit, aicc, describe_method, fit_tac
 from .models import (
     KINETIC_MODELS,
     BiExponential,
@@ -35,6 +38,7 @@ from .models import (
     get_model,
     selectable_models,
 )
+from .priors import KineticPriors, LogNormalPrior, NormalPrior
 from .stp import StpEstimate, hanscheid_ratio, single_time_point, single_time_point_estimate
 from .tac import (
     ActivityUncertaintyModel,
@@ -51,6 +55,10 @@ __all__ = [
     "TacFit",
     "ModelFit",
     "aicc",
+    "describe_method",
+    "KineticPriors",
+    "LogNormalPrior",
+    "NormalPrior",
     "fit_voxels",
     "VoxelFit",
     "VOXEL_MODEL_CODES",

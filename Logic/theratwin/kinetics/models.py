@@ -28,6 +28,14 @@ entry-point group ``theratwin.kinetic_models`` pointing at an object or a class 
     Readable parameters with units in their names (``A0_MBq``, ``lambda_eff_per_h`` ...).
 ``effective_half_life_h(theta, lambda_phys_per_h) -> float``
     Half-life of the terminal (slowest) phase in h.
+``jacobian(theta, time_h, lambda_phys_per_h) -> ndarray`` (optional)
+    ``d activity / d theta``, shape ``(T, k)``; without it the optimiser uses finite differences.
+``prior_terms(priors) -> list[PriorTerm]`` (optional)
+    Normal priors (:class:`~theratwin.kinetics.priors.PriorTerm`) on linear functions of ``theta`` that the
+    prior-informed fit adds, from a :class:`~theratwin.kinetics.priors.KineticPriors`. The prior-informed model
+    selection (``fit_tac(model="auto")``, evidence) compares models in which every parameter but one amplitude
+    (which keeps a flat prior on its logarithm) carries a prior; a model without this method is fitted by least
+    squares only and is left out of that comparison.
 
 A model that is not fitted by least squares (e.g. the trapezoidal rule) instead implements
 ``fit_direct(time_h, activity_MBq, activity_sd_MBq, lambda_phys_per_h) -> DirectFit`` and sets
@@ -44,6 +52,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..registry import Registry
+from .priors import KineticPriors, PriorTerm, rate_prior_term
 
 __all__ = [
     "KineticModel",
@@ -128,6 +137,15 @@ def _amp(log_a: float) -> float:
     return math.exp(min(max(float(log_a), _LOGA_MIN), _LOGA_MAX))
 
 
+def _drate(phi: float) -> float:
+    """d exp(phi) / d phi inside the clamp range (0 outside it, where _rate is constant)."""
+    return _rate(phi) if _PHI_MIN < float(phi) < _PHI_MAX else 0.0
+
+
+def _damp(log_a: float) -> float:
+    return _amp(log_a) if _LOGA_MIN < float(log_a) < _LOGA_MAX else 0.0
+
+
 def _phi_of(rate_per_h: float) -> float:
     return math.log(max(rate_per_h, math.exp(_PHI_MIN + 1.0)))
 
@@ -194,6 +212,11 @@ class MonoExponential:
         lam = lambda_phys_per_h + _rate(theta[1])
         return _amp(theta[0]) * np.exp(-lam * np.asarray(time_h, float))
 
+    def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        t = np.asarray(time_h, float)
+        e = np.exp(-(lambda_phys_per_h + _rate(theta[1])) * t)
+        return np.column_stack([_damp(theta[0]) * e, -_amp(theta[0]) * t * e * _drate(theta[1])])
+
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         return _amp(theta[0]) / (lambda_phys_per_h + _rate(theta[1]))
 
@@ -203,6 +226,9 @@ class MonoExponential:
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         return math.log(2.0) / (lambda_phys_per_h + _rate(theta[1]))
+
+    def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        return [rate_prior_term("clearance biological half-time", 1, 2, priors.clearance_biological_half_time_h)]
 
 
 class BiExponentialUptake:
@@ -244,6 +270,15 @@ class BiExponentialUptake:
         t = np.asarray(time_h, float)
         return _amp(theta[0]) * (np.exp(-lc * t) - np.exp(-lu * t))
 
+    def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        lc, lu = self._rates(theta, lambda_phys_per_h)
+        t = np.asarray(time_h, float)
+        ec, eu = np.exp(-lc * t), np.exp(-lu * t)
+        a0 = _amp(theta[0])
+        # lambda_c moves both exponentials, lambda_u = lambda_c + exp(phi_u) only the uptake one
+        return np.column_stack([_damp(theta[0]) * (ec - eu), a0 * t * (eu - ec) * _drate(theta[1]),
+                                a0 * t * eu * _drate(theta[2])])
+
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         lc, lu = self._rates(theta, lambda_phys_per_h)
         return _amp(theta[0]) * (1.0 / lc - 1.0 / lu)
@@ -255,6 +290,11 @@ class BiExponentialUptake:
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
+
+    def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        # phi_uptake = ln(lambda_u - lambda_c): log-normal prior on the uptake half-time
+        return [rate_prior_term("clearance biological half-time", 1, 3, priors.clearance_biological_half_time_h),
+                rate_prior_term("uptake half-time", 2, 3, priors.uptake_half_time_h)]
 
 
 class BiExponential:
@@ -293,6 +333,15 @@ class BiExponential:
         t = np.asarray(time_h, float)
         return _amp(theta[0]) * np.exp(-l1 * t) + _amp(theta[1]) * np.exp(-l2 * t)
 
+    def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        l1, l2 = self._rates(theta, lambda_phys_per_h)
+        t = np.asarray(time_h, float)
+        e1, e2 = np.exp(-l1 * t), np.exp(-l2 * t)
+        a1, a2 = _amp(theta[0]), _amp(theta[1])
+        # lambda_2 = lambda_1 + exp(phi_2): phi_1 moves both rates
+        return np.column_stack([_damp(theta[0]) * e1, _damp(theta[1]) * e2,
+                                -t * (a1 * e1 + a2 * e2) * _drate(theta[2]), -t * a2 * e2 * _drate(theta[3])])
+
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         l1, l2 = self._rates(theta, lambda_phys_per_h)
         return _amp(theta[0]) / l1 + _amp(theta[1]) / l2
@@ -304,6 +353,13 @@ class BiExponential:
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
+
+    def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        # ln(A2/A1) = logit of the fast fraction; phi_2 = ln(lambda_2 - lambda_1)
+        p = priors.fast_fraction_logit
+        return [PriorTerm("fast fraction (logit)", (-1.0, 1.0, 0.0, 0.0), p.mean, p.sd),
+                rate_prior_term("clearance biological half-time", 2, 4, priors.clearance_biological_half_time_h),
+                rate_prior_term("fast-phase excess half-time", 3, 4, priors.fast_excess_half_time_h)]
 
 
 class TriExponential:
@@ -344,6 +400,18 @@ class TriExponential:
         t = np.asarray(time_h, float)
         return a1 * np.exp(-l1 * t) + a2 * np.exp(-l2 * t) - (a1 + a2) * np.exp(-l3 * t)
 
+    def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
+        t = np.asarray(time_h, float)
+        e1, e2, e3 = np.exp(-l1 * t), np.exp(-l2 * t), np.exp(-l3 * t)
+        a1, a2 = _amp(theta[0]), _amp(theta[1])
+        # rates are nested (lambda_3 = lambda_2 + ..., lambda_2 = lambda_1 + ...): phi_j moves lambda_j and above
+        d3 = t * (a1 + a2) * e3
+        d2 = -t * a2 * e2 + d3
+        d1 = -t * a1 * e1 + d2
+        return np.column_stack([_damp(theta[0]) * (e1 - e3), _damp(theta[1]) * (e2 - e3), d1 * _drate(theta[2]),
+                                d2 * _drate(theta[3]), d3 * _drate(theta[4])])
+
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
         a1, a2 = _amp(theta[0]), _amp(theta[1])
@@ -356,6 +424,13 @@ class TriExponential:
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
+
+    def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        p = priors.fast_fraction_logit
+        return [PriorTerm("fast fraction (logit)", (-1.0, 1.0, 0.0, 0.0, 0.0), p.mean, p.sd),
+                rate_prior_term("clearance biological half-time", 2, 5, priors.clearance_biological_half_time_h),
+                rate_prior_term("fast-phase excess half-time", 3, 5, priors.fast_excess_half_time_h),
+                rate_prior_term("uptake half-time", 4, 5, priors.uptake_half_time_h)]
 
 
 class Trapezoidal:

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
-from .fit import TacFit, fit_tac
+from .fit import SELECTIONS, TacFit, describe_method, fit_tac
+from .priors import KineticPriors
 from .stp import StpEstimate, single_time_point_estimate
 from .tac import ActivityUncertaintyModel, RecoveryModel, StructureTac, structure_tacs
 from .voxel import VoxelFit, fit_voxels
@@ -42,6 +43,10 @@ REFERENCES = [
     "Madsen MT, et al. Single time point dose estimate for exponential clearance. Med Phys 2018;45:2318-24.",
     "Siegel JA, et al. MIRD Pamphlet No. 16: techniques for quantitative radiopharmaceutical biodistribution "
     "data acquisition and analysis for use in human radiation dose estimates. J Nucl Med 1999;40:37S-61S.",
+    "MacKay DJC. Information Theory, Inference, and Learning Algorithms. Cambridge University Press; 2003, "
+    "ch. 27-28 (Laplace approximation of the evidence).",
+    "Hoeting JA, Madigan D, Raftery AE, Volinsky CT. Bayesian model averaging: a tutorial. Stat Sci "
+    "1999;14:382-417.",
 ]
 
 
@@ -52,15 +57,22 @@ class KineticsConfig:
     Attributes
     ----------
     model
-        Structure-level model (``"auto"`` = AICc selection with model averaging, or a model name).
+        Structure-level model (``"auto"`` = model selection with model averaging, see ``selection``, or a model
+        name).
     candidates
         Models for ``"auto"`` (None: all selectable).
+    selection
+        ``"evidence"`` (prior-informed fits weighted by their Laplace evidence, default) or ``"aicc"``
+        (least-squares fits, Akaike weights); see :func:`~theratwin.kinetics.fit_tac`.
+    priors
+        Overrides of the kinetic priors (fields of :class:`~theratwin.kinetics.priors.KineticPriors`, e.g.
+        ``{"uptake_half_time_h": {"median": 0.5, "log_sd": 0.8}}``), used by the structure fits (``"evidence"``)
+        and the voxel uptake phase. None: the built-in priors.
     voxel_fits, voxel_model, voxel_noise_model
-        Whether to fit voxels, with which voxel model (``"hybrid"``, default: first sample (uptake or fast
-        component) + exponential tail fitted to the later samples, see :func:`~theratwin.kinetics.fit_voxels`; ``"auto"``, ``"mono_exp"``,
-        ``"trapezoid"``) and which
-        noise model for the voxel SDs (``"poisson"``, ``"constant"``, ``"none"``; see
-        :func:`~theratwin.kinetics.fit_voxels`).
+        Whether to fit voxels, with which voxel model (``"hybrid"``, default: exponential tail through the last
+        samples plus the early phase (uptake or fast component) from the first ones, see
+        :func:`~theratwin.kinetics.fit_voxels`; ``"auto"`` (the same for >= 3 time points), ``"mono_exp"``,
+        ``"trapezoid"``) and which noise model for the voxel SDs (``"poisson"``, ``"constant"``, ``"none"``).
     calibration_rel_sd, segmentation_rel_sd, random_rel_sd, counting
         Activity uncertainty components (:class:`~theratwin.kinetics.ActivityUncertaintyModel`).
     counts_per_MBq_s
@@ -79,6 +91,8 @@ class KineticsConfig:
 
     model: str = "auto"
     candidates: list[str] | None = None
+    selection: str = "evidence"
+    priors: dict[str, Any] | None = None
     voxel_fits: bool = True
     voxel_model: str = "hybrid"
     voxel_noise_model: str = "poisson"
@@ -96,6 +110,9 @@ class KineticsConfig:
     def __post_init__(self) -> None:
         if self.stp_method not in ("prior", "hanscheid"):
             raise ConfigurationError(f"stp_method must be 'prior' or 'hanscheid'; got {self.stp_method!r}.")
+        if self.selection not in SELECTIONS:
+            raise ConfigurationError(f"selection must be one of {SELECTIONS}; got {self.selection!r}.")
+        KineticPriors.from_dict(self.priors)  # unknown or invalid priors fail here, not in the middle of a run
 
 
 def _config(ctx: PipelineContext) -> KineticsConfig:
@@ -105,6 +122,42 @@ def _config(ctx: PipelineContext) -> KineticsConfig:
     if unknown:
         raise ConfigurationError(f"Unknown kinetics options {sorted(unknown)}; known: {sorted(known)}.")
     return KineticsConfig(**opts)
+
+
+_VOXEL_METHODS = {
+    "hybrid": "exponential tail through the last three scans (the last two of three), analytic to infinity; before it the "
+              "uptake-washout model through the early scans (MAP with the uptake half-time prior) weighted against "
+              "uptake complete before the first scan by their evidence, or, for a fast early component, "
+              "log-trapezoids (MIRD 16)",
+    "mono_exp": "mono-exponential through all scans",
+    "trapezoid": "trapezoid from A(0) = 0 with a physical-decay tail (fallback: never-decreasing or failed voxels)",
+}
+
+
+def _method_record(res: Any) -> tuple[str, dict[str, Any]]:
+    """What the stage did, from the results themselves: a short text (structure TIA methods with counts as the
+    first clause, which the SR repeats on every measurement; voxel methods per cycle with voxel counts; the RT Dose
+    derivation repeats it within its 1024 characters) and, for the parameters, what each method means."""
+    used: dict[str, int] = {}
+    for c in res.cycles.values():
+        for sr in c.structures.values():
+            if sr.tia_method:
+                used[sr.tia_method] = used.get(sr.tia_method, 0) + 1
+    parts = ["Structure TIAs: " + (", ".join(f"{m} ({k})" for m, k in sorted(used.items())) or "none")]
+    voxel_used: set[str] = set()
+    for n, vs in sorted(res.extras.get("voxel_fits", {}).items()):
+        if vs.get("method") == "single_time_point":
+            parts.append(f"voxel TIAs cycle {n}: single time point, prior-cycle curve shape ({vs.get('voxels_prior', 0)}"
+                         f" voxels), Hanscheid ({vs.get('voxels_hanscheid', 0)} voxels)")
+            continue
+        counts = {k: v for k, v in (vs.get("voxels_per_model") or {}).items() if k != "none" and v}
+        voxel_used.update(counts)
+        parts.append(f"voxel TIAs cycle {n}: " + ", ".join(f"{k} ({v} voxels)" for k, v in counts.items()))
+    parts.append("TACs from registered quantitative SPECT and fractional masks; TIA 0-infinity analytic, "
+                 "delta-method (Laplace) SD plus correlated calibration/segmentation components")
+    descriptions = {m: describe_method(m) for m in sorted(used)}
+    descriptions.update({f"voxel {k}": _VOXEL_METHODS.get(k, k) for k in sorted(voxel_used)})
+    return "; ".join(parts), descriptions
 
 
 def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, prior: VoxelFit | None, *,
@@ -250,19 +303,9 @@ class KineticsStage:
                 self._voxels(ctx, cfg, n, times, images, grid, adm.nuclide, voxel_all, prior_cycle)
         state["tacs"] = tacs_all
         state["tac_fits"] = fits_all
-        res.record_method(
-            "kinetics",
-            "Structure TACs from registered quantitative SPECT and fractional masks; weighted least-squares fits "
-            "(mono-, bi-exponential with uptake, bi-, tri-exponential; clearance >= physical decay) with AICc "
-            "selection and Akaike-weighted model averaging; TIA 0-infinity analytic with delta-method SD plus "
-            "correlated calibration/segmentation components; voxel-wise vectorised hybrid integration "
-            "(Poisson-weighted mono-exponential tail fitted to the later scans, analytic to infinity; before it "
-            "a log-trapezoid and back-extrapolation for a fast early component, or the minimal exponential "
-            "uptake deficit through the first scan); "
-            "single-time-point cycles by the prior-informed method (voxel: the prior curve's shape, "
-            "TIA = C(t) TIA_1/C_1(t); Hänscheid fallback)",
-            dataclasses.asdict(cfg), REFERENCES,
-        )
+        text, descriptions = _method_record(res)
+        res.record_method("kinetics", text, {**dataclasses.asdict(cfg), "method_descriptions": descriptions},
+                          REFERENCES)
         ctx.stage_progress(1.0, "kinetics done")
 
     # ------------------------------------------------------------------------------------------------
@@ -295,7 +338,8 @@ class KineticsStage:
             fit = fit_tac(tac.time_h, tac.activity_MBq, nuclide=nuclide, model=cfg.model,
                           activity_sd_MBq=np.maximum(tac.activity_sd_random_MBq,
                                                      1e-9 * max(float(np.max(tac.activity_MBq)), 1e-12)),
-                          candidates=cfg.candidates)
+                          candidates=cfg.candidates, selection=cfg.selection,
+                          priors=KineticPriors.from_dict(cfg.priors))
         except (FitError, InvalidInputError) as exc:
             res.warn("kinetics", f"No TIA: {exc}", structure=name, cycle=n, severity="error")
             return
@@ -335,8 +379,11 @@ class KineticsStage:
             try:
                 est = single_time_point_estimate(t, a, nuclide, "prior", prior=prior, activity_sd_MBq=sd_a,
                                                  inter_cycle_variability=cfg.inter_cycle_variability)
+                rescaled = "" if est.rescale_time_h is None else (
+                    f", rescaled to its sample at {est.rescale_time_h:.1f} h (measured/fitted "
+                    f"{est.rescale_factor:.3f})")
                 res.warn("kinetics", f"Single time point (t = {t:.1f} h): TIA from the measurement and the "
-                         f"curve shape of cycle {prior_cycle} (prior-informed).", structure=name, cycle=n,
+                         f"curve shape of cycle {prior_cycle}{rescaled} (prior-informed).", structure=name, cycle=n,
                          severity="info")
             except InvalidInputError as exc:
                 res.warn("kinetics", f"Prior-informed single-time-point estimate impossible ({exc}).",
@@ -356,6 +403,9 @@ class KineticsStage:
             sr.effective_half_life_h = float(prior.effective_half_life_h)
         sr.fit_quality = {"n_points": 1.0, "systematic_rel_sd": tac.systematic_rel_sd,
                           "recovery_coefficient": tac.recovery_coefficient}
+        if est.rescale_time_h is not None:
+            sr.fit_quality["prior_rescale_factor"] = float(est.rescale_factor)
+            sr.fit_quality["prior_rescale_time_h"] = float(est.rescale_time_h)
 
     def _voxels(self, ctx: PipelineContext, cfg: KineticsConfig, n: int, times: np.ndarray,
                 images: list[ImageVolume], grid: Any, nuclide: str, voxel_all: dict[int, VoxelFit],
@@ -365,7 +415,7 @@ class KineticsStage:
         if times.size >= 2:
             series = np.stack([np.asarray(im.array, dtype=np.float32) for im in images])
             vf = fit_voxels(times, series, nuclide=nuclide, model=cfg.voxel_model, mask=body,
-                            noise_model=cfg.voxel_noise_model)
+                            noise_model=cfg.voxel_noise_model, priors=KineticPriors.from_dict(cfg.priors))
             voxel_all[n] = vf
             tia, tia_sd = vf.tia_Bq_h_per_mL, vf.tia_sd_Bq_h_per_mL
             unknown = ~np.isfinite(tia_sd)

@@ -15,6 +15,10 @@ Validity (derived for a mono-exponential curve ``A(t) = A0 exp(-lambda t)``, ``l
   shape scaled through the single measurement: ``TIA_n = A_n(t) * TIA_prior / A_prior(t)``. Valid when the
   kinetics (rate constants) of the structure do not change between cycles; an inter-cycle variability
   (default 10 % on the ratio, configurable) is added to the SD. Exact for any shape if the rates repeat.
+  ``A_prior(t)`` is the fitted prior curve rescaled to the prior cycle's *measured* sample nearest in time to
+  ``t`` (factor = measured / fitted at that sample; the voxel path does the same with neighbourhood sums): where
+  the prior fit misses its samples (a poor fit, chi2_red >> 1, e.g. a fast and a slow phase through a model
+  that has one), the misfit is not carried into the new cycle; that sample's random SD enters the estimate's SD.
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ class StpEstimate:
     activity_MBq: float
     effective_half_life_h: float | None
     notes: list[str] = field(default_factory=list)
+    rescale_factor: float = 1.0
+    rescale_time_h: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"tia_MBq_h": self.tia_MBq_h, "tia_sd_MBq_h": self.tia_sd_MBq_h, "method": self.method,
                 "time_h": self.time_h, "activity_MBq": self.activity_MBq,
-                "effective_half_life_h": self.effective_half_life_h, "notes": list(self.notes)}
+                "effective_half_life_h": self.effective_half_life_h, "notes": list(self.notes),
+                "rescale_factor": self.rescale_factor, "rescale_time_h": self.rescale_time_h}
 
 
 def hanscheid_ratio(time_h: float, effective_half_life_h: float) -> float:
@@ -66,6 +73,7 @@ def single_time_point_estimate(
     effective_half_life_sd_h: float | None = None,
     prior: Any = None,
     inter_cycle_variability: float = 0.10,
+    rescale_to_nearest_sample: bool = True,
 ) -> StpEstimate:
     """Single-time-point TIA with its SD (see the module docstring for validity).
 
@@ -91,6 +99,10 @@ def single_time_point_estimate(
         object with ``predict(time_h)``, ``tia_MBq_h`` and ``tia_sd_MBq_h``).
     inter_cycle_variability
         Relative SD assumed for the change of kinetics between cycles (``"prior"``).
+    rescale_to_nearest_sample
+        ``"prior"``: rescale the prior curve to the prior's measured sample nearest in time (needs ``prior`` to
+        carry ``time_h`` and ``activity_MBq``, as a :class:`~theratwin.kinetics.TacFit` does; see the module
+        docstring).
 
     Returns
     -------
@@ -147,17 +159,44 @@ def single_time_point_estimate(
                 f"The prior curve predicts {a_prior} MBq at t = {t} h; it cannot be scaled to this scan. Use "
                 "method='hanscheid'."
             )
+        factor, rel_sample, t_k = _nearest_sample_factor(prior, t) if rescale_to_nearest_sample else (1.0, 0.0, None)
+        a_prior *= factor
         ratio = float(prior.tia_MBq_h) / a_prior
         tia = a * ratio
         # shape uncertainty: the prior's relative TIA SD (the amplitude part cancels only partly, so this is
-        # conservative) combined with the inter-cycle variability and the measurement SD
+        # conservative) combined with the inter-cycle variability, the measurement SD and, when rescaled, the
+        # random SD of the prior sample used
         rel_prior = float(prior.tia_sd_MBq_h) / float(prior.tia_MBq_h) if prior.tia_MBq_h else 0.0
-        rel = math.sqrt(rel_prior**2 + inter_cycle_variability**2 + (sd_a / a if a > 0 else 0.0) ** 2)
+        rel = math.sqrt(rel_prior**2 + inter_cycle_variability**2 + (sd_a / a if a > 0 else 0.0) ** 2
+                        + rel_sample**2)
         t_eff = getattr(prior, "effective_half_life_h", None)
+        rescaled = "" if t_k is None else (f", prior curve rescaled to its sample at {t_k:.1f} h (measured/fitted = "
+                                           f"{factor:.3f})")
         notes.append(f"Prior-informed: earlier-cycle curve shape scaled to the measurement (TIA/A(t) = "
-                     f"{ratio:.1f} h), inter-cycle variability {100 * inter_cycle_variability:.0f} %.")
-        return StpEstimate(tia, abs(tia) * rel, "prior", t, a, t_eff, notes)
+                     f"{ratio:.1f} h){rescaled}, inter-cycle variability {100 * inter_cycle_variability:.0f} %.")
+        return StpEstimate(tia, abs(tia) * rel, "prior", t, a, t_eff, notes, rescale_factor=factor,
+                           rescale_time_h=t_k)
     raise ConfigurationError(f"Unknown single-time-point method {method!r}; use 'hanscheid', 'madsen' or 'prior'.")
+
+
+def _nearest_sample_factor(prior: Any, time_h: float) -> tuple[float, float, float | None]:
+    """(measured / fitted, relative random SD of that sample, its time) at the prior's sample nearest ``time_h``;
+    ``(1, 0, None)`` when the prior carries no samples or they cannot be used."""
+    tp = getattr(prior, "time_h", None)
+    ap = getattr(prior, "activity_MBq", None)
+    if tp is None or ap is None:
+        return 1.0, 0.0, None
+    tp, ap = np.asarray(tp, float).ravel(), np.asarray(ap, float).ravel()
+    if tp.size == 0 or tp.size != ap.size:
+        return 1.0, 0.0, None
+    k = int(np.argmin(np.abs(tp - time_h)))
+    fitted = float(np.asarray(prior.predict(np.array([tp[k]])), float)[0])
+    measured = float(ap[k])
+    if not (fitted > 0 and measured > 0 and math.isfinite(fitted) and math.isfinite(measured)):
+        return 1.0, 0.0, None
+    sd = getattr(prior, "activity_sd_MBq", None)
+    rel = float(np.asarray(sd, float).ravel()[k]) / measured if sd is not None and np.size(sd) == tp.size else 0.0
+    return measured / fitted, rel, float(tp[k])
 
 
 def single_time_point(

@@ -38,7 +38,11 @@ def _fit_caption(data: dict[str, Any], name: str) -> str:
             vals = [f"{esc(k)} {number_span(data, field_path(key, name, f'model_weights.{k}'), structure=name, cycle=key)}"
                     for k, v in weights.items() if is_number(v) and "." not in str(k)]
             if len(vals) > 1:
-                items.append("AICc weights " + ", ".join(vals))
+                # what the weights are depends on how the kinetics stage selected its models
+                method = str(sr.get("tia_method") or "")
+                label = ("posterior model probabilities" if method.startswith("evidence") else
+                         "AICc weights" if method.startswith(("aicc", "model_average")) else "model weights")
+                items.append(f"{label} " + ", ".join(vals))
         quality = sr.get("fit_quality")
         if isinstance(quality, dict):
             for k in _FIT_QUALITY_KEYS:
