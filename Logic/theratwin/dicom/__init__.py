@@ -14,11 +14,14 @@ from .inventory import (
     nuclide_from_text,
     scan,
 )
+from .options import CameraCalibration, ReadOptions
 from .read import read_study
 
 __all__ = [
     "read_study",
     "scan",
+    "ReadOptions",
+    "CameraCalibration",
     "Inventory",
     "SeriesInfo",
     "AdministrationInfo",

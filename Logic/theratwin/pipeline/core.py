@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DicomReadError, FitError, ImplausibleResultError, InvalidInputError
+from ..plausibility import PlausibilityConfig, check_results
 from ..progress import ProgressCallback, report, scaled
 from ..registry import Registry
 from ..results import Results
@@ -89,6 +90,12 @@ class PipelineConfig:
     pacs_url, fhir_url
         Where to push results (None: do not push). Credentials never go here: they come from the
         environment (see ``theratwin.dicom.pacs`` and ``theratwin.fhir.client``).
+    read
+        How DICOM input is read (:class:`theratwin.dicom.ReadOptions` as a dict: site ``timezone``, ``nuclide``,
+        ``camera_calibrations`` for counts-based SPECT, ``accept_incomplete_series``, ``without_ct`` ...).
+    plausibility
+        Thresholds and ``action`` ("stop" or "warn") of the physical plausibility checks
+        (:class:`theratwin.plausibility.PlausibilityConfig` as a dict); used for the input and the results.
     """
 
     stages: tuple[str, ...] = DEFAULT_STAGES
@@ -96,6 +103,19 @@ class PipelineConfig:
     pacs_url: str | None = None
     fhir_url: str | None = None
     write_outputs: bool = True
+    read: dict[str, Any] = field(default_factory=dict)
+    plausibility: dict[str, Any] = field(default_factory=dict)
+
+    def read_options(self) -> Any:
+        """The reader settings (:class:`theratwin.dicom.ReadOptions`), with this config's plausibility settings."""
+        from ..dicom.options import ReadOptions
+
+        d = dict(self.read)
+        d.setdefault("plausibility", dict(self.plausibility))
+        return ReadOptions.from_dict(d)
+
+    def plausibility_config(self) -> PlausibilityConfig:
+        return PlausibilityConfig.from_dict(self.plausibility)
 
     def options(self, stage: str) -> dict[str, Any]:
         return dict(self.stage_options.get(stage, {}))
@@ -156,6 +176,33 @@ class Pipeline:
     def available_stages(self) -> list[str]:
         return [s for s in self.config.stages if s in STAGES]
 
+    def check_stages(self, stages: tuple[str, ...] | list[str] | None = None, completed: Any = ()) -> None:
+        """Refuse stages that cannot run: not installed, or needing a stage that neither ran nor runs before them.
+
+        The default stage list only skips stages that are not installed (reported in the results); a list the
+        user gives (``--stages``) must name stages that can all run.
+
+        Raises
+        ------
+        ConfigurationError
+            Naming the stage and what it needs.
+        """
+        names = list(self.config.stages if stages is None else stages)
+        if tuple(names) == DEFAULT_STAGES:
+            return
+        available = set(completed)
+        for name in names:
+            if name not in STAGES:
+                raise ConfigurationError(f"Stage '{name}' is not installed; installed stages: "
+                                         f"{', '.join(STAGES.names())}.")
+            stage = STAGES.get(name)
+            missing = [r for r in getattr(stage, "requires", ()) if r not in available]
+            if missing:
+                raise ConfigurationError(f"Stage '{name}' cannot run: it needs {', '.join(missing)}, which "
+                                         f"{'is' if len(missing) == 1 else 'are'} not run before it; give the stages "
+                                         f"in order, e.g. --stages {','.join([*missing, name])}.")
+            available.add(name)
+
     def run(self, study: Study, *, out_dir: str | Path | None = None, progress: ProgressCallback | None = None,
             state: dict[str, Any] | None = None) -> Results:
         """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
@@ -174,9 +221,12 @@ class Pipeline:
         """
         ctx.config = self.config
         results, out, progress = ctx.results, ctx.out_dir, ctx.progress
+        names = [s for s in stages if s not in ctx.completed]
+        if tuple(stages) != DEFAULT_STAGES:
+            self.check_stages(names, ctx.completed)
+        plausibility = self.config.plausibility_config()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-        names = [s for s in stages if s not in ctx.completed]
         for i, name in enumerate(names):
             if name not in STAGES:
                 results.warn("pipeline", f"Stage '{name}' is not installed; skipped.", severity="info")
@@ -184,15 +234,19 @@ class Pipeline:
             stage = STAGES.get(name)
             stage = stage() if isinstance(stage, type) else stage
             missing = [r for r in getattr(stage, "requires", ()) if r not in ctx.completed]
-            if missing:
+            if missing:  # only in the default list (a stage not installed); check_stages refuses given lists
                 results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
                 continue
             ctx.state["_stage_progress"] = scaled(progress, i / len(names), (i + 1) / len(names))
             report(progress, i / len(names), f"{name}")
             t0 = time.perf_counter()
-            stage.run(ctx)
+            try:
+                stage.run(ctx)
+            except (InvalidInputError, FitError) as exc:
+                raise _located(exc, ctx.study, name) from exc
             ctx.completed.append(name)
             results.extras.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - t0, 3)
+            _plausibility(ctx, plausibility, name)
         ctx.state.pop("_stage_progress", None)
         results.extras["completed_stages"] = list(ctx.completed)
         if out is not None and self.config.write_outputs:
@@ -201,6 +255,36 @@ class Pipeline:
         report(progress, 1.0, "done")
         self.last_context = ctx
         return results
+
+
+def _located(exc: Exception, study: Study, stage: str) -> Exception:
+    """The stage's error with the study's location in front when it names no file (a refusal names a file)."""
+    msg = str(exc)
+    files = [f for c in study.cycles for tp in c.time_points for f in tp.source.files]
+    if isinstance(exc, DicomReadError) or not files or any(str(Path(f).parent) in msg for f in files):
+        return exc
+    import os
+
+    where = os.path.commonpath([str(Path(f).parent) for f in files])
+    try:
+        return type(exc)(f"{where}: {stage} stage: {msg}")
+    except TypeError:  # pragma: no cover - an error class with another signature: keep it as it is
+        return exc
+
+
+def _plausibility(ctx: PipelineContext, config: PlausibilityConfig, stage: str) -> None:
+    """Check the results after a stage; stop before anything is written, or warn (``plausibility.action``)."""
+    seen: set[str] = ctx.state.setdefault("_plausibility_seen", set())
+    for finding in check_results(ctx.results, config, stage=stage):
+        if finding.message in seen:
+            continue
+        seen.add(finding.message)
+        if finding.stops and config.action == "stop":
+            raise ImplausibleResultError(f"implausible result after the {stage} stage, nothing written: "
+                                         f"{finding.message} To proceed knowingly, set plausibility.action = "
+                                         '"warn" in the pipeline config.')
+        ctx.results.warn("plausibility", finding.message, cycle=finding.cycle, structure=finding.structure,
+                         severity="error" if finding.stops else "warning")
 
 
 def run_pipeline(study: Study, out_dir: str | Path | None = None, *, config: PipelineConfig | None = None,

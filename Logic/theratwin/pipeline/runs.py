@@ -43,8 +43,10 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     out.mkdir(parents=True, exist_ok=True)
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
     (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
-    study = read_study(demo.dicom_dir)
-    pipe = Pipeline(_with_demo_resolution(config))
+    cfg = _with_demo_resolution(config)
+    Pipeline(cfg).check_stages()  # a stage list that cannot run fails before the work
+    study = read_study(demo.dicom_dir, options=cfg.read_options())
+    pipe = Pipeline(cfg)
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
@@ -70,10 +72,11 @@ def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
 
 def run_folder(input_dir: str | Path, out_dir: str | Path, *, config: PipelineConfig | None = None,
                strict: bool = False, progress: ProgressCallback | None = None) -> RunOutput:
-    """Read a folder of DICOM (one patient) and run the pipeline on it."""
+    """Read a folder of DICOM (one patient) with ``config.read`` settings and run the pipeline on it."""
     from ..dicom import read_study
 
-    study = read_study(input_dir, strict=strict)
     pipe = Pipeline(config)
+    pipe.check_stages()  # a stage list that cannot run fails before the reading
+    study = read_study(input_dir, strict=strict, options=pipe.config.read_options())
     results = pipe.run(study, out_dir=out_dir, progress=progress)
     return RunOutput(results, pipe.last_context, Path(out_dir))
