@@ -44,7 +44,7 @@ class _Progress:
         if not self.interactive:
             step = message.split(" (")[0].split(":")[0][:40]
             key = (int(fraction * 10), step)
-            if key != self._last and (self._last is None or key[0] != self._last[0] or key[1] != self._last[1]):
+            if key != self._last:  # a new tenth or a new step: one line
                 self._last = key
                 print(f"{self.label}: {100 * fraction:3.0f}% {message[:80]}", file=self.stream, flush=True)
             return

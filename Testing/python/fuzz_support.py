@@ -113,9 +113,9 @@ def run_case(root: Path) -> tuple[dict[str, tuple[float, float]], set[str]]:
     return _numbers(results), _warnings(results)
 
 
-def make_studies(base: Path) -> list[Study]:
+def make_studies(base: Path, layouts: tuple[str, ...] = ("siemens_rwvm", "pt_start")) -> list[Study]:
     studies = []
-    for layout in ("siemens_rwvm", "pt_start"):
+    for layout in layouts:
         truth = ss.build(base / layout, layout)
         numbers, warns = run_case(truth.root)
         files = truth.files
@@ -270,8 +270,10 @@ def _names_a_file(message: str, root: Path) -> bool:
     return str(root) in message
 
 
-def run(studies: list[Study], n_cases: int, seed: int, *, folder_share: float = 0.2,
+def run(studies: list[Study], n_cases: int, seed: int, *, folder_share: float = 0.2, cli_every: int = 0,
         log: logging.Logger | None = None) -> Report:
+    """``n_cases`` damaged cases; every ``cli_every``-th also runs through ``theratwin run`` (exit status and the
+    one-line error on stderr are checked)."""
     rng = random.Random(seed)
     rep = Report()
     t0, c0 = time.monotonic(), time.process_time()
@@ -300,6 +302,11 @@ def run(studies: list[Study], n_cases: int, seed: int, *, folder_share: float = 
                     desc = f"{target.name}: {desc}"
                     rep.kinds["file"] += 1
                 outcome, detail = _classify(study, desc)
+                if cli_every and case % cli_every == 0 and outcome not in ("hang", "traceback"):
+                    cli = _cli_case(study, outcome)
+                    if cli:
+                        outcome, detail = "bad_message", cli
+                    rep.kinds["via CLI"] += 1
                 rep.outcomes[outcome] += 1
                 if outcome not in ("refused", "same", "warned"):
                     rep.findings.append(f"{outcome}: {desc}: {detail}")
@@ -319,6 +326,32 @@ def run(studies: list[Study], n_cases: int, seed: int, *, folder_share: float = 
         logging.getLogger("pydicom").disabled = False
     rep.seconds, rep.cpu_seconds = time.monotonic() - t0, time.process_time() - c0
     return rep
+
+
+def _cli_case(study: Study, outcome: str) -> str:
+    """Run the same case through the CLI; return what is wrong with its exit status or stderr ("" if nothing)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from theratwin.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryDirectory(dir=study.root.parent) as tmp:
+        signal.alarm(PER_CASE_LIMIT_S)
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                rc = main(["run", "--input", str(study.root), "--out", str(Path(tmp) / "out"), "-q",
+                           "--stages", ",".join(FAST_STAGES)])
+        finally:
+            signal.alarm(0)
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("theratwin:")]
+    want = 2 if outcome in ("refused", "bad_message") else 0
+    if rc != want:
+        return f"CLI exit status {rc}, expected {want}: {lines[-1:]}"
+    if rc == 2 and (len(lines) != 1 or not lines[0].isprintable() or str(study.root) not in lines[0]):
+        return f"CLI error is not one printable line naming a file: {lines[:2]}"
+    return ""
 
 
 def _classify(study: Study, desc: str) -> tuple[str, str]:

@@ -347,6 +347,22 @@ class TestTimeZones:
 # 6. smaller items
 
 class TestSmaller:
+    def test_pet_without_ct_runs_with_water_only_when_asked(self, tmp_path: Path) -> None:
+        truth = ss.build(tmp_path / "p", "pt_start", with_seg=False)
+        shutil.rmtree(truth.time_points[0].ct_files[0].parent)
+        _refusal(truth.root, "FrameOfReferenceUID", "--without-ct water")
+        out = tmp_path / "out"
+        run = run_folder(truth.root, out, config=PipelineConfig(stages=(*FAST, "radiobiology", "report",
+                                                                        "fhir_export"), read={"without_ct": "water"}))
+        res = json.loads((out / "results.json").read_text())
+        assert any("water density" in w["message"] for w in res["warnings"])
+        assert any("water density" in m["method"] for m in res["methods"])
+        assert "water density" in (out / "report.html").read_text()
+        bundle = json.loads((out / "fhir-bundle.json").read_text())
+        prov = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance")
+        assert "water density" in json.dumps(prov)
+        assert run.results.maps["cycle1/dose"].array.max() > 0
+
     def test_f18_793_hours_after_injection(self, tmp_path: Path) -> None:
         truth = ss.build(tmp_path / "p", "pt_start", nuclide="F-18", activity_MBq=300.0, hours=(793.0,),
                          fov_fraction=0.4)
