@@ -28,11 +28,12 @@ Checks marked "warn" above never stop.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._config import checked_fields
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,12 +68,7 @@ class PlausibilityConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PlausibilityConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigurationError(f"Unknown plausibility settings {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "plausibility settings"))
 
 
 @dataclass

@@ -3,19 +3,17 @@
 - NM reconstructed tomography: one multi-frame object (frames along the slice normal from the Image Position of
   the Detector Information Sequence, PS3.3 C.8.4.11 / C.8.4.8) or single-frame objects stacked by position.
   Stored values x Real World Value Mapping slope + intercept = Bq/mL (or the non-standard Units BQML with
-  Rescale Slope/Intercept that some exports carry). NM has no Decay Correction attribute: quantitative SPECT is
-  taken as decay-corrected to the acquisition start (the convention of vendor quantitative SPECT); a
-  DecayCorrection attribute, if present, is honoured as for PET.
-- PET: single-frame objects with per-slice Rescale Slope/Intercept. Units BQML as is; CNTS times a calibration
-  factor (argument, Philips private Activity Concentration Scale Factor (7053,1009), or Dose Calibration Factor
-  (0054,1322)); GML (SUVbw) back to Bq/mL with the decay-corrected injected activity and PatientWeight.
-  DecayCorrection (0054,1102): START (reference = DecayCorrectionDateTime, else SeriesDate/Time, else acquisition
-  start), ADMIN (reference = RadiopharmaceuticalStartDateTime) or NONE (frame average), all converted to
-  activity concentration at the acquisition start:
-  ``c(start) = c(ref) exp(-lambda (t_start - t_ref))`` and, for NONE,
-  ``c(start) = c_avg lambda T / (1 - exp(-lambda T))`` (decay during a frame of duration T).
+  Rescale Slope/Intercept that some exports carry); NM in counts keeps its counts (calibrated by the reader).
+- PET: single-frame objects with per-slice Rescale Slope/Intercept (Type 1), or one Enhanced / Legacy Converted
+  Enhanced PET object with a Pixel Value Transformation per frame. Units and decay correction are applied by
+  :mod:`theratwin.dicom.read`.
 - CT: single-frame objects, stored x Rescale Slope + Intercept = HU; or one Enhanced / Legacy Converted
   Enhanced CT object (frames placed by their Plane Position, rescaled by their Pixel Value Transformation).
+
+Header and pixel data must agree: Pixel Data length vs Rows x Columns x frames x bits, one orientation and pixel
+spacing per series, regular slice positions (a gap names the file next to it), values no scanner of that kind
+produces (CT outside [-10000, 100000] HU, NaN after rescaling) refused; oddities (a CT without air, a slice whose
+rescale differs, NM spacing that disagrees with its slice thickness) returned as warnings.
 """
 
 from __future__ import annotations

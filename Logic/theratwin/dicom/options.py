@@ -20,9 +20,10 @@ used as a calibration: PS3.3 C.8.9.4 defines it as the factor *already applied* 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._config import checked_fields
 from ..errors import ConfigurationError
 from ..plausibility import PlausibilityConfig
 
@@ -162,22 +163,13 @@ class ReadOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ReadOptions:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigurationError(f"Unknown read settings {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "read settings"))
 
 
 def _calibration(d: Any) -> CameraCalibration:
     if not isinstance(d, dict):
         raise ConfigurationError(f"read.camera_calibrations: each entry must be an object; got {d!r}.")
-    known = {f.name for f in fields(CameraCalibration)}
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigurationError(f"Unknown camera calibration fields {sorted(unknown)}; known: {sorted(known)}.")
     try:
-        return CameraCalibration(**d)
+        return CameraCalibration(**checked_fields(CameraCalibration, d, "camera calibration fields"))
     except TypeError as exc:
         raise ConfigurationError(f"read.camera_calibrations: {exc}.") from None

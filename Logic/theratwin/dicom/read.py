@@ -5,15 +5,19 @@ See :mod:`theratwin.dicom.inventory` for how series are grouped into time points
 end up in Bq/mL decay-corrected to their acquisition start; CTs in HU; times in hours since the start of the
 administration of the cycle; datetimes timezone-aware (:mod:`theratwin._time`).
 
-Decay correction of PET (PS3.3 C.8.9.1 PET Series, C.8.9.4 PET Image), slice by slice:
+Decay correction of PET (PS3.3 PET Series Module: Decay Correction, Series Date/Time; PET Image Module C.8.9.4),
+slice by slice:
 
-- START: values refer to DecayCorrectionDateTime (0018,9701), else to the Series Date/Time, which PS3.3
-  C.8.9.1.1.1 makes the reference time of a PET series; ADMIN: to DecayCorrectionDateTime, else the injection.
-  ``c(t0) = c(ref) exp(-lambda (t0 - ref))`` with t0 the acquisition start of the time point.
-- NONE: each slice is the average over its own frame [AcquisitionDateTime, + ActualFrameDuration] (multi-bed
-  series have a time per bed), ``c(t_i) = c_avg lambda T / (1 - exp(-lambda T))``, then
-  ``c(t0) = c(t_i) exp(lambda (t_i - t0))``. FrameReferenceTime (0054,1300), "the time that the pixel values
-  occurred" as an offset from the Series reference time, is checked against this and a disagreement reported.
+- START: all images of the series are corrected to one time, the acquisition start; it is taken from
+  DecayCorrectionDateTime (0018,9701), else the Series Date/Time (Type 1 in PET, the series reference time);
+  ADMIN: DecayCorrectionDateTime, else the injection. ``c(t0) = c(ref) exp(-lambda (t0 - ref))`` with t0 the
+  acquisition start of the time point.
+- NONE: each slice is the average over its own frame [AcquisitionDateTime, + ActualFrameDuration] (C.8.9.4.1.6;
+  multi-bed series have a time per bed), ``c(t_i) = c_avg lambda T / (1 - exp(-lambda T))``, then
+  ``c(t0) = c(t_i) exp(lambda (t_i - t0))``. Frame Reference Time (0054,1300), "the time that the pixel values
+  occurred" as an offset from the Series reference time (C.8.9.4.1.5, e.g. T_ave = ln(lambda T / (1 - exp(-lambda
+  T))) / lambda into the frame), is checked against this and a disagreement reported.
+- Rescale Intercept "is always zero for PET images" (C.8.9.4): another value is reported (refused when strict).
 
 Counts (Units CNTS, or NM without a Bq/ml mapping) become Bq/mL only through a calibration the user gives
 (:mod:`theratwin.dicom.options`); the conversion is recorded in the study's methods.
@@ -123,6 +127,13 @@ def read_study(
         opts = replace(opts, counts_calibration_Bq_per_mL=counts_calibration_Bq_per_mL)
     try:
         return _read_study(path, opts, progress)
+    except DicomReadError:
+        raise
+    except InvalidInputError as e:
+        # a model constructor refusing what a file gave (a grid, a label ...): name the file being read
+        if _CURRENT_FILE.get() is None:
+            raise
+        raise DicomReadError(str(e), path=_CURRENT_FILE.get()) from e
     except TheraTwinError:
         raise
     except _CORRUPT_VALUE_ERRORS as e:
@@ -151,6 +162,7 @@ def _read_study(path: str | os.PathLike[str], opts: ReadOptions, progress: Progr
         raise DicomReadError(f"not readable as DICOM in strict mode: {reason}", path=p)
     if inv.problems:
         raise inv.problems[0]
+    _CURRENT_FILE.set(inv.cycles[0].time_points[0].emission.first_file if inv.cycles else None)
     if not inv.cycles:  # pragma: no cover - _plan records a problem whenever no cycle is found
         raise DicomReadError("no usable time point found.", path=inv.root)
 
@@ -301,8 +313,11 @@ def _time_point(ptp: PlannedTimePoint, adm: Administration, opts: ReadOptions, c
     if kind in ("nm", "pt"):
         intercepts = [checked_float(d, "RescaleIntercept", path=s.first_file, default=0.0) or 0.0 for d in ordered]
         if any(intercepts):
-            found.append(f"RescaleIntercept {max(intercepts, key=abs):g} is not 0 for an activity image (normally "
-                         "0); check the export")
+            text = (f"RescaleIntercept {max(intercepts, key=abs):g} is not 0 for an activity image (PS3.3 C.8.9.4: "
+                    "always zero for PET); check the export")
+            if opts.strict:
+                raise DicomReadError(text + ".", path=s.first_file, tag="RescaleIntercept")
+            found.append(text)
     image = vol.with_array(values.astype(np.float32), "Bq/mL")
     notes.extend(f"{s.modality} series '{s.description}' ({s.first_file}): {w}" for w in found)
     ct_vol = None
