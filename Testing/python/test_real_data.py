@@ -495,3 +495,32 @@ def test_pet_none_with_wrong_frame_reference_time_is_reported(tmp_path: Path) ->
         _edit(f, lambda ds: setattr(ds, "FrameReferenceTime", "0"))
     st = read_study(truth.root)
     assert any("FrameReferenceTime (0054,1300) disagrees" in w for w in st.warnings)
+
+
+@pytest.mark.integration
+def test_sr_with_cautions_passes_the_validators(tmp_path: Path) -> None:
+    """The TID 1500 Qualitative Evaluations container carrying the cautions is valid for dciodvfy, dsrdump and
+    pixelmed's TID 1500 validator, and reads back."""
+    import subprocess
+
+    from dicom_synth import make_results, make_study
+    from test_dicom_write_validators import _errors, pixelmed_validate
+
+    from theratwin.dicom.export import export_dicom
+    from theratwin.dicom.sr import read_sr_cautions
+
+    res = make_results(make_study(tmp_path / "input", n_cycles=1))
+    res.warn("plausibility", "cycle 1 time point 1: the image holds 9.9e+03 MBq, 1.5 x the administered activity.",
+             severity="error")
+    rep = export_dicom(res, tmp_path)
+    sr_path = tmp_path / next(r for r in rep.sr if "cycle1" in r or "cycle" in r)
+    sr = pydicom.dcmread(sr_path)
+    assert read_sr_cautions(sr) == ["CHECK BEFORE USE (plausibility): cycle 1 time point 1: the image holds 9.9e+03 "
+                                    "MBq, 1.5 x the administered activity."]
+    text = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True, timeout=300)
+    assert not _errors(text.stdout + text.stderr), text.stdout + text.stderr
+    dump = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True, timeout=300)
+    assert dump.returncode == 0 and "Qualitative Evaluations" in dump.stdout and "CHECK BEFORE USE" in dump.stdout
+    out = pixelmed_validate(sr_path)
+    assert "Root Template Validation Complete" in out and not [ln for ln in out.splitlines() if "Error:" in ln], \
+        out[-3000:]
