@@ -5,6 +5,7 @@ into a :class:`~theratwin.study.Study`; :func:`scan` reports what a folder holds
 ``describe()``) without refusing anything.
 """
 
+from ._read_values import DicomClock
 from .inventory import (
     AdministrationInfo,
     Inventory,
@@ -22,6 +23,7 @@ __all__ = [
     "scan",
     "ReadOptions",
     "CameraCalibration",
+    "DicomClock",
     "Inventory",
     "SeriesInfo",
     "AdministrationInfo",
