@@ -414,8 +414,10 @@ def _rwvm_bqml(ds: Dataset) -> bool:
 
 
 def _camera(ds: Dataset) -> dict[str, str]:
-    return {"manufacturer": clip(get_text(ds, "Manufacturer"), 64), "model": clip(get_text(ds, "ManufacturerModelName"), 64),
-            "serial_number": clip(get_text(ds, "DeviceSerialNumber"), 64), "station": clip(get_text(ds, "StationName"), 64)}
+    """The camera a series comes from, as camera calibrations are matched (General Equipment module)."""
+    keywords = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName",
+                "serial_number": "DeviceSerialNumber", "station": "StationName"}
+    return {key: clip(get_text(ds, kw), 64) for key, kw in keywords.items()}
 
 
 def _units(s: SeriesInfo, options: ReadOptions) -> None:
