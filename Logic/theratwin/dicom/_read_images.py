@@ -252,6 +252,7 @@ def read_volume(
         ordered = [ds0]
     else:
         positions = []
+        iop0 = get_floats(ds0, "ImageOrientationPatient", 6)
         for ds, f in zip(datasets, files, strict=True):
             p = _position(ds, f)
             if p is None:
@@ -259,10 +260,11 @@ def read_volume(
                                      tag="ImagePositionPatient")
             if present(ds, "NumberOfFrames") and get_int(ds, "NumberOfFrames") != 1:
                 raise DicomReadError("series mixes multi-frame and single-frame objects.", path=f, tag="NumberOfFrames")
-            o_row, o_col = _orientation(ds, f, strict)
-            if not (np.allclose(o_row, row, atol=1e-3) and np.allclose(o_col, col, atol=1e-3)):
-                raise DicomReadError("ImageOrientationPatient differs between slices of one series.", path=f,
-                                     tag="ImageOrientationPatient")
+            if get_floats(ds, "ImageOrientationPatient", 6) != iop0:  # rarely: then compare the directions
+                o_row, o_col = _orientation(ds, f, strict)
+                if not (np.allclose(o_row, row, atol=1e-3) and np.allclose(o_col, col, atol=1e-3)):
+                    raise DicomReadError("ImageOrientationPatient differs between slices of one series.", path=f,
+                                         tag="ImageOrientationPatient")
             positions.append(p)
         order, origin, spacing = series_geometry_from_frames(np.array(positions), row, col, (dr, dc), path, strict,
                                                              names=list(files))

@@ -297,11 +297,12 @@ def _series_role(ds: Dataset) -> tuple[str, str]:
 
 def _acquisition_start(s: SeriesInfo, clock: DicomClock) -> None:
     starts = []
+    emission = s.role in ("spect", "pet")
     for ds in s.datasets:
         t_dt = clock.dt(ds, "AcquisitionDateTime", ds)
-        t_da = clock.da_tm(ds, "AcquisitionDate", "AcquisitionTime")
-        if t_dt is not None and t_da is not None and abs((t_dt - t_da).total_seconds()) > 1.0 \
-                and s.role in ("spect", "pet"):
+        # both forms are compared for emission series (their times are the results' times)
+        t_da = clock.da_tm(ds, "AcquisitionDate", "AcquisitionTime") if emission or t_dt is None else None
+        if t_dt is not None and t_da is not None and abs((t_dt - t_da).total_seconds()) > 1.0:
             msg = (f"AcquisitionDateTime {t_dt.isoformat()} and AcquisitionDate/Time {t_da.isoformat()} disagree; "
                    "using AcquisitionDateTime")
             if msg not in s.warnings:
