@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -50,18 +50,25 @@ from pydicom.dataset import Dataset
 from .._time import zone_assumed
 from ..errors import DicomReadError
 from ..progress import ProgressCallback, report
-from ._read_files import NotDicom, content_fingerprint, list_files, read_header, same_bytes
-from ._read_nuclide import identify_nuclide, nuclide_from_text
+from ._read_files import NotDicom, list_files, read_header
+from ._read_integrity import check_series, duplicate_difference, unreadable_files
+from ._read_nuclide import nuclide_from_text
+from ._read_series import (
+    AdministrationInfo,
+    acquisition_duration,
+    acquisition_start_of,
+    administration_of,
+    camera_of,
+    promote_converted,
+    series_role,
+    units_of,
+)
 from ._read_values import (
     DicomClock,
     clip,
     combine,
-    get_float,
     get_int,
-    get_item,
     get_text,
-    get_value,
-    parse_tm,
     philips_scale,
 )
 from .options import CameraCalibration, ReadOptions
@@ -81,36 +88,10 @@ __all__ = [
 CYCLE_TOLERANCE_H = 12.0
 #: A CT acquired within this time of a SPECT in another frame of reference signals an inconsistent frame (h).
 _SAME_SESSION_H = 3.0
-#: Longest plausible acquisition of one emission series (s); longer values are corrupt.
-_MAX_DURATION_S = 6 * 3600.0
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
-NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
-PT_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-ENHANCED_PT_STORAGE = ("1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1")  # Enhanced, Legacy Conv.
-CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")  # Enhanced, Legacy Converted
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 
-#: Attributes every instance of one series must share (a differing instance is a foreign slice).
-_SERIES_IDENTITY = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPClassUID", "Modality")
-
-
-@dataclass
-class AdministrationInfo:
-    """What the RadiopharmaceuticalInformationSequence of a series says (None when absent)."""
-
-    radiopharmaceutical: str = ""
-    nuclide: str | None = None
-    nuclide_source: str = ""
-    nuclide_problem: str = ""
-    start: datetime | None = None
-    start_source: str = ""
-    start_time_of_day: timedelta | None = None  # RadiopharmaceuticalStartTime when no DateTime is given
-    activity_MBq: float | None = None
-    activity_note: str = ""
-    activity_problem: str = ""
 
 
 @dataclass
@@ -270,205 +251,6 @@ def _when(dt: datetime) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# header reading
-
-def _series_role(ds: Dataset) -> tuple[str, str]:
-    sop = get_text(ds, "SOPClassUID")
-    modality = get_text(ds, "Modality").upper()
-    image_type = [t.strip().upper() for t in get_text(ds, "ImageType").split("\\")]
-    if sop == SEG_STORAGE or modality == "SEG":
-        return "seg", ""
-    if sop == NM_STORAGE or modality == "NM":
-        if any(t in ("RECON TOMO", "RECON GATED TOMO") for t in image_type):
-            return "spect", ""
-        kind = image_type[2] if len(image_type) > 2 else "unknown"
-        return "other", f"NM {clip(kind, 24).lower()} data (not reconstructed tomography): not used"
-    if sop == PT_STORAGE or sop in ENHANCED_PT_STORAGE or modality == "PT":
-        return "pet", ""
-    if modality == "CT":
-        if sop != CT_STORAGE and sop not in ENHANCED_CT_STORAGE:
-            return "other", f"CT storage class {clip(sop, 64)} is not supported; export as (Enhanced) CT Image Storage"
-        if "LOCALIZER" in image_type:
-            return "other", "CT localizer (topogram): not used"
-        return "ct", ""
-    return "other", f"{clip(modality, 16) or 'unknown modality'}: not used"
-
-
-def _acquisition_start(s: SeriesInfo, clock: DicomClock) -> None:
-    starts = []
-    emission = s.role in ("spect", "pet")
-    for ds in s.datasets:
-        t_dt = clock.dt(ds, "AcquisitionDateTime", ds)
-        # both forms are compared for emission series (their times are the results' times)
-        t_da = clock.da_tm(ds, "AcquisitionDate", "AcquisitionTime") if emission or t_dt is None else None
-        if t_dt is not None and t_da is not None and abs((t_dt - t_da).total_seconds()) > 1.0:
-            msg = (f"AcquisitionDateTime {t_dt.isoformat()} and AcquisitionDate/Time {t_da.isoformat()} disagree; "
-                   "using AcquisitionDateTime")
-            if msg not in s.warnings:
-                s.warnings.append(msg)
-        t = t_dt if t_dt is not None else t_da
-        if t is not None:
-            starts.append(t)
-    if starts:
-        s.acquisition_start = min(starts)
-        s.acquisition_start_source = "AcquisitionDateTime"
-        return
-    ds0 = s.datasets[0]
-    t = clock.da_tm(ds0, "SeriesDate", "SeriesTime")
-    if t is not None:
-        s.acquisition_start = t
-        s.acquisition_start_source = "SeriesDateTime"
-        if s.role in ("spect", "pet"):
-            s.warnings.append("no AcquisitionDateTime (0008,002A); using SeriesDate/SeriesTime as acquisition start")
-
-
-def _duration(s: SeriesInfo) -> str:
-    """Set the acquisition duration; return a problem text for a corrupt value ("" when fine)."""
-    ds = s.datasets[0]
-    if "AcquisitionDuration" in ds:
-        d = get_float(ds, "AcquisitionDuration")
-        if d is None or not 0 < d <= _MAX_DURATION_S:
-            return (f"AcquisitionDuration (0018,9073) {clip(get_text(ds, 'AcquisitionDuration'))!r} s is not a "
-                    f"duration between 0 and {_MAX_DURATION_S:g} s.")
-        s.acquisition_duration_s = d
-        return ""
-    rot = get_value(ds, "RotationInformationSequence")
-    if rot:
-        total_ms = 0.0
-        try:
-            for item in rot:
-                ms = get_float(item, "ActualFrameDuration")
-                n = get_int(item, "NumberOfFramesInRotation")
-                if ms is not None and n is not None and ms > 0 and n > 0:
-                    total_ms += ms * n
-        except TypeError:
-            total_ms = 0.0
-        if 0 < total_ms <= _MAX_DURATION_S * 1000:
-            s.acquisition_duration_s = total_ms / 1000.0
-            return ""
-    if s.role == "pet":
-        durations = {get_float(d, "ActualFrameDuration") for d in s.datasets}
-        if None in durations or any(ms is not None and not 0 < ms <= _MAX_DURATION_S * 1000 for ms in durations):
-            if any("ActualFrameDuration" in d for d in s.datasets):
-                return "ActualFrameDuration (0018,1242) is missing or not a duration in ms in some instances."
-            return ""
-        s.acquisition_duration_s = max(ms for ms in durations if ms is not None) / 1000.0
-    return ""
-
-
-def _administration(s: SeriesInfo, clock: DicomClock, given_nuclide: str | None) -> AdministrationInfo | None:
-    ds = s.datasets[0]
-    item = get_item(ds, "RadiopharmaceuticalInformationSequence")
-    if item is None:
-        return None
-    a = AdministrationInfo()
-    a.radiopharmaceutical = get_text(item, "Radiopharmaceutical")
-    if not a.radiopharmaceutical:
-        a.radiopharmaceutical = get_text(get_item(item, "RadiopharmaceuticalCodeSequence"), "CodeMeaning")
-    a.radiopharmaceutical = clip(a.radiopharmaceutical, 64)
-    a.nuclide, a.nuclide_source, a.nuclide_problem = identify_nuclide(item, given_nuclide)
-    start = clock.dt(item, "RadiopharmaceuticalStartDateTime", ds)
-    if start is not None:
-        a.start, a.start_source = start, "RadiopharmaceuticalStartDateTime"
-    else:
-        # Time of day only: dated later from a sibling series or, failing that, the acquisition day (_plan).
-        a.start_time_of_day = parse_tm(get_value(item, "RadiopharmaceuticalStartTime"))
-    dose = get_float(item, "RadionuclideTotalDose")
-    if dose is None and "RadionuclideTotalDose" in item and get_value(item, "RadionuclideTotalDose") is not None:
-        a.activity_problem = (f"RadionuclideTotalDose (0018,1074) {clip(get_text(item, 'RadionuclideTotalDose'))!r} "
-                              "is not a number.")
-    elif dose is not None and dose > 0:
-        if s.role == "spect":  # NM: MBq (PS3.3 C.8.4.10.1.7)
-            a.activity_MBq = dose
-            if dose > 1e6:
-                a.activity_MBq = dose / 1e6
-                a.activity_note = "RadionuclideTotalDose looks like Bq in an NM object (standard: MBq); converted"
-        else:  # PET: Bq
-            a.activity_MBq = dose / 1e6
-            if dose < 1e5:
-                a.activity_MBq = dose
-                a.activity_note = "RadionuclideTotalDose looks like MBq in a PET object (standard: Bq); converted"
-        if a.activity_note:
-            s.warnings.append(a.activity_note)
-    return a
-
-
-def _rwvm_bqml(ds: Dataset) -> bool:
-    """True if ``ds`` (or its shared functional groups) carries a Bq/ml Real World Value Mapping item."""
-    holders = [ds]
-    shared = get_item(ds, "SharedFunctionalGroupsSequence")
-    if shared is not None:
-        holders.append(shared)
-    for holder in holders:
-        rw = get_value(holder, "RealWorldValueMappingSequence")
-        if not rw:
-            continue
-        try:
-            for item in rw:
-                code = get_text(get_item(item, "MeasurementUnitsCodeSequence"), "CodeValue").lower().replace(" ", "")
-                if code in ("bq/ml", "bq/cm3") or get_text(item, "LUTLabel").upper() == "BQML":
-                    return True
-        except TypeError:
-            continue
-    return False
-
-
-def _camera(ds: Dataset) -> dict[str, str]:
-    """The camera a series comes from, as camera calibrations are matched (General Equipment module)."""
-    keywords = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName",
-                "serial_number": "DeviceSerialNumber", "station": "StationName"}
-    return {key: clip(get_text(ds, kw), 64) for key, kw in keywords.items()}
-
-
-def _units(s: SeriesInfo, options: ReadOptions) -> None:
-    ds = s.datasets[0]
-    if s.role == "ct":
-        s.units = "HU"
-        return
-    units = get_text(ds, "Units").upper()
-    if s.role == "spect":
-        if _rwvm_bqml(ds):
-            s.units = "Bq/mL (real-world value mapping)"
-            return
-        if units == "BQML":
-            s.units = "Bq/mL (Units BQML)"
-            return
-        s.counts = True
-        s.units = ""
-        _match_calibration(s, options)
-        return
-    if s.role == "pet":
-        if units:
-            s.units = units
-        elif len(s.datasets) == 1 and _rwvm_bqml(ds):
-            s.units = "BQML"
-        if s.units == "CNTS":
-            s.counts = True
-            _match_calibration(s, options)
-
-
-def _match_calibration(s: SeriesInfo, options: ReadOptions) -> None:
-    """Pick the camera calibration for a counts series (most specific match); record ambiguity as a warning."""
-    nuclide = s.administration.nuclide if s.administration else None
-    if nuclide is None:
-        return
-    cam = s.camera
-    matches = [c for c in options.camera_calibrations
-               if c.matches(nuclide=nuclide, manufacturer=cam.get("manufacturer", ""), model=cam.get("model", ""),
-                            serial_number=cam.get("serial_number", ""), station=cam.get("station", ""))]
-    if not matches:
-        return
-    matches.sort(key=lambda c: -c.specificity())
-    best = [c for c in matches if c.specificity() == matches[0].specificity()]
-    if len({c.sensitivity_cps_per_MBq for c in best}) > 1:
-        s.warnings.append(f"{len(best)} camera calibrations match {s.camera_text()} for {nuclide} equally well; "
-                          f"using the first ({best[0].describe()})")
-    s.calibration = best[0]
-    if s.role == "spect":
-        s.units = f"counts, calibrated ({best[0].sensitivity_cps_per_MBq:g} cps/MBq)"
-
-
 def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: ProgressCallback | None = None,
          options: ReadOptions | None = None) -> Inventory:
     """Find the DICOM series under ``path`` (a folder, searched recursively, or one file) and group them.
@@ -515,7 +297,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         except DicomReadError as e:
             inv.unreadable.append((f, _reason(e)))
             continue
-        _promote_converted(ds)
+        promote_converted(ds)
         uid = get_text(ds, "SeriesInstanceUID")
         if get_text(ds, "SOPClassUID") == "" or uid == "":
             if get_text(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID") == _DIRECTORY_STORAGE:
@@ -527,7 +309,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         sop_uid = get_text(ds, "SOPInstanceUID")
         if sop_uid and sop_uid in seen_instances:
             first_path, first_ds = seen_instances[sop_uid]
-            differs = _duplicate_difference(first_path, first_ds, f, ds)
+            differs = duplicate_difference(first_path, first_ds, f, ds)
             if differs is None:
                 # the same instance twice (an export copied twice, a DICOMDIR tree next to the files ...)
                 inv.skipped.append((f, f"duplicate of {first_path} (same SOPInstanceUID, same content)"))
@@ -540,7 +322,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
             seen_instances[sop_uid] = (f, ds)
         s = by_series.get(uid)
         if s is None:
-            role, note = _series_role(ds)
+            role, note = series_role(ds)
             s = SeriesInfo(
                 series_uid=uid,
                 study_uid=get_text(ds, "StudyInstanceUID"),
@@ -553,7 +335,7 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
                 role=role,
                 note=note,
                 image_type=tuple(t.strip().upper() for t in get_text(ds, "ImageType").split("\\") if t.strip()),
-                camera=_camera(ds),
+                camera=camera_of(ds),
             )
             by_series[uid] = s
         s.files.append(f)
@@ -562,16 +344,16 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
             s.damaged[f] = damage
     inv.series = list(by_series.values())
     for s in inv.series:
-        _check_series(inv, s)
+        check_series(inv, s)
     for s in inv.series:
         try:
-            _acquisition_start(s, inv.clock)
+            acquisition_start_of(s, inv.clock)
             if s.role in ("spect", "pet"):
-                problem = _duration(s)
+                problem = acquisition_duration(s)
                 if problem:
                     inv.problems.append(DicomReadError(problem, path=s.first_file, tag="AcquisitionDuration"))
-                s.administration = _administration(s, inv.clock, opts.nuclide)
-                _units(s, opts)
+                s.administration = administration_of(s, inv.clock, opts.nuclide)
+                units_of(s, opts)
             elif s.role == "ct":
                 s.units = "HU"
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
@@ -579,146 +361,17 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
             s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}); not used"
             inv.problems.append(DicomReadError(f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}).",
                                                path=s.first_file))
-    _unreadable_files(inv)
+    unreadable_files(inv)
     _clock_notes(inv)
     _plan(inv, opts.strict)
     report(progress, 1.0, f"found {len(inv.series)} series")
     return inv
 
 
-def _promote_converted(ds: Dataset) -> None:
-    """Legacy Converted Enhanced objects keep the single-frame attributes they have no place for (Units,
-    DecayCorrection, the Radiopharmaceutical Information ...) in the Unassigned Shared Converted Attributes
-    Sequence (0020,9170) of the shared functional groups (PS3.3 C.7.6.16.2.25); read them as top-level ones."""
-    shared = get_item(ds, "SharedFunctionalGroupsSequence")
-    unassigned = get_item(shared, "UnassignedSharedConvertedAttributesSequence")
-    if unassigned is None:
-        return
-    for elem in unassigned:
-        if elem.tag not in ds:
-            ds.add(elem)
-
-
 def _reason(e: DicomReadError) -> str:
     text = str(e)
     prefix = f"{e.path}: " if e.path is not None else ""
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
-
-
-def _duplicate_difference(a: Path, ds_a: Dataset, b: Path, ds_b: Dataset) -> str | None:
-    """None when two files are copies of one instance; else the first attribute whose content differs."""
-    if same_bytes(a, b):
-        return None
-    fa, fb = content_fingerprint(ds_a, a), content_fingerprint(ds_b, b)
-    for key in fa:
-        if fa[key] != fb.get(key):
-            return key
-    return None
-
-
-def _check_series(inv: Inventory, s: SeriesInfo) -> None:
-    """Damaged, foreign and missing instances of one series: problems (or warnings when accepted)."""
-    accept = inv.options.accept_incomplete_series
-    # damaged (truncated / oversize) files whose header named this series
-    for f, why in list(s.damaged.items()):
-        if accept:
-            _drop(s, f)
-            s.warnings.append(f"{f.name}: {why}; left out (accept_incomplete_series)")
-        else:
-            inv.problems.append(DicomReadError(f"{why}. A slice of series '{s.description}' "
-                                               f"({s.modality}) is damaged; re-export it.", path=f, tag="PixelData"))
-    # foreign instances
-    if len(s.datasets) > 1:
-        for kw in _SERIES_IDENTITY:
-            values = [get_text(d, kw) for d in s.datasets]
-            common, n = Counter(values).most_common(1)[0]
-            if n == len(values):
-                continue
-            if n * 2 == len(values):
-                common = values[0]  # a tie: name the ones that differ from the first file
-            odd = [f for f, v in zip(s.files, values, strict=True) if v != common]
-            if accept and n * 2 > len(values):
-                for f in odd:
-                    _drop(s, f)
-                s.warnings.append(f"{len(odd)} instance(s) with another {kw} ({', '.join(f.name for f in odd[:3])}) "
-                                  "left out of the series (accept_incomplete_series)")
-                continue
-            other = clip(get_text(s.datasets[s.files.index(odd[0])], kw) or "(none)", 64)
-            inv.problems.append(DicomReadError(
-                f"foreign instance in series '{s.description}' ({s.modality}): this file has {kw} {other!r} but "
-                f"{n} of the {len(values)} files of the series have {clip(common or '(none)', 64)!r} (another "
-                "patient, frame of reference or SOP class stacked into the series). Remove it or re-export the "
-                "series.", path=odd[0], tag=kw))
-            return
-    if s.role == "pet" and s.sop_class_uid == PT_STORAGE:
-        _check_pet_count(inv, s, accept)
-    elif s.role == "spect" and len(s.datasets) > 1:
-        declared_nm = {get_int(d, "NumberOfSlices") for d in s.datasets}
-        n_nm = declared_nm.pop() if len(declared_nm) == 1 else None
-        if n_nm is not None and n_nm > 1 and n_nm != len(s.datasets):
-            _incomplete(inv, s, f"the series has {len(s.datasets)} NM instances but NumberOfSlices (0054,0081) "
-                        f"says {n_nm}", "NumberOfSlices", accept)
-
-
-def _check_pet_count(inv: Inventory, s: SeriesInfo, accept: bool) -> None:
-    """PET Series: NumberOfSlices instances per volume (PS3.3 C.8.9.1), ImageIndex 1..N (C.8.9.4)."""
-    declared = {get_int(d, "NumberOfSlices") for d in s.datasets}
-    if len(declared) != 1:
-        inv.problems.append(DicomReadError(f"NumberOfSlices (0054,0081) differs between the instances of series "
-                                           f"'{s.description}'.", path=s.first_file, tag="NumberOfSlices"))
-        return
-    n = declared.pop()
-    time_slices = get_int(s.datasets[0], "NumberOfTimeSlices") or 1
-    if n is None or n < 1:
-        if "NumberOfSlices" in s.datasets[0]:
-            inv.problems.append(DicomReadError("NumberOfSlices (0054,0081) is not a positive number.",
-                                               path=s.first_file, tag="NumberOfSlices"))
-        return
-    expected = n * time_slices
-    have = len(s.datasets)
-    indices = [get_int(d, "ImageIndex") for d in s.datasets]
-    if None not in indices:
-        dup = [i for i, c in Counter(indices).items() if c > 1]
-        if dup:
-            f = s.files[indices.index(dup[0])]
-            inv.problems.append(DicomReadError(f"two instances of series '{s.description}' have ImageIndex {dup[0]}.",
-                                               path=f, tag="ImageIndex"))
-            return
-    if have < expected:
-        missing = ""
-        if None not in indices:
-            gone = sorted(set(range(1, expected + 1)) - set(indices))  # type: ignore[arg-type]
-            missing = f"; missing ImageIndex {', '.join(map(str, gone[:8]))}" + (" ..." if len(gone) > 8 else "")
-        _incomplete(inv, s, f"the series holds {have} of the {expected} slices NumberOfSlices (0054,0081) declares"
-                    f"{missing}", "NumberOfSlices", accept)
-    elif have > expected:
-        inv.problems.append(DicomReadError(f"the series '{s.description}' holds {have} instances but "
-                                           f"NumberOfSlices (0054,0081) declares {expected}: a duplicated or foreign "
-                                           "slice.", path=s.first_file, tag="NumberOfSlices"))
-
-
-def _incomplete(inv: Inventory, s: SeriesInfo, what: str, tag: str, accept: bool) -> None:
-    if accept:
-        s.warnings.append(f"{what}; read as it is (accept_incomplete_series)")
-    else:
-        inv.problems.append(DicomReadError(f"{what}: a slice is missing. Re-export the series, or accept it "
-                                           "knowingly with accept_incomplete_series.", path=s.first_file, tag=tag))
-
-
-def _drop(s: SeriesInfo, f: Path) -> None:
-    i = s.files.index(f)
-    del s.files[i]
-    del s.datasets[i]
-    s.damaged.pop(f, None)
-
-
-def _unreadable_files(inv: Inventory) -> None:
-    for f, why in inv.unreadable:
-        if inv.options.accept_incomplete_series and not inv.options.strict:
-            inv.warnings.append(f"{f}: unreadable ({why}); left out (accept_incomplete_series)")
-        else:
-            inv.problems.append(DicomReadError(f"unreadable DICOM file: {why} It may be a slice or a time point: "
-                                               "re-export it, or remove it if it does not belong here.", path=f))
 
 
 def _clock_notes(inv: Inventory) -> None:
