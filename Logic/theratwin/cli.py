@@ -1,7 +1,9 @@
 """The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``info``.
 
-Errors the user can act on (bad input, bad settings, failed push) end the command with a one-line message on
-stderr and exit status 2; progress goes to stderr as a bar (tqdm) unless ``--quiet``.
+Errors the user can act on (bad input, bad settings, failed push, implausible results) end the command with a
+one-line message on stderr and exit status 2; an unexpected error (a TheraTwin bug) says so in one line and exits
+with status 3 (``-v`` shows the traceback). Progress goes to stderr as a bar (tqdm) on a terminal, as a few plain
+lines when stderr is a file or pipe (cron, CI), and not at all with ``--quiet``.
 """
 
 from __future__ import annotations
@@ -15,23 +17,36 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import TheraTwinError
+from .errors import TheraTwinError, one_line
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 3
 
 
 class _Progress:
-    """Progress callback that draws a tqdm bar on stderr (or nothing when quiet)."""
+    """Progress callback: a tqdm bar on a terminal; without one (cron, CI logs) a plain line whenever the step
+    changes or another tenth is done, never carriage-return frames; nothing when quiet."""
 
-    def __init__(self, quiet: bool, label: str) -> None:
+    def __init__(self, quiet: bool, label: str, stream: Any = None) -> None:
         self.quiet = quiet
         self.label = label
         self.bar: Any = None
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.interactive = bool(isatty and isatty())
+        self._last: tuple[int, str] | None = None
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.quiet:
+            return
+        if not self.interactive:
+            step = message.split(" (")[0].split(":")[0][:40]
+            key = (int(fraction * 10), step)
+            if key != self._last:  # a new tenth or a new step: one line
+                self._last = key
+                print(f"{self.label}: {100 * fraction:3.0f}% {message[:80]}", file=self.stream, flush=True)
             return
         if self.bar is None:
             from tqdm import tqdm
@@ -66,6 +81,19 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         cfg.fhir_url = args.fhir
     if getattr(args, "replace", False):
         cfg.replace_outputs = True
+    read = dict(cfg.read)
+    for flag, key in (("timezone", "timezone"), ("nuclide", "nuclide"), ("without_ct", "without_ct")):
+        if getattr(args, flag, None):
+            read[key] = getattr(args, flag)
+    if getattr(args, "accept_incomplete_series", False):
+        read["accept_incomplete_series"] = True
+    cfg.read = read
+    if getattr(args, "plausibility", None):
+        cfg.plausibility = {**cfg.plausibility, "action": args.plausibility}
+    cfg.read_options()  # settings are checked here, before any reading
+    from .pipeline import Pipeline
+
+    Pipeline(cfg).check_stages()  # --stages naming a stage that cannot run fails before any work
     return cfg
 
 
@@ -92,6 +120,9 @@ def _print_summary(results: Any, out: Path) -> None:
                 parts.append(f"BED {s.bed_Gy:.3g} Gy")
             if parts:
                 print(f"  {s.structure:<22} " + ", ".join(parts))
+    serious = [w for w in results.warnings if w.stage == "plausibility" or w.severity == "error"]
+    for w in serious:
+        print(f"WARNING ({w.stage}): {one_line(w.message, 300)}")
     n_warn = sum(1 for w in results.warnings if w.severity != "info")
     if n_warn:
         print(f"{n_warn} warning(s); see results.json")
@@ -127,7 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_folder
     from .pipeline.manifest import check_output_folder
 
-    inventory = scan(args.input)
+    inventory = scan(args.input, strict=args.strict, options=config.read_options())
     print(inventory.describe(), file=sys.stderr)
     out = Path(args.out)
     if len(inventory.patients) == 1:  # (several patients are refused by the reader with the reason)
@@ -200,6 +231,15 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--replace", action="store_true",
                         help="if --out holds another patient's results, delete them and write this run's there "
                              "(refused while their outbox holds undelivered items)")
+        sp.add_argument("--timezone", help="the site's zone for files without TimezoneOffsetFromUTC (IANA name such "
+                        "as Europe/Berlin, or +01:00); default: this computer's zone")
+        sp.add_argument("--nuclide", help="the radionuclide when the files do not say it (e.g. F-18, Lu-177)")
+        sp.add_argument("--accept-incomplete-series", action="store_true",
+                        help="read series with damaged, foreign or missing end slices, with a warning")
+        sp.add_argument("--without-ct", choices=("refuse", "water"),
+                        help="time points without CT: refuse (default) or use water density, said in every output")
+        sp.add_argument("--plausibility", choices=("stop", "warn"),
+                        help="implausible results stop the run (default) or are written with a warning")
 
     d = sub.add_parser("demo", help="build the built-in demo patient and run the whole pipeline on it",
                        description="Build (or reuse) the synthetic 177Lu-PSMA-617 demo patient, read it back as "
@@ -263,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TheraTwinError as exc:
-        print(f"theratwin: error: {exc}", file=sys.stderr)
+        print(f"theratwin: error: {one_line(exc, 2000)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a file error no writer turned into a TheraTwinError: still one line
         where = f"{exc.filename}: " if exc.filename else ""
@@ -273,6 +313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("theratwin: interrupted (unfinished outputs are marked so in run-manifest.json; what a push did not "
               "send stays in the outbox)", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything else is a TheraTwin bug: one line, not a traceback
+        if args.verbose:
+            logging.getLogger("theratwin").exception("internal error")
+        print(f"theratwin: internal error (a TheraTwin bug, not a problem with your data; please report it with "
+              f"'theratwin --version' and this line): {type(exc).__name__}: {one_line(exc, 300)}"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

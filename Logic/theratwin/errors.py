@@ -18,10 +18,18 @@ Error                  Raised when
 ``OutputError``        An output folder or file cannot be written or used: disk full, no permission, another
                        patient's or an unfinished run in it, another process using it. Previous results are
                        kept.
+``ImplausibleResultError``  A result fails a physical plausibility check (activity in the field of view above
+                       the administered activity, all-zero or NaN maps, doses above the nuclide's physical
+                       ceiling ...); the run stopped before writing outputs.
 =====================  =====================================================================================
+
+Messages are one printable line (:func:`one_line`): values quoted from files are clipped, control characters
+replaced, so that a corrupt attribute never floods a log or a dialog.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "TheraTwinError",
@@ -31,7 +39,19 @@ __all__ = [
     "ConfigurationError",
     "PushError",
     "OutputError",
+    "ImplausibleResultError",
+    "one_line",
 ]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(text: object, limit: int = 600) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (control characters become spaces)."""
+    s = _CONTROL.sub(" ", str(text))
+    s = "".join(ch if ch.isprintable() else "?" for ch in s)
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class TheraTwinError(Exception):
@@ -61,7 +81,7 @@ class DicomReadError(InvalidInputError):
             prefix += f"{path}: "
         if tag is not None:
             prefix += f"[{tag}] "
-        super().__init__(prefix + message)
+        super().__init__(one_line(prefix + message, 1000))
         self.path = path
         self.tag = tag
 
@@ -81,3 +101,9 @@ class PushError(TheraTwinError):
 class OutputError(TheraTwinError):
     """An output folder or file cannot be written or used; the message names the path, and what was there
     before is kept."""
+class ImplausibleResultError(TheraTwinError):
+    """A result fails a physical plausibility check; the run stopped before writing any output.
+
+    Set ``plausibility.action = "warn"`` in the pipeline configuration to proceed knowingly: the results are then
+    written with the warning in the CLI summary, results.json, the report, the SR and FHIR.
+    """

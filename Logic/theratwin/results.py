@@ -210,6 +210,13 @@ class Results:
                 nuclide=c.administration.nuclide,
                 time_points_h=[float(t) for t in c.times_h],
             )
+        # what the reader tolerated or assumed travels with the results (CLI, report, SR, FHIR)
+        for w in getattr(study, "warnings", []):
+            res.warn("read", w)
+        for w in getattr(study, "plausibility_warnings", []):
+            res.warn("plausibility", w, severity="error")
+        for m in getattr(study, "methods", []):
+            res.record_method("read", m.get("method", ""), m.get("parameters"), m.get("references"))
         return res
 
     def warn(self, stage: str, message: str, *, structure: str | None = None, cycle: int | None = None,

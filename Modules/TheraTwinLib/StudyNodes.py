@@ -216,21 +216,20 @@ def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *,
         return False
     path = fileForInstance(uids[0])
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    if "AcquisitionDateTime" in ds:
-        start = datetime.strptime(str(ds.AcquisitionDateTime).split(".")[0][:14], "%Y%m%d%H%M%S")
-    elif "AcquisitionDate" in ds:
-        start = _dicomDatetime(str(ds.AcquisitionDate), str(ds.get("AcquisitionTime", "")))
-    else:
+    # timezone-aware as the core reads them: DT offsets, TimezoneOffsetFromUTC, else this computer's zone
+    from theratwin.dicom import DicomClock
+
+    clock = DicomClock()
+    start = clock.dt(ds, "AcquisitionDateTime", ds) or clock.da_tm(ds, "AcquisitionDate", "AcquisitionTime")
+    if start is None:
         return False
     info = ds.get("RadiopharmaceuticalInformationSequence")
     if not info:
         return False
     item = info[0]
-    if "RadiopharmaceuticalStartDateTime" in item:
-        adminStart = datetime.strptime(str(item.RadiopharmaceuticalStartDateTime).split(".")[0][:14], "%Y%m%d%H%M%S")
-    else:
-        adminStart = _dicomDatetime(str(ds.get("SeriesDate", ds.get("StudyDate", ""))),
-                                    str(item.get("RadiopharmaceuticalStartTime", "")))
+    adminStart = clock.dt(item, "RadiopharmaceuticalStartDateTime", ds) or clock.localize(
+        _dicomDatetime(str(ds.get("SeriesDate", ds.get("StudyDate", ""))),
+                       str(item.get("RadiopharmaceuticalStartTime", ""))), ds)
     nuclideCode = item.get("RadionuclideCodeSequence")
     if not nuclideCode:
         raise tt.DicomReadError("no RadionuclideCodeSequence; cannot tell the nuclide.", path=path,

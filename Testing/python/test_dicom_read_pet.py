@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from theratwin import nuclides
 from theratwin.demo import DemoOptions, build_demo, simulate
-from theratwin.dicom import read_study, scan
+from theratwin.dicom import ReadOptions, read_study, scan
 from theratwin.errors import DicomReadError
 
 SEED = 7
@@ -61,7 +61,7 @@ def _write_pet(folder: Path, nm: Dataset, stored_Bq_per_mL_like: np.ndarray, *, 
         uid = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         for kw in ("PatientID", "PatientName", "PatientWeight", "StudyInstanceUID", "FrameOfReferenceUID",
-                   "StudyDate", "StudyTime"):
+                   "StudyDate", "StudyTime", "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber"):
             setattr(ds, kw, getattr(nm, kw))
         ds.SOPClassUID, ds.SOPInstanceUID = PT_STORAGE, uid
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "PT", series_uid, f"PET-form {units} {decay}"
@@ -147,11 +147,31 @@ class TestPetUnits:
                    extra={"DecayCorrectionDateTime": _dt(ref)})
         _check(pet_case)
 
-    def test_counts_with_dose_calibration_factor(self, pet_case) -> None:
-        factor = 37.5  # Bq/mL per count value
-        _write_pet(pet_case["folder"], pet_case["nm"], pet_case["c_start"] / factor, units="CNTS", decay="START",
-                   extra={"DoseCalibrationFactor": f"{factor}"})
-        _check(pet_case)
+    def test_counts_with_dose_calibration_factor_are_not_activity(self, pet_case) -> None:
+        """PS3.3 C.8.9.4: DoseCalibrationFactor is the factor already applied to an image, never a calibration of
+        its counts; CNTS is refused until the user gives one (here the camera's volume sensitivity)."""
+        sensitivity_cps_per_MBq, frame_s = 12.5, pet_case["duration_s"]
+        voxel_mL = float(np.prod([float(v) for v in pet_case["nm"].PixelSpacing]) * float(
+            pet_case["nm"].SliceThickness)) / 1000.0
+        counts = pet_case["c_start"] * voxel_mL / 1e6 * sensitivity_cps_per_MBq * frame_s  # START: decay-corrected
+        _write_pet(pet_case["folder"], pet_case["nm"], counts, units="CNTS", decay="START",
+                   extra={"DoseCalibrationFactor": "37.5"})
+        with pytest.raises(DicomReadError) as info:
+            read_study(pet_case["root"])
+        assert info.value.tag == "Units" and "DoseCalibrationFactor (0054,1322) is never used" in str(info.value)
+        opts = ReadOptions(camera_calibrations=[{"nuclide": "Lu-177", "sensitivity_cps_per_MBq": sensitivity_cps_per_MBq,
+                                                 "manufacturer": "TheraTwin", "source": "phantom 2025-01"}])
+        st = read_study(pet_case["root"], options=opts)
+        got = st.cycles[0].time_points[1].image.array
+        want = pet_case["c_start"]
+        hot = want >= 0.01 * want.max()
+        assert np.max(np.abs(got[hot] - want[hot]) / want[hot]) <= 2e-3
+        assert any("12.5 cps/MBq" in m["method"] and "phantom 2025-01" in m["method"] for m in st.methods)
+        # a calibration of another camera does not apply
+        other = ReadOptions(camera_calibrations=[{"nuclide": "Lu-177", "sensitivity_cps_per_MBq": 12.5,
+                                                  "manufacturer": "Other Vendor"}])
+        with pytest.raises(DicomReadError, match="volume sensitivity"):
+            read_study(pet_case["root"], options=other)
 
     def test_counts_without_factor_is_refused_unless_given(self, pet_case) -> None:
         _write_pet(pet_case["folder"], pet_case["nm"], pet_case["c_start"] / 12.0, units="CNTS", decay="START")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import theratwin as tt
+from theratwin.errors import ConfigurationError
 from theratwin.registry import Registry
 
 
@@ -33,9 +34,11 @@ def test_pipeline_runs_a_stage_registered_from_outside(small_study, tmp_path) ->
 
     STAGES.register("count_voxels", CountVoxels)
     try:
-        res = Pipeline(PipelineConfig(stages=("count_voxels", "not_installed"))).run(small_study, out_dir=tmp_path)
+        res = Pipeline(PipelineConfig(stages=("count_voxels",))).run(small_study, out_dir=tmp_path)
+        # a stage list naming a stage that cannot run is refused before any stage runs (issue 18)
+        with pytest.raises(ConfigurationError, match="not_installed"):
+            Pipeline(PipelineConfig(stages=("count_voxels", "not_installed"))).run(small_study, out_dir=tmp_path / "x")
     finally:
         STAGES.unregister("count_voxels")
     assert res.cycles[1].structures["kidneys"].volume_mL == pytest.approx(small_study.segmentation.volume_mL("kidneys"))
-    assert (tmp_path / "results.json").exists()
-    assert any("not_installed" in w.message for w in res.warnings)
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "x").exists()

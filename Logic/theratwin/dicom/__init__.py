@@ -5,6 +5,7 @@ into a :class:`~theratwin.study.Study`; :func:`scan` reports what a folder holds
 ``describe()``) without refusing anything.
 """
 
+from ._read_values import DicomClock
 from .inventory import (
     AdministrationInfo,
     Inventory,
@@ -14,11 +15,15 @@ from .inventory import (
     nuclide_from_text,
     scan,
 )
+from .options import CameraCalibration, ReadOptions
 from .read import read_study
 
 __all__ = [
     "read_study",
     "scan",
+    "ReadOptions",
+    "CameraCalibration",
+    "DicomClock",
     "Inventory",
     "SeriesInfo",
     "AdministrationInfo",

@@ -3,19 +3,17 @@
 - NM reconstructed tomography: one multi-frame object (frames along the slice normal from the Image Position of
   the Detector Information Sequence, PS3.3 C.8.4.11 / C.8.4.8) or single-frame objects stacked by position.
   Stored values x Real World Value Mapping slope + intercept = Bq/mL (or the non-standard Units BQML with
-  Rescale Slope/Intercept that some exports carry). NM has no Decay Correction attribute: quantitative SPECT is
-  taken as decay-corrected to the acquisition start (the convention of vendor quantitative SPECT); a
-  DecayCorrection attribute, if present, is honoured as for PET.
-- PET: single-frame objects with per-slice Rescale Slope/Intercept. Units BQML as is; CNTS times a calibration
-  factor (argument, Philips private Activity Concentration Scale Factor (7053,1009), or Dose Calibration Factor
-  (0054,1322)); GML (SUVbw) back to Bq/mL with the decay-corrected injected activity and PatientWeight.
-  DecayCorrection (0054,1102): START (reference = DecayCorrectionDateTime, else SeriesDate/Time, else acquisition
-  start), ADMIN (reference = RadiopharmaceuticalStartDateTime) or NONE (frame average), all converted to
-  activity concentration at the acquisition start:
-  ``c(start) = c(ref) exp(-lambda (t_start - t_ref))`` and, for NONE,
-  ``c(start) = c_avg lambda T / (1 - exp(-lambda T))`` (decay during a frame of duration T).
+  Rescale Slope/Intercept that some exports carry); NM in counts keeps its counts (calibrated by the reader).
+- PET: single-frame objects with per-slice Rescale Slope/Intercept (Type 1), or one Enhanced / Legacy Converted
+  Enhanced PET object with a Pixel Value Transformation per frame. Units and decay correction are applied by
+  :mod:`theratwin.dicom.read`.
 - CT: single-frame objects, stored x Rescale Slope + Intercept = HU; or one Enhanced / Legacy Converted
   Enhanced CT object (frames placed by their Plane Position, rescaled by their Pixel Value Transformation).
+
+Header and pixel data must agree: Pixel Data length vs Rows x Columns x frames x bits, one orientation and pixel
+spacing per series, regular slice positions (a gap names the file next to it), values no scanner of that kind
+produces (CT outside [-10000, 100000] HU, NaN after rescaling) refused; oddities (a CT without air, a slice whose
+rescale differs, NM spacing that disagrees with its slice thickness) returned as warnings.
 """
 
 from __future__ import annotations
@@ -29,35 +27,77 @@ from pydicom.dataset import Dataset
 
 from ..errors import DicomReadError
 from ..study.image import ImageVolume
-from ._read_values import get_float, get_floats, get_int, get_item, get_text, get_value, parse_dt
+from ._read_files import load_pixel_data
+from ._read_values import (
+    checked_float,
+    clip,
+    get_float,
+    get_floats,
+    get_int,
+    get_item,
+    get_text,
+    get_value,
+    parse_dt,
+    present,
+)
 
 __all__ = ["read_volume", "series_geometry_from_frames", "pixel_array", "decay_factor_to_start"]
 
 _MAX_VOXELS = 1024 * 1024 * 1024  # refuse absurd sizes before allocating (1 G voxels)
+_MIN_SPACING_MM = 1e-3  # below a micrometre a "spacing" is a corrupt value, not a clinical scanner's
+_MAX_COORDINATE_MM = 1e5  # a patient position beyond 100 m is a corrupt value
+
+
+_NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
 
 
 def pixel_array(ds: Dataset, path: Path | None) -> np.ndarray:
-    """Stored pixel values (no rescale) as an array; clear error for unreadable or compressed data."""
+    """Stored pixel values (no rescale) as an array; clear error for unreadable, compressed or inconsistent data.
+
+    For uncompressed transfer syntaxes the Pixel Data length must be what Rows x Columns x NumberOfFrames x
+    SamplesPerPixel x BitsAllocated declare (PS3.5 8.1.1, one padding byte allowed): a header that disagrees with
+    its pixel data (a wrong Rows skews the image) is refused instead of decoded.
+    """
     rows, cols = get_int(ds, "Rows"), get_int(ds, "Columns")
-    frames = get_int(ds, "NumberOfFrames") or 1
-    if rows is None or cols is None or rows < 1 or cols < 1 or frames < 1:
+    frames = get_int(ds, "NumberOfFrames") if present(ds, "NumberOfFrames") else 1
+    if rows is None or cols is None or frames is None or rows < 1 or cols < 1 or frames < 1:
         raise DicomReadError(f"Rows/Columns/NumberOfFrames invalid ({rows}, {cols}, {frames}).", path=path, tag="Rows")
     if rows * cols * frames > _MAX_VOXELS:
         raise DicomReadError(f"image of {frames}x{rows}x{cols} values is implausibly large.", path=path, tag="Rows")
-    if "PixelData" not in ds:
+    load_pixel_data(ds, path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomReadError("no pixel data.", path=path, tag="PixelData")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if "PixelData" in ds and (ts in _NATIVE_SYNTAXES or not ts):
+        bits = get_int(ds, "BitsAllocated")
+        samples = get_int(ds, "SamplesPerPixel") if present(ds, "SamplesPerPixel") else 1
+        if bits is None or bits not in (1, 8, 16, 32, 64) or samples is None or samples < 1:
+            raise DicomReadError(f"BitsAllocated {clip(get_text(ds, 'BitsAllocated'))!r} / SamplesPerPixel "
+                                 f"{clip(get_text(ds, 'SamplesPerPixel'))!r} invalid.", path=path, tag="BitsAllocated")
+        expected = (rows * cols * frames * samples * bits + 7) // 8
+        try:
+            actual = len(ds["PixelData"].value)
+        except Exception as e:  # noqa: BLE001 - an undecodable element is corrupt pixel data
+            raise DicomReadError(f"Pixel Data cannot be read ({type(e).__name__}).", path=path, tag="PixelData") from e
+        if actual not in (expected, expected + 1):
+            raise DicomReadError(f"Pixel Data holds {actual} bytes but Rows x Columns x NumberOfFrames x "
+                                 f"SamplesPerPixel x BitsAllocated = {rows} x {cols} x {frames} x {samples} x {bits} "
+                                 f"bits declares {expected}: the header disagrees with the pixel data.", path=path,
+                                 tag="Rows")
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - pixel handlers raise many types for corrupt/compressed data
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise DicomReadError(f"pixel data cannot be decoded (transfer syntax {ts}): {type(e).__name__}: {e}",
-                             path=path, tag="PixelData") from e
+        raise DicomReadError(f"pixel data cannot be decoded (transfer syntax {clip(ts or 'unknown', 64)}): "
+                             f"{type(e).__name__}: {clip(str(e), 160)}", path=path, tag="PixelData") from e
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (rows, cols):
-        raise DicomReadError(f"pixel data shape {arr.shape} does not match Rows x Columns {rows}x{cols} "
-                             "(colour or multi-sample images are not supported).", path=path, tag="PixelData")
+    if arr.ndim != 3 or arr.shape[1:] != (rows, cols) or arr.shape[0] != frames:
+        raise DicomReadError(f"pixel data shape {arr.shape} does not match NumberOfFrames x Rows x Columns "
+                             f"{frames}x{rows}x{cols} (colour or multi-sample images are not supported).", path=path,
+                             tag="PixelData")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DicomReadError("floating-point pixel data hold NaN or infinite values.", path=path, tag="PixelData")
     return arr
 
 
@@ -92,46 +132,67 @@ def _orientation(ds: Dataset, path: Path | None, strict: bool) -> tuple[np.ndarr
     return row, col
 
 
-def _position(ds: Dataset) -> list[float] | None:
-    ipp = get_floats(ds, "ImagePositionPatient", 3)
-    if ipp is None:
-        ipp = get_floats(get_item(ds, "DetectorInformationSequence"), "ImagePositionPatient", 3)
+def _position(ds: Dataset, path: Path | None = None) -> list[float] | None:
+    """Image Position (Patient), top level or (NM) in the Detector Information Sequence; corrupt values refused."""
+    holder: Dataset | None = ds
+    if not present(ds, "ImagePositionPatient"):
+        holder = get_item(ds, "DetectorInformationSequence")
+        if not present(holder, "ImagePositionPatient"):
+            return None
+    ipp = get_floats(holder, "ImagePositionPatient", 3)
+    if ipp is None or max(abs(v) for v in ipp) > _MAX_COORDINATE_MM:
+        raise DicomReadError(f"ImagePositionPatient {clip(get_text(holder, 'ImagePositionPatient'))!r} is not three "
+                             "coordinates in mm.", path=path, tag="ImagePositionPatient")
     return ipp
 
 
 def _pixel_spacing(ds: Dataset, path: Path | None) -> tuple[float, float]:
     ps = get_floats(ds, "PixelSpacing", 2)
-    if ps is None or min(ps) <= 0 or max(ps) > 1000:
-        raise DicomReadError(f"PixelSpacing (0028,0030) missing or invalid ({get_text(ds, 'PixelSpacing')}).",
+    if ps is None or min(ps) < _MIN_SPACING_MM or max(ps) > 1000:
+        raise DicomReadError(f"PixelSpacing (0028,0030) missing or invalid ({clip(get_text(ds, 'PixelSpacing'))}).",
                              path=path, tag="PixelSpacing")
     return ps[0], ps[1]  # row spacing (between rows, along the column direction), column spacing
 
 
 def series_geometry_from_frames(
     positions: np.ndarray, row: np.ndarray, col: np.ndarray, spacing_rc: tuple[float, float], path: Path | None,
-    strict: bool,
+    strict: bool, names: list[Path] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sort frames by position along the normal; return (order, origin, slice spacing)."""
+    """Sort frames by position along the normal; return (order, origin, slice spacing).
+
+    ``names`` (one per frame: the file, or None for frames of one object) let a refusal name the file at the
+    duplicate position or the gap.
+    """
     normal = np.cross(row, col)
     d = positions @ normal
     order = np.argsort(d, kind="stable")
     ds_sorted = d[order]
     if len(d) == 1:
         return order, positions[0], float("nan")
+
+    def at(k: int) -> Path | None:
+        return names[int(order[k])] if names else path
+
     gaps = np.diff(ds_sorted)
     if np.any(gaps < 1e-3):
-        raise DicomReadError("two slices share the same position; the series holds duplicates or several volumes.",
-                             path=path, tag="ImagePositionPatient")
+        k = int(np.argmax(gaps < 1e-3))
+        raise DicomReadError(f"two slices share the position {ds_sorted[k]:.2f} mm along the slice normal (this "
+                             f"file and {at(k)}): the series holds duplicates or several volumes.", path=at(k + 1),
+                             tag="ImagePositionPatient")
     spacing = float(np.median(gaps))
     tol = 0.01 if strict else 0.05
-    if np.max(np.abs(gaps - spacing)) > tol * spacing + 1e-3:
-        raise DicomReadError(f"slice spacing is not uniform (from {gaps.min():.3f} to {gaps.max():.3f} mm): a slice "
-                             "is missing or the series mixes volumes.", path=path, tag="ImagePositionPatient")
+    bad = np.abs(gaps - spacing) > tol * spacing + 1e-3
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise DicomReadError(f"slice spacing is not uniform (from {gaps.min():.3f} to {gaps.max():.3f} mm; "
+                             f"{gaps[k]:.3f} mm between this slice and the next, {at(k + 1)}): a slice is missing or "
+                             "the series mixes volumes.", path=at(k), tag="ImagePositionPatient")
     # in-plane offsets must agree (no gantry tilt / shear)
     inplane = positions[order] - np.outer(ds_sorted - ds_sorted[0], normal) - positions[order][0]
     if np.max(np.abs(inplane)) > max(0.5 * min(spacing_rc), 0.5):
+        k = int(np.argmax(np.max(np.abs(inplane), axis=1)))
         raise DicomReadError("slices are sheared (gantry tilt or inconsistent positions); resample before import.",
-                             path=path, tag="ImagePositionPatient")
+                             path=at(k), tag="ImagePositionPatient")
     return order, positions[order][0], spacing
 
 
@@ -148,38 +209,39 @@ def read_volume(
     kind: str,
     strict: bool,
     unit: str,
+    warnings: list[str] | None = None,
 ) -> tuple[ImageVolume, list[Dataset]]:
-    """Stack a series into a volume of stored values x per-slice slope/intercept (``kind`` 'nm', 'pt' or 'ct').
+    """Stack a series into a volume of stored values x per-slice slope/intercept.
 
-    Returns the volume (values after Rescale/RWVM) and the datasets in slice order. NM mapping is applied here;
-    PET unit conversion is done by the caller.
+    ``kind`` is ``"nm"`` (Bq/mL through the Real World Value Mapping or Units BQML), ``"nm_counts"`` (counts: stored
+    values x Rescale Slope, calibrated by the caller), ``"pt"`` (rescaled values; units converted by the caller) or
+    ``"ct"`` (HU). Returns the volume and the datasets in slice order. Tolerated oddities are appended to
+    ``warnings``.
     """
     path = files[0] if files else None
     ds0 = datasets[0]
+    notes = warnings if warnings is not None else []
     if len(datasets) == 1 and get_value(ds0, "PerFrameFunctionalGroupsSequence") is not None:
-        return _read_enhanced(ds0, path, strict=strict, unit=unit), [ds0]
+        vol = _read_enhanced(ds0, path, kind=kind, strict=strict, unit=unit)
+        _sanity(vol.array, kind, path, notes)
+        return vol, [ds0]
     row, col = _orientation(ds0, path, strict)
     dr, dc = _pixel_spacing(ds0, path)
     normal = np.cross(row, col)
     if len(datasets) == 1 and (get_int(ds0, "NumberOfFrames") or 1) > 1:
         n_slices = get_int(ds0, "NumberOfSlices")
         n_frames = get_int(ds0, "NumberOfFrames")
-        if kind == "nm" and n_slices is not None and n_frames is not None and n_slices != n_frames:
+        if kind.startswith("nm") and n_slices is not None and n_frames is not None and n_slices != n_frames:
             raise DicomReadError(f"NumberOfFrames {n_frames} differs from NumberOfSlices {n_slices}: gated or "
                                  "multi-window reconstructions are not supported; export one volume per series.",
                                  path=path, tag="NumberOfSlices")
         frames = pixel_array(ds0, path).astype(np.float64)
         _release_pixels(ds0)
-        ipp = _position(ds0)
+        ipp = _position(ds0, path)
         if ipp is None:
             raise DicomReadError("ImagePositionPatient missing (top level and Detector Information Sequence).",
                                  path=path, tag="ImagePositionPatient")
-        step = get_float(ds0, "SpacingBetweenSlices")
-        if step is None or step == 0:
-            step = get_float(ds0, "SliceThickness")
-        if step is None or step == 0 or abs(step) > 1000:
-            raise DicomReadError("SpacingBetweenSlices (0018,0088) and SliceThickness missing: slice spacing unknown.",
-                                 path=path, tag="SpacingBetweenSlices")
+        step = _slice_step(ds0, path, notes, kind)
         slope, intercept = _mapping(ds0, path, kind)
         values = frames * slope + intercept
         origin = np.array(ipp)
@@ -190,21 +252,29 @@ def read_volume(
         ordered = [ds0]
     else:
         positions = []
+        iop0 = get_floats(ds0, "ImageOrientationPatient", 6)
         for ds, f in zip(datasets, files, strict=True):
-            p = _position(ds)
+            p = _position(ds, f)
             if p is None:
                 raise DicomReadError("ImagePositionPatient (0020,0032) missing or invalid.", path=f,
                                      tag="ImagePositionPatient")
-            if (get_int(ds, "NumberOfFrames") or 1) != 1:
+            if present(ds, "NumberOfFrames") and get_int(ds, "NumberOfFrames") != 1:
                 raise DicomReadError("series mixes multi-frame and single-frame objects.", path=f, tag="NumberOfFrames")
+            if get_floats(ds, "ImageOrientationPatient", 6) != iop0:  # rarely: then compare the directions
+                o_row, o_col = _orientation(ds, f, strict)
+                if not (np.allclose(o_row, row, atol=1e-3) and np.allclose(o_col, col, atol=1e-3)):
+                    raise DicomReadError("ImageOrientationPatient differs between slices of one series.", path=f,
+                                         tag="ImageOrientationPatient")
             positions.append(p)
-        order, origin, spacing = series_geometry_from_frames(np.array(positions), row, col, (dr, dc), path, strict)
+        order, origin, spacing = series_geometry_from_frames(np.array(positions), row, col, (dr, dc), path, strict,
+                                                             names=list(files))
         if not math.isfinite(spacing):
-            spacing = get_float(ds0, "SliceThickness") or get_float(ds0, "SpacingBetweenSlices") or 1.0
-            spacing = abs(spacing)
+            spacing = abs(checked_float(ds0, "SliceThickness", path=path, low=1e-3, high=1000.0)
+                          or checked_float(ds0, "SpacingBetweenSlices", path=path, low=-1000.0, high=1000.0) or 1.0)
         ordered = [datasets[i] for i in order]
         ordered_files = [files[i] for i in order]
         values = np.empty(0, np.float32)
+        intercepts: list[float] = []
         for k, (ds, f) in enumerate(zip(ordered, ordered_files, strict=True)):
             if _pixel_spacing(ds, f) != (dr, dc):
                 raise DicomReadError("PixelSpacing differs between slices of one series.", path=f, tag="PixelSpacing")
@@ -215,16 +285,84 @@ def read_volume(
                 raise DicomReadError(f"slice size {arr.shape} differs from {values.shape[1:]} in the same series.",
                                      path=f, tag="Rows")
             slope, intercept = _mapping(ds, f, kind)
+            intercepts.append(intercept)
             values[k] = arr.astype(np.float64) * slope + intercept
             _release_pixels(ds)
+        if kind == "ct":
+            _thickness_check(ordered[0], spacing, path, notes)
+            _ct_slices_check(values, intercepts, ordered_files, notes)
+    _sanity(values, kind, path, notes)
     direction = np.column_stack([row, col, normal])
     vol = ImageVolume(values.astype(np.float32), spacing_mm=(dc, dr, spacing), origin_mm=tuple(origin),
                       direction=direction, unit=unit)
     return vol, ordered
 
 
-def _read_enhanced(ds: Dataset, path: Path | None, *, strict: bool, unit: str) -> ImageVolume:
-    """Enhanced / Legacy Converted Enhanced multi-frame image (functional groups, PS3.3 C.7.6.16)."""
+def _slice_step(ds: Dataset, path: Path | None, notes: list[str], kind: str) -> float:
+    """Signed spacing between the frames of one multi-frame object (SpacingBetweenSlices, else SliceThickness)."""
+    step = checked_float(ds, "SpacingBetweenSlices", path=path, low=-1000.0, high=1000.0)
+    thickness = checked_float(ds, "SliceThickness", path=path, low=0.0, high=1000.0)
+    if step is None or step == 0:
+        if present(ds, "SpacingBetweenSlices"):
+            raise DicomReadError("SpacingBetweenSlices (0018,0088) is 0.", path=path, tag="SpacingBetweenSlices")
+        step = thickness
+    if step is None or step == 0:
+        raise DicomReadError("SpacingBetweenSlices (0018,0088) and SliceThickness missing: slice spacing unknown.",
+                             path=path, tag="SpacingBetweenSlices")
+    if kind.startswith("nm") and thickness and abs(abs(step) - thickness) > 0.1 * thickness:
+        # reconstructed SPECT slices are contiguous: spacing = thickness; a mismatch points at a corrupt header
+        notes.append(f"SpacingBetweenSlices {abs(step):g} mm differs from SliceThickness {thickness:g} mm; the "
+                     "slice spacing is taken from SpacingBetweenSlices")
+    return float(step)
+
+
+def _thickness_check(ds: Dataset, spacing: float, path: Path | None, notes: list[str]) -> None:
+    thickness = get_float(ds, "SliceThickness")
+    if thickness and thickness > 0 and (spacing > 3.0 * thickness or spacing < thickness / 3.0):
+        notes.append(f"slice positions are {spacing:.3g} mm apart but SliceThickness is {thickness:g} mm")
+
+
+def _ct_slices_check(values: np.ndarray, intercepts: list[float], files: list[Path], notes: list[str]) -> None:
+    """Note CT slices whose rescale or air level differs from the rest of the series (a damaged slice)."""
+    common = max(set(intercepts), key=intercepts.count)
+    odd = [f.name for f, i in zip(files, intercepts, strict=True) if i != common]
+    if odd and len(odd) < len(intercepts) / 2:
+        notes.append(f"RescaleIntercept differs in {len(odd)} slice(s) ({', '.join(odd[:3])}) from the series' "
+                     f"{common:g}")
+    lows = values.reshape(values.shape[0], -1).min(axis=1)
+    airless = [f.name for f, lo in zip(files, lows, strict=True) if lo > -500.0]
+    if airless and len(airless) < values.shape[0] / 2:
+        notes.append(f"{len(airless)} CT slice(s) hold no air while the others do ({', '.join(airless[:3])}): "
+                     "check their RescaleIntercept (0028,1052)")
+
+
+#: CT values outside this range (HU) are not a CT's; a rescale that produces them is corrupt.
+_HU_RANGE = (-10000.0, 100000.0)
+
+
+def _sanity(values: np.ndarray, kind: str, path: Path | None, notes: list[str]) -> None:
+    """Refuse values no scanner of this kind produces; note suspicious ones."""
+    if values.size == 0:
+        raise DicomReadError("the series has no voxels.", path=path, tag="PixelData")
+    if not np.isfinite(values).all():
+        raise DicomReadError("the rescaled values overflow (NaN or infinite): RescaleSlope / RealWorldValueSlope is "
+                             "corrupt.", path=path, tag="RescaleSlope")
+    lo, hi = float(values.min()), float(values.max())
+    if kind == "ct":
+        if lo < _HU_RANGE[0] or hi > _HU_RANGE[1]:
+            raise DicomReadError(f"CT values run from {lo:.6g} to {hi:.6g} HU, outside any CT's range "
+                                 f"[{_HU_RANGE[0]:g}, {_HU_RANGE[1]:g}]: RescaleSlope / RescaleIntercept is corrupt.",
+                                 path=path, tag="RescaleIntercept")
+        if lo > -500.0:
+            notes.append(f"the CT holds no air (lowest value {lo:.0f} HU): check RescaleIntercept (0028,1052)")
+
+
+def _read_enhanced(ds: Dataset, path: Path | None, *, kind: str, strict: bool, unit: str) -> ImageVolume:
+    """Enhanced / Legacy Converted Enhanced multi-frame image (functional groups, PS3.3 C.7.6.16).
+
+    Frames are placed by their Plane Position and rescaled by their own Pixel Value Transformation (CT, PET) or,
+    for emission images without one, their Real World Value Mapping in Bq/ml (per-frame rescale).
+    """
     shared = get_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = get_value(ds, "PerFrameFunctionalGroupsSequence")
     frames = pixel_array(ds, path)
@@ -234,6 +372,9 @@ def _read_enhanced(ds: Dataset, path: Path | None, *, strict: bool, unit: str) -
     except (IndexError, TypeError) as e:
         raise DicomReadError(f"PerFrameFunctionalGroupsSequence has fewer than {n} items.", path=path,
                              tag="PerFrameFunctionalGroupsSequence") from e
+    if len(per_frame) != n:
+        raise DicomReadError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n} frames.",
+                             path=path, tag="PerFrameFunctionalGroupsSequence")
 
     def group(item: Dataset, keyword: str) -> Dataset | None:
         return get_item(item, keyword) or get_item(shared, keyword)
@@ -246,12 +387,17 @@ def _read_enhanced(ds: Dataset, path: Path | None, *, strict: bool, unit: str) -
     probe.ImageOrientationPatient = iop
     row, col = _orientation(probe, path, strict)
     ps = get_floats(group(items[0], "PixelMeasuresSequence"), "PixelSpacing", 2)
-    if ps is None or min(ps) <= 0 or max(ps) > 1000:
+    if ps is None or min(ps) < _MIN_SPACING_MM or max(ps) > 1000:
         raise DicomReadError("PixelMeasuresSequence > PixelSpacing missing or invalid.", path=path, tag="PixelSpacing")
     positions = []
     slopes = np.ones(n)
     intercepts = np.zeros(n)
     for i, item in enumerate(items):
+        if get_floats(group(item, "PlaneOrientationSequence"), "ImageOrientationPatient", 6) != iop:
+            raise DicomReadError(f"frame {i + 1}: ImageOrientationPatient differs from frame 1.", path=path,
+                                 tag="ImageOrientationPatient")
+        if get_floats(group(item, "PixelMeasuresSequence"), "PixelSpacing", 2) != ps:
+            raise DicomReadError(f"frame {i + 1}: PixelSpacing differs from frame 1.", path=path, tag="PixelSpacing")
         pos = get_floats(group(item, "PlanePositionSequence"), "ImagePositionPatient", 3)
         if pos is None:
             raise DicomReadError(f"frame {i + 1}: PlanePositionSequence > ImagePositionPatient missing.", path=path,
@@ -259,57 +405,80 @@ def _read_enhanced(ds: Dataset, path: Path | None, *, strict: bool, unit: str) -
         positions.append(pos)
         transform = group(item, "PixelValueTransformationSequence")
         if transform is not None:
-            slopes[i], intercepts[i] = _rescale(transform, path)
+            slopes[i], intercepts[i] = _rescale(transform, path, kind)
+        elif kind in ("nm", "pt"):
+            mapping = group(item, "RealWorldValueMappingSequence")
+            if mapping is not None:
+                holder = Dataset()
+                holder.RealWorldValueMappingSequence = [mapping]
+                mapped = _rwvm(holder, path)
+                if mapped is None:
+                    raise DicomReadError(f"frame {i + 1}: the Real World Value Mapping is not in Bq/ml.", path=path,
+                                         tag="RealWorldValueMappingSequence")
+                slopes[i], intercepts[i] = mapped
+            elif kind == "nm":
+                raise DicomReadError(f"frame {i + 1}: no Pixel Value Transformation and no Real World Value Mapping "
+                                     "in Bq/ml.", path=path, tag="RealWorldValueMappingSequence")
     order, origin, spacing = series_geometry_from_frames(np.array(positions), row, col, (ps[0], ps[1]), path, strict)
     if not math.isfinite(spacing):
-        spacing = abs(get_float(group(items[0], "PixelMeasuresSequence"), "SliceThickness") or 1.0)
-    values = frames[order].astype(np.float32) * slopes[order, None, None].astype(np.float32) \
-        + intercepts[order, None, None].astype(np.float32)
+        spacing = abs(checked_float(group(items[0], "PixelMeasuresSequence"), "SliceThickness", path=path,
+                                    low=1e-3, high=1000.0) or 1.0)
+    values = frames[order].astype(np.float64) * slopes[order, None, None] + intercepts[order, None, None]
     _release_pixels(ds)
     normal = np.cross(row, col)
-    return ImageVolume(values, spacing_mm=(ps[1], ps[0], spacing), origin_mm=tuple(origin),
+    return ImageVolume(values.astype(np.float32), spacing_mm=(ps[1], ps[0], spacing), origin_mm=tuple(origin),
                        direction=np.column_stack([row, col, normal]), unit=unit)
 
 
 def _mapping(ds: Dataset, path: Path | None, kind: str) -> tuple[float, float]:
-    """Slope and intercept from stored values to the quantity (Bq/mL for NM; rescaled units for PT/CT)."""
+    """Slope and intercept from stored values to the quantity (Bq/mL for NM; counts for NM counts; rescaled
+    units for PT/CT)."""
     if kind == "nm":
-        rw = get_value(ds, "RealWorldValueMappingSequence")
-        if rw:
-            try:
-                items = list(rw)
-            except TypeError:
-                items = []
-            for item in items:
-                unit = get_text(get_item(item, "MeasurementUnitsCodeSequence"), "CodeValue").lower().replace(" ", "")
-                if unit in ("bq/ml", "bq/cm3") or get_text(item, "LUTLabel").upper() == "BQML":
-                    slope = get_float(item, "RealWorldValueSlope")
-                    intercept = get_float(item, "RealWorldValueIntercept") or 0.0
-                    if slope is None:
-                        if get_value(item, "RealWorldValueLUTData") is not None:
-                            raise DicomReadError("real-world value LUT data are not supported; need slope/intercept.",
-                                                 path=path, tag="RealWorldValueLUTData")
-                        raise DicomReadError("RealWorldValueSlope (0040,9225) missing.", path=path,
-                                             tag="RealWorldValueSlope")
-                    if slope <= 0 or slope > 1e12 or abs(intercept) > 1e15:
-                        raise DicomReadError(f"implausible real-world value mapping slope {slope} / intercept "
-                                             f"{intercept}.", path=path, tag="RealWorldValueSlope")
-                    return slope, intercept
+        if present(ds, "RealWorldValueMappingSequence"):
+            mapped = _rwvm(ds, path)
+            if mapped is not None:
+                return mapped
         if get_text(ds, "Units").upper() == "BQML":
-            return _rescale(ds, path)
+            return _rescale(ds, path, kind)
         raise DicomReadError("SPECT without quantitative units (no Bq/ml real-world value mapping).", path=path,
                              tag="RealWorldValueMappingSequence")
-    return _rescale(ds, path)
+    return _rescale(ds, path, kind)
 
 
-def _rescale(ds: Dataset, path: Path | None) -> tuple[float, float]:
-    slope = get_float(ds, "RescaleSlope")
-    intercept = get_float(ds, "RescaleIntercept")
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
-    if slope == 0 or abs(slope) > 1e12 or abs(intercept) > 1e15:
-        raise DicomReadError(f"implausible RescaleSlope {slope} / RescaleIntercept {intercept}.", path=path,
-                             tag="RescaleSlope")
+def _rwvm(ds: Dataset, path: Path | None) -> tuple[float, float] | None:
+    """The Bq/ml item of the Real World Value Mapping Sequence (PS3.3 C.7.6.16.2.11), or None if there is none."""
+    rw = get_value(ds, "RealWorldValueMappingSequence")
+    try:
+        items = list(rw) if rw is not None else []
+    except TypeError:
+        items = []
+    for item in items:
+        unit = get_text(get_item(item, "MeasurementUnitsCodeSequence"), "CodeValue").lower().replace(" ", "")
+        if unit in ("bq/ml", "bq/cm3") or get_text(item, "LUTLabel").upper() == "BQML":
+            if not present(item, "RealWorldValueSlope"):
+                if present(item, "RealWorldValueLUTData"):
+                    raise DicomReadError("real-world value LUT data are not supported; need slope/intercept.",
+                                         path=path, tag="RealWorldValueLUTData")
+                raise DicomReadError("RealWorldValueSlope (0040,9225) missing.", path=path, tag="RealWorldValueSlope")
+            slope = checked_float(item, "RealWorldValueSlope", path=path, low=1e-30, high=1e12,
+                                  what="Bq/ml per stored value")
+            intercept = checked_float(item, "RealWorldValueIntercept", path=path, default=0.0, low=-1e15, high=1e15)
+            assert slope is not None and intercept is not None
+            return slope, intercept
+    return None
+
+
+def _rescale(ds: Dataset, path: Path | None, kind: str = "ct") -> tuple[float, float]:
+    """Rescale Slope / Intercept (PS3.3 C.11.1.1.2): Type 1 in the CT and PET Image modules (C.8.2.1, C.8.9.4)
+    and in the Pixel Value Transformation of enhanced images, so a missing one is refused there, not taken as
+    1 / 0 (a CT slice without its -1024 intercept reads 1024 HU too dense); present but corrupt is refused; a
+    non-positive slope makes no sense for HU or activity. NM without these attributes means 1 / 0."""
+    required = kind in ("ct", "pt")
+    slope = checked_float(ds, "RescaleSlope", path=path, default=1.0, low=1e-30, high=1e12,
+                          what="must be positive", required=required)
+    intercept = checked_float(ds, "RescaleIntercept", path=path, default=0.0, low=-1e15, high=1e15,
+                              required=required)
+    assert slope is not None and intercept is not None
     return slope, intercept
 
 

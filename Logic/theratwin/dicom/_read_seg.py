@@ -77,8 +77,14 @@ def _frame_info(ds: Dataset, i: int, shared: Dataset | None, path: Path) -> tupl
     return number, pos
 
 
-def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: bool) -> Segmentation:
-    """Read a SEG dataset. ``reference`` is the grid to place the masks on when compatible (the reference CT)."""
+def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: bool,
+             reference_sops: set[str] | None = None) -> Segmentation:
+    """Read a SEG dataset. ``reference`` is the grid to place the masks on when compatible (the reference CT).
+
+    ``reference_sops`` are the SOPInstanceUIDs of the reference CT: a SEG whose frames were derived from those
+    slices, with the same Rows x Columns, must have their orientation and pixel spacing (a SEG whose spacing
+    disagrees with its source would scale every mask).
+    """
     seg_type = get_text(ds, "SegmentationType").upper()
     if seg_type not in ("BINARY", "FRACTIONAL"):
         raise DicomReadError(f"SegmentationType '{seg_type}' is not supported (need BINARY or FRACTIONAL).",
@@ -103,6 +109,8 @@ def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: boo
     ps = get_floats(measures, "PixelSpacing", 2)
     if ps is None or min(ps) <= 0:
         raise DicomReadError("PixelSpacing of the segmentation missing.", path=path, tag="PixelSpacing")
+    if reference is not None and reference_sops:
+        _check_against_source(ds, path, reference, reference_sops, row, col, ps)
     frames = pixel_array(ds, path)
     n_frames = frames.shape[0]
     if seg_type == "FRACTIONAL":
@@ -195,3 +203,38 @@ def read_seg(ds: Dataset, path: Path, reference: Geometry | None, *, strict: boo
         files=(str(path),),
     )
     return Segmentation(geometry, structures, masks, source)
+
+
+def _referenced_sops(ds: Dataset) -> set[str]:
+    """SOPInstanceUIDs the SEG says it was derived from (per-frame Derivation Image, Referenced Series)."""
+    out: set[str] = set()
+    try:
+        for item in get_value(ds, "PerFrameFunctionalGroupsSequence") or []:
+            for der in get_value(item, "DerivationImageSequence") or []:
+                for src in get_value(der, "SourceImageSequence") or []:
+                    out.add(get_text(src, "ReferencedSOPInstanceUID"))
+        for ser in get_value(ds, "ReferencedSeriesSequence") or []:
+            for inst in get_value(ser, "ReferencedInstanceSequence") or []:
+                out.add(get_text(inst, "ReferencedSOPInstanceUID"))
+    except TypeError:
+        pass
+    out.discard("")
+    return out
+
+
+def _check_against_source(ds: Dataset, path: Path, reference: Geometry, reference_sops: set[str], row: np.ndarray,
+                          col: np.ndarray, ps: list[float]) -> None:
+    if not (_referenced_sops(ds) & reference_sops):
+        return
+    nz, ny, nx = reference.shape
+    if (get_int(ds, "Rows"), get_int(ds, "Columns")) != (ny, nx):
+        return  # drawn on a crop or another grid: its own geometry is used
+    ref_dir = reference.direction_matrix
+    sx, sy, _ = reference.spacing_mm
+    if not (np.allclose(ref_dir[:, 0], row, atol=1e-3) and np.allclose(ref_dir[:, 1], col, atol=1e-3)):
+        raise DicomReadError("the SEG's ImageOrientationPatient disagrees with the CT it was derived from (same "
+                             "Rows x Columns, frames referencing its slices).", path=path, tag="ImageOrientationPatient")
+    if abs(ps[1] - sx) > 1e-3 * sx or abs(ps[0] - sy) > 1e-3 * sy:
+        raise DicomReadError(f"the SEG's PixelSpacing {ps[0]:g}\\{ps[1]:g} mm disagrees with the CT it was derived "
+                             f"from ({sy:g}\\{sx:g} mm, same Rows x Columns): every mask would be scaled. Re-export "
+                             "the segmentation.", path=path, tag="PixelSpacing")

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime, timedelta
+from collections import Counter
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from .._time import assume_local, in_zone, parse_offset
 from ..errors import DicomReadError
 
 __all__ = [
     "get_value",
     "get_text",
     "get_float",
+    "checked_float",
+    "present",
     "get_int",
     "get_floats",
     "get_item",
@@ -29,7 +33,32 @@ __all__ = [
     "parse_dt",
     "combine",
     "require",
+    "DicomClock",
+    "clip",
+    "philips_scale",
+    "PHILIPS_CREATOR",
 ]
+
+#: Philips PET stores the factor from CNTS to Bq/mL in (7053,1009) of this private block (Philips DICOM
+#: conformance statements: "Activity Concentration Scale Factor").
+PHILIPS_CREATOR = "Philips PET Private Group"
+
+
+def clip(text: object, limit: int = 40) -> str:
+    """A value quoted in a message: one printable line of at most ``limit`` characters."""
+    from ..errors import one_line
+
+    return one_line(text, limit)
+
+
+def philips_scale(ds: Dataset) -> float | None:
+    """Philips' Activity Concentration Scale Factor (Bq/mL per count value), or None."""
+    try:
+        block = ds.private_block(0x7053, PHILIPS_CREATOR)
+        f = float(block[0x09].value)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError):
+        return None
+    return f if math.isfinite(f) and 0 < f < 1e12 else None
 
 
 def get_value(ds: Dataset | None, keyword: str) -> Any:
@@ -62,17 +91,55 @@ def get_text(ds: Dataset | None, keyword: str, default: str = "") -> str:
 
 
 def get_float(ds: Dataset | None, keyword: str) -> float | None:
-    """A finite float, or None."""
+    """A finite float, or None (absent, empty, unparsable, or several values where one is expected)."""
     v = get_value(ds, keyword)
     if v is None:
         return None
     try:
         if hasattr(v, "__iter__") and not isinstance(v, (str, bytes)):
-            v = list(v)[0]
+            values = list(v)
+            if len(values) != 1:
+                return None
+            v = values[0]
         f = float(v)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return f if math.isfinite(f) else None
+
+
+def present(ds: Dataset | None, keyword: str) -> bool:
+    """True when ``keyword`` is in ``ds`` with a non-empty (possibly undecodable) value."""
+    if ds is None:
+        return False
+    try:
+        if keyword not in ds:
+            return False
+        elem = ds[keyword]
+        raw = getattr(elem, "value", None)
+    except Exception:  # noqa: BLE001 - an undecodable value is present, just corrupt
+        return True
+    return not (raw is None or raw == "" or (hasattr(raw, "__len__") and len(raw) == 0))
+
+
+def checked_float(ds: Dataset | None, keyword: str, *, path: Path | str | None, default: float | None = None,
+                  low: float = -math.inf, high: float = math.inf, required: bool = False,
+                  what: str = "") -> float | None:
+    """One finite float in ``[low, high]``; ``default`` when absent; a :class:`DicomReadError` when present but
+    corrupt (unparsable, NaN, several values, out of range) or absent though ``required``.
+
+    A present-but-corrupt value is never replaced by a default: that is how a NaN RescaleIntercept once became 0.
+    """
+    if not present(ds, keyword):
+        if required:
+            raise DicomReadError(f"{keyword} is missing{' (' + what + ')' if what else ''}.", path=path, tag=keyword)
+        return default
+    f = get_float(ds, keyword)
+    if f is None or not low <= f <= high:
+        shown = clip(get_text(ds, keyword) or repr(get_value(ds, keyword)))
+        limits = "" if (low == -math.inf and high == math.inf) else f" in [{low:g}, {high:g}]"
+        raise DicomReadError(f"{keyword} {shown!r} is not one finite number{limits}"
+                             f"{' (' + what + ')' if what else ''}; the file is corrupt.", path=path, tag=keyword)
+    return f
 
 
 def get_int(ds: Dataset | None, keyword: str) -> int | None:
@@ -142,23 +209,91 @@ def parse_tm(text: Any) -> timedelta | None:
 
 
 def parse_dt(text: Any) -> datetime | None:
-    """DICOM DT (timezone offset ignored: all times are taken as the site's local time)."""
+    """DICOM DT: aware (fixed offset) when the value carries an offset (``...+0100``), else naive.
+
+    Naive results are made aware by :class:`DicomClock` (TimezoneOffsetFromUTC, site zone, local zone).
+    """
     if text is None:
         return None
     m = _DT.match(str(text))
     if not m or m[4] is None:  # a datetime without an hour is not usable as a time stamp
         return None
     try:
-        return datetime(int(m[1]), int(m[2] or 1), int(m[3] or 1), int(m[4]), int(m[5] or 0),
-                        min(int(m[6] or 0), 59), int((m[7] or "0").ljust(6, "0")))
+        dt = datetime(int(m[1]), int(m[2] or 1), int(m[3] or 1), int(m[4]), int(m[5] or 0),
+                      min(int(m[6] or 0), 59), int((m[7] or "0").ljust(6, "0")))
     except ValueError:
         return None
+    if m[8]:
+        zone = parse_offset(m[8])
+        if zone is None:  # an offset outside -1200..+1400 is a corrupt value, not a time
+            return None
+        dt = dt.replace(tzinfo=zone)
+    return dt
 
 
 def combine(d: date | None, t: timedelta | None) -> datetime | None:
     if d is None or t is None:
         return None
     return datetime(d.year, d.month, d.day) + t
+
+
+class DicomClock:
+    """Makes the DA/TM/DT values of DICOM instances timezone-aware (the rule of :mod:`theratwin._time`).
+
+    Parameters
+    ----------
+    zone
+        The site's zone for instances without Timezone Offset From UTC (0008,0201); None: this computer's zone
+        (offsets then marked as assumed).
+
+    Attributes
+    ----------
+    sources
+        How many values took their offset from each rule (``"DT offset"``, ``"TimezoneOffsetFromUTC"``,
+        ``"site zone"``, ``"local zone (assumed)"``), for the inventory's report.
+    """
+
+    def __init__(self, zone: tzinfo | None = None) -> None:
+        self.zone = zone
+        self.sources: Counter[str] = Counter()
+        self.bad_offsets: list[str] = []
+
+    def localize(self, value: datetime | None, instance: Dataset | None) -> datetime | None:
+        """``value`` with an offset: its own, else the instance's TimezoneOffsetFromUTC, else the site/local zone."""
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            self.sources["DT offset"] += 1
+            return value
+        text = get_text(instance, "TimezoneOffsetFromUTC") if instance is not None else ""
+        if text:
+            zone = parse_offset(text)
+            if zone is not None:
+                self.sources["TimezoneOffsetFromUTC"] += 1
+                return value.replace(tzinfo=zone)
+            if text not in self.bad_offsets:
+                self.bad_offsets.append(text)
+        if self.zone is not None:
+            self.sources["site zone"] += 1
+            return in_zone(value, self.zone)
+        self.sources["local zone (assumed)"] += 1
+        return assume_local(value)
+
+    def dt(self, item: Dataset | None, keyword: str, instance: Dataset | None) -> datetime | None:
+        """A DT attribute of ``item`` (``instance``, or an item of one of its sequences), aware."""
+        return self.localize(parse_dt(get_value(item, keyword)), instance)
+
+    def da_tm(self, ds: Dataset | None, date_keyword: str, time_keyword: str) -> datetime | None:
+        """A DA + TM pair of ``ds``, aware."""
+        return self.localize(combine(parse_da(get_value(ds, date_keyword)), parse_tm(get_value(ds, time_keyword))),
+                             ds)
+
+    def describe(self) -> str:
+        """One line on where the offsets came from (empty when nothing was read)."""
+        if not self.sources:
+            return ""
+        parts = [f"{n} from {src}" for src, n in self.sources.most_common()]
+        return "datetimes: " + ", ".join(parts)
 
 
 def require(value: Any, *, path: Path | str | None, tag: str, what: str) -> Any:

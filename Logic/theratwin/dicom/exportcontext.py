@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .._time import offset_text, zone_assumed
 from .._version import __version__
 from ..errors import InvalidInputError
 from ..study import Study
@@ -61,7 +62,10 @@ class ExportContext:
     numbering
         Series numbers for this export.
     created
-        Content date/time of every object in this export (one instant, so they sort together).
+        Content date/time of every object in this export (one instant, so they sort together), timezone-aware in
+        the data's offset: DA/TM written in that offset, with Timezone Offset From UTC (0008,0201) when the data
+        gave their zone (PS3.3 C.12.1.1.8: it applies to every DA/TM of the instance, the copied Study Date/Time
+        included).
     warnings
         Things the caller should tell the user (e.g. "no reference CT files: new study UID").
     """
@@ -71,8 +75,9 @@ class ExportContext:
     reference_ct: list[Dataset] = field(default_factory=list)
     source_images: dict[int, list[Dataset]] = field(default_factory=dict)
     numbering: SeriesNumbering = field(default_factory=SeriesNumbering)
-    created: datetime = field(default_factory=lambda: datetime.now().replace(microsecond=0))
+    created: datetime = field(default_factory=lambda: datetime.now().astimezone().replace(microsecond=0))
     warnings: list[str] = field(default_factory=list)
+    timezone_offset: str = ""  # "+HHMM" written as TimezoneOffsetFromUTC, "" when the data gave no zone
 
     @property
     def study_uid(self) -> str:
@@ -144,7 +149,16 @@ class ExportContext:
                 images[c.number] = hs
         used = max_series_number([*src.files, *existing_files,
                                   *(f for c in study.cycles for tp in c.time_points for f in tp.source.files)])
-        return cls(ps, for_uid, ct_headers, images, SeriesNumbering.above(used), warnings=warnings)
+        start = study.cycles[0].administration.start
+        created = datetime.now(timezone.utc).replace(microsecond=0).astimezone(start.tzinfo)
+        offset = "" if zone_assumed(start) else offset_text(start.utcoffset())
+        return cls(ps, for_uid, ct_headers, images, SeriesNumbering.above(used), created=created, warnings=warnings,
+                   timezone_offset=offset)
+
+    def stamp_timezone(self, ds: Dataset) -> None:
+        """Timezone Offset From UTC of the data, when they gave one (the zone of every DA/TM written)."""
+        if self.timezone_offset:
+            ds.TimezoneOffsetFromUTC = self.timezone_offset
 
     def copy_patient_study(self, ds: Dataset) -> None:
         """Copy the patient and study attributes into ``ds``."""
@@ -163,3 +177,4 @@ class ExportContext:
         ds.ContentTime = self.created.strftime("%H%M%S")
         ds.SeriesDate = ds.ContentDate
         ds.SeriesTime = ds.ContentTime
+        self.stamp_timezone(ds)

@@ -8,10 +8,21 @@ computing. :func:`theratwin.dicom.read_study` uses the same grouping and turns t
 Grouping rules
 --------------
 - A *time point* is one quantitative emission series (NM reconstructed tomo, or PT). Its CT is the CT series
-  with the same FrameOfReferenceUID (the closest in time if several).
+  with the same FrameOfReferenceUID (the one with most slices, then the closest in time, if several).
 - A *cycle* is the set of time points whose RadiopharmaceuticalStartDateTime agree within
   ``CYCLE_TOLERANCE_H``; cycles are numbered 1, 2, ... by administration start.
 - The SEG must share the FrameOfReferenceUID of the reference time point (cycle 1, first time point).
+
+Series integrity (refused unless ``ReadOptions.accept_incomplete_series``)
+-------------------------------------------------------------------------
+- every file meant to be DICOM must be readable (a truncated or damaged slice is named, not skipped);
+- two files with one SOPInstanceUID must hold the same content (else both are named);
+- all instances of a series share PatientID, StudyInstanceUID, FrameOfReferenceUID, SOPClassUID and Modality
+  (a foreign slice is named);
+- a PET series holds NumberOfSlices (0054,0081) instances with distinct ImageIndex (0054,1330) values (PS3.3
+  C.8.9.1, C.8.9.4); an NM stack the NumberOfSlices its instances declare.
+Gaps in slice positions and header geometry that disagrees with the pixel data are refused when the volume is
+stacked (:mod:`theratwin.dicom._read_images`).
 
 Units and conventions
 ---------------------
@@ -21,33 +32,46 @@ Units and conventions
 - Acquisition start: AcquisitionDateTime, else AcquisitionDate + AcquisitionTime (earliest over the instances),
   else SeriesDate + SeriesTime (with a warning). Durations: AcquisitionDuration (0018,9073, s), else the NM
   Rotation Information (view duration x views), else ActualFrameDuration (0018,1242, ms) for PT.
+- Datetimes are timezone-aware (:mod:`theratwin._time`): the DT value's own offset, else Timezone Offset From
+  UTC (0008,0201) of the instance, else the configured site zone, else this computer's zone (reported).
+- The radionuclide: :mod:`theratwin.dicom._read_nuclide` (code sequence, else half-life, else ``--nuclide``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timezone
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 
+from .._time import zone_assumed
 from ..errors import DicomReadError
 from ..progress import ProgressCallback, report
-from ._read_values import (
-    combine,
-    get_float,
-    get_int,
-    get_item,
-    get_text,
-    get_value,
-    parse_da,
-    parse_dt,
-    parse_tm,
+from ._read_files import NotDicom, list_files, read_header
+from ._read_integrity import check_series, duplicate_difference, unreadable_files
+from ._read_nuclide import nuclide_from_text
+from ._read_series import (
+    AdministrationInfo,
+    acquisition_duration,
+    acquisition_start_of,
+    administration_of,
+    camera_of,
+    promote_converted,
+    series_role,
+    units_of,
 )
+from ._read_values import (
+    DicomClock,
+    clip,
+    combine,
+    get_int,
+    get_text,
+    philips_scale,
+)
+from .options import CameraCalibration, ReadOptions
 
 __all__ = [
     "AdministrationInfo",
@@ -64,72 +88,10 @@ __all__ = [
 CYCLE_TOLERANCE_H = 12.0
 #: A CT acquired within this time of a SPECT in another frame of reference signals an inconsistent frame (h).
 _SAME_SESSION_H = 3.0
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
-NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
-PT_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-ENHANCED_PT_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
-CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")  # Enhanced, Legacy Converted
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 
-_ELEMENTS = {
-    "lutetium": "Lu", "yttrium": "Y", "iodine": "I", "terbium": "Tb", "actinium": "Ac", "radium": "Ra",
-    "lead": "Pb", "bismuth": "Bi", "holmium": "Ho", "samarium": "Sm", "rhenium": "Re", "copper": "Cu",
-    "gallium": "Ga", "fluorine": "F", "technetium": "Tc", "indium": "In", "thorium": "Th", "astatine": "At",
-    "scandium": "Sc", "strontium": "Sr", "erbium": "Er", "zirconium": "Zr", "thallium": "Tl",
-}
-
-
-def nuclide_from_text(text: str) -> str | None:
-    """Canonical nuclide name (``"Lu-177"``) from texts such as ``"^177^Lutetium"``, ``"Lu-177"``,
-    ``"177Lu"``, ``"Lutetium-177"`` or ``"Lu-177-PSMA-617"``; None if no nuclide can be recognised."""
-    if not text:
-        return None
-    s = text.replace("^", " ").replace("_", " ")
-    m = re.search(r"(\d{1,3})\s*m?\s*-?\s*([A-Za-z]{3,})", s)  # 177 Lutetium
-    if m and m[2].lower() in _ELEMENTS:
-        return f"{_ELEMENTS[m[2].lower()]}-{int(m[1])}"
-    m = re.search(r"([A-Za-z]{3,})\s*-?\s*(\d{1,3})", s)  # Lutetium-177
-    if m and m[1].lower() in _ELEMENTS:
-        return f"{_ELEMENTS[m[1].lower()]}-{int(m[2])}"
-    symbols = {v.lower(): v for v in _ELEMENTS.values()}
-    m = re.search(r"(?<![A-Za-z])([A-Za-z]{1,2})\s*-?\s*(\d{1,3})(?!\d)", s)  # Lu-177, Lu177
-    if m and m[1].lower() in symbols:
-        return f"{symbols[m[1].lower()]}-{int(m[2])}"
-    m = re.search(r"(?<!\d)(\d{1,3})\s*-?\s*([A-Za-z]{1,2})(?![A-Za-z])", s)  # 177Lu
-    if m and m[2].lower() in symbols:
-        return f"{symbols[m[2].lower()]}-{int(m[1])}"
-    return None
-
-
-def _nuclide_from_code(value: str, scheme: str) -> str | None:
-    """Look a radionuclide code up in DICOM CID 18 (pydicom's copy of PS3.16) and read its meaning."""
-    try:
-        from pydicom.sr._concepts_dict import concepts
-    except ImportError:  # pragma: no cover - pydicom always ships it
-        return None
-    table: dict[str, dict[str, tuple[str, list[int]]]] = concepts.get(  # type: ignore[assignment]
-        "SCT" if scheme in ("SCT", "SNM3", "SRT") else scheme, {})
-    for entry in table.values():
-        if value in entry:
-            meaning, cids = entry[value]
-            if 18 in cids or "^" in meaning:
-                return nuclide_from_text(meaning)
-    return None
-
-
-@dataclass
-class AdministrationInfo:
-    """What the RadiopharmaceuticalInformationSequence of a series says (None when absent)."""
-
-    radiopharmaceutical: str = ""
-    nuclide: str | None = None
-    nuclide_source: str = ""
-    start: datetime | None = None
-    start_source: str = ""
-    start_time_of_day: timedelta | None = None  # RadiopharmaceuticalStartTime when no DateTime is given
-    activity_MBq: float | None = None
-    activity_note: str = ""
 
 
 @dataclass
@@ -153,12 +115,25 @@ class SeriesInfo:
     acquisition_duration_s: float | None = None
     administration: AdministrationInfo | None = None
     units: str = ""
+    counts: bool = False  # stored values are counts, calibrated by ``calibration``
+    calibration: CameraCalibration | None = None
+    camera: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    damaged: dict[Path, str] = field(default_factory=dict, repr=False)
     datasets: list[Dataset] = field(default_factory=list, repr=False)
 
     @property
     def first_file(self) -> Path | None:
         return self.files[0] if self.files else None
+
+    def camera_text(self) -> str:
+        c = self.camera
+        text = " ".join(v for v in (c.get("manufacturer", ""), c.get("model", "")) if v) or "unknown camera"
+        if c.get("serial_number"):
+            text += f" SN {c['serial_number']}"
+        if c.get("station"):
+            text += f" (station {c['station']})"
+        return text
 
 
 @dataclass
@@ -180,16 +155,20 @@ class Inventory:
     """What :func:`scan` found under a path and how it groups into cycles and time points.
 
     ``problems`` are the refusals :func:`~theratwin.dicom.read_study` would raise (first one first);
-    ``warnings`` are tolerated oddities; ``skipped`` are files that are not usable DICOM, with the reason.
+    ``warnings`` are tolerated oddities; ``skipped`` are files that are not DICOM (or special files), with the
+    reason; ``unreadable`` are files meant to be DICOM that cannot be read (a refusal unless accepted).
     """
 
     root: Path
     series: list[SeriesInfo] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
     cycles: list[PlannedCycle] = field(default_factory=list)
     segmentation: SeriesInfo | None = None
     problems: list[DicomReadError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    options: ReadOptions = field(default_factory=ReadOptions, repr=False)
+    clock: DicomClock = field(default_factory=DicomClock, repr=False)
 
     @property
     def patients(self) -> dict[str, str]:
@@ -198,6 +177,13 @@ class Inventory:
 
     def by_role(self, role: str) -> list[SeriesInfo]:
         return [s for s in self.series if s.role == role]
+
+    def all_warnings(self) -> list[str]:
+        """Every tolerated oddity, one line each (inventory-level, then per series)."""
+        out = list(self.warnings)
+        for s in self.series:
+            out.extend(f"{s.modality} series '{s.description}' ({s.first_file}): {w}" for w in s.warnings)
+        return out
 
     def describe(self) -> str:
         """Human-readable report: patient, series by modality and time, cycles, problems and missing pieces."""
@@ -210,19 +196,22 @@ class Inventory:
             f"  {len(self.series)} series: {counts.get('spect', 0)} quantitative SPECT, {counts.get('pet', 0)} PET, "
             f"{counts.get('ct', 0)} CT, {counts.get('seg', 0)} SEG, {counts.get('other', 0)} other"
             + (f"; {len(self.skipped)} file(s) skipped" if self.skipped else "")
+            + (f"; {len(self.unreadable)} unreadable" if self.unreadable else "")
         )
-        for s in sorted(self.series, key=lambda s: (s.acquisition_start or datetime.min, s.modality)):
-            when = s.acquisition_start.strftime("%Y-%m-%d %H:%M:%S") if s.acquisition_start else "no time"
+        for s in sorted(self.series, key=lambda s: (s.acquisition_start or _EARLIEST, s.modality)):
+            when = _when(s.acquisition_start) if s.acquisition_start else "no time"
             extra = f", {s.units}" if s.units else ""
             note = f" [{s.note}]" if s.note else ""
             lines.append(f"    {s.modality:<3} {when}  {len(s.files):4d} file(s){extra}  "
-                         f"'{s.description}'{note}")
+                         f"'{clip(s.description, 64)}'{note}")
         for c in self.cycles:
             a = c.administration
-            start = a.start.strftime("%Y-%m-%d %H:%M:%S") if a.start else "unknown start"
+            start = _when(a.start) if a.start else "unknown start"
             act = f"{a.activity_MBq:.0f} MBq" if a.activity_MBq else "unknown activity"
-            lines.append(f"  cycle {c.number}: {a.radiopharmaceutical or '?'} ({a.nuclide or '?'}) {act}, "
+            lines.append(f"  cycle {c.number}: {clip(a.radiopharmaceutical, 64) or '?'} ({a.nuclide or '?'}) {act}, "
                          f"administered {start}")
+            if a.nuclide_source and a.nuclide_source != "RadionuclideCodeSequence (0054,0300)":
+                lines.append(f"    nuclide from {a.nuclide_source}")
             for i, tp in enumerate(c.time_points, start=1):
                 t = f"{tp.time_h:7.2f} h" if tp.time_h is not None else "    ? h"
                 ct = "CT ok" if tp.ct else "NO CT"
@@ -232,16 +221,16 @@ class Inventory:
             if len(c.time_points) == 1:
                 lines.append("    (one time point: its TIA needs a single-time-point method or the twin's prior)")
         if self.segmentation is not None:
-            lines.append(f"  segmentation: '{self.segmentation.description}' on the reference CT")
+            lines.append(f"  segmentation: '{clip(self.segmentation.description, 64)}' on the reference CT")
         elif self.by_role("seg"):
             lines.append("  segmentation: found, but not on the reference CT")
         else:
             lines.append("  segmentation: none (structures must be drawn or imported)")
-        for w in self.warnings:
+        clock = self.clock.describe()
+        if clock:
+            lines.append(f"  {clock}")
+        for w in self.all_warnings():
             lines.append(f"  warning: {w}")
-        for s in self.series:
-            for w in s.warnings:
-                lines.append(f"  warning ({s.modality} '{s.description}'): {w}")
         for p, reason in self.skipped[:10]:
             lines.append(f"  skipped {p}: {reason}")
         if len(self.skipped) > 10:
@@ -254,177 +243,16 @@ class Inventory:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# header reading
-
-def _list_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            if f.startswith(".") or f.upper() == "DICOMDIR":
-                continue
-            out.append(Path(dirpath) / f)
-    return sorted(out)
+def _when(dt: datetime) -> str:
+    text = dt.strftime("%Y-%m-%d %H:%M:%S")
+    off = dt.strftime("%z")
+    if off:
+        text += f" {off[:3]}:{off[3:]}" + ("?" if zone_assumed(dt) else "")
+    return text
 
 
-def _read_header(path: Path, strict: bool) -> Dataset:
-    """Read one file's header (pixel data deferred). Raises DicomReadError for anything unusable."""
-    try:
-        ds = pydicom.dcmread(path, defer_size="64 KB", force=not strict)
-    except pydicom.errors.InvalidDicomError as e:
-        raise DicomReadError(f"not a DICOM file ({e}).", path=path) from e
-    except (OSError, MemoryError) as e:
-        raise DicomReadError(f"cannot be read ({e}).", path=path) from e
-    except Exception as e:  # noqa: BLE001 - pydicom's parser raises many types on corrupt input
-        raise DicomReadError(f"corrupt DICOM ({type(e).__name__}: {e}).", path=path) from e
-    if get_text(ds, "SOPClassUID") == "" or get_text(ds, "SeriesInstanceUID") == "":
-        raise DicomReadError("not a DICOM image object (no SOPClassUID or SeriesInstanceUID).", path=path,
-                             tag="SOPClassUID")
-    return ds
-
-
-def _series_role(ds: Dataset) -> tuple[str, str]:
-    sop = get_text(ds, "SOPClassUID")
-    modality = get_text(ds, "Modality").upper()
-    image_type = [t.strip().upper() for t in get_text(ds, "ImageType").split("\\")]
-    if sop == SEG_STORAGE or modality == "SEG":
-        return "seg", ""
-    if sop == NM_STORAGE or modality == "NM":
-        if any(t in ("RECON TOMO", "RECON GATED TOMO") for t in image_type):
-            return "spect", ""
-        kind = image_type[2] if len(image_type) > 2 else "unknown"
-        return "other", f"NM {kind.lower()} data (not reconstructed tomography): not used"
-    if sop in (PT_STORAGE, ENHANCED_PT_STORAGE) or modality == "PT":
-        if sop == ENHANCED_PT_STORAGE:
-            return "other", "Enhanced PET is not supported; export as PET Image Storage"
-        return "pet", ""
-    if modality == "CT":
-        if sop != CT_STORAGE and sop not in ENHANCED_CT_STORAGE:
-            return "other", f"CT storage class {sop} is not supported; export as (Enhanced) CT Image Storage"
-        if "LOCALIZER" in image_type:
-            return "other", "CT localizer (topogram): not used"
-        return "ct", ""
-    return "other", f"{modality or 'unknown modality'}: not used"
-
-
-def _acquisition_start(s: SeriesInfo) -> None:
-    starts = []
-    for ds in s.datasets:
-        t = parse_dt(get_value(ds, "AcquisitionDateTime"))
-        if t is None:
-            t = combine(parse_da(get_value(ds, "AcquisitionDate")), parse_tm(get_value(ds, "AcquisitionTime")))
-        if t is not None:
-            starts.append(t)
-    if starts:
-        s.acquisition_start = min(starts)
-        s.acquisition_start_source = "AcquisitionDateTime"
-        return
-    ds0 = s.datasets[0]
-    t = combine(parse_da(get_value(ds0, "SeriesDate")), parse_tm(get_value(ds0, "SeriesTime")))
-    if t is not None:
-        s.acquisition_start = t
-        s.acquisition_start_source = "SeriesDateTime"
-        if s.role in ("spect", "pet"):
-            s.warnings.append("no AcquisitionDateTime (0008,002A); using SeriesDate/SeriesTime as acquisition start")
-
-
-def _duration(s: SeriesInfo) -> None:
-    ds = s.datasets[0]
-    d = get_float(ds, "AcquisitionDuration")
-    if d is not None and d >= 0:
-        s.acquisition_duration_s = d
-        return
-    rot = get_value(ds, "RotationInformationSequence")
-    if rot:
-        total_ms = 0.0
-        try:
-            for item in rot:
-                ms = get_float(item, "ActualFrameDuration")
-                n = get_int(item, "NumberOfFramesInRotation")
-                if ms is not None and n is not None:
-                    total_ms += ms * n
-        except TypeError:
-            total_ms = 0.0
-        if total_ms > 0:
-            s.acquisition_duration_s = total_ms / 1000.0
-            return
-    if s.role == "pet":
-        ms = get_float(ds, "ActualFrameDuration")
-        if ms is not None and ms >= 0:
-            s.acquisition_duration_s = ms / 1000.0
-
-
-def _administration(s: SeriesInfo) -> AdministrationInfo | None:
-    ds = s.datasets[0]
-    item = get_item(ds, "RadiopharmaceuticalInformationSequence")
-    if item is None:
-        return None
-    a = AdministrationInfo()
-    a.radiopharmaceutical = get_text(item, "Radiopharmaceutical")
-    if not a.radiopharmaceutical:
-        code = get_item(item, "RadiopharmaceuticalCodeSequence")
-        a.radiopharmaceutical = get_text(code, "CodeMeaning")
-    code = get_item(item, "RadionuclideCodeSequence")
-    if code is not None:
-        a.nuclide = _nuclide_from_code(get_text(code, "CodeValue"), get_text(code, "CodingSchemeDesignator"))
-        if a.nuclide is None:
-            a.nuclide = nuclide_from_text(get_text(code, "CodeMeaning"))
-        a.nuclide_source = "RadionuclideCodeSequence"
-    if a.nuclide is None:
-        a.nuclide = nuclide_from_text(a.radiopharmaceutical)
-        a.nuclide_source = "Radiopharmaceutical" if a.nuclide else ""
-    start = parse_dt(get_value(item, "RadiopharmaceuticalStartDateTime"))
-    if start is not None:
-        a.start, a.start_source = start, "RadiopharmaceuticalStartDateTime"
-    else:
-        # Time of day only: dated later from a sibling series or, failing that, the acquisition day (_plan).
-        a.start_time_of_day = parse_tm(get_value(item, "RadiopharmaceuticalStartTime"))
-    dose = get_float(item, "RadionuclideTotalDose")
-    if dose is not None and dose > 0:
-        if s.role == "spect":  # NM: MBq (PS3.3 C.8.4.10.1.7)
-            a.activity_MBq = dose
-            if dose > 1e6:
-                a.activity_MBq = dose / 1e6
-                a.activity_note = "RadionuclideTotalDose looks like Bq in an NM object (standard: MBq); converted"
-        else:  # PET: Bq
-            a.activity_MBq = dose / 1e6
-            if dose < 1e5:
-                a.activity_MBq = dose
-                a.activity_note = "RadionuclideTotalDose looks like MBq in a PET object (standard: Bq); converted"
-        if a.activity_note:
-            s.warnings.append(a.activity_note)
-    return a
-
-
-def _units(s: SeriesInfo) -> None:
-    ds = s.datasets[0]
-    if s.role == "ct":
-        s.units = "HU"
-        return
-    if s.role == "spect":
-        rw = get_value(ds, "RealWorldValueMappingSequence")
-        if rw:
-            try:
-                for item in rw:
-                    unit = get_item(item, "MeasurementUnitsCodeSequence")
-                    code = get_text(unit, "CodeValue").lower().replace(" ", "")
-                    if code in ("bq/ml", "bq/cm3") or get_text(item, "LUTLabel").upper() == "BQML":
-                        s.units = "Bq/mL (real-world value mapping)"
-                        return
-            except TypeError:
-                pass
-        if get_text(ds, "Units").upper() == "BQML":
-            s.units = "Bq/mL (Units BQML)"
-            return
-        s.units = ""
-        return
-    if s.role == "pet":
-        s.units = get_text(ds, "Units").upper()
-
-
-def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: ProgressCallback | None = None) -> Inventory:
+def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: ProgressCallback | None = None,
+         options: ReadOptions | None = None) -> Inventory:
     """Find the DICOM series under ``path`` (a folder, searched recursively, or one file) and group them.
 
     Reads headers only. Never refuses data: problems are recorded in the returned :class:`Inventory`.
@@ -437,70 +265,125 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
         Also record files that pydicom can only read with ``force=True`` (no DICM preamble) as skipped.
     progress
         Optional callback ``(fraction, message)``.
+    options
+        Reader settings (site zone, nuclide, calibrations, what to accept); ``strict`` is or-ed into them.
 
     Raises
     ------
     DicomReadError
         If ``path`` does not exist.
     """
+    opts = options or ReadOptions()
+    if strict and not opts.strict:
+        from dataclasses import replace
+
+        opts = replace(opts, strict=True)
     root = Path(path)
     if not root.exists():
         raise DicomReadError("no such file or folder; give the folder that holds the DICOM files.", path=root)
-    inv = Inventory(root=root)
-    files = _list_files(root)
+    inv = Inventory(root=root, options=opts, clock=DicomClock(opts.zone()))
+    files, special = list_files(root)
+    inv.skipped.extend(special)
     by_series: dict[str, SeriesInfo] = {}
-    seen_instances: dict[str, Path] = {}
+    seen_instances: dict[str, tuple[Path, Dataset]] = {}
     for i, f in enumerate(files):
         if i % 50 == 0:
             report(progress, 0.9 * i / max(len(files), 1), f"reading DICOM headers ({i}/{len(files)})")
         try:
-            ds = _read_header(f, strict)
+            ds, damage = read_header(f, strict=opts.strict)
+        except NotDicom as e:
+            inv.skipped.append((f, str(e)))
+            continue
         except DicomReadError as e:
-            inv.skipped.append((f, str(e).split(": ", 1)[-1]))
+            inv.unreadable.append((f, _reason(e)))
+            continue
+        promote_converted(ds)
+        uid = get_text(ds, "SeriesInstanceUID")
+        if get_text(ds, "SOPClassUID") == "" or uid == "":
+            if get_text(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID") == _DIRECTORY_STORAGE:
+                inv.skipped.append((f, "a DICOMDIR (media directory), not an image"))
+                continue
+            missing = "SOPClassUID (0008,0016)" if get_text(ds, "SOPClassUID") == "" else "SeriesInstanceUID (0020,000E)"
+            inv.unreadable.append((f, f"{missing} is missing or unreadable: not a usable DICOM object."))
             continue
         sop_uid = get_text(ds, "SOPInstanceUID")
         if sop_uid and sop_uid in seen_instances:
-            # the same instance twice (an export copied twice, a DICOMDIR tree next to the files ...)
-            inv.skipped.append((f, f"duplicate of {seen_instances[sop_uid]} (same SOPInstanceUID)"))
+            first_path, first_ds = seen_instances[sop_uid]
+            differs = duplicate_difference(first_path, first_ds, f, ds)
+            if differs is None:
+                # the same instance twice (an export copied twice, a DICOMDIR tree next to the files ...)
+                inv.skipped.append((f, f"duplicate of {first_path} (same SOPInstanceUID, same content)"))
+                continue
+            inv.problems.append(DicomReadError(
+                f"two files carry SOPInstanceUID {clip(sop_uid, 64)} with different content ({differs} differs): "
+                f"{first_path} and {f}. Remove the wrong copy.", path=f, tag="SOPInstanceUID"))
             continue
         if sop_uid:
-            seen_instances[sop_uid] = f
-        uid = get_text(ds, "SeriesInstanceUID")
+            seen_instances[sop_uid] = (f, ds)
         s = by_series.get(uid)
         if s is None:
-            role, note = _series_role(ds)
+            role, note = series_role(ds)
             s = SeriesInfo(
                 series_uid=uid,
                 study_uid=get_text(ds, "StudyInstanceUID"),
                 frame_of_reference_uid=get_text(ds, "FrameOfReferenceUID"),
-                modality=get_text(ds, "Modality").upper() or "?",
+                modality=clip(get_text(ds, "Modality").upper(), 16) or "?",
                 sop_class_uid=get_text(ds, "SOPClassUID"),
-                description=get_text(ds, "SeriesDescription"),
-                patient_id=get_text(ds, "PatientID"),
-                patient_name=get_text(ds, "PatientName"),
+                description=clip(get_text(ds, "SeriesDescription"), 64),
+                patient_id=clip(get_text(ds, "PatientID"), 64),
+                patient_name=clip(get_text(ds, "PatientName"), 64),
                 role=role,
                 note=note,
                 image_type=tuple(t.strip().upper() for t in get_text(ds, "ImageType").split("\\") if t.strip()),
+                camera=camera_of(ds),
             )
             by_series[uid] = s
         s.files.append(f)
         s.datasets.append(ds)
+        if damage:
+            s.damaged[f] = damage
     inv.series = list(by_series.values())
     for s in inv.series:
+        check_series(inv, s)
+    for s in inv.series:
         try:
-            _acquisition_start(s)
+            acquisition_start_of(s, inv.clock)
             if s.role in ("spect", "pet"):
-                _duration(s)
-                s.administration = _administration(s)
-                _units(s)
+                problem = acquisition_duration(s)
+                if problem:
+                    inv.problems.append(DicomReadError(problem, path=s.first_file, tag="AcquisitionDuration"))
+                s.administration = administration_of(s, inv.clock, opts.nuclide)
+                units_of(s, opts)
             elif s.role == "ct":
                 s.units = "HU"
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
             # corrupt values decoded lazily by pydicom: keep the series out of the grouping, say why
-            s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {e}); not used"
-    _plan(inv, strict)
+            s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}); not used"
+            inv.problems.append(DicomReadError(f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}).",
+                                               path=s.first_file))
+    unreadable_files(inv)
+    _clock_notes(inv)
+    _plan(inv, opts.strict)
     report(progress, 1.0, f"found {len(inv.series)} series")
     return inv
+
+
+def _reason(e: DicomReadError) -> str:
+    text = str(e)
+    prefix = f"{e.path}: " if e.path is not None else ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def _clock_notes(inv: Inventory) -> None:
+    clock = inv.clock
+    for text in clock.bad_offsets:
+        inv.warnings.append(f"TimezoneOffsetFromUTC (0008,0201) {clip(text)!r} is not an offset (+HHMM); ignored")
+    assumed = clock.sources.get("local zone (assumed)", 0)
+    given = sum(n for k, n in clock.sources.items() if k != "local zone (assumed)")
+    if assumed and given:
+        inv.warnings.append("some files give a timezone (DT offsets or TimezoneOffsetFromUTC) and others do not; "
+                            "the latter were read in this computer's zone: set the site's zone (--timezone) if "
+                            "they come from elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -511,6 +394,8 @@ def _problem(inv: Inventory, message: str, series: SeriesInfo | None, tag: str |
 
 
 def _quantitative(s: SeriesInfo) -> bool:
+    if s.counts:
+        return s.calibration is not None or (s.role == "pet" and s.units == "CNTS")
     return bool(s.units) if s.role == "spect" else s.units in ("BQML", "CNTS", "GML")
 
 
@@ -545,7 +430,7 @@ def _drop_companions(inv: Inventory, emission: list[SeriesInfo], strict: bool) -
     return kept
 
 
-def _date_time_only_starts(emission: list[SeriesInfo]) -> None:
+def _date_time_only_starts(emission: list[SeriesInfo], clock: DicomClock) -> None:
     """Give a date to injection times recorded without one (RadiopharmaceuticalStartTime only).
 
     Preferred: a series with a full RadiopharmaceuticalStartDateTime at the same time of day (+-1 min) within the
@@ -560,14 +445,14 @@ def _date_time_only_starts(emission: list[SeriesInfo]) -> None:
             continue
         acq = s.acquisition_start
         matches = [d for d in dated if d <= acq and (acq - d).days <= 14 and abs(
-            (datetime(d.year, d.month, d.day) + a.start_time_of_day - d).total_seconds()) <= 60]
+            (datetime(d.year, d.month, d.day) + a.start_time_of_day - d.replace(tzinfo=None)).total_seconds()) <= 60]
         if matches:
             a.start = max(matches)
             a.start_source = "RadiopharmaceuticalStartTime dated from another series"
             s.warnings.append("no RadiopharmaceuticalStartDateTime (0018,1078); dated the injection "
                               f"{a.start.isoformat()} from another series with the same RadiopharmaceuticalStartTime")
             continue
-        guess = combine(acq.date(), a.start_time_of_day)
+        guess = clock.localize(combine(acq.replace(tzinfo=None).date(), a.start_time_of_day), s.datasets[0])
         if guess is not None and guess <= acq:
             a.start, a.start_source = guess, "RadiopharmaceuticalStartTime+acquisition date"
             s.warnings.append("no RadiopharmaceuticalStartDateTime (0018,1078); assumed the injection was on the "
@@ -576,6 +461,7 @@ def _date_time_only_starts(emission: list[SeriesInfo]) -> None:
 
 def _plan(inv: Inventory, strict: bool = False) -> None:
     """Group emission series into cycles and time points, match CTs and the SEG; record problems."""
+    opts = inv.options
     pids = {s.patient_id for s in inv.series if s.role != "other"}
     if len(pids) > 1:
         _problem(inv, f"the folder mixes patients {sorted(pids)}; give one patient's DICOM at a time.",
@@ -586,17 +472,27 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
         return
     emission = _drop_companions(inv, emission, strict)
     if not strict:
-        _date_time_only_starts(emission)
+        _date_time_only_starts(emission, inv.clock)
     usable = []
     for s in emission:
-        if s.role == "spect" and not s.units:
-            _problem(inv, "SPECT series without quantitative units: no RealWorldValueMappingSequence (0040,9096) "
-                     "item in Bq/ml (and no Units BQML). Export the reconstruction in activity concentration "
-                     f"(series '{s.description}').", s, "RealWorldValueMappingSequence")
-        elif s.role == "pet" and s.units not in ("BQML", "CNTS", "GML"):
-            _problem(inv, f"PET series in unsupported Units '{s.units or 'none'}' (0054,1001); need BQML, CNTS with a "
-                     "calibration factor, or GML (SUVbw).", s, "Units")
         a = s.administration
+        if s.counts and s.calibration is None and not (s.role == "pet" and opts.counts_calibration_Bq_per_mL):
+            if s.role == "pet" and _philips_factor(s.datasets[0]):
+                pass  # Philips' documented Activity Concentration Scale Factor calibrates CNTS (read.py)
+            else:
+                nuclide = a.nuclide if a and a.nuclide else "its nuclide"
+                what = ("SPECT series without quantitative units: no RealWorldValueMappingSequence (0040,9096) item "
+                        "in Bq/ml and no Units BQML, so its values are counts"
+                        if s.role == "spect" else "PET series in counts (Units CNTS)")
+                _problem(inv, f"{what} (series '{s.description}'). Export the reconstruction in activity "
+                         "concentration, or give the camera's volume sensitivity (cps/MBq, from a phantom) for "
+                         f"{s.camera_text()} and {nuclide} in the pipeline config read.camera_calibrations"
+                         + (" (or read.counts_calibration_Bq_per_mL)" if s.role == "pet" else "")
+                         + "; DoseCalibrationFactor (0054,1322) is never used as one.", s,
+                         "RealWorldValueMappingSequence" if s.role == "spect" else "Units")
+        elif s.role == "pet" and s.units not in ("BQML", "CNTS", "GML"):
+            _problem(inv, f"PET series in unsupported Units '{clip(s.units) or 'none'}' (0054,1001); need BQML, CNTS "
+                     "with a calibration, or GML (SUVbw).", s, "Units")
         if a is None:
             _problem(inv, "no RadiopharmaceuticalInformationSequence (0054,0016): injection time, activity and "
                      "nuclide unknown.", s, "RadiopharmaceuticalInformationSequence")
@@ -607,8 +503,10 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
                      s, "RadiopharmaceuticalStartDateTime")
             continue
         if a.nuclide is None:
-            _problem(inv, "radionuclide not recognised from RadionuclideCodeSequence (0054,0300) or "
-                     "Radiopharmaceutical (0018,0031).", s, "RadionuclideCodeSequence")
+            _problem(inv, a.nuclide_problem or "radionuclide not recognised.", s, "RadionuclideCodeSequence")
+            continue
+        if a.activity_problem:
+            _problem(inv, a.activity_problem, s, "RadionuclideTotalDose")
             continue
         if strict and a.activity_note:
             _problem(inv, f"{a.activity_note} (strict mode does not guess units).", s, "RadionuclideTotalDose")
@@ -626,11 +524,13 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
                      f"but RadiopharmaceuticalStartDateTime is {a.start.isoformat()}. Check both datetimes.",
                      s, "AcquisitionDateTime")
             continue
+        if a.nuclide_source != "RadionuclideCodeSequence (0054,0300)":
+            s.warnings.append(f"nuclide {a.nuclide} from {a.nuclide_source}")
         usable.append(s)
 
     # cycles by administration start
     usable.sort(key=lambda s: s.administration.start if s.administration and s.administration.start
-                else datetime.min)
+                else _EARLIEST)
     groups: list[list[SeriesInfo]] = []
     for s in usable:
         start = s.administration.start  # type: ignore[union-attr]
@@ -663,7 +563,7 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
         ref_for = inv.cycles[0].time_points[0].emission.frame_of_reference_uid
         on_ref = [s for s in segs if s.frame_of_reference_uid == ref_for]
         if on_ref:
-            on_ref.sort(key=lambda s: s.acquisition_start or datetime.min)
+            on_ref.sort(key=lambda s: s.acquisition_start or _EARLIEST)
             inv.segmentation = on_ref[-1]
             if len(on_ref) > 1:
                 inv.warnings.append(f"{len(on_ref)} SEG series on the reference CT; using the most recent "
@@ -672,6 +572,10 @@ def _plan(inv: Inventory, strict: bool = False) -> None:
             _problem(inv, "inconsistent frame of reference: the SEG's FrameOfReferenceUID (0020,0052) is not that "
                      "of the reference time point (cycle 1, first SPECT/CT); segment on that CT.", segs[0],
                      "FrameOfReferenceUID")
+
+
+def _philips_factor(ds: Dataset) -> bool:
+    return philips_scale(ds) is not None
 
 
 def _match_ct(inv: Inventory, s: SeriesInfo, cts: list[SeriesInfo]) -> SeriesInfo | None:
@@ -683,16 +587,32 @@ def _match_ct(inv: Inventory, s: SeriesInfo, cts: list[SeriesInfo]) -> SeriesInf
         return abs((c.acquisition_start - s.acquisition_start).total_seconds())
 
     if same:
-        return min(same, key=gap)
+        chosen = min(same, key=lambda c: (-_n_slices(c), gap(c)))
+        if len(same) > 1:
+            s.warnings.append(f"{len(same)} CT series share its frame of reference; using '{chosen.description}' "
+                              f"({_n_slices(chosen)} slices, {chosen.first_file})")
+        return chosen
     session = [c for c in cts if c.study_uid == s.study_uid or gap(c) <= _SAME_SESSION_H * 3600]
     if session:
         c = min(session, key=gap)
         _problem(inv, f"inconsistent frame of reference: {s.modality} series '{s.description}' has "
-                 f"FrameOfReferenceUID {s.frame_of_reference_uid or '(none)'} but the CT of the same session "
-                 f"('{c.description}', {c.first_file}) has {c.frame_of_reference_uid or '(none)'}. SPECT and CT of "
-                 "one time point must share the frame of reference.", s, "FrameOfReferenceUID")
+                 f"FrameOfReferenceUID {clip(s.frame_of_reference_uid, 64) or '(none)'} but the CT of the same session "
+                 f"('{c.description}', {c.first_file}) has {clip(c.frame_of_reference_uid, 64) or '(none)'}. SPECT and "
+                 "CT of one time point must share the frame of reference.", s, "FrameOfReferenceUID")
         return None
     when = s.acquisition_start.isoformat() if s.acquisition_start else "unknown time"
+    if inv.options.without_ct == "water":
+        s.warnings.append(f"no CT for this {s.modality} time point ({when}): water density (1 g/mL) and no CT "
+                          "registration (read.without_ct = 'water')")
+        return None
     _problem(inv, f"missing CT: no CT series shares the frame of reference of {s.modality} series "
-             f"'{s.description}' ({when}); add the SPECT/CT's CT.", s, "FrameOfReferenceUID")
+             f"'{s.description}' ({when}); add the SPECT/CT's CT, or run with water density (--without-ct water).",
+             s, "FrameOfReferenceUID")
     return None
+
+
+def _n_slices(c: SeriesInfo) -> int:
+    if len(c.datasets) == 1:
+        return get_int(c.datasets[0], "NumberOfFrames") or 1
+    return len(c.datasets)
+

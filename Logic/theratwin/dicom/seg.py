@@ -145,4 +145,5 @@ def build_seg(segmentation: Segmentation, structures: Sequence[Structure], ctx: 
     )
     seg.ContentDate = DA(ctx.created.strftime("%Y%m%d"))
     seg.ContentTime = TM(ctx.created.strftime("%H%M%S"))
+    ctx.stamp_timezone(seg)
     return seg

@@ -528,6 +528,7 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
         procedure_reported=_procedure(results),
         imaging_measurements=imaging,
     )
+    _add_cautions(report[0], results)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *evidence],
         content=report[0],
@@ -543,10 +544,45 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
     )
     sr.ContentDate = DA(ctx.created.strftime("%Y%m%d"))
     sr.ContentTime = TM(ctx.created.strftime("%H%M%S"))
+    ctx.stamp_timezone(sr)
     sr.ManufacturerModelName = MODEL_NAME
     sr.SoftwareVersions = __version__
     _declare_private_scheme(sr)
     return sr
+
+
+#: TID 1500 row "Qualitative Evaluations" (C0034375, UMLS) and the concept of each free-text caution in it.
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+
+
+def caution_texts(results: Results) -> list[str]:
+    """The warnings a reader of the SR must see: failed plausibility checks accepted knowingly, and errors."""
+    return [f"CHECK BEFORE USE ({w.stage}): {w.message}"[:1024] for w in results.warnings
+            if w.stage == "plausibility" or w.severity == "error"]
+
+
+def _add_cautions(root: Any, results: Results) -> None:
+    """Put :func:`caution_texts` in the report's Qualitative Evaluations container (TID 1500), as TEXT items."""
+    texts = caution_texts(results)
+    if not texts:
+        return
+    container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence(
+        [hd.sr.TextContentItem(name=_COMMENT, value=t, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+         for t in texts])
+    root.ContentSequence.append(container)
+
+
+def read_sr_cautions(ds: Dataset) -> list[str]:
+    """The free-text cautions of a TheraTwin SR (see :func:`caution_texts`)."""
+    out: list[str] = []
+    for item in getattr(ds, "ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+        if name is not None and name.CodeValue == _QUALITATIVE_EVALUATIONS.value:
+            out.extend(str(t.TextValue) for t in getattr(item, "ContentSequence", []) if "TextValue" in t)
+    return out
 
 
 def _declare_private_scheme(ds: Dataset) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 from urllib.parse import quote
 
+from .._time import aware, in_zone, wall_clock, zone_assumed
 from ..results import Results
 from ..study import Study
 from .codes import CANONICAL_BASE, IDENTIFIER_BASE, coding, quantity, scheme_system
@@ -27,9 +28,14 @@ PREDICTED_TAG = {"system": f"{CANONICAL_BASE}/CodeSystem/theratwin", "code": "tw
 
 
 def fhir_datetime(dt: datetime, tz: tzinfo | None) -> str:
-    """ISO datetime with a zone (FHIR dateTime with a time SHALL carry one)."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz) if tz is not None else dt.astimezone()
+    """ISO datetime with the data's offset (FHIR dateTime with a time SHALL carry one).
+
+    The study's datetimes are aware (:mod:`theratwin._time`); ``tz`` (the ``fhir_export`` option ``timezone``)
+    only replaces an offset that was *assumed* (files without a zone), reading their wall-clock time in it.
+    """
+    dt = aware(dt)
+    if tz is not None and zone_assumed(dt):
+        dt = in_zone(wall_clock(dt), tz)
     return dt.isoformat()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._time import wall_clock
 from ._common import Analysis, fhir_datetime
 from .codes import IDENTIFIER_BASE, dicom_coding, quantity
 
@@ -54,7 +55,9 @@ def add_administrations(a: Analysis) -> dict[int, str]:
     for c in a.study.cycles:
         adm = c.administration
         start = fhir_datetime(adm.start, a.tz)
-        value = f"{a.study.patient.patient_id}/{adm.start.isoformat()}/{adm.nuclide}/{adm.radiopharmaceutical}"
+        # the identifier keeps the wall-clock time (as before zones were read), so re-pushes match earlier ones
+        value = (f"{a.study.patient.patient_id}/{wall_clock(adm.start).isoformat()}/{adm.nuclide}/"
+                 f"{adm.radiopharmaceutical}")
         system = f"{IDENTIFIER_BASE}/administration"
         dosage: dict[str, Any] = {"dose": quantity(adm.activity_MBq, "MBq")}
         if adm.route.lower() == "intravenous":

@@ -63,6 +63,9 @@ def _conclusion(results: Results) -> str:
         if parts:
             lines.append(f"Cycle {n} ({cr.administered_MBq:.0f} MBq {cr.nuclide} {cr.radiopharmaceutical}): mean "
                          "absorbed dose " + ", ".join(parts) + ".")
+    # results accepted despite a failed plausibility check say so where the EHR shows them
+    lines.extend(f"CHECK BEFORE USE ({w.stage}): {w.message}" for w in results.warnings
+                 if w.stage == "plausibility" or w.severity == "error")
     lines.append(RESEARCH_USE_NOTICE)
     return " ".join(lines)
 

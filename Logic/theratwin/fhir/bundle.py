@@ -24,8 +24,9 @@ results. Provenance has no ``identifier`` in R4, so it is made conditional on a 
 analysis key (``_tag`` search). ``fullUrl`` values are ``urn:uuid`` UUIDs derived from the identifiers
 (UUID v5), so the same results always give the same bundle.
 
-DICOM datetimes are local and carry no zone; FHIR requires one, so naive datetimes are interpreted in the
-``timezone`` given (IANA name) or, by default, in the local zone of the computer running the export.
+FHIR dateTimes carry the data's offset: the study's datetimes are timezone-aware (DT offsets, Timezone Offset From
+UTC, or the site zone given to the reader). Only when the files gave no zone (the offset was assumed from the
+computer running the read) does the ``timezone`` option (IANA name) replace it, reading the wall-clock times there.
 
 The resources are built by the private modules of this package, one per concern (``_patient``, ``_imaging``,
 ``_observations``, ``_report``, ``_twin``, ``_provenance``, on the shared ``_common``); this module keeps the
@@ -65,7 +66,7 @@ class BundleOptions:
     Attributes
     ----------
     timezone
-        IANA zone in which the study's naive DICOM datetimes are interpreted (None: this computer's zone).
+        IANA zone for datetimes whose zone the DICOM did not give (None: the zone assumed when reading).
     patient_identifier_system
         Identifier system of the DICOM PatientID at the receiving site (None: derived from IssuerOfPatientID,
         see :func:`patient_identifier_system`). Must match how the EHR identifies patients, or a new

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._files import make_dir
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DicomReadError, FitError, ImplausibleResultError, InvalidInputError
+from ..plausibility import PlausibilityConfig, check_results
 from ..progress import ProgressCallback, report, scaled
 from ..registry import Registry
 from ..results import Results
@@ -99,6 +100,12 @@ class PipelineConfig:
     replace_outputs
         An output folder holding another patient's results is refused unless this is true; then those results
         are removed whole when the run starts (never while their outbox holds undelivered items).
+    read
+        How DICOM input is read (:class:`theratwin.dicom.ReadOptions` as a dict: site ``timezone``, ``nuclide``,
+        ``camera_calibrations`` for counts-based SPECT, ``accept_incomplete_series``, ``without_ct`` ...).
+    plausibility
+        Thresholds and ``action`` ("stop" or "warn") of the physical plausibility checks
+        (:class:`theratwin.plausibility.PlausibilityConfig` as a dict); used for the input and the results.
     """
 
     stages: tuple[str, ...] = DEFAULT_STAGES
@@ -107,6 +114,19 @@ class PipelineConfig:
     fhir_url: str | None = None
     write_outputs: bool = True
     replace_outputs: bool = False
+    read: dict[str, Any] = field(default_factory=dict)
+    plausibility: dict[str, Any] = field(default_factory=dict)
+
+    def read_options(self) -> Any:
+        """The reader settings (:class:`theratwin.dicom.ReadOptions`), with this config's plausibility settings."""
+        from ..dicom.options import ReadOptions
+
+        d = dict(self.read)
+        d.setdefault("plausibility", dict(self.plausibility))
+        return ReadOptions.from_dict(d)
+
+    def plausibility_config(self) -> PlausibilityConfig:
+        return PlausibilityConfig.from_dict(self.plausibility)
 
     def options(self, stage: str) -> dict[str, Any]:
         return dict(self.stage_options.get(stage, {}))
@@ -167,6 +187,33 @@ class Pipeline:
     def available_stages(self) -> list[str]:
         return [s for s in self.config.stages if s in STAGES]
 
+    def check_stages(self, stages: tuple[str, ...] | list[str] | None = None, completed: Any = ()) -> None:
+        """Refuse stages that cannot run: not installed, or needing a stage that neither ran nor runs before them.
+
+        The default stage list only skips stages that are not installed (reported in the results); a list the
+        user gives (``--stages``) must name stages that can all run.
+
+        Raises
+        ------
+        ConfigurationError
+            Naming the stage and what it needs.
+        """
+        names = list(self.config.stages if stages is None else stages)
+        if tuple(names) == DEFAULT_STAGES:
+            return
+        available = set(completed)
+        for name in names:
+            if name not in STAGES:
+                raise ConfigurationError(f"Stage '{name}' is not installed; installed stages: "
+                                         f"{', '.join(STAGES.names())}.")
+            stage = STAGES.get(name)
+            missing = [r for r in getattr(stage, "requires", ()) if r not in available]
+            if missing:
+                raise ConfigurationError(f"Stage '{name}' cannot run: it needs {', '.join(missing)}, which "
+                                         f"{'is' if len(missing) == 1 else 'are'} not run before it; give the stages "
+                                         f"in order, e.g. --stages {','.join([*missing, name])}.")
+            available.add(name)
+
     def run(self, study: Study, *, out_dir: str | Path | None = None, progress: ProgressCallback | None = None,
             state: dict[str, Any] | None = None) -> Results:
         """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
@@ -187,6 +234,9 @@ class Pipeline:
 
         ctx.config = self.config
         results, out, progress = ctx.results, ctx.out_dir, ctx.progress
+        names = [s for s in stages if s not in ctx.completed]
+        if tuple(stages) != DEFAULT_STAGES:
+            self.check_stages(names, ctx.completed)  # a stage list that cannot run fails before any work
         if self.config.pacs_url or self.config.fhir_url:
             from ..push import check_push_settings
 
@@ -197,7 +247,7 @@ class Pipeline:
         elif out is not None:
             make_dir(out)
         try:
-            self._run_stages(ctx, [s for s in stages if s not in ctx.completed], recorder)
+            self._run_stages(ctx, names, recorder, self.config.plausibility_config())
             if recorder is not None:
                 recorder.finish(results)  # results.json, then the sealed manifest
         except BaseException as exc:
@@ -209,7 +259,8 @@ class Pipeline:
         return results
 
     @staticmethod
-    def _run_stages(ctx: PipelineContext, names: list[str], recorder: RunRecorder | None) -> None:
+    def _run_stages(ctx: PipelineContext, names: list[str], recorder: RunRecorder | None,
+                    plausibility: PlausibilityConfig) -> None:
         results, progress = ctx.results, ctx.progress
         for i, name in enumerate(names):
             if name not in STAGES:
@@ -218,7 +269,7 @@ class Pipeline:
             stage = STAGES.get(name)
             stage = stage() if isinstance(stage, type) else stage
             missing = [r for r in getattr(stage, "requires", ()) if r not in ctx.completed]
-            if missing:
+            if missing:  # only in the default list (a stage not installed); check_stages refuses given lists
                 results.warn("pipeline", f"Stage '{name}' skipped: it needs {missing}, which did not run.")
                 if recorder is not None:
                     recorder.stage(name, "skipped", reason=f"needs {missing}")
@@ -228,14 +279,48 @@ class Pipeline:
             if recorder is not None:
                 recorder.stage(name, "running")
             t0 = time.perf_counter()
-            stage.run(ctx)
+            try:
+                stage.run(ctx)
+            except (InvalidInputError, FitError) as exc:
+                raise _located(exc, ctx.study, name) from exc
             ctx.completed.append(name)
             seconds = round(time.perf_counter() - t0, 3)
             results.extras.setdefault("stage_seconds", {})[name] = seconds
             if recorder is not None:
                 recorder.stage(name, "done", seconds=seconds)
+            _plausibility(ctx, plausibility, name)
         ctx.state.pop("_stage_progress", None)
         results.extras["completed_stages"] = list(ctx.completed)
+
+
+def _located(exc: Exception, study: Study, stage: str) -> Exception:
+    """The stage's error with the study's location in front when it names no file (a refusal names a file)."""
+    msg = str(exc)
+    files = [f for c in study.cycles for tp in c.time_points for f in tp.source.files]
+    if isinstance(exc, DicomReadError) or not files or any(str(Path(f).parent) in msg for f in files):
+        return exc
+    import os
+
+    where = os.path.commonpath([str(Path(f).parent) for f in files])
+    try:
+        return type(exc)(f"{where}: {stage} stage: {msg}")
+    except TypeError:  # pragma: no cover - an error class with another signature: keep it as it is
+        return exc
+
+
+def _plausibility(ctx: PipelineContext, config: PlausibilityConfig, stage: str) -> None:
+    """Check the results after a stage; stop before anything is written, or warn (``plausibility.action``)."""
+    seen: set[str] = ctx.state.setdefault("_plausibility_seen", set())
+    for finding in check_results(ctx.results, config, stage=stage):
+        if finding.message in seen:
+            continue
+        seen.add(finding.message)
+        if finding.stops and config.action == "stop":
+            raise ImplausibleResultError(f"implausible result after the {stage} stage, nothing written: "
+                                         f"{finding.message} To proceed knowingly, set plausibility.action = "
+                                         '"warn" in the pipeline config.')
+        ctx.results.warn("plausibility", finding.message, cycle=finding.cycle, structure=finding.structure,
+                         severity="error" if finding.stops else "warning")
 
 
 def run_pipeline(study: Study, out_dir: str | Path | None = None, *, config: PipelineConfig | None = None,

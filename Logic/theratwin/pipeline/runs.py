@@ -42,8 +42,10 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
 
     out = Path(out_dir)
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
-    study = read_study(demo.dicom_dir)
-    pipe = Pipeline(demo_config(config))
+    cfg = demo_config(config)
+    Pipeline(cfg).check_stages()  # a stage list that cannot run fails before the work
+    study = read_study(demo.dicom_dir, options=cfg.read_options())
+    pipe = Pipeline(cfg)
     # the truth file is one of the run's files: written (and listed in the manifest) when the run is sealed
     extra = {"demo-truth.json": json.dumps(demo.truth, indent=2)}
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress,
@@ -74,10 +76,11 @@ def demo_config(config: PipelineConfig | None = None) -> PipelineConfig:
 
 def run_folder(input_dir: str | Path, out_dir: str | Path, *, config: PipelineConfig | None = None,
                strict: bool = False, progress: ProgressCallback | None = None) -> RunOutput:
-    """Read a folder of DICOM (one patient) and run the pipeline on it."""
+    """Read a folder of DICOM (one patient) with ``config.read`` settings and run the pipeline on it."""
     from ..dicom import read_study
 
-    study = read_study(input_dir, strict=strict)
     pipe = Pipeline(config)
+    pipe.check_stages()  # a stage list that cannot run fails before the reading
+    study = read_study(input_dir, strict=strict, options=pipe.config.read_options())
     results = pipe.run(study, out_dir=out_dir, progress=progress)
     return RunOutput(results, pipe.last_context, Path(out_dir))

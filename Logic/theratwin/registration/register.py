@@ -266,6 +266,13 @@ def register_images(fixed: ImageVolume, moving: ImageVolume, config: Registratio
     # average the images down to about the finest pyramid level first: every later step (smoothing,
     # shrinking, metric, gradients) then works on small images; linear interpolation keeps sub-mm accuracy
     finest = min(cfg.pyramid_voxel_mm)
+    for role, img in (("reference", fixed), ("moving", moving)):
+        thin = [(axis, n) for axis, n in zip("xyz", img.shape[::-1], strict=True) if n < 4]
+        if thin:
+            axis, n = thin[0]
+            raise InvalidInputError(f"the {role} {modality} is {n} voxel(s) thick along {axis} ({img.shape[::-1]} "
+                                    "voxels): too thin to register (at least 4 per axis); a CT of a few slices is a "
+                                    "localizer or a partial export.")
     f = _prepare(shrink_volume(fixed, finest), lo, hi)
     m = _prepare(shrink_volume(moving, finest), lo, hi)
     centre = f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in f.GetSize()])
@@ -300,7 +307,7 @@ def register_images(fixed: ImageVolume, moving: ImageVolume, config: Registratio
     try:
         rigid = reg.Execute(f, m)
     except RuntimeError as exc:
-        raise InvalidInputError(f"Rigid registration failed ({exc}); check that both images overlap.") from exc
+        raise InvalidInputError(f"Rigid registration failed ({itk_reason(exc)}).") from exc
     value = float(reg.GetMetricValue())
     if isinstance(rigid, sitk.CompositeTransform) and rigid.GetNumberOfTransforms() == 1:
         rigid = rigid.GetNthTransform(0)
@@ -320,9 +327,22 @@ def register_images(fixed: ImageVolume, moving: ImageVolume, config: Registratio
     try:
         reg2.Execute(f, m)
     except RuntimeError as exc:
-        raise InvalidInputError(f"B-spline registration failed ({exc}); use deformable=False.") from exc
+        raise InvalidInputError(f"B-spline registration failed ({itk_reason(exc)}); use deformable=False.") from exc
     comp = sitk.CompositeTransform([rigid, bs])
     return comp, float(reg2.GetMetricValue())
+
+
+def itk_reason(exc: BaseException) -> str:
+    """ITK's exception text reduced to its one-line description, with what it usually means."""
+    text = str(exc)
+    desc = next((line.split("Description:", 1)[1].strip() for line in text.splitlines() if "Description:" in line),
+                text.strip().splitlines()[-1] if text.strip() else type(exc).__name__)
+    low = desc.lower()
+    if "too many samples map outside" in low or "all samples map outside" in low:
+        desc += ": the images barely overlap; check that both show the same body region"
+    elif "fewer than" in low and "pixels" in low:
+        desc += ": an image is too small for the registration pyramid"
+    return " ".join(desc.split())[:300]
 
 
 def resample_activity(image: ImageVolume, geometry: Geometry, transform: Any = None) -> tuple[ImageVolume, float]:

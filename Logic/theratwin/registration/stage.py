@@ -91,7 +91,13 @@ class RegistrationStage:
                 if tp is ref_tp:
                     rr = RegistrationResult(sitk.Euler3DTransform(), 0.0, "reference")
                 elif ref_ct is not None and tp.ct is not None:
-                    tr, val = register_images(ref_ct, tp.ct, cfg, modality="CT")
+                    try:
+                        tr, val = register_images(ref_ct, tp.ct, cfg, modality="CT")
+                    except InvalidInputError as exc:
+                        ref_file = study.reference_ct_source.files[0] if study.reference_ct_source.files else "?"
+                        ct_file = tp.ct_source.files[0] if tp.ct_source.files else "?"
+                        raise InvalidInputError(f"{label}: CT {ct_file} cannot be registered to the reference CT "
+                                                f"{ref_file}: {exc}") from exc
                     resid = residual_misalignment_mm(ref_ct, tp.ct, tr, threshold_HU=cfg.body_threshold_HU,
                                                      reference_points_mm=ref_points)
                     rot, trans = transform_parameters(tr)

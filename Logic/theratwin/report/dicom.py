@@ -21,6 +21,7 @@ from pydicom.uid import (
 )
 
 from .._files import atomic_path
+from .._time import aware, offset_text, zone_assumed
 from .._version import __version__
 from ..errors import InvalidInputError
 from ..results import Results
@@ -115,7 +116,15 @@ def encapsulated_pdf_dataset(pdf: bytes, results: Results, *, title: str = "Ther
     study = study if study is not None else results.study
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    created = results.created.astimezone() if results.created.tzinfo else results.created
+    # DA/TM in the data's offset, stated by TimezoneOffsetFromUTC when the data gave it (PS3.3 C.12.1.1.8)
+    created = aware(results.created)
+    start = study.cycles[0].administration.start if study is not None and study.cycles else None
+    if start is not None:
+        created = created.astimezone(start.tzinfo)
+        if not zone_assumed(start):
+            ds.TimezoneOffsetFromUTC = offset_text(start.utcoffset())
+    else:
+        created = created.astimezone()
     cdate, ctime = _dicom_date_time(created)
     ds.InstanceCreationDate, ds.InstanceCreationTime = cdate, ctime
     ds.SOPClassUID = EncapsulatedPDFStorage

@@ -83,7 +83,19 @@ def _section_summary(data: dict[str, Any], results: Results, config: ReportConfi
     inst = f'<p class="subtitle">{esc(config.institution)}</p>' if config.institution else ""
     return (f'<header><h1>{esc(config.title)}</h1>{inst}'
             f'<p class="subtitle">Dosimetry, radiobiology and digital-twin prediction for radioligand therapy'
-            f'</p><dl class="ids">{dl}</dl></header>')
+            f'</p><dl class="ids">{dl}</dl>{_alerts(results)}</header>')
+
+
+def _alerts(results: Results) -> str:
+    """First-page box: results accepted despite a failed plausibility check, and other errors (never hidden
+    below the fold)."""
+    serious = [w for w in results.warnings if w.stage == "plausibility" or w.severity == "error"]
+    if not serious:
+        return ""
+    items = "".join(f"<li><b>{esc(w.stage)}</b>: {esc(w.message)}</li>" for w in serious)
+    return ('<div class="alert" role="alert"><p><b>Check before use:</b> these results failed a plausibility '
+            f'check or carry an error and were written because the run was told to proceed.</p><ul>{items}</ul>'
+            '</div>')
 
 
 def _lesions(results: Results) -> set[str]:

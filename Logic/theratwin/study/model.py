@@ -1,7 +1,9 @@
 """The study data model: patient, administrations, time points, cycles, segmentation.
 
-Times are timezone-naive ``datetime`` objects as DICOM gives them (all in one site's local time); ``time_h`` is
-always hours since the *start of administration* of the cycle a time point belongs to.
+Times are timezone-aware ``datetime`` objects with a fixed UTC offset (the rule is in :mod:`theratwin._time`:
+the offset the DICOM gives, else the site's zone, else this computer's zone, marked as assumed); naive datetimes
+given to the constructors are read in this computer's zone. ``time_h`` is always hours since the *start of
+administration* of the cycle a time point belongs to, a true elapsed time also across a daylight-saving change.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._time import aware
 from ..errors import InvalidInputError
 from .codes import STRUCTURE_KINDS, CodedConcept, StructureKind, StructureRole, structure_kind
 from .image import Geometry, ImageVolume
@@ -71,6 +74,7 @@ class Administration:
             )
         if not isinstance(self.start, datetime):
             raise InvalidInputError("Administration start must be a datetime (RadiopharmaceuticalStartDateTime).")
+        object.__setattr__(self, "start", aware(self.start))
         # validate the nuclide name early so errors name it
         from .. import nuclides
 
@@ -115,8 +119,12 @@ class TimePoint:
     source: SourceRef = field(default_factory=SourceRef)
     ct_source: SourceRef = field(default_factory=SourceRef)
     counts_per_MBq_s: float | None = None  # system sensitivity, when known, for counting-noise estimates
+    calibration_note: str = ""  # how the stored values became Bq/mL (which attribute or calibration)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.acquisition_start, datetime):
+            raise InvalidInputError("Acquisition start must be a datetime (AcquisitionDateTime).")
+        self.acquisition_start = aware(self.acquisition_start)
         if self.image.unit not in ("Bq/mL", "BQML"):
             raise InvalidInputError(
                 f"Time-point image must be in Bq/mL (quantitative SPECT/PET); got unit {self.image.unit!r} "
@@ -282,6 +290,10 @@ class Study:
 
     ``cycles`` are sorted by number; ``segmentation`` is defined on the reference CT (the CT of the first time
     point of cycle 1 unless stated otherwise) and is propagated to other time points by registration.
+    ``warnings`` are what the reader tolerated (they become warnings of stage ``"read"`` in the results);
+    ``methods`` record how the input was interpreted (calibration, time zone, nuclide), as
+    ``{"method": ..., "parameters": {...}, "references": [...]}``; ``plausibility_warnings`` are failed
+    plausibility checks accepted knowingly (``plausibility.action = "warn"``).
     """
 
     patient: Patient
@@ -292,6 +304,9 @@ class Study:
     description: str = ""
     reference_ct: ImageVolume | None = None
     reference_ct_source: SourceRef = field(default_factory=SourceRef)
+    warnings: list[str] = field(default_factory=list)
+    methods: list[dict[str, Any]] = field(default_factory=list)
+    plausibility_warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.cycles:
