@@ -128,7 +128,8 @@ def _forgetOutputs(run: PipelineRun, stages: Sequence[str]) -> None:
 def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,
                        stages: Sequence[str] | None = None, stageOptions: dict[str, dict[str, Any]] | None = None,
                        outDir: str | Path | None = None, pacsUrl: str | None = None, fhirUrl: str | None = None,
-                       progress: Callable[[float, str], None] | None = None, useCache: bool = True) -> PipelineRun:
+                       progress: Callable[[float, str], None] | None = None, useCache: bool = True,
+                       outputFiles: dict[str, str] | None = None) -> PipelineRun:
     """Build a study from the nodes and run the pipeline stages on it.
 
     The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same modification times) whose stages extend the kept
@@ -154,8 +155,13 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
         ``f(fraction 0..1, message)``; it may raise ``theratwin.progress.Cancelled`` to stop.
     useCache
         False: always start a new run.
+    outputFiles
+        ``{relative path: text}`` written into ``outDir`` with the run's own files and listed in its manifest
+        (e.g. the demo patient's ``demo-truth.json``); a file put there beforehand would be removed as an
+        earlier run's leftover when the run seals the folder.
     """
     from theratwin.pipeline import DEFAULT_STAGES, Pipeline, PipelineConfig
+    from theratwin.pipeline.manifest import OUTPUT_FILES
 
     stages = tuple(stages or DEFAULT_STAGES)
     options = dict(stageOptions or {})
@@ -180,12 +186,15 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
         if shared == len(done):
             if outPath is not None:
                 outPath.mkdir(parents=True, exist_ok=True)
+            if outputFiles is not None:
+                kept.context.state[OUTPUT_FILES] = dict(outputFiles)
             _continueRun(kept, stages, config, outPath, progress)
             kept.settings.update(settings)
             return kept
     study = studyFromNodes(timePointNodes, segmentationNode=segmentationNode, referenceCtNode=referenceCtNode)
     pipeline = Pipeline(config)
-    results = pipeline.run(study, out_dir=outPath, progress=progress)
+    results = pipeline.run(study, out_dir=outPath, progress=progress,
+                           state={OUTPUT_FILES: dict(outputFiles)} if outputFiles else None)
     context = getattr(pipeline, "last_context", None)
     state = {k: v for k, v in (context.state if context is not None else {}).items() if not k.startswith("_")}
     run = PipelineRun(study, results, state, inputsKey, context, settings)

@@ -68,7 +68,13 @@ def _wait_for_image_change(page, before: np.ndarray, timeout_s: float = 30.0) ->
 
 def _select(page, field_id: str, option_text: str) -> None:
     """Pick an option of a Vuetify select by its visible text."""
-    page.locator(f"#{field_id}").click(force=True)
+    field = page.locator(f"#{field_id}")
+    # force skips Playwright's waiting: wait for the field to be rendered, visible and on screen first (the run
+    # tab re-renders its re-run row when the run's stages arrive)
+    field.wait_for(state="visible")
+    field.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)  # Vuetify's enter transition
+    field.click(force=True)
     page.get_by_role("option", name=option_text, exact=True).first.click()
 
 

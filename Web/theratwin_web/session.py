@@ -116,7 +116,7 @@ class WorkflowSession:
 
     def read_demo(self, *, progress: Progress | None = None) -> LoadedFolder:
         """Build (or reuse) the demo patient and read it as ``theratwin demo`` does (same pipeline settings);
-        its ground truth goes to ``out_dir/demo-truth.json``."""
+        its ground truth goes to ``out_dir/demo-truth.json`` with the run's outputs."""
         from theratwin.demo import build_demo
         from theratwin.pipeline import demo_config
         from theratwin.progress import scaled
@@ -164,9 +164,6 @@ class WorkflowSession:
             {"structure": s.name, "color": "#{:02x}{:02x}{:02x}".format(*s.color_rgb), "volume_mL": seg.volume_mL(s.name),
              "tia_method": "", "flags": []} for s in seg.structures]
         loaded.study = None
-        if loaded.truth is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "demo-truth.json").write_text(json.dumps(loaded.truth, indent=2))
 
     def clear(self) -> None:
         """Remove the study, its maps and the kept run from the scene."""
@@ -187,9 +184,12 @@ class WorkflowSession:
         if self.nodes is None:
             raise InvalidInputError("No study loaded: load the demo patient, a DICOM folder or a PACS study first.")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        truth = None if self.loaded is None else self.loaded.truth
+        # the demo's truth is one of the run's files (written and listed in its manifest when the run seals)
+        extra = None if truth is None else {"demo-truth.json": json.dumps(truth, indent=2)}
         return L.runPipelineOnNodes(self.nodes.allTimePoints(), segmentationNode=self.nodes.segmentation,
                                     stages=stages, stageOptions=self.stage_options, outDir=self.out_dir,
-                                    progress=progress)
+                                    progress=progress, outputFiles=extra)
 
     def forget_from(self, stage: str, options: dict[str, Any] | None = None) -> list[str]:
         """Make the next :meth:`run_pipeline` run ``stage`` and the stages after it again (with ``options`` for
