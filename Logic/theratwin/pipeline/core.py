@@ -42,7 +42,7 @@ class Stage(Protocol):
 
 
 #: Registry of pipeline stages (entry-point group ``theratwin.stages``).
-STAGES: Registry[Any] = Registry("theratwin.stages", "pipeline stage")
+STAGES: Registry[Any] = Registry("theratwin.stages", "pipeline stage", protocol=Stage)
 
 #: Stages run by default, in order. A stage that is not installed is skipped (and reported).
 DEFAULT_STAGES: tuple[str, ...] = (
