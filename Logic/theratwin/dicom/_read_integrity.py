@@ -21,7 +21,7 @@ from ._read_series import PT_STORAGE
 from ._read_values import clip, get_int, get_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inventory import Inventory, SeriesInfo
+    from ._read_model import Inventory, SeriesInfo
 
 __all__ = ["duplicate_difference", "check_series", "unreadable_files"]
 

@@ -1,5 +1,13 @@
 """The pipeline: one object that runs the stages (registration, kinetics, dosimetry, radiobiology, twin,
-report, exports) on a :class:`~theratwin.study.Study` and collects :class:`~theratwin.results.Results`."""
+report, exports) on a :class:`~theratwin.study.Study` and collects :class:`~theratwin.results.Results`.
+
+Reading a folder or building the demo patient and then running the pipeline on it is the application's part,
+:mod:`theratwin.pipeline.runs` (``run_demo``, ``run_folder``), above the library (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .core import (
     DEFAULT_STAGES,
@@ -10,6 +18,18 @@ from .core import (
     Stage,
     run_pipeline,
 )
-from .runs import RunOutput, demo_config, run_demo, run_folder
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline", "RunOutput", "run_demo", "run_folder", "demo_config"]
+__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline",
+           "RunOutput", "run_demo", "run_folder", "demo_config"]
+
+_RUNS = ("RunOutput", "demo_config", "run_demo", "run_folder")
+
+
+def __getattr__(name: str) -> Any:
+    # The names of theratwin.pipeline.runs were published here before the application layer was split off; they
+    # stay importable from here, loaded on first use so that importing the pipeline does not load the application.
+    if name in _RUNS:
+        from . import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'theratwin.pipeline' has no attribute {name!r}")
