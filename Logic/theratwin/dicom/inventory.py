@@ -73,6 +73,7 @@ from ._read_values import (
     combine,
     get_int,
     get_text,
+    is_internal_error,
     philips_scale,
 )
 from .options import ReadOptions
@@ -203,6 +204,8 @@ def scan(path: str | os.PathLike[str], *, strict: bool = False, progress: Progre
             elif s.role == "ct":
                 s.units = "HU"
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+            if is_internal_error(e):
+                raise  # a bug in this reader, not the file's fault: never blamed on the file
             # corrupt values decoded lazily by pydicom: keep the series out of the grouping, say why
             s.role, s.note = "other", f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}); not used"
             inv.problems.append(DicomReadError(f"corrupt header ({type(e).__name__}: {clip(str(e), 80)}).",
