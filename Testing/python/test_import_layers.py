@@ -102,6 +102,14 @@ def _imports(tree: ast.AST, *, typing_only: bool) -> list[ast.Import | ast.Impor
             return
         if isinstance(node, ast.Import | ast.ImportFrom):
             found.append(node)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            # importlib.import_module("x.y") / (".y", __name__): an import all the same
+            name = node.args[0].value
+            level = len(name) - len(name.lstrip("."))
+            found.append(ast.ImportFrom(module=name.lstrip(".") or None, names=[], level=level) if level
+                         else ast.Import(names=[ast.alias(name=name)]))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -125,7 +133,7 @@ def imported_names(module: str, *, typing_only: bool = False) -> set[str]:
             base = ".".join(anchor + ([node.module] if node.module else []))
         submodules = {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES}
         names.update(submodules)
-        if len(submodules) < len(node.names):  # names defined by the module (or package __init__) itself
+        if len(submodules) < len(node.names) or not node.names:  # names of the module (or package) itself
             names.add(base)
     return names
 
@@ -228,6 +236,7 @@ def test_the_checker_sees_what_it_must() -> None:
     assert "theratwin.dosimetry" in edges["theratwin.demo.build"]  # inside a function
     assert "theratwin.twin.twin" not in edges["theratwin.twin._planning"]  # only under TYPE_CHECKING ...
     assert "theratwin.twin.twin" in graph(typing_only=True)["theratwin.twin._planning"]  # ... which cycles see
+    assert "theratwin.pipeline.runs" in edges["theratwin.pipeline"]  # importlib.import_module(".runs", __name__)
     assert layer("theratwin.kinetics.stage") == "pipeline" and layer("theratwin.kinetics.fit") == "science"
     assert layer("theratwin.pipeline.runs") == "application" and layer("theratwin.errors") == "foundation"
     fake = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

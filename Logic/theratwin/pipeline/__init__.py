@@ -7,6 +7,7 @@ Reading a folder or building the demo patient and then running the pipeline on i
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .core import (
@@ -28,8 +29,7 @@ _RUNS = ("RunOutput", "demo_config", "run_demo", "run_folder")
 def __getattr__(name: str) -> Any:
     # The names of theratwin.pipeline.runs were published here before the application layer was split off; they
     # stay importable from here, loaded on first use so that importing the pipeline does not load the application.
-    if name in _RUNS:
-        from . import runs
-
-        return getattr(runs, name)
+    if name in _RUNS or name == "runs":
+        runs = importlib.import_module(".runs", __name__)  # (`from . import runs` would call this again)
+        return runs if name == "runs" else getattr(runs, name)
     raise AttributeError(f"module 'theratwin.pipeline' has no attribute {name!r}")
