@@ -13,7 +13,7 @@ a message naming it, not when a patient is half processed. ``docs/extending.md``
 
 Plug-ins are isolated from each other and from the built-ins: an entry point that fails to import, or whose
 object does not implement the protocol, is reported once as a :class:`PluginWarning` (and kept in
-:attr:`Registry.failed` for ``theratwin info``) and skipped; every other entry still loads.
+:attr:`Registry.failed`) and skipped; every other entry still loads.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Registry(Generic[T]):
             protocol if isinstance(protocol, tuple) else (protocol,))
         self._entries: dict[str, T] = {}
         self._loaded_entry_points = False
-        #: Entry points that could not be used: name -> one-line reason (shown by ``theratwin info``).
+        #: Entry points that could not be used: name -> one-line reason.
         self.failed: dict[str, str] = {}
 
     def check(self, name: str, obj: object) -> None:
