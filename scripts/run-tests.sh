@@ -6,8 +6,10 @@ cd "$here"
 status=0
 echo "== ruff"
 .venv/bin/ruff check Logic Testing Modules Web || status=1
-echo "== mypy (core)"
+echo "== mypy (core and TheraTwinLib)"
 .venv/bin/mypy || status=1
+echo "== documentation examples (the >>> examples of the core's docstrings and of docs/*.md)"
+.venv/bin/python -m pytest --doctest-modules Logic/theratwin --doctest-glob='*.md' docs -q -p no:cacheprovider || status=1
 echo "== core and integration tests (pytest)"
 .venv/bin/python -m pytest Testing/python -q -p no:cacheprovider "$@" || status=1
 if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then

@@ -166,7 +166,7 @@ class _Watch:
 
 
 def _watched_connection(base: type) -> type:
-    class Watched(base):  # type: ignore[valid-type,misc]
+    class Watched(base):
         def connect(self) -> None:
             watch = getattr(_local, "watch", None)
             if watch is not None:

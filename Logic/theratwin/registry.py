@@ -8,20 +8,66 @@ A research site extends TheraTwin without forking by declaring a Python entry po
 
 or by calling ``registry.register(name, obj)`` at run time. Built-in implementations register the same way.
 Each registry states the protocol its entries implement in its own module (see e.g.
-``theratwin.pipeline.Stage``).
+``theratwin.pipeline.Stage``) and checks it on registration, so that a plug-in missing a method is refused with
+a message naming it, not when a patient is half processed. ``docs/extending.md`` has a worked example.
+
+Plug-ins are isolated from each other and from the built-ins: an entry point that fails to import, or whose
+object does not implement the protocol, is reported once as a :class:`PluginWarning` (and kept in
+:attr:`Registry.failed`) and skipped; every other entry still loads.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, one_line
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "PluginWarning", "missing_members"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class PluginWarning(UserWarning):
+    """An installed plug-in could not be used (it failed to import or does not implement its protocol)."""
+
+
+def _protocol_members(protocol: type) -> list[str]:
+    """The attribute and method names a ``typing.Protocol`` class declares (its own and its bases')."""
+    names: list[str] = []
+    for cls in protocol.__mro__:
+        if cls.__module__ in ("typing", "typing_extensions", "builtins", "abc"):
+            continue
+        for name in [*getattr(cls, "__annotations__", {}), *vars(cls)]:
+            if not name.startswith("_") and name not in names:
+                names.append(name)
+    return names
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """Members of ``protocol`` that ``obj`` (an object, or a class instantiated without arguments) lacks.
+
+    A class may declare a data member as an annotation that ``__init__`` fills, so for a class an annotation
+    counts as present; a method must be callable.
+    """
+    missing = []
+    annotations: dict[str, Any] = {}
+    if isinstance(obj, type):
+        for cls in reversed(obj.__mro__):
+            annotations.update(getattr(cls, "__annotations__", {}))
+    for name in _protocol_members(protocol):
+        declared = getattr(protocol, name, None)
+        if callable(declared):
+            if not callable(getattr(obj, name, None)):
+                missing.append(f"{name}()")
+        elif not hasattr(obj, name) and name not in annotations:
+            missing.append(name)
+    return missing
 
 
 class Registry(Generic[T]):
@@ -33,16 +79,66 @@ class Registry(Generic[T]):
         Entry-point group read lazily on first lookup, e.g. ``"theratwin.dose_engines"``.
     kind
         What the entries are, for error messages (e.g. ``"dose engine"``).
+    protocol
+        The ``typing.Protocol`` class the entries implement, or a tuple of alternative protocols (an entry
+        implements one of them); ``register`` refuses an entry that lacks a member. None: no check.
+
+    Examples
+    --------
+    >>> from typing import Protocol
+    >>> class Greeter(Protocol):
+    ...     def greet(self, who: str) -> str: ...
+    >>> class Hello:
+    ...     def greet(self, who: str) -> str:
+    ...         return f"hello {who}"
+    >>> greeters = Registry("theratwin.example_greeters", "greeter", protocol=Greeter)
+    >>> greeters.register("hello", Hello())  # doctest: +ELLIPSIS
+    <...Hello object at ...>
+    >>> greeters.get("HELLO").greet("world")
+    'hello world'
+    >>> greeters.register("silent", object())
+    Traceback (most recent call last):
+    ...
+    theratwin.errors.ConfigurationError: The greeter 'silent' (builtins.object) does not implement the greeter protocol (...Greeter): it lacks greet().
     """
 
-    def __init__(self, group: str, kind: str) -> None:
+    def __init__(self, group: str, kind: str, protocol: type | tuple[type, ...] | None = None) -> None:
         self.group = group
         self.kind = kind
+        self.protocols: tuple[type, ...] = () if protocol is None else (
+            protocol if isinstance(protocol, tuple) else (protocol,))
         self._entries: dict[str, T] = {}
         self._loaded_entry_points = False
+        #: Entry points that could not be used: name -> one-line reason.
+        self.failed: dict[str, str] = {}
+
+    def check(self, name: str, obj: object) -> None:
+        """Raise :class:`~theratwin.errors.ConfigurationError` when ``obj`` does not implement the protocol."""
+        if not self.protocols:
+            return
+        gaps = [missing_members(obj, protocol) for protocol in self.protocols]
+        if all(gaps):
+            cls = obj if isinstance(obj, type) else type(obj)
+            what = f"{cls.__module__}.{cls.__name__}"
+            lacks = " or ".join(
+                f"{', '.join(missing)} of {protocol.__module__}.{protocol.__qualname__}"
+                for protocol, missing in zip(self.protocols, gaps, strict=True)
+            ) if len(gaps) > 1 else ", ".join(gaps[0])
+            protocols = " / ".join(f"{p.__module__}.{p.__qualname__}" for p in self.protocols)
+            raise ConfigurationError(
+                f"The {self.kind} '{name}' ({what}) does not implement the {self.kind} protocol "
+                f"({protocols}): it lacks {lacks}."
+            )
 
     def register(self, name: str, obj: T | None = None, *, replace: bool = False) -> Callable[[T], T] | T:
-        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted.
+
+        Raises
+        ------
+        ConfigurationError
+            ``name`` is taken by another entry (and ``replace`` is False), or ``obj`` does not implement the
+            registry's protocol.
+        """
 
         def _do(item: T) -> T:
             key = name.lower()
@@ -50,6 +146,7 @@ class Registry(Generic[T]):
                 raise ConfigurationError(
                     f"A {self.kind} named '{name}' is already registered; pass replace=True to override it."
                 )
+            self.check(name, item)
             self._entries[key] = item
             return item
 
@@ -69,12 +166,17 @@ class Registry(Generic[T]):
             if ep.name.lower() in self._entries:
                 continue
             try:
-                self._entries[ep.name.lower()] = ep.load()
-            except Exception as exc:  # a broken plug-in must not break the built-ins
-                raise ConfigurationError(
-                    f"The {self.kind} plug-in '{ep.name}' ({ep.value}) of entry-point group '{self.group}' "
-                    f"failed to load: {exc}. Fix or uninstall the package that provides it."
-                ) from exc
+                obj = ep.load()
+                self.check(ep.name, obj)
+            except Exception as exc:  # any error of a third-party package: it must not break the built-ins
+                reason = one_line(f"{type(exc).__name__}: {exc}").rstrip(".")
+                self.failed[ep.name.lower()] = reason
+                message = (f"The {self.kind} plug-in '{ep.name}' ({ep.value}, entry-point group '{self.group}') "
+                           f"was skipped: {reason}. Fix or uninstall the package that provides it.")
+                log.warning(message)
+                warnings.warn(message, PluginWarning, stacklevel=3)
+                continue
+            self._entries[ep.name.lower()] = obj
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` (case-insensitive)."""
@@ -82,6 +184,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name.lower()]
         except KeyError:
+            broken = self.failed.get(name.lower())
+            if broken is not None:
+                raise ConfigurationError(
+                    f"The {self.kind} '{name}' is installed but could not be used: {broken}."
+                ) from None
             raise ConfigurationError(
                 f"Unknown {self.kind} '{name}'. Available: {', '.join(sorted(self._entries)) or 'none'}."
             ) from None

@@ -1,6 +1,5 @@
 """TheraTwin Dosimetry: absorbed-dose and BED maps, dose-volume histograms and cumulative dose over cycles."""
 
-import enum
 import logging
 from typing import Annotated
 
@@ -68,20 +67,14 @@ class TheraTwinDosimetry(ScriptedLoadableModule):
 #
 
 
-class DoseMethod(enum.Enum):
-    """Dose engines of ``theratwin.dosimetry.dose_map``."""
-
-    VoxelKernel = "dvk"
-    LocalDeposition = "led"
-
-
 @parameterNodeWrapper
 class TheraTwinDosimetryParameterNode:
     """
     timePointVolume - any time-point volume of the patient; every time point of that patient is used.
     segmentation - the structures.
     ctVolume - CT to show the dose on (optional).
-    doseMethod - voxel kernel convolution or local energy deposition.
+    doseMethod - the dose engine: "dvk" (voxel kernel convolution), "led" (local energy deposition) or another
+        engine of theratwin.dosimetry.DOSE_ENGINES, e.g. a site's Monte Carlo installed as a plug-in.
     computeBed - also compute the biologically effective dose.
     cycle - the cycle whose dose, DVH and metrics are shown.
     doseVolume, bedVolume, dvhChart, dvhTable, resultsTable - outputs.
@@ -90,7 +83,8 @@ class TheraTwinDosimetryParameterNode:
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     ctVolume: vtkMRMLScalarVolumeNode
-    doseMethod: DoseMethod = DoseMethod.VoxelKernel
+    doseMethod: Annotated[str, TheraTwinLib.registryChoice(TheraTwinLib.doseEngineChoices,
+                                                           TheraTwinLib.BUILTIN_DOSE_ENGINES)] = "dvk"
     computeBed: bool = True
     cycle: Annotated[int, WithinRange(1, 20)] = 1
     doseVolume: vtkMRMLScalarVolumeNode
@@ -220,7 +214,7 @@ class TheraTwinDosimetryLogic(ScriptedLoadableModuleLogic):
         timePoints = TheraTwinLib.timePointNodes(parameterNode.timePointVolume.GetScene(),
                                                  near=parameterNode.timePointVolume)
         TheraTwinLib.removeOutputNodes(parameterNode.dvhChart, parameterNode.dvhTable, parameterNode.resultsTable)
-        outputs = self.process(timePoints, parameterNode.segmentation, doseMethod=parameterNode.doseMethod.value,
+        outputs = self.process(timePoints, parameterNode.segmentation, doseMethod=parameterNode.doseMethod,
                                computeBed=parameterNode.computeBed, cycle=parameterNode.cycle, progress=progress)
         parameterNode.doseVolume = outputs["doseVolume"]
         parameterNode.bedVolume = outputs["bedVolume"]

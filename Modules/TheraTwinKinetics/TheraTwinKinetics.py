@@ -1,6 +1,5 @@
 """TheraTwin Kinetics: time-activity curves, kinetic fits and time-integrated activity from SPECT/PET time points."""
 
-import enum
 import logging
 import pathlib
 from typing import Annotated
@@ -68,17 +67,6 @@ class TheraTwinKinetics(ScriptedLoadableModule):
 #
 
 
-class KineticModel(enum.Enum):
-    """Models of ``theratwin.kinetics.fit_tac`` ("auto": prior-informed fits selected by their evidence)."""
-
-    Auto = "auto"
-    MonoExponential = "mono_exp"
-    BiExponentialUptake = "biexp_uptake"
-    BiExponential = "biexp"
-    TriExponential = "triexp"
-    Trapezoid = "trapezoid"
-
-
 @parameterNodeWrapper
 class TheraTwinKineticsParameterNode:
     """
@@ -87,7 +75,8 @@ class TheraTwinKineticsParameterNode:
     segmentation - the structures (organs, lesions).
     registerTimePoints - align time points without CT to the first one (SPECT to SPECT); time points with a CT
         are always aligned through their CT.
-    kineticModel - the model fitted to each curve.
+    kineticModel - the model fitted to each curve: "auto" (prior-informed fits selected by their evidence) or a
+        model of theratwin.kinetics.KINETIC_MODELS, built-in or installed as a plug-in.
     cycle - the cycle whose curves and TIA map are shown.
     tiaVolume, tacChart, resultsTable - outputs.
     """
@@ -96,7 +85,8 @@ class TheraTwinKineticsParameterNode:
     timePointVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     registerTimePoints: bool = True
-    kineticModel: KineticModel = KineticModel.Auto
+    kineticModel: Annotated[str, TheraTwinLib.registryChoice(TheraTwinLib.kineticModelChoices,
+                                                             TheraTwinLib.BUILTIN_KINETIC_MODELS)] = "auto"
     cycle: Annotated[int, WithinRange(1, 20)] = 1
     tiaVolume: vtkMRMLScalarVolumeNode
     tacChart: vtkMRMLPlotChartNode
@@ -246,7 +236,7 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         TheraTwinLib.removeOutputNodes(parameterNode.tacChart, parameterNode.resultsTable)
         outputs = self.process(timePoints, parameterNode.segmentation,
                                registerTimePoints=parameterNode.registerTimePoints,
-                               kineticModel=parameterNode.kineticModel.value, cycle=parameterNode.cycle,
+                               kineticModel=parameterNode.kineticModel, cycle=parameterNode.cycle,
                                progress=progress)
         parameterNode.tiaVolume = outputs["tiaVolume"]
         parameterNode.tacChart = outputs["chart"]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ExplainedError", "userMessage", "explainedErrors", "isOwnError", "messageFor"]
+__all__ = ["ExplainedError", "userMessage", "explainedErrors", "isOwnError", "isInternalError", "messageFor"]
 
 #: Folders whose code raises messages written for the user (the core and the modules).
 _OWN_CODE = (str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2] / "Logic"),
@@ -67,7 +67,32 @@ def userMessage(error: BaseException, *, path: str | os.PathLike[str] | None = N
         return (f"The Python package '{error.name or error}' is missing or could not be loaded ({error}); restart "
                 "Slicer so that TheraTwin can install its packages, or install it with pip.")
     text = str(error) or "no message"
+    if isInternalError(error):
+        return (f"Internal error in TheraTwin (a bug, not a problem with your data{where}): {type(error).__name__}: "
+                f"{text}. Please report it with the details from the Python console.")
     return f"Unexpected {type(error).__name__}{where}: {text} (the details are in the Python console)."
+
+
+#: Exception types that, raised by TheraTwin's own code, are bugs rather than a problem with the user's data.
+_PROGRAMMING_ERRORS = (AttributeError, KeyError, TypeError, IndexError, NameError, AssertionError)
+
+
+def isInternalError(error: BaseException) -> bool:
+    """True for a programming error (``AttributeError``, ``KeyError``, ``TypeError`` ...) raised in TheraTwin's own
+    code (the core or the modules): a bug to report, which the message must not blame on the user's files."""
+    if not isinstance(error, _PROGRAMMING_ERRORS):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    roots = list(_OWN_CODE)
+    try:
+        import theratwin
+
+        roots.append(str(Path(theratwin.__file__).resolve().parent))
+    except ImportError:  # the core's packages are not installed yet
+        pass
+    return str(Path(frames[-1].filename).resolve()).startswith(tuple(roots))
 
 
 def isOwnError(error: BaseException) -> bool:

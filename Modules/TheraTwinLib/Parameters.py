@@ -71,7 +71,7 @@ def registerPathParameterConnector() -> bool:
         return False
 
     @parameterNodeGuiConnector
-    class OptionalPathConnector(GuiConnector):  # type: ignore[misc, valid-type]
+    class OptionalPathConnector(GuiConnector):
         @staticmethod
         def canRepresent(widget: Any, datatype: Any) -> bool:
             return type(widget) == ctk.ctkPathLineEdit and isOptionalPath(datatype)  # noqa: E721 (exact class)

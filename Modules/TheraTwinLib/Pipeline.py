@@ -93,7 +93,7 @@ def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: P
     context = run.context
     context.out_dir = outDir
     context.progress = progress
-    Pipeline(config).continue_run(context, stages)
+    Pipeline(config).continue_run(context, list(stages))
     run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 

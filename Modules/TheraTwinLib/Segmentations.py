@@ -124,7 +124,7 @@ def _geometryOfOrientedImage(image: Any) -> Any:
 
 def _extentShape(extent: Any) -> tuple[int, int, int]:
     """``(z, y, x)`` array shape of a VTK extent (0 along an empty axis)."""
-    return tuple(max(0, extent[2 * a + 1] - extent[2 * a] + 1) for a in (2, 1, 0))  # type: ignore[return-value]
+    return tuple(max(0, extent[2 * a + 1] - extent[2 * a] + 1) for a in (2, 1, 0))
 
 
 def _maskOnReference(labelmap: Any, reference: Any, labelValue: int, name: str) -> np.ndarray:
@@ -202,8 +202,9 @@ def segmentationFromSegmentationNode(segmentationNode: Any, *, referenceVolumeNo
         name = segment.GetName()
         kindKey = _tag(segment, "TheraTwin.StructureKind")
         kind = tt.study.STRUCTURE_KINDS.get(kindKey) if kindKey else None
-        color = tuple(int(round(255 * c)) for c in segment.GetColor())
+        red, green, blue = (int(round(255 * c)) for c in segment.GetColor())
         label = int(_tag(segment, "TheraTwin.Label") or index + 1)
-        structures.append(tt.Structure(name, label, kind, color))  # type: ignore[arg-type]
+        structures.append(tt.Structure(name, label, color_rgb=(red, green, blue)) if kind is None
+                          else tt.Structure(name, label, kind, (red, green, blue)))
         masks[name] = mask
     return tt.Segmentation(geometry, structures, masks)

@@ -110,8 +110,8 @@ def _source(node: Any) -> Any:
     text = node.GetAttribute(SOURCE_JSON) if node is not None else None
     if not text:
         return tt.study.SourceRef()
-    d = json.loads(text)
-    return tt.study.SourceRef(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+    return tt.study.SourceRef(**fields)
 
 
 def _patientJson(patient: Any) -> str:
@@ -230,6 +230,10 @@ def annotateFromDicom(volumeNode: Any, fileForInstance: Callable[[str], str], *,
     adminStart = clock.dt(item, "RadiopharmaceuticalStartDateTime", ds) or clock.localize(
         _dicomDatetime(str(ds.get("SeriesDate", ds.get("StudyDate", ""))),
                        str(item.get("RadiopharmaceuticalStartTime", ""))), ds)
+    if adminStart is None:
+        raise tt.DicomReadError("no injection date and time (RadiopharmaceuticalStartDateTime, or StartTime with a "
+                                "SeriesDate); the time points cannot be placed in time.", path=path,
+                                tag="RadiopharmaceuticalStartDateTime")
     nuclideCode = item.get("RadionuclideCodeSequence")
     if not nuclideCode:
         raise tt.DicomReadError("no RadionuclideCodeSequence; cannot tell the nuclide.", path=path,
@@ -479,15 +483,15 @@ def loadStudyFromDicom(scene: Any, paths: Sequence[str | os.PathLike[str]], *, p
     import theratwin as tt
     from theratwin.dicom import read_study
 
-    paths = [Path(p) for p in paths]
-    for path in paths:
+    given = [Path(p) for p in paths]
+    for path in given:
         if not path.exists():
             raise tt.InvalidInputError(f"DICOM path '{path}' does not exist; choose an existing folder or files.")
-    if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
+    if len(given) == 1 and given[0].is_dir():
+        folder = given[0]
     else:
         folder = Path(tempfile.mkdtemp(prefix="theratwin-dicom-"))
-        for index, path in enumerate(paths):
+        for index, path in enumerate(given):
             target = folder / f"{index:06d}_{path.name}"
             try:
                 target.symlink_to(path.resolve())

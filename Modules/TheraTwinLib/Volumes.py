@@ -78,7 +78,7 @@ def geometryFromIjkToRas(ijkToRas: np.ndarray, shapeZyx: tuple[int, int, int]) -
     if np.any(spacing <= 0):
         raise tt.InvalidInputError(f"IJK-to-RAS matrix has a zero-length axis (spacing {spacing} mm).")
     direction = axes / spacing[None, :]
-    return tt.Geometry(shape=tuple(int(s) for s in shapeZyx), spacing_mm=tuple(spacing),
+    return tt.Geometry(shape=(int(shapeZyx[0]), int(shapeZyx[1]), int(shapeZyx[2])), spacing_mm=tuple(spacing),
                        origin_mm=tuple(lps[:3, 3]), direction=tuple(map(tuple, direction)))
 
 

@@ -18,6 +18,13 @@ from .Compatibility import (
 
 checkSlicerVersion()
 
+from .Choices import (
+    BUILTIN_DOSE_ENGINES,
+    BUILTIN_KINETIC_MODELS,
+    doseEngineChoices,
+    kineticModelChoices,
+    registryChoice,
+)
 from .Dependencies import (
     REQUIREMENTS,
     RestartRequiredError,
@@ -93,6 +100,11 @@ from .Volumes import (
 )
 
 __all__ = [
+    "kineticModelChoices",
+    "doseEngineChoices",
+    "registryChoice",
+    "BUILTIN_KINETIC_MODELS",
+    "BUILTIN_DOSE_ENGINES",
     "MINIMUM_SLICER_VERSION",
     "UnsupportedSlicerError",
     "checkSlicerVersion",

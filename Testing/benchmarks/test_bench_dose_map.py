@@ -1,6 +1,6 @@
 """Benchmark: dose_map(method="dvk") on a 256^3 grid vs one rfftn + irfftn pair of the same padded size.
 
-Budget (DESIGN.md): <= 1.5x the FFT pair, both measured in the same run on the same machine. The kernel and
+Budget (docs/testing.md, "Benchmarks"): <= 1.5x the FFT pair, both measured in the same run on the same machine. The kernel and
 its spectrum are built once per (nuclide, voxel size, grid size) and cached, so the steady-state cost of a dose
 map is one forward and one inverse real FFT plus element-wise work; the first (cold) call is printed too.
 """

@@ -1,6 +1,6 @@
 """Benchmark: push of one patient's FHIR bundle to the Medplum test server on loopback.
 
-Budget (DESIGN.md): a push of one patient to Orthanc + FHIR server on loopback in <= 2 s; this file measures
+Budget (docs/testing.md, "Benchmarks"): a push of one patient to Orthanc + FHIR server on loopback in <= 2 s; this file measures
 the FHIR part and asserts it stays under 1.5 s, leaving room for the DICOM part. Baseline measured in the same
 run: one plain Patient create (a single validated resource, same server, same client), so the printed ratio
 says how many single-resource round trips the whole transaction costs.

@@ -1,6 +1,6 @@
 """Benchmark: fit_voxels on 128^3 x 4 time-point series vs per-voxel scipy ``curve_fit`` loops.
 
-Budget (DESIGN.md): <= 2 s for 128^3 and >= 1000x the per-voxel loop. Each loop fits the model that generated
+Budget (docs/testing.md, "Benchmarks"): <= 2 s for 128^3 and >= 1000x the per-voxel loop. Each loop fits the model that generated
 the voxels (mono-exponential; uptake-washout) with ``curve_fit`` on a random sample of voxels in the same run,
 timed and extrapolated per voxel to all fitted voxels (the loop over all 2 million voxels would take hours).
 Printed: both times, the ratio, and the TIA errors of both methods against the analytic truth.

@@ -1,6 +1,6 @@
 """Benchmark: push of one patient's DICOM results (demo-sized) to Orthanc on loopback.
 
-Budget (DESIGN.md): one patient to Orthanc + FHIR server in <= 2 s; the FHIR benchmark keeps its part under
+Budget (docs/testing.md, "Benchmarks"): one patient to Orthanc + FHIR server in <= 2 s; the FHIR benchmark keeps its part under
 1.5 s, so the DICOM part is asserted here at <= 2 s on its own (the two run against separate servers).
 Baseline measured in the same run: the same number of bytes sent as ONE plain STOW-RS request (dicomweb-client,
 same server, a second export with new UIDs), without the outbox, per-instance requests or the QIDO-RS

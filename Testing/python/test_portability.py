@@ -1,4 +1,4 @@
-"""The core and the Slicer modules run on Windows, macOS and Linux (DESIGN.md, "Platforms").
+"""The core and the Slicer modules run on Windows, macOS and Linux (docs/architecture.md, "Platforms").
 
 Checked on every Python file of ``Logic/theratwin``, ``Modules`` and ``TheraTwinExtension``:
 

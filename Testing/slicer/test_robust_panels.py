@@ -56,6 +56,9 @@ def test_messages_for_foreign_exceptions(tmp_path, demo_scene) -> None:
         "package": (raised(lambda: __import__("theratwin_no_such_package")),
                     "The Python package 'theratwin_no_such_package' is missing"),
         "other": (raised(lambda: {}["kidneys"]), "Unexpected KeyError"),
+        # an AttributeError inside the core's own code is a bug: said so, not blamed on the data
+        "bug": (raised(lambda: __import__("theratwin._time").__dict__["_time"].aware("2026")),
+                "Internal error in TheraTwin (a bug, not a problem with your data): AttributeError"),
     }
     for name, (error, expected) in cases.items():
         path = {"not DICOM": text, "pixels": mpeg}.get(name)

@@ -40,6 +40,16 @@ log = logging.getLogger(__name__)
 RERUN_STAGES = ("kinetics", "dosimetry", "radiobiology", "twin", "report", "dicom_export", "fhir_export")
 
 
+#: How the page names the built-in dose engines; a plug-in engine shows its registry name.
+_DOSE_METHOD_TITLES = {"dvk": "voxel kernels (DVK)", "led": "local deposition"}
+
+
+def _dose_method_items() -> list[dict[str, str]]:
+    """Every dose engine of the registry (built-in and installed plug-ins), as the page's select lists them."""
+    from TheraTwinLib import doseEngineChoices
+
+    return [{"title": _DOSE_METHOD_TITLES.get(name, name), "value": name} for name in doseEngineChoices()]
+
 class WebOptions:
     """What the server was started with (see ``theratwin web --help``)."""
 
@@ -104,6 +114,7 @@ class TheraTwinWebApp:
             "pacs_url": self.options.pacs_url or "", "fhir_url": self.options.fhir_url or "",
             "pacs_studies": [], "outbox": [], "push_report": "", "outputs": [], "out_dir": str(self.session.out_dir),
             "tab": "study", "rerun_stages": list(RERUN_STAGES), "run_seconds": None,
+            "dose_methods": _dose_method_items(),
         })
         s.change("overlay")(self._on_overlay)
         s.change("cycle")(self._on_cycle)
@@ -407,8 +418,7 @@ class TheraTwinWebApp:
                       label="stage", id="tt-rerun-stage")
             v.VSelect(v_if="rerun_stage === 'dosimetry'", v_model=("dose_method",), density="compact",
                       hide_details=True, label="dose method", classes="ml-2",
-                      items=("[{title: 'voxel kernels (DVK)', value: 'dvk'}, {title: 'local deposition', "
-                             "value: 'led'}]",), id="tt-dose-method")
+                      items=("dose_methods",), id="tt-dose-method")
             v.VBtn("Re-run", click=self.rerun_from, disabled=("!!busy || !completed_stages.length",),
                    classes="ml-2", id="tt-rerun")
 

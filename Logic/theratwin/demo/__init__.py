@@ -9,9 +9,11 @@ truth (kinetics, time-integrated activities, volumes, masses and mean absorbed d
 - Kinetics: :mod:`theratwin.demo.kinetics` (uptake-washout per structure, literature table).
 - Imaging and DICOM: :mod:`theratwin.demo.build` and ``_dicom`` (blur, Poisson noise, misalignment, NM/CT/SEG).
 
->>> from theratwin.demo import build_demo                      # doctest: +SKIP
->>> demo = build_demo()                                         # doctest: +SKIP
->>> demo.dicom_dir, demo.truth["cycles"][0]["structures"]["kidneys"]["tia_MBq_h"]   # doctest: +SKIP
+Example (builds the patient into the cache on first use, a minute or so)::
+
+    from theratwin.demo import build_demo
+    demo = build_demo()
+    demo.dicom_dir, demo.truth["cycles"][0]["structures"]["kidneys"]["tia_MBq_h"]
 """
 
 from .build import (

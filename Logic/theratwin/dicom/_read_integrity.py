@@ -21,7 +21,7 @@ from ._read_series import PT_STORAGE
 from ._read_values import clip, get_int, get_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inventory import Inventory, SeriesInfo
+    from ._read_model import Inventory, SeriesInfo
 
 __all__ = ["duplicate_difference", "check_series", "unreadable_files"]
 
@@ -111,7 +111,7 @@ def _check_pet_count(inv: Inventory, s: SeriesInfo, accept: bool) -> None:
     if have < expected:
         missing = ""
         if None not in indices:
-            gone = sorted(set(range(1, expected + 1)) - set(indices))  # type: ignore[arg-type]
+            gone = sorted(set(range(1, expected + 1)) - set(indices))
             missing = f"; missing ImageIndex {', '.join(map(str, gone[:8]))}" + (" ..." if len(gone) > 8 else "")
         _incomplete(inv, s, f"the series holds {have} of the {expected} slices NumberOfSlices (0054,0081) declares"
                     f"{missing}", "NumberOfSlices", accept)

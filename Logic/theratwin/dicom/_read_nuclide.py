@@ -91,7 +91,7 @@ def _candidates() -> tuple[tuple[str, float], ...]:
     for cid in (18, 4020):
         for scheme, keywords in cid_concepts.get(cid, {}).items():
             for kw in keywords:
-                entries: dict[str, tuple[str, list[int]]] = concepts.get(scheme, {}).get(kw, {})  # type: ignore[attr-defined,assignment]
+                entries: dict[str, tuple[str, list[int]]] = concepts.get(scheme, {}).get(kw, {})  # type: ignore[assignment]
                 for meaning, _cids in entries.values():
                     name = nuclide_from_text(meaning)
                     if name:

@@ -7,18 +7,12 @@ warning on the series, never a silent default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
-
 from pydicom.dataset import Dataset
 
+from ._read_model import AdministrationInfo, SeriesInfo
 from ._read_nuclide import identify_nuclide
 from ._read_values import DicomClock, clip, get_float, get_int, get_item, get_text, get_value, parse_tm
 from .options import ReadOptions
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .inventory import SeriesInfo
 
 __all__ = ["AdministrationInfo", "series_role", "acquisition_start_of", "acquisition_duration", "administration_of", "units_of",
            "camera_of", "promote_converted", "NM_STORAGE", "PT_STORAGE", "ENHANCED_PT_STORAGE", "CT_STORAGE",
@@ -32,23 +26,6 @@ ENHANCED_CT_STORAGE = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Longest plausible acquisition of one emission series (s); longer values are corrupt.
 _MAX_DURATION_S = 6 * 3600.0
-
-
-@dataclass
-class AdministrationInfo:
-    """What the RadiopharmaceuticalInformationSequence of a series says (None when absent)."""
-
-    radiopharmaceutical: str = ""
-    nuclide: str | None = None
-    nuclide_source: str = ""
-    nuclide_problem: str = ""
-    start: datetime | None = None
-    start_source: str = ""
-    start_time_of_day: timedelta | None = None  # RadiopharmaceuticalStartTime when no DateTime is given
-    activity_MBq: float | None = None
-    activity_note: str = ""
-    activity_problem: str = ""
-
 
 
 def series_role(ds: Dataset) -> tuple[str, str]:

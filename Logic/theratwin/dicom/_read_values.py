@@ -7,10 +7,12 @@ that one bad attribute in a tolerant read costs a warning, not the study. Strict
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -20,6 +22,8 @@ from .._time import assume_local, in_zone, parse_offset
 from ..errors import DicomReadError
 
 __all__ = [
+    "raised_by_pydicom",
+    "is_internal_error",
     "get_value",
     "get_text",
     "get_float",
@@ -301,3 +305,29 @@ def require(value: Any, *, path: Path | str | None, tag: str, what: str) -> Any:
     if value is None:
         raise DicomReadError(f"{what} is missing or unreadable.", path=path, tag=tag)
     return value
+
+
+_PYDICOM_DIR = os.sep + "pydicom" + os.sep
+#: Exception types that, raised by TheraTwin's own code rather than while pydicom decodes a value, are bugs: a
+#: file's fault is a wrong *value* (ValueError, OverflowError ...), never a missing attribute of our own objects.
+_PROGRAMMING_ERRORS = (AttributeError, KeyError, TypeError, IndexError, NameError, AssertionError)
+
+
+def raised_by_pydicom(tb: TracebackType | None) -> bool:
+    """True if the exception passed through pydicom's code (a value decoded from the file)."""
+    while tb is not None:
+        if _PYDICOM_DIR in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_internal_error(error: BaseException) -> bool:
+    """True when ``error`` is a TheraTwin bug, not a file's fault: a programming error (``AttributeError``,
+    ``KeyError``, ``TypeError`` ...) that did not come out of pydicom decoding a value of the file.
+
+    The reader's safety nets use it to tell the two apart: a file's fault becomes a
+    :class:`~theratwin.errors.DicomReadError` naming the file, a bug is raised as it is (the CLI and the Slicer
+    modules then say "internal error, please report", with the traceback under ``-v`` / in the Python console).
+    """
+    return isinstance(error, _PROGRAMMING_ERRORS) and not raised_by_pydicom(error.__traceback__)

@@ -34,7 +34,7 @@ from .._http import (
     tls_problem,
 )
 from .outbox import PermanentFailure, StopDelivery
-from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
+from .pacs_settings import PacsCredentials, PacsEndpoint, PacsSettings
 
 __all__ = ["DicomWebConnection"]
 

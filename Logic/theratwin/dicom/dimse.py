@@ -47,7 +47,7 @@ from pynetdicom import AE, build_role, evt
 from .._files import atomic_path
 from .._http import Deadline, tls_problem
 from .outbox import PermanentFailure, StopDelivery
-from .pacs import PacsCredentials, PacsEndpoint, PacsSettings
+from .pacs_settings import PacsCredentials, PacsEndpoint, PacsSettings
 
 __all__ = ["DimseConnection"]
 

@@ -36,7 +36,6 @@ import struct
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -59,6 +58,7 @@ from ._read_values import (
     get_value,
     parse_da,
     philips_scale,
+    raised_by_pydicom,
 )
 from .inventory import Inventory, PlannedTimePoint, SeriesInfo, scan
 from .options import ReadOptions
@@ -69,7 +69,6 @@ __all__ = ["read_study", "philips_scale"]
 _CORRUPT_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError,
                          struct.error, UnicodeError, NotImplementedError, RecursionError)
 _CURRENT_FILE: contextvars.ContextVar[object] = contextvars.ContextVar("theratwin_dicom_file", default=None)
-_PYDICOM_DIR = os.sep + "pydicom" + os.sep
 _REFERENCES_COUNTS = [
     "Ljungberg M, et al. MIRD Pamphlet No. 26: Joint EANM/MIRD guidelines for quantitative 177Lu SPECT applied "
     "for dosimetry of radiopharmaceutical therapy. J Nucl Med 2016;57:151-62.",
@@ -137,21 +136,12 @@ def read_study(
     except TheraTwinError:
         raise
     except _CORRUPT_VALUE_ERRORS as e:
-        if not _raised_by_pydicom(e.__traceback__):
+        if not raised_by_pydicom(e.__traceback__):
             raise  # a TheraTwin bug, not the file's fault: report it as one
         # Safety net for corrupt values that pydicom only decodes on access (documented: every refusal is a
         # DicomReadError); the file is the one being decoded when known.
         raise DicomReadError(f"corrupt or unreadable DICOM value ({type(e).__name__}: {clip(str(e), 160)}); check "
                              "the file with dciodvfy.", path=_CURRENT_FILE.get(), tag=None) from e
-
-
-def _raised_by_pydicom(tb: TracebackType | None) -> bool:
-    """True if the exception passed through pydicom's code (a value decoded from the file)."""
-    while tb is not None:
-        if _PYDICOM_DIR in tb.tb_frame.f_code.co_filename:
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _read_study(path: str | os.PathLike[str], opts: ReadOptions, progress: ProgressCallback | None) -> Study:

@@ -52,16 +52,17 @@ class DicomExportStage:
                            "dose_summation_types": "CYCLE, MULTI_CYCLE"},
                           ["DICOM PS3.3 A.18 (RT Dose), A.51 (SEG), A.35.13 (Comprehensive 3D SR); PS3.16 TID 1500"])
         if context.config.pacs_url:
-            from ..push import push_directory
+            from ..delivery import push_dicom_directory, push_lock
 
             # this run's objects only (an earlier run's report object may still be in dicom/ until the run ends);
-            # the folder check is for finished folders, this one is being written
+            # the folder check of `theratwin push` is for finished folders, this one is being written (the
+            # settings were checked by the pipeline before any stage ran)
             mine = [*rep.rtdose, *rep.seg, *rep.sr]
             if res.outputs.get("report_dicom"):
                 mine.append(str(res.outputs["report_dicom"]))
             try:
-                push = push_directory(context.out_dir, pacs_url=context.config.pacs_url, check_folder=False,
-                                      dicom_files=mine, wait_s=_PUSH_WAIT_S)
+                with push_lock(context.out_dir, wait_s=_PUSH_WAIT_S):
+                    push = push_dicom_directory(context.out_dir, context.config.pacs_url, files=mine)
             except PushError as exc:  # another push of this folder running: keep the run, say why
                 res.warn(self.name, f"PACS push not done: {exc}", severity="error")
                 return

@@ -53,7 +53,7 @@ class DoseEngine(Protocol):
 
 
 #: Registry of dose engines (entry-point group ``theratwin.dose_engines``).
-DOSE_ENGINES: Registry[Any] = Registry("theratwin.dose_engines", "dose engine")
+DOSE_ENGINES: Registry[Any] = Registry("theratwin.dose_engines", "dose engine", protocol=DoseEngine)
 
 
 def _check_inputs(tia: np.ndarray, voxel_mm: Any, density: np.ndarray | None) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray | None]:

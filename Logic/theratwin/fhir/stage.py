@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._files import atomic_write
+from ..delivery import push_lock
 from ..errors import PushError
 from ..pipeline.core import STAGES
-from ..push import push_lock
 from .bundle import BundleOptions, build_bundle, bundle_to_json
 from .client import FhirClient
 from .push import BUNDLE_FILENAME, push_output_dir

@@ -57,6 +57,7 @@ from .priors import KineticPriors, PriorTerm, rate_prior_term
 __all__ = [
     "KineticModel",
     "DirectFit",
+    "DirectKineticModel",
     "KINETIC_MODELS",
     "MonoExponential",
     "BiExponential",
@@ -92,6 +93,18 @@ class KineticModel(Protocol):
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float: ...
 
 
+@runtime_checkable
+class DirectKineticModel(Protocol):
+    """Protocol of a kinetic model fitted without an optimiser (``fit_direct``, e.g. the trapezoidal rule)."""
+
+    name: str
+    param_names: tuple[str, ...]
+    selectable: bool
+
+    def fit_direct(self, time_h: np.ndarray, activity_MBq: np.ndarray, activity_sd_MBq: np.ndarray | None,
+                   lambda_phys_per_h: float) -> DirectFit: ...
+
+
 @dataclass
 class DirectFit:
     """Result of a model fitted without an optimiser (``fit_direct``).
@@ -120,7 +133,7 @@ class DirectFit:
 
 
 #: Registry of kinetic models (entry-point group ``theratwin.kinetic_models``).
-KINETIC_MODELS: Registry[Any] = Registry("theratwin.kinetic_models", "kinetic model")
+KINETIC_MODELS: Registry[Any] = Registry("theratwin.kinetic_models", "kinetic model", protocol=(KineticModel, DirectKineticModel))
 
 
 def get_model(name_or_model: str | KineticModel) -> Any:

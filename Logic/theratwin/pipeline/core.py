@@ -42,7 +42,7 @@ class Stage(Protocol):
 
 
 #: Registry of pipeline stages (entry-point group ``theratwin.stages``).
-STAGES: Registry[Any] = Registry("theratwin.stages", "pipeline stage")
+STAGES: Registry[Any] = Registry("theratwin.stages", "pipeline stage", protocol=Stage)
 
 #: Stages run by default, in order. A stage that is not installed is skipped (and reported).
 DEFAULT_STAGES: tuple[str, ...] = (
@@ -238,7 +238,7 @@ class Pipeline:
         if tuple(stages) != DEFAULT_STAGES:
             self.check_stages(names, ctx.completed)  # a stage list that cannot run fails before any work
         if self.config.pacs_url or self.config.fhir_url:
-            from ..push import check_push_settings
+            from ..delivery import check_push_settings
 
             check_push_settings(self.config.pacs_url, self.config.fhir_url)  # before any computation
         recorder = RunRecorder(out, ctx) if out is not None and self.config.write_outputs else None

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._files import atomic_write, is_temporary, make_dir, sha256_file
 from .._lock import exclusive_lock
@@ -43,9 +43,22 @@ from ..progress import Cancelled
 
 if TYPE_CHECKING:
     from ..results import Results
-    from .core import PipelineContext
+    from ..study import Study
 
-__all__ = ["MANIFEST_NAME", "OUTPUT_FILES", "RunManifest", "RunRecorder", "read_manifest", "folder_patient",
+
+
+class RunContext(Protocol):
+    """What the recorder reads of a run (a :class:`~theratwin.pipeline.PipelineContext`); a protocol, so that the
+    manifest does not depend on the pipeline that uses it."""
+
+    study: Study
+    results: Results
+    config: Any
+    state: dict[str, Any]
+    completed: list[str]
+
+
+__all__ = ["MANIFEST_NAME", "RunContext", "OUTPUT_FILES", "RunManifest", "RunRecorder", "read_manifest", "folder_patient",
            "check_output_folder", "check_folder_for_push"]
 
 MANIFEST_NAME = "run-manifest.json"
@@ -240,7 +253,7 @@ class RunRecorder:
     ``results.extras["run_id"]``; files it wrote in earlier calls are kept.
     """
 
-    def __init__(self, out_dir: Path, context: PipelineContext) -> None:
+    def __init__(self, out_dir: Path, context: RunContext) -> None:
         self.out = Path(out_dir)
         self.ctx = context
         self.manifest: RunManifest | None = None

@@ -1,9 +1,9 @@
 """The dosimetry report: one self-contained HTML file, its PDF, and the PDF as DICOM Encapsulated PDF.
 
-Example
--------
->>> from theratwin.report import write_report            # doctest: +SKIP
->>> files = write_report(results, "out/")                # report.html, report.pdf, dicom/report-pdf.dcm
+Example (``results`` from a pipeline run)::
+
+    from theratwin.report import write_report
+    files = write_report(results, "out/")                # report.html, report.pdf, dicom/report-pdf.dcm
 
 Every number shown is read from the JSON form of the results and carries its JSON path (``data-path``), so
 that it can be checked against ``results.json``. The report carries the research-use notice on every page.

@@ -124,10 +124,10 @@ class ImageVolume:
             raise InvalidInputError(f"ImageVolume needs a numeric array; got dtype {arr.dtype}.")
         self.array = arr
         self.geometry = Geometry(
-            shape=arr.shape,  # type: ignore[arg-type]
+            shape=arr.shape,
             spacing_mm=tuple(self.spacing_mm),  # type: ignore[arg-type]
             origin_mm=tuple(self.origin_mm),  # type: ignore[arg-type]
-            direction=tuple(map(tuple, np.asarray(self.direction, dtype=float))),  # type: ignore[arg-type]
+            direction=tuple(map(tuple, np.asarray(self.direction, dtype=float))),
         )
         self.spacing_mm = self.geometry.spacing_mm
         self.origin_mm = self.geometry.origin_mm

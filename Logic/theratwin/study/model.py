@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -184,10 +184,13 @@ class Structure:
             raise InvalidInputError("Structure names must be non-empty.")
         if self.label < 1:
             raise InvalidInputError(f"Structure '{self.name}': label must be >= 1; got {self.label}.")
-        if self.kind is None:
-            object.__setattr__(self, "kind", structure_kind(self.name))
-        if self.color_rgb is None:
-            object.__setattr__(self, "color_rgb", self.kind.color_rgb)
+        # None is the dataclass default, filled here (the field's type is what a constructed Structure holds)
+        kind = cast("StructureKind | None", self.kind)
+        if kind is None:
+            kind = structure_kind(self.name)
+            object.__setattr__(self, "kind", kind)
+        if cast("tuple[int, int, int] | None", self.color_rgb) is None:
+            object.__setattr__(self, "color_rgb", kind.color_rgb)
         color = tuple(int(c) for c in self.color_rgb)
         if len(color) != 3 or not all(0 <= c <= 255 for c in color):
             raise InvalidInputError(f"Structure '{self.name}': color_rgb must be three integers 0-255; got "

@@ -1,0 +1,1 @@
+"""Deliberately broken TheraTwin plug-in (tests only)."""
