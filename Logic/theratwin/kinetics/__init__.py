@@ -38,9 +38,12 @@ from .models import (
 from .stp import StpEstimate, hanscheid_ratio, single_time_point, single_time_point_estimate
 from .tac import (
     ActivityUncertaintyModel,
+    GeometricTransferMatrix,
     RecoveryModel,
     StructureTac,
     mask_recovery_coefficient,
+    partial_volume_flag,
+    rbv_correct,
     sphere_recovery_coefficient,
     structure_tacs,
 )
@@ -74,4 +77,7 @@ __all__ = [
     "structure_tacs",
     "sphere_recovery_coefficient",
     "mask_recovery_coefficient",
+    "GeometricTransferMatrix",
+    "rbv_correct",
+    "partial_volume_flag",
 ]
