@@ -124,17 +124,29 @@ def _analytic_dose_Gy(volumes: dict[str, float]) -> dict[str, float]:
     return out
 
 
+_RUNS: dict[tuple, tuple] = {}
+
+
+def _run(fwhm_mm: float, pvc_image: str = "none", dose_pvc: str = "local_model") -> tuple:
+    """The phantom through registration, kinetics and dosimetry (cached: several tests read one run)."""
+    key = (fwhm_mm, pvc_image, dose_pvc)
+    if key not in _RUNS:
+        study, volumes = _study(fwhm_mm, seed=int(fwhm_mm))
+        cfg = PipelineConfig(stages=("registration", "kinetics", "dosimetry"), stage_options={
+            "registration": {"spect_to_spect": False},
+            "kinetics": {"system_fwhm_mm": fwhm_mm, "voxel_model": "mono_exp", "pvc_image": pvc_image},
+            "dosimetry": {"partial_volume": dose_pvc},
+        })
+        _RUNS[key] = (Pipeline(cfg).run(study), volumes)
+    return _RUNS[key]
+
+
 # Bounds (measured first, then set with margin; the SPECT noise is seeded): recovered doses of spheres >= 10 mL
 # within 5 % (measured 2.5 % at most), 1-3 mL within 10 % (measured 5.5 %) at 8, 11 and 15 mm FWHM; the as-imaged
 # doses of the spheres <= 10 mL are at least 25 % low (0.19-0.69).
 @pytest.mark.parametrize(("fwhm_mm", "pvc_image"), [(8.0, "none"), (11.0, "none"), (15.0, "none"), (11.0, "rbv")])
 def test_hot_spheres_in_warm_background_recover_the_analytic_dose(fwhm_mm: float, pvc_image: str) -> None:
-    study, volumes = _study(fwhm_mm, seed=int(fwhm_mm))
-    cfg = PipelineConfig(stages=("registration", "kinetics", "dosimetry"), stage_options={
-        "registration": {"spect_to_spect": False},
-        "kinetics": {"system_fwhm_mm": fwhm_mm, "voxel_model": "mono_exp", "pvc_image": pvc_image},
-    })
-    res = Pipeline(cfg).run(study)
+    res, volumes = _run(fwhm_mm, pvc_image)
     analytic = _analytic_dose_Gy(volumes)
     lines = []
     for name, vol, _ in SPHERES:
@@ -148,3 +160,29 @@ def test_hot_spheres_in_warm_background_recover_the_analytic_dose(fwhm_mm: float
         # flagged exactly when below (2 FWHM)^3
         assert sr.partial_volume["too_small"] == (vol < (2 * fwhm_mm) ** 3 / 1000.0)
     print(f"\nFWHM {fwhm_mm} mm, image correction {pvc_image}:\n" + "\n".join(lines))
+
+
+def test_dose_sd_follows_the_correction_the_dose_got() -> None:
+    """The TIA's SD holds the activity recovery's uncertainty (25 % of the correction ``1/RC - 1``). A dose that did
+    not get that correction must not carry it (dose correction switched off: the dose SD is the TIA's relative SD
+    without it); a corrected dose carries 25 % of its own correction instead. The recovery component is rebuilt
+    from the recovery coefficient the kinetics stage records, with the kinetics' own share (25 %)."""
+    share = tt.kinetics.ActivityUncertaintyModel().recovery_rel_sd_of_correction
+    corrected, _ = _run(11.0)
+    uncorrected, _ = _run(11.0, dose_pvc="none")
+    for name, _vol, _ in SPHERES:
+        for res, applied in ((corrected, True), (uncorrected, False)):
+            sr = res.cycles[1].structures[name]
+            rc = sr.fit_quality["recovery_coefficient"]
+            tia_rel = sr.tia_sd_MBq_h / sr.tia_MBq_h
+            without_recovery = math.sqrt(tia_rel**2 - (share * (1.0 / rc - 1.0)) ** 2)
+            expected = math.hypot(without_recovery * sr.mean_dose_Gy,
+                                  share * (sr.mean_dose_Gy - sr.mean_dose_as_imaged_Gy) if applied else 0.0)
+            assert sr.mean_dose_sd_Gy == pytest.approx(expected, rel=1e-9), (name, applied)
+            if not applied:
+                # the uncorrected dose is the map's, and its SD is smaller than the TIA's relative SD would give
+                assert sr.mean_dose_Gy == pytest.approx(sr.mean_dose_as_imaged_Gy)
+                assert sr.mean_dose_sd_Gy / sr.mean_dose_Gy < tia_rel
+        # the correction made the dose larger and its uncertainty too, by 25 % of the correction
+        c, u = corrected.cycles[1].structures[name], uncorrected.cycles[1].structures[name]
+        assert c.mean_dose_Gy > u.mean_dose_Gy and c.mean_dose_sd_Gy > u.mean_dose_sd_Gy
