@@ -201,6 +201,7 @@ EXPECTED_FIELDS = {
     ("TTW0011", TTWN): "alpha_beta_Gy",
     ("130091", "DCM"): "repair_half_time_h",
     ("TTW0012", TTWN): "dose_per_activity_Gy_per_GBq",
+    ("TTW0016", TTWN): "mean_dose_as_imaged_Gy",
 }
 
 
@@ -230,6 +231,9 @@ def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
             assert values[("128533", "DCM")][1] == "Gy" and values[("TTW0001", TTWN)][1] == "MBq.h"
             assert values[("118565006", "SCT")][1] == "ml"
             assert values[("TTW0311", TTWN)][0] == pytest.approx(s.tia_sd_MBq_h)
+            # a structure below the resolution limit carries the qualitative evaluation "Below resolution limit"
+            evals = {(e.name.value, e.value.value) for e in g.get_qualitative_evaluations()}
+            assert (("TTW0017", "373066001") in evals) == bool(s.partial_volume["too_small"]), (name, n)
     # predictions: separate groups, every measurement marked with the "predicted" method
     pred = [g for g in groups if str(g.tracking_identifier).endswith("predicted")]
     assert {str(g.tracking_identifier) for g in pred} == {"kidneys cycle 3 predicted", "lesion_bone_1 cycle 3 predicted"}
