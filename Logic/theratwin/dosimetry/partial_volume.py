@@ -13,15 +13,19 @@ geometric transfer matrix, :class:`~theratwin.kinetics.GeometricTransferMatrix`,
 box around ``T`` wide enough for the blur. With the map's own dose engine,
 
 * ``E_fine``: the energy that ``x`` deposits in ``T``, both on the segmentation's own grid (at most 4 times finer
-  than the dose grid per axis): every structure and ``T`` itself exactly where the segmentation puts them;
-* ``E_seen``: the same for ``x`` as the dose map sees it: on the dose grid's fractional masks, blurred by the
-  resolution still in the map, energy counted over ``T``'s fractional mask with the map's mass weights;
+  than the dose grid per axis): every structure and ``T`` itself exactly where the segmentation puts them, each at
+  its reported TIA;
+* ``E_seen``: the energy that the map's own model deposits in ``T`` as the dose map sees it: the GTM's regional
+  values solved on the TIA map itself, on the dose grid's fractional masks, blurred by the resolution still in
+  the map, energy counted over ``T``'s fractional mask with the map's mass weights;
 
-``D = D_map + (E_fine - E_seen) / m_T``. The difference restores the self-dose that the blur and the voxel
-averaging took out of ``T`` and removes the dose of neighbouring activity they moved in (a vertebra's marrow in
-warmer soft tissue, the spleen next to a kidney), while the cross-fire of the neighbours stays; what the model
-does not describe (noise, non-uniform uptake, activity outside the box) stays as the map has it. Because ``T``'s
-activity in the model is its reported TIA, the corrected dose is the dose of the TIA the results report.
+``D = D_map + (E_fine - E_seen) / m_T``. ``E_seen`` takes out what the map holds from the activity around ``T``
+(its own, blurred and voxel-averaged, and what the blur moved in from its neighbours: a vertebra's marrow in
+warmer soft tissue, the spleen next to a kidney); ``E_fine`` puts in the dose of the reported activities where
+the segmentation puts them, so the cross-fire of the neighbours stays and the self-dose is that of the TIA the
+results report (also when the map's own voxel TIA differs, as single-time-point estimates of a structure and of
+its voxels may); what the model does not describe (noise, non-uniform uptake, activity outside the box) stays as
+the map has it.
 
 The voxel dose map is scaled inside ``T``'s core (voxels at least half in ``T``) so that its mean over ``T`` is
 ``D``; the uncorrected value is kept as ``mean_dose_as_imaged_Gy`` and the uncorrected map as
@@ -39,7 +43,7 @@ recovery correction, Gear JI et al. EJNMMI 2018;45:2456-74).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,21 +60,26 @@ _MAX_REFINE = 4
 
 @dataclass
 class LocalModel:
-    """The piecewise-uniform TIA model of one cycle on the dose grid (Bq h/mL) and its background part.
+    """The piecewise-uniform TIA models of one cycle (Bq h/mL).
 
     Attributes
     ----------
     structures_Bq_h_per_mL
-        ``{structure: TIA concentration}`` (reported TIA over the structure's volume).
+        ``{structure: TIA concentration}``: the reported TIA over the structure's volume (the fine model).
     image
-        ``sum_j t_j r_j`` over all regions (dose grid, float32).
+        The map's own model, ``sum_j t_j r_j`` with the GTM's regional values solved on the TIA map (dose grid):
+        what ``E_seen`` subtracts.
     background
-        Concentration of the unsegmented tissue (shells, rest of the body) at each voxel, 0 outside the body.
+        Concentration of the unsegmented tissue (shells, rest of the body) of the fine model at each dose voxel, 0
+        outside the body.
+    volumes_mL
+        The structures' volumes (their order of precedence: smaller first).
     """
 
     structures_Bq_h_per_mL: dict[str, float]
     image: np.ndarray
     background: np.ndarray
+    volumes_mL: dict[str, float] = field(default_factory=dict)
 
 
 def box_around(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice] | None:
@@ -101,7 +110,7 @@ def _fine_model(name: str, model: LocalModel, grid: Geometry, box: tuple[slice, 
     taken = np.zeros(fine_geo.shape, bool)
     # structures where the segmentation draws them, smaller first (a lesion inside an organ keeps its voxels)
     names = sorted((n for n in model.structures_Bq_h_per_mL if n in segmentation.names and n != body),
-                   key=lambda n: float(segmentation.masks[n].sum()))
+                   key=lambda n: model.volumes_mL.get(n, 0.0))
     for n in names:
         m = segmentation.masks[n][sbox] & ~taken
         if m.any():

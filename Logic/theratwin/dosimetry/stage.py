@@ -198,6 +198,7 @@ class DosimetryStage:
         engine_desc = getattr(entry, "description", opts.method)
         voxel_mL = grid.voxel_volume_mL
         pv = self._pv_setup(ctx, opts, grid, masks)
+        flags: dict[str, dict[str, Any]] = {}
         cycles = [c for c in ctx.study.cycles if f"cycle{c.number}/tia" in res.maps]
         for c in ctx.study.cycles:
             if f"cycle{c.number}/tia" not in res.maps:
@@ -259,7 +260,9 @@ class DosimetryStage:
                 sr.mean_dose_as_imaged_Gy = float(as_imaged[name])
                 sr.mean_dose_sd_Gy = self._dose_sd(sr, sr.mean_dose_Gy, sr.mean_dose_as_imaged_Gy)
                 if pv is not None:
-                    sr.partial_volume = self._pv_record(ctx, opts, pv, name, m, grid, sr, records.get(name))
+                    if name not in flags:
+                        flags[name] = self._flag(ctx, opts, pv, name, m, grid)
+                    sr.partial_volume = self._pv_record(pv, flags[name], sr, records.get(name))
                     if sr.partial_volume.get("too_small"):
                         pvr = sr.partial_volume
                         res.warn("dosimetry", f"'{name}' (largest part {pvr['largest_part_mL']:.1f} mL) is smaller "
@@ -342,10 +345,10 @@ class DosimetryStage:
         # the GTM of the map's own resolution (the kinetics stage's for the same masks and FWHM: cached)
         gtm = GeometricTransferMatrix.cached(masks, grid.spacing_mm, max(map_fwhm, 1e-3 * min(grid.spacing_mm)),
                                              body=body if body in masks else None)
+        # the same engine as the map's, with its long-range photon term: the fine and the coarse box computations
+        # must deposit the same photon energy from the box's sources (a kernel's reach in voxels is not the same
+        # distance on the two grids)
         engine_options = dict(opts.engine_options)
-        if opts.method == "dvk":
-            # the correction's terms are differences of local doses: the long-range photon term cancels in them
-            engine_options.setdefault("long_range_photons", False)
         return _PartialVolumeSetup(fwhm, map_fwhm, fwhm_to_sigma_voxels(map_fwhm, grid.spacing_mm) if map_fwhm
                                    else [0.0, 0.0, 0.0], body, gtm, engine_options)
 
@@ -383,11 +386,13 @@ class DosimetryStage:
 
     @staticmethod
     def _local_model(pv: _PartialVolumeSetup, grid: Geometry, tia: np.ndarray, cyc: Any) -> LocalModel:
-        """The cycle's piecewise-uniform TIA model: the GTM's regional values on the TIA map, with each structure at
-        its reported TIA over its region's volume (so that the corrected dose is that TIA's)."""
+        """The cycle's piecewise-uniform TIA models: as the map holds it (the GTM's regional values solved on the TIA
+        map) and as the results report it (each structure at its reported TIA over its region's volume, the
+        background regions re-fitted to the map with the structures fixed)."""
         gtm = pv.gtm
         means = gtm.region_means(tia)
-        t = np.linalg.solve(gtm.w, means)
+        t_map = np.linalg.solve(gtm.w, means)
+        t = t_map.copy()
         fixed = np.zeros(t.size, bool)
         for i, key in enumerate(gtm.region_keys):
             sr = cyc.structures.get(key) if key in gtm.names else None
@@ -396,14 +401,14 @@ class DosimetryStage:
                 t[i] = sr.tia_MBq_h * 1e6 / (gtm.sizes[i] * grid.voxel_volume_mL)
                 fixed[i] = True
         if fixed.any() and not fixed.all():
-            # the background regions re-fitted with the structures at their reported TIAs: where the GTM alone cannot
-            # tell a structure from its shell (a 1 mL gland in 9.6 mm voxels), the shell must not keep what the
-            # structure's own value now accounts for
+            # where the GTM alone cannot tell a structure from its shell (a 1 mL gland in 9.6 mm voxels), the shell
+            # must not keep what the structure's own reported value now accounts for
             rhs = means - gtm.w[:, fixed] @ t[fixed]
             t[~fixed] = np.linalg.lstsq(gtm.w[:, ~fixed], rhs, rcond=None)[0]
         t = np.clip(t, 0.0, None)
         structures = {key: float(t[i]) for i, key in enumerate(gtm.region_keys) if key in gtm.names}
-        image = gtm.synthetic_image(t)
+        volumes = {key: float(gtm.sizes[i]) * grid.voxel_volume_mL for i, key in enumerate(gtm.region_keys)
+                   if key in gtm.names}
         num = np.zeros(grid.shape, np.float32)
         den = np.zeros(grid.shape, np.float32)
         for i, key in enumerate(gtm.region_keys):
@@ -414,7 +419,7 @@ class DosimetryStage:
                 num[box] += np.float32(t[i]) * frac
                 den[box] += frac
         background = np.where(den > 0, num / np.maximum(den, 1e-12), 0.0).astype(np.float32)
-        return LocalModel(structures, image, background)
+        return LocalModel(structures, gtm.synthetic_image(np.clip(t_map, 0.0, None)), background, volumes)
 
     @staticmethod
     def _dose_sd(sr: Any, dose_Gy: float, as_imaged_Gy: float) -> float | None:
@@ -432,8 +437,9 @@ class DosimetryStage:
         return math.sqrt(rel2 * dose_Gy**2 + (share * (dose_Gy - as_imaged_Gy)) ** 2)
 
     @staticmethod
-    def _pv_record(ctx: PipelineContext, opts: DosimetryOptions, pv: _PartialVolumeSetup, name: str, mask: np.ndarray,
-                   grid: Geometry, sr: Any, record: dict[str, float] | None) -> dict[str, Any]:
+    def _flag(ctx: PipelineContext, opts: DosimetryOptions, pv: _PartialVolumeSetup, name: str, mask: np.ndarray,
+              grid: Geometry) -> dict[str, Any]:
+        """Whether the structure is below ``(too_small_factor x FWHM)^3`` (on the segmentation's own grid)."""
         from ..kinetics.tac import partial_volume_flag
 
         seg = ctx.study.segmentation
@@ -444,6 +450,11 @@ class DosimetryStage:
             flag = partial_volume_flag(mask, grid.spacing_mm, pv.system_fwhm_mm, factor=opts.too_small_factor)
         if name == pv.body:
             flag["too_small"] = False
+        return flag
+
+    @staticmethod
+    def _pv_record(pv: _PartialVolumeSetup, flag: dict[str, Any], sr: Any,
+                   record: dict[str, float] | None) -> dict[str, Any]:
         out: dict[str, Any] = {**flag, "correction": "local_model" if record is not None else "none",
                                "fwhm_left_in_dose_map_mm": pv.map_fwhm_mm,
                                "mean_dose_as_imaged_Gy": sr.mean_dose_as_imaged_Gy}
@@ -453,6 +464,5 @@ class DosimetryStage:
         if record is not None:
             out.update(record)
         return out
-
 
 STAGES.register("dosimetry", DosimetryStage)

@@ -504,7 +504,9 @@ def partial_volume_flag(mask: np.ndarray, spacing_mm: Sequence[float], system_fw
     """
     from scipy.ndimage import binary_dilation, label
 
-    m = np.asarray(mask, dtype=np.float32)
+    full = np.asarray(mask)
+    box = _bbox(full > 0, (1, 1, 1))
+    m = np.asarray(full[box] if box is not None else full, dtype=np.float32)  # the structure's box: cost ~ its size
     vox_mL = float(np.prod(spacing_mm)) / 1000.0
     threshold_mL = (factor * system_fwhm_mm) ** 3 / 1000.0
     core = m >= 0.5
