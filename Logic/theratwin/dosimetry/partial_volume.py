@@ -74,12 +74,15 @@ class LocalModel:
         outside the body.
     volumes_mL
         The structures' volumes (their order of precedence: smaller first).
+    map_tia_MBq_h
+        Each structure's TIA as the voxel TIA map holds it (the GTM on the map), for comparison with the reported one.
     """
 
     structures_Bq_h_per_mL: dict[str, float]
     image: np.ndarray
     background: np.ndarray
     volumes_mL: dict[str, float] = field(default_factory=dict)
+    map_tia_MBq_h: dict[str, float] = field(default_factory=dict)
 
 
 def box_around(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice] | None:

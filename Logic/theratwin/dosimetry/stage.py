@@ -382,6 +382,18 @@ class DosimetryStage:
                 continue
             corrected[name] = value
             records[name] = {"model_dose_Gy": e_fine / mass_g, "model_dose_as_imaged_Gy": e_seen / mass_g}
+            # the reported TIA against what the voxel TIA map holds (the GTM on the map): a single-time-point
+            # structure estimate and its voxels' estimate can disagree; the dose follows the reported TIA
+            reported = cyc.structures[name].tia_MBq_h
+            map_tia = model.map_tia_MBq_h.get(name)
+            if map_tia is not None and map_tia > 0 and reported:
+                records[name]["tia_from_voxel_map_MBq_h"] = map_tia
+                if abs(reported / map_tia - 1.0) > 0.10:
+                    method = cyc.structures[name].tia_method
+                    res.warn("dosimetry", f"The TIA of '{name}' ({reported:.4g} MBq h, {method}) differs "
+                             f"by {100 * (reported / map_tia - 1):+.0f} % from what its voxels' TIA map holds "
+                             f"({map_tia:.4g} MBq h, geometric transfer matrix); its dose follows the reported TIA.",
+                             structure=name, cycle=cycle)
         return corrected, records
 
     @staticmethod
@@ -419,7 +431,8 @@ class DosimetryStage:
                 num[box] += np.float32(t[i]) * frac
                 den[box] += frac
         background = np.where(den > 0, num / np.maximum(den, 1e-12), 0.0).astype(np.float32)
-        return LocalModel(structures, gtm.synthetic_image(np.clip(t_map, 0.0, None)), background, volumes)
+        map_tia = {k: v * grid.voxel_volume_mL / 1e6 for k, v in gtm.structure_values(t_map).items()}
+        return LocalModel(structures, gtm.synthetic_image(np.clip(t_map, 0.0, None)), background, volumes, map_tia)
 
     @staticmethod
     def _dose_sd(sr: Any, dose_Gy: float, as_imaged_Gy: float) -> float | None:
