@@ -32,6 +32,7 @@ import numpy as np
 from ..dosimetry import fft_convolve, voxel_kernel
 from ..dosimetry._physics import DPK_X_MAX, csda_range_mm, emission_spectrum
 from ..dosimetry.kernels import long_range_photon_density
+from ..kinetics.tac import bounding_box
 from ..progress import ProgressCallback, report
 
 __all__ = ["structure_doses", "TRUTH_METHOD"]
@@ -96,12 +97,6 @@ def _far_kernel(nuclide: str, far_mm: float, shape: tuple[int, int, int], split_
     out = np.interp(r, r_tab, e_tab).astype(np.float32)
     out.setflags(write=False)
     return out
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
-    idx = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    return tuple(slice(max(0, int(i[0]) - margin), min(mask.shape[ax], int(i[-1]) + 1 + margin))  # type: ignore[return-value]
-                 for ax, i in enumerate(idx))
 
 
 def structure_doses(labels: np.ndarray, spacing_mm: float, tia_per_label_Bq_h_per_mL: list[np.ndarray],
@@ -185,13 +180,13 @@ def structure_doses(labels: np.ndarray, spacing_mm: float, tia_per_label_Bq_h_pe
         if not in_t.any():
             continue
         # electrons on the subdivided grid, in the structure's box (plus the electron reach)
-        bx = _box(in_t, int(math.ceil(r_ef / subdivide)) + 1)
+        bx = bounding_box(in_t, [int(math.ceil(r_ef / subdivide)) + 1] * 3)
         sub = labels[bx]
         if subdivide > 1:
             sub = np.repeat(np.repeat(np.repeat(sub, subdivide, 0), subdivide, 1), subdivide, 2)
         in_sub = np.isin(sub, labs)
         # short- and long-range photons from the structure alone (sources and targets in it: its own box)
-        bn = _box(in_t, 1)
+        bn = bounding_box(in_t, (1, 1, 1))
         in_n = in_t[bn]
         far_shape = tuple((s + 1) // 2 for s in in_n.shape)
         for c, lut in enumerate(luts):

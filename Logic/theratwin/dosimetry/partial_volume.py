@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kinetics.tac import bounding_box
 from ..study import Geometry, ImageVolume, Segmentation
 from .dose import dose_map
 from .masks import _dose_box, _sub_geometry
@@ -87,11 +88,7 @@ class LocalModel:
 
 def box_around(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice] | None:
     """Index box (z, y, x) of ``mask > 0`` grown by ``margin`` voxels per axis, or None if empty."""
-    idx = [np.flatnonzero(np.any(mask > 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(i.size == 0 for i in idx):
-        return None
-    return tuple(slice(max(0, int(i[0]) - m), min(mask.shape[ax], int(i[-1]) + 1 + m))  # type: ignore[return-value]
-                 for ax, (i, m) in enumerate(zip(idx, margin, strict=True)))
+    return bounding_box(np.asarray(mask) > 0, margin)
 
 
 def _blur(a: np.ndarray, sigma_voxels: list[float]) -> np.ndarray:

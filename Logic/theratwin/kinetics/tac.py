@@ -86,6 +86,7 @@ __all__ = [
     "rbv_correct",
     "partial_volume_flag",
     "fwhm_to_sigma_voxels",
+    "bounding_box",
 ]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # Gaussian FWHM = 2 sqrt(2 ln 2) sigma
@@ -224,7 +225,10 @@ def fwhm_to_sigma_voxels(system_fwhm_mm: float, spacing_mm: Sequence[float]) -> 
     return [system_fwhm_mm * _FWHM_TO_SIGMA / s for s in (spacing_mm[2], spacing_mm[1], spacing_mm[0])]
 
 
-def _bbox(a: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice] | None:
+def bounding_box(a: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice] | None:
+    """Index box (z, y, x) of the nonzero voxels of ``a``, grown by ``margin`` voxels per axis (clipped to the
+    array), or None when there are none."""
+    a = np.asarray(a) != 0
     nz = [np.flatnonzero(np.any(a, axis=tuple(x for x in range(3) if x != ax))) for ax in range(3)]
     if any(i.size == 0 for i in nz):
         return None
@@ -304,7 +308,7 @@ class GeometricTransferMatrix:
         self._boxes: list[tuple[slice, slice, slice]] = []
         self._regions: list[np.ndarray] = []
         for key, r in regions:
-            box = _bbox(r > 0)
+            box = bounding_box(r > 0)
             if box is None:
                 continue
             self.region_keys.append(key)
@@ -505,7 +509,7 @@ def partial_volume_flag(mask: np.ndarray, spacing_mm: Sequence[float], system_fw
     from scipy.ndimage import binary_dilation, label
 
     full = np.asarray(mask)
-    box = _bbox(full > 0, (1, 1, 1))
+    box = bounding_box(full > 0, (1, 1, 1))
     m = np.asarray(full[box] if box is not None else full, dtype=np.float32)  # the structure's box: cost ~ its size
     vox_mL = float(np.prod(spacing_mm)) / 1000.0
     threshold_mL = (factor * system_fwhm_mm) ** 3 / 1000.0
