@@ -160,6 +160,17 @@ def test_rtdose_refuses_bad_maps(tmp_path: Path) -> None:
                                  DoseKind.CYCLE_DOSE, 1), ctx, series_number=1)
 
 
+def test_rtdose_derivation_fits_its_vr_in_bytes(tmp_path: Path) -> None:
+    """DerivationDescription (ST, 1024 bytes in the declared UTF-8): a long method text with non-ASCII letters is
+    cut to 1024 bytes on a character boundary, not to 1024 characters."""
+    geo = tt.Geometry((3, 4, 5), (2.0, 2.0, 2.0))
+    spec = DoseMapSpec("cycle1/dose", tt.ImageVolume.from_geometry(np.ones(geo.shape, np.float32), geo, "Gy"),
+                       DoseKind.CYCLE_DOSE, 1)
+    ds = build_rtdose(spec, _ctx(tmp_path), series_number=1, derivation="Hänscheid " * 200)
+    raw = ds.DerivationDescription.encode("utf-8")
+    assert 1020 <= len(raw) <= 1024 and ds.DerivationDescription.startswith("Hänscheid")
+
+
 def test_seg_round_trip_with_highdicom(exported) -> None:
     out, study, results, rep = exported
     seg = hd.seg.segread(out / rep.seg[0])
