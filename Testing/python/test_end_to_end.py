@@ -167,15 +167,18 @@ def test_small_structures_are_flagged_and_keep_their_dose_as_imaged(demo_run) ->
 
 def test_reported_tia_is_compared_with_what_the_voxel_tia_map_holds(demo_run) -> None:
     """The dosimetry stage reads each structure's TIA off the voxel TIA map (geometric transfer matrix) and warns
-    when the reported TIA differs by more than 10 %: measured, the map's values are within 5 % of the truth in both
-    cycles, while cycle 2's single-time-point structure TIAs are off by up to 22 % (body, red marrow, bone lesion)."""
+    when the reported TIA differs by more than 10 %. Measured against the true TIA: structures above (2 x FWHM)^3
+    within 4 % in both cycles, the flagged ones (1-10 mL per part) within 10 % (lacrimal glands, 1 mL per gland,
+    -10 % in cycle 1; lesion_bone_2, 3 mL, -8 % in cycle 2), while cycle 2's single-time-point structure TIAs are off
+    by up to 22 % (body, red marrow, bone lesion)."""
     for cycle in (1, 2):
         truth = _truth_structures(demo_run.truth, cycle)
         for name, s in demo_run.results.cycles[cycle].structures.items():
             if name in NOT_MEASURABLE or name == "body":
                 continue
             got = s.partial_volume["tia_from_voxel_map_MBq_h"] / truth[name]["tia_MBq_h"]
-            assert got == pytest.approx(1.0, abs=0.06), (cycle, name, got)
+            bound = 0.12 if s.partial_volume["too_small"] else 0.06
+            assert got == pytest.approx(1.0, abs=bound), (cycle, name, got)
     warned = {(w.cycle, w.structure) for w in demo_run.results.warnings if "voxels' TIA map holds" in w.message}
     for cycle, name in warned:
         s = demo_run.results.cycles[cycle].structures[name]
