@@ -120,6 +120,10 @@ class StructureResult:
     dvh: dict[str, Any] | None = None  # {"dose_Gy": [...], "volume_fraction": [...]} cumulative
     dvh_metrics: dict[str, float] | None = None  # Dmin_Gy, Dmax_Gy, D2_Gy, D50_Gy, D98_Gy, V20Gy_fraction ...
     organ_s_value_dose_Gy: float | None = None  # MIRD organ/sphere S-value dose, for comparison
+    mean_dose_as_imaged_Gy: float | None = None  # mean of the voxel dose map before partial-volume correction
+    # partial-volume record: {"too_small", "threshold_mL", "largest_part_mL", "system_fwhm_mm",
+    # "recovery_coefficient", "correction", ...} (dosimetry)
+    partial_volume: dict[str, Any] | None = None
     # radiobiology
     bed_Gy: float | None = None
     eqd2_Gy: float | None = None

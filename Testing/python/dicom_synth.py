@@ -156,6 +156,9 @@ def make_results(study: tt.Study) -> tt.Results:
             s.mean_dose_sd_Gy = 0.31
             s.dose_method = "dvk"
             s.dose_per_activity_Gy_per_GBq = s.mean_dose_Gy / 7.4
+            s.mean_dose_as_imaged_Gy = 0.6 * s.mean_dose_Gy
+            s.partial_volume = {"too_small": j == 1, "threshold_mL": 10.6, "largest_part_mL": 123.4 + j,
+                                "system_fwhm_mm": 11.0, "recovery_coefficient": 0.6, "correction": "local_model"}
             s.dvh_metrics = {"Dmax_Gy": 7.5 + n, "Dmin_Gy": 0.5, "D2_Gy": 6.9 + n, "D50_Gy": 3.1 * n,
                              "D98_Gy": 1.02 * n}
             s.bed_Gy = 3.9 * n + j

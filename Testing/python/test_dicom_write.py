@@ -160,6 +160,17 @@ def test_rtdose_refuses_bad_maps(tmp_path: Path) -> None:
                                  DoseKind.CYCLE_DOSE, 1), ctx, series_number=1)
 
 
+def test_rtdose_derivation_fits_its_vr_in_bytes(tmp_path: Path) -> None:
+    """DerivationDescription (ST, 1024 bytes in the declared UTF-8): a long method text with non-ASCII letters is
+    cut to 1024 bytes on a character boundary, not to 1024 characters."""
+    geo = tt.Geometry((3, 4, 5), (2.0, 2.0, 2.0))
+    spec = DoseMapSpec("cycle1/dose", tt.ImageVolume.from_geometry(np.ones(geo.shape, np.float32), geo, "Gy"),
+                       DoseKind.CYCLE_DOSE, 1)
+    ds = build_rtdose(spec, _ctx(tmp_path), series_number=1, derivation="Hänscheid " * 200)
+    raw = ds.DerivationDescription.encode("utf-8")
+    assert 1020 <= len(raw) <= 1024 and ds.DerivationDescription.startswith("Hänscheid")
+
+
 def test_seg_round_trip_with_highdicom(exported) -> None:
     out, study, results, rep = exported
     seg = hd.seg.segread(out / rep.seg[0])
@@ -232,6 +243,7 @@ EXPECTED_FIELDS = {
     ("TTW0011", TTWN): "alpha_beta_Gy",
     ("130091", "DCM"): "repair_half_time_h",
     ("TTW0012", TTWN): "dose_per_activity_Gy_per_GBq",
+    ("TTW0016", TTWN): "mean_dose_as_imaged_Gy",
 }
 
 
@@ -261,6 +273,9 @@ def test_sr_read_back_with_highdicom_has_every_measurement(exported) -> None:
             assert values[("128533", "DCM")][1] == "Gy" and values[("TTW0001", TTWN)][1] == "MBq.h"
             assert values[("118565006", "SCT")][1] == "ml"
             assert values[("TTW0311", TTWN)][0] == pytest.approx(s.tia_sd_MBq_h)
+            # a structure below the resolution limit carries the qualitative evaluation "Below resolution limit"
+            evals = {(e.name.value, e.value.value) for e in g.get_qualitative_evaluations()}
+            assert (("TTW0017", "373066001") in evals) == bool(s.partial_volume["too_small"]), (name, n)
     # predictions: separate groups, every measurement marked with the "predicted" method
     pred = [g for g in groups if str(g.tracking_identifier).endswith("predicted")]
     assert {str(g.tracking_identifier) for g in pred} == {"kidneys cycle 3 predicted", "lesion_bone_1 cycle 3 predicted"}

@@ -1,11 +1,13 @@
-"""The dosimetry stage on the demo patient reproduces the demo truth's mean doses within 5 %.
+"""The dosimetry stage on the demo patient against the demo's independent dose truth.
 
-The demo generator computes its truth by ``dose_map(method="dvk")`` on the noiseless TIA map with the phantom's
-density map, and the mean dose as the structure-mass-weighted mean. Here the stage gets the same noiseless TIA
-map (rebuilt from the demo's kinetics and anatomy) and has to find the rest itself: density from the CT numbers
-(HU) through a calibration, structure masks and masses from the SEG on the CT grid. The calibration is the
-demo scanner's: the phantom's documented (HU, density) pairs, as a site would calibrate its CT with a
-tissue-substitute phantom (Schneider et al. 2000). This isolates the dosimetry stage from the kinetic fits.
+The truth (``theratwin.demo.truth``) integrates the point kernels on the phantom's own label grid with
+full-range photons; it shares no grid and no voxel kernel with the pipeline's 9.6 mm (fast demo) dose map.
+Here the stage gets the noiseless TIA map (rebuilt from the demo's kinetics and anatomy: a perfect camera, no
+blur) and each structure's true TIA, so that only the dosimetry is tested: density from the CT numbers (HU)
+through the demo scanner's calibration (the phantom's documented (HU, density) pairs, as a site calibrates its CT
+with a tissue-substitute phantom, Schneider et al. 2000), masks and masses from the SEG on the CT grid. At
+9.6 mm the voxel averaging alone takes 15-60 % of a small lesion's dose; the partial-volume correction with a
+known (here ideal, 0 mm) resolution restores it.
 """
 
 from __future__ import annotations
@@ -56,23 +58,43 @@ def demo_case() -> tuple:
     return sim, study, spect_geo, tia_maps, calibration
 
 
-def test_demo_mean_doses_within_5_percent_of_truth(demo_case) -> None:
+def _run_stage(demo_case, dosimetry_options: dict) -> tuple:
     from theratwin.dosimetry.stage import DosimetryStage
 
     sim, study, grid, tia_maps, calibration = demo_case
-    if not sim.truth["dose"]["available"]:
-        pytest.fail("the demo truth has no doses although theratwin.dosimetry is installed")
     res = tt.Results.for_study(study)
     for n, tia in tia_maps.items():
         res.maps[f"cycle{n}/tia"] = tt.ImageVolume.from_geometry(tia, grid, "Bq.h/mL")
-    ctx = PipelineContext(study, res, PipelineConfig(stage_options={"dosimetry": {"hu_density_points": calibration}}),
-                          state={"reference_grid": grid})
+    for tc in sim.truth["cycles"]:
+        for name, e in tc["structures"].items():
+            res.cycles[tc["cycle"]].structure(name).tia_MBq_h = e["tia_MBq_h"]
+    options = {"hu_density_points": calibration, **dosimetry_options}
+    # what the kinetics stage records: an ideal camera (no blur left in the TIA maps)
+    ctx = PipelineContext(study, res, PipelineConfig(stage_options={"dosimetry": options}),
+                          state={"reference_grid": grid,
+                                 "partial_volume": {"system_fwhm_mm": 0.0, "voxel_map_fwhm_mm": 0.0}})
     DosimetryStage().run(ctx)
+    return sim, res
+
+
+def test_demo_mean_doses_match_the_independent_truth(demo_case) -> None:
+    """With the correction: every structure within 3 % of the truth (measured: 1.6 % at most). Without it, the
+    9.6 mm map's own means: lesions 15-62 % low, kidneys 12 % low (the reason for the correction)."""
+    sim, res = _run_stage(demo_case, {})
+    _, raw = _run_stage(demo_case, {"partial_volume": "none"})
+    if not sim.truth["dose"]["available"]:
+        pytest.fail("the demo truth has no doses although theratwin.dosimetry is installed")
     checked = 0
+    worst_raw = 0.0
     for tc in sim.truth["cycles"]:
         for name, e in tc["structures"].items():
             sr = res.cycles[tc["cycle"]].structures[name]
-            assert sr.mean_dose_Gy == pytest.approx(e["mean_dose_Gy"], rel=0.05), (tc["cycle"], name)
+            assert sr.mean_dose_Gy == pytest.approx(e["mean_dose_Gy"], rel=0.03), (tc["cycle"], name)
             assert sr.mass_g == pytest.approx(e["mass_g"], rel=0.05), (tc["cycle"], name)
+            # the uncorrected value is kept beside it, equal to the stage's output without correction
+            r = raw.cycles[tc["cycle"]].structures[name]
+            assert sr.mean_dose_as_imaged_Gy == pytest.approx(r.mean_dose_Gy, rel=1e-6)
+            worst_raw = max(worst_raw, abs(r.mean_dose_Gy / e["mean_dose_Gy"] - 1.0))
             checked += 1
     assert checked >= 20
+    assert worst_raw > 0.3

@@ -91,7 +91,12 @@ def test_dosimetry_and_radiobiology_stages() -> None:
     assert s2.cumulative_bed_Gy == pytest.approx(s1.bed_Gy + s2.bed_Gy)
     assert s2.limit["quantity"] == "BED" and s2.limit["value_Gy"] == 40.0
     assert s2.limit["cumulative_value_Gy"] == pytest.approx(s2.cumulative_bed_Gy)
-    assert les.geud_Gy is not None and les.alpha_beta_Gy == 10.0 and les.limit is None
+    # PSMA-617 treats prostate cancer: the lesion's a/b and repair half-time are the indication's, and recorded
+    assert les.geud_Gy is not None and les.limit is None
+    assert (les.alpha_beta_Gy, les.repair_half_time_h) == (1.5, 0.27)
+    rb = next(m for m in res.methods if m.stage == "radiobiology")
+    assert "prostate_cancer" in rb.method and rb.parameters["tumour_indication"]["1"]["alpha_beta_Gy"] == 1.5
+    assert any("Miralbell" in r for r in rb.references)
     # voxel BED: kidney voxels use the kidney half-life and a/b
     i = (10, 10, 9)
     assert res.maps["cycle1/bed"].array[i] == pytest.approx(bed(float(dose1[i]), 2.6, 2.8, 40.0), rel=1e-5)

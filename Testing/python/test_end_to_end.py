@@ -1,10 +1,10 @@
 """The README's main job: the demo patient through every stage, checked against its ground truth.
 
 Uses the session fixture ``demo_run`` (conftest.py), i.e. exactly what ``theratwin demo --out DIR`` runs.
-Tolerances are the physics of the demo, not of the code: the SPECT resolution (11 mm FWHM) takes activity out of
-small structures, so voxel-based doses are compared with the truth's ``mean_dose_as_imaged_Gy`` (the same dose
-physics on the noiseless, resolution-limited activity), and TIAs (partial-volume corrected by the kinetics stage)
-with the true TIA.
+Mean doses are checked against references the pipeline does not compute: the true TIA times the closed-form sphere
+S-value per part, plus the truth's cross-fire (lesions, glands); the organ self-S-value (kidneys, liver); the
+demo's independent fine-grid truth (red marrow, body, spleen; ``theratwin.demo.truth``). TIAs (partial-volume
+corrected by the kinetics stage) are checked against the true TIA.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def test_kidney_dose_is_in_the_published_range_and_close_to_truth(demo_run) -> N
     s = demo_run.results.cycles[1].structures["kidneys"]
     # 177Lu-PSMA-617 kidney dose 0.4-0.8 Gy/GBq (e.g. Kratochwil 2016 JNM 57:1170; Violet 2019 JNM 60:517)
     assert 0.4 <= s.dose_per_activity_Gy_per_GBq <= 0.8
-    assert s.mean_dose_Gy == pytest.approx(truth["mean_dose_as_imaged_Gy"], rel=0.05)
+    assert s.mean_dose_Gy == pytest.approx(truth["mean_dose_Gy"], rel=0.05)
+    # the map's own value, kept beside it, is what the resolution leaves: 15 % low for the kidneys
+    assert s.mean_dose_as_imaged_Gy < 0.9 * truth["mean_dose_Gy"]
 
 
 def test_cumulative_bed_adds_up_over_cycles(demo_run) -> None:
@@ -111,36 +113,82 @@ def test_demo_truth_dose_is_in_range(demo_run) -> None:
             assert s["mean_dose_as_imaged_Gy"] <= 1.15 * s["mean_dose_Gy"], name
 
 
-# Voxel doses against the resolution-limited truth (mean_dose_as_imaged_Gy). The kinetics stage integrates every
-# voxel with the hybrid model (first scan + Poisson-weighted exponential tail, fit_voxels(model="hybrid")); the
-# registration stage resamples later scans onto the reference grid with cubic B-splines. Bounds:
-# - cycle 1, organs, body and red marrow: 5 % (the hybrid model's own error on the demo's noiseless as-imaged
-#   curves is <= 2.5 % for every structure but the bladder, see the fit_voxels docstring and test_kinetics_voxels);
-# - cycle 1, small structures (submandibular and lacrimal glands, lesions of 1-10 mL): 7 %. Resampling after a
-#   simulated patient shift of a few mm still moves a few % of the activity out of them (trilinear interpolation
-#   took 5-17 %, measured on the noiseless demo images; cubic B-splines about a third of that);
-# - cycle 2 (one scan at ~50 h; each voxel keeps its cycle-1 curve shape, rescaled to the scan): 7 % for every
-#   structure. The demo changes half-lives by 4 % SD and amplitudes by 5 % SD per compartment between cycles
-#   (INTER_OCCASION_SD), which one scan cannot see: with the exact as-imaged curves, keeping the cycle-1 shape is
-#   off by up to 1 % for organs and 3.4-4.9 % for three lesions (measured on the demo truth).
-SMALL = {"submandibular_glands", "lacrimal_glands"}
+# Mean doses against physics references (the issue's acceptance, measured on the demo before setting them):
+# - lesions and glands: true TIA x sphere S-value of each part (closed form) + the truth's cross-fire; within 10 %
+#   for structures >= 4 mL, 20 % for 1-4 mL;
+# - kidneys and liver: true TIA x organ self-S-value, within 7 %;
+# - red marrow, body and spleen: the independent fine-grid truth, within 5 %.
+# Cycle 1 (four scans) is checked as is. Cycle 2 has one scan at ~50 h: its TIAs come from the prior-informed
+# single-time-point method, whose error (measured: lesion_bone_1 +16 %, red marrow -16 %, with the 50 h activities
+# within 2.5 %) belongs to the kinetics; there the references take the reported TIA in place of the true one (the
+# self-dose part of the truth scaled by reported / true TIA), which checks the dosimetry given the TIA.
+SPHERE_MODEL = {"parotid_glands", "submandibular_glands", "lacrimal_glands"}
+ORGAN_S = {"kidneys", "liver"}
+FINE_TRUTH = {"red_marrow", "body", "spleen"}
 
 
-def _is_small(name: str) -> bool:
-    return name in SMALL or name.startswith("lesion_")
+def _reference_Gy(name: str, t: dict, tia_MBq_h: float) -> tuple[float, float]:
+    """(reference mean dose in Gy, bound) for structure ``name`` of the truth ``t`` with the TIA ``tia_MBq_h``."""
+    from theratwin.dosimetry import organ_self_s_value, sphere_s_value
+
+    scale = tia_MBq_h / t["tia_MBq_h"]
+    if name.startswith("lesion_") or name in SPHERE_MODEL:
+        parts = t.get("parts", 1)
+        self_Gy = (tia_MBq_h / parts) * 3600.0 * sphere_s_value("Lu-177", t["mass_g"] / parts) / 1000.0
+        return self_Gy + t["cross_dose_Gy"], (0.10 if t["volume_mL"] >= 4.0 else 0.20)
+    if name in ORGAN_S:
+        return tia_MBq_h * 3600.0 * organ_self_s_value("Lu-177", t["mass_g"]) / 1000.0, 0.07
+    if "self_dose_Gy" in t:
+        return t["self_dose_Gy"] * scale + t["cross_dose_Gy"], 0.05
+    return t["mean_dose_Gy"] * scale, 0.05
 
 
 @pytest.mark.parametrize("cycle", [1, 2])
-def test_voxel_dose_matches_the_resolution_limited_truth(demo_run, cycle: int) -> None:
+def test_mean_doses_match_physics_references(demo_run, cycle: int) -> None:
     truth = _truth_structures(demo_run.truth, cycle)
-    bounds = {1: (0.05, 0.05, 0.07), 2: (0.07, 0.07, 0.07)}[cycle]  # organs, body/red marrow, small
-    ratios = {}
+    ratios, bounds = {}, {}
     for name, t in truth.items():
-        if name in NOT_MEASURABLE:
+        if name not in ORGAN_S | FINE_TRUTH | SPHERE_MODEL and not name.startswith("lesion_"):
             continue
-        ratios[name] = demo_run.results.cycles[cycle].structures[name].mean_dose_Gy / t["mean_dose_as_imaged_Gy"]
+        s = demo_run.results.cycles[cycle].structures[name]
+        # the body's dose is its voxels' (no structure TIA enters it): always against the truth as it is
+        tia = t["tia_MBq_h"] if cycle == 1 or name == "body" else s.tia_MBq_h
+        ref, bounds[name] = _reference_Gy(name, t, tia)
+        ratios[name] = round(s.mean_dose_Gy / ref, 3)
+    assert len(ratios) == 14
     for name, r in ratios.items():
-        bound = bounds[2] if _is_small(name) else bounds[1] if name in ("body", "red_marrow") else bounds[0]
-        assert abs(r - 1.0) <= bound, (cycle, name, round(r, 3), ratios)
-        if _is_small(name):
-            assert r <= 1.06, (cycle, name, round(r, 3))  # resampling loses activity, it cannot add much
+        assert abs(r - 1.0) <= bounds[name], (cycle, name, r, ratios)
+
+
+def test_small_structures_are_flagged_and_keep_their_dose_as_imaged(demo_run) -> None:
+    """Below (2 x 11 mm)^3 = 10.6 mL per part: every lesion and the submandibular and lacrimal glands (6.5 and
+    1 mL per gland) are flagged; the kidneys, liver and parotids are not; the as-imaged value is kept."""
+    for cycle in (1, 2):
+        structures = demo_run.results.cycles[cycle].structures
+        for name, s in structures.items():
+            expect = name.startswith("lesion_") or name in ("submandibular_glands", "lacrimal_glands")
+            assert s.partial_volume["too_small"] == expect, (cycle, name, s.partial_volume)
+            assert s.mean_dose_as_imaged_Gy is not None
+    warned = {w.structure for w in demo_run.results.warnings if "treat them with caution" in w.message}
+    assert {"lacrimal_glands", "lesion_bone_3"} <= warned
+
+
+def test_reported_tia_is_compared_with_what_the_voxel_tia_map_holds(demo_run) -> None:
+    """The dosimetry stage reads each structure's TIA off the voxel TIA map (geometric transfer matrix) and warns
+    when the reported TIA differs by more than 10 %. Measured against the true TIA: structures above (2 x FWHM)^3
+    within 4 % in both cycles, the flagged ones (1-10 mL per part) within 10 % (lacrimal glands, 1 mL per gland,
+    -10 % in cycle 1; lesion_bone_2, 3 mL, -8 % in cycle 2), while cycle 2's single-time-point structure TIAs are off
+    by up to 22 % (body, red marrow, bone lesion)."""
+    for cycle in (1, 2):
+        truth = _truth_structures(demo_run.truth, cycle)
+        for name, s in demo_run.results.cycles[cycle].structures.items():
+            if name in NOT_MEASURABLE or name == "body":
+                continue
+            got = s.partial_volume["tia_from_voxel_map_MBq_h"] / truth[name]["tia_MBq_h"]
+            bound = 0.12 if s.partial_volume["too_small"] else 0.06
+            assert got == pytest.approx(1.0, abs=bound), (cycle, name, got)
+    warned = {(w.cycle, w.structure) for w in demo_run.results.warnings if "voxels' TIA map holds" in w.message}
+    for cycle, name in warned:
+        s = demo_run.results.cycles[cycle].structures[name]
+        assert abs(s.tia_MBq_h / s.partial_volume["tia_from_voxel_map_MBq_h"] - 1) > 0.10
+    assert (2, "red_marrow") in warned and (2, "lesion_bone_1") in warned

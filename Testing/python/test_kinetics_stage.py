@@ -120,7 +120,8 @@ def test_results_json_round_trip(run) -> None:
 def test_partial_volume_option_raises_small_structure_activity(run) -> None:
     study, res, _ = run
     p = Pipeline(PipelineConfig(stages=("registration", "kinetics"),
-                                stage_options={"kinetics": {"system_fwhm_mm": 10.0, "voxel_fits": False},
+                                stage_options={"kinetics": {"system_fwhm_mm": 10.0, "voxel_fits": False,
+                                                            "pvc_method": "mask"},
                                                "registration": {"spect_to_spect": False}}))
     res2 = p.run(study)
     a = res.cycles[1].structures["lesion_1"]

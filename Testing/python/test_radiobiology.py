@@ -9,7 +9,7 @@ import pytest
 from scipy.integrate import quad
 
 import theratwin as tt
-from theratwin.radiobiology import bed, bed_multiexponential, eqd2, geud, tissue_parameters
+from theratwin.radiobiology import REFERENCES, bed, bed_multiexponential, eqd2, geud, tissue_parameters
 
 LN2 = math.log(2.0)
 
@@ -124,3 +124,32 @@ def test_tissue_overrides() -> None:
     assert new.alpha_beta_Gy == 4.0
     with pytest.raises(tt.ConfigurationError, match="Unknown tissue parameter"):
         tissue_parameters("kidney", {"kidney": {"alpha_beta": 2.0}})
+
+
+def test_tumour_parameters_follow_the_indication() -> None:
+    """PSMA ligands treat prostate cancer: a/b 1.5 Gy (Brenner & Hall 1999; Miralbell 2012 1.4 [0.9-2.2] Gy) and a
+    short repair half-time (16 min, Wang 2003); somatostatin analogues keep the generic tumour values, stated as
+    generic; a site overrides the tumour values on top of the indication's."""
+    from theratwin.radiobiology import TUMOUR_INDICATIONS, indication_for
+
+    assert indication_for("PSMA-617") == indication_for("177Lu-PSMA-I&T") == "prostate_cancer"
+    assert indication_for("DOTATATE") == indication_for("Lu-177 DOTATOC") == "neuroendocrine_tumour"
+    assert indication_for("NaI") == indication_for(None) == "generic"
+    pc = tissue_parameters("tumour", indication="prostate_cancer")
+    assert (pc.alpha_beta_Gy, pc.repair_half_time_h) == (1.5, 0.27)
+    refs = " ".join(REFERENCES[r] for r in pc.references)
+    assert "Miralbell" in refs and "Brenner" in refs and "Wang" in refs
+    net = tissue_parameters("tumour", indication="neuroendocrine_tumour")
+    assert (net.alpha_beta_Gy, net.repair_half_time_h) == (10.0, 1.5) and "generic" in net.references
+    assert tissue_parameters("tumour") == TUMOUR_INDICATIONS["generic"]
+    site = tissue_parameters("tumour", {"tumour": {"repair_half_time_h": 1.9}}, indication="prostate_cancer")
+    assert (site.alpha_beta_Gy, site.repair_half_time_h) == (1.5, 1.9) and "user" in site.references
+    with pytest.raises(tt.ConfigurationError, match="indication"):
+        tissue_parameters("tumour", indication="glioma")
+    # the BED of a protracted tumour dose: Dale's formula with these parameters (60 h, 30 Gy): 1.09 x D, and
+    # 1.49 x D had the generic 1.5 h repair been kept with a/b 1.5 Gy
+    lam, mu = LN2 / 60.0, LN2 / 0.27
+    assert bed(30.0, pc.alpha_beta_Gy, pc.repair_half_time_h, 60.0) == pytest.approx(
+        30.0 * (1 + 30.0 * lam / ((mu + lam) * 1.5)), rel=1e-6)
+    assert bed(30.0, 1.5, 0.27, 60.0) / 30.0 == pytest.approx(1.0896, abs=5e-4)
+    assert bed(30.0, 1.5, 1.5, 60.0) / 30.0 == pytest.approx(1.4878, abs=5e-4)

@@ -19,11 +19,12 @@ from .. import nuclides
 from .._files import sha256_file
 from .._version import __version__
 from ..errors import InvalidInputError
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, scaled
 from ..study.image import Geometry
 from . import _dicom
 from .kinetics import CYCLE1_KINETICS, Kinetics, cycle2_kinetics
 from .phantom import SEG_STRUCTURES, TISSUES, lookup_tables, paint_labels
+from .truth import TRUTH_METHOD
 
 __all__ = [
     "DEMO_SCHEMA_VERSION",
@@ -41,8 +42,8 @@ __all__ = [
     "RESOLUTION_FWHM_MM",
 ]
 
-#: Bump when the generated data change, so old caches are not reused.
-DEMO_SCHEMA_VERSION = 2
+#: Bump when the generated data change, so old caches are not reused (3: independent fine-grid dose truth).
+DEMO_SCHEMA_VERSION = 3
 DEFAULT_SEED = 20250303
 
 #: System sensitivity of a dual-head SPECT camera with medium-energy collimators in a 20 % window at the
@@ -319,7 +320,7 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
     sigma_vox = RESOLUTION_FWHM_MM / (2.0 * math.sqrt(2.0 * math.log(2.0))) / options.spect_voxel_mm
     for cyc in cycles:
         for tp in cyc.time_points:
-            report(progress, 0.05 + 0.8 * done / n_tp, f"simulating cycle {cyc.number} at "
+            report(progress, 0.05 + 0.5 * done / n_tp, f"simulating cycle {cyc.number} at "
                    f"{(tp.acquisition_start - cyc.administration_start).total_seconds() / 3600:.0f} h")
             static = np.allclose(tp.rotation, np.eye(3)) and not np.any(tp.translation_mm)
             labels = labels_ref if static else paint_labels(fine.shape, fine.origin, fv, tp.rotation,
@@ -348,7 +349,7 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
             tp.ct_hu = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
             done += 1
 
-    report(progress, 0.87, "computing ground truth")
+    report(progress, 0.56, "computing ground truth")
     struct_labels = _structure_labels()
     ref_ct_labels = labels_ref[:, ct_off:ct_off + ct_n, ct_off:ct_off + ct_n]
     seg_masks = {}
@@ -357,14 +358,15 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
         lut[struct_labels[name]] = True
         seg_masks[name] = lut[ref_ct_labels]
     truth = _truth(seed, options, cycles, labels_ref, luts, comp_volumes, rho_lut, spect_geo, ct_geo, fine_voxel_mL,
-                   struct_labels)
-    report(progress, 0.9, "simulation done")
+                   struct_labels, scaled(progress, 0.6, 0.98))
+    report(progress, 1.0, "simulation done")
     return DemoSimulation(seed, options, spect_geo, ct_geo, cycles, seg_masks, truth)
 
 
 def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels_ref: np.ndarray,
            luts: dict[str, np.ndarray], comp_volumes: dict[str, float], rho_lut: np.ndarray, spect_geo: Geometry,
-           ct_geo: Geometry, fine_voxel_mL: float, struct_labels: dict[str, list[int]]) -> dict[str, Any]:
+           ct_geo: Geometry, fine_voxel_mL: float, struct_labels: dict[str, list[int]],
+           progress: ProgressCallback | None = None) -> dict[str, Any]:
     n_labels = len(rho_lut)
     counts = np.bincount(labels_ref.ravel(), minlength=n_labels).astype(float)
     sigma_vox = RESOLUTION_FWHM_MM / (2.0 * math.sqrt(2.0 * math.log(2.0))) / options.spect_voxel_mm
@@ -377,33 +379,44 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
         dose_available = False
 
     out_cycles = []
-    for cyc in cycles:
-        tia_lut = _tia_lut_Bq_h_per_mL(cyc.kinetics, luts, cyc.administered_MBq)
-        dose_sum_per_label = None
+    truth_meta: dict[str, Any] = {}
+    tia_luts = [_tia_lut_Bq_h_per_mL(cyc.kinetics, luts, cyc.administered_MBq) for cyc in cycles]
+    true_doses_per_cycle: list[dict[str, Any]] = [{} for _ in cycles]
+    if dose_available:
+        from .truth import structure_doses
+
+        # the true doses: the phantom's own geometry, 1.2 mm electrons, full-range photons (see demo.truth)
+        fine_truth = structure_doses(labels_ref, float(np.cbrt(fine_voxel_mL * 1000.0)), tia_luts, rho_lut,
+                                     struct_labels, _NUCLIDE, subdivide=1 if options.fast else 2,
+                                     self_doses=not options.fast,
+                                     progress=scaled(progress, 0.0, 0.8))
+        true_doses_per_cycle = fine_truth["structures"]
+        truth_meta = {k: v for k, v in fine_truth.items() if k != "structures"}
+    for ci, cyc in enumerate(cycles):
+        tia_lut = tia_luts[ci]
+        true_doses = true_doses_per_cycle[ci]
+        voxelised_sum_per_label = None
         imaged_sum_per_label = None
         if dose_available:
-            tia_map = _block_mean(tia_lut.astype(np.float32)[labels_ref])
-            dose = np.asarray(dose_map_fn(tia_map, spect_geo.spacing_mm, _NUCLIDE, method="dvk",
-                                          density_g_per_mL=density_spect), dtype=np.float64)
-            # Mass-weighted mean over a structure's fractional mask = sum over its fine voxels of
-            # density x dose of the SPECT voxel containing them / its mass: one bincount per label.
-            dose_fine = np.repeat(np.repeat(np.repeat(dose, 2, axis=0), 2, axis=1), 2, axis=2)
-            dose_sum_per_label = np.bincount(labels_ref.ravel(), weights=dose_fine.ravel(), minlength=n_labels)
-            del dose_fine
-            # The same physics on the noiseless activity *as the camera sees it* (blurred by the system
-            # resolution): the reference for the pipeline's kinetics + dosimetry chain, whose voxel doses cannot
-            # recover what the resolution removed (mean_dose_Gy above is the true dose).
+            report(progress, 0.8 + 0.2 * ci / len(cycles), f"dose diagnostics of cycle {cyc.number}")
+            # Diagnostics, not truths: the pipeline's own dose engine on 4.8 mm SPECT voxels, (a) on the exact TIA
+            # averaged over each voxel ("voxelised": a perfect camera), (b) on that map blurred by the system
+            # resolution ("as imaged": what a voxel method sees without partial-volume correction). Mass-weighted
+            # mean over a structure = sum over its fine voxels of density x dose of the SPECT voxel holding them.
             from scipy import ndimage
 
-            imaged_sum_per_label = None
+            tia_map = _block_mean(tia_lut.astype(np.float32)[labels_ref])
+
+            def per_label(dose_spect: np.ndarray) -> np.ndarray:
+                d = np.repeat(np.repeat(np.repeat(np.asarray(dose_spect, np.float64), 2, axis=0), 2, axis=1), 2, axis=2)
+                return np.bincount(labels_ref.ravel(), weights=d.ravel(), minlength=n_labels)
+
+            voxelised_sum_per_label = per_label(dose_map_fn(tia_map, spect_geo.spacing_mm, _NUCLIDE, method="dvk",
+                                                            density_g_per_mL=density_spect))
             if options.blur:
                 tia_imaged = ndimage.gaussian_filter(tia_map, sigma_vox, mode="constant", truncate=4.0)
-                dose_im = np.asarray(dose_map_fn(tia_imaged, spect_geo.spacing_mm, _NUCLIDE, method="dvk",
-                                                 density_g_per_mL=density_spect), dtype=np.float64)
-                dose_im_fine = np.repeat(np.repeat(np.repeat(dose_im, 2, axis=0), 2, axis=1), 2, axis=2)
-                imaged_sum_per_label = np.bincount(labels_ref.ravel(), weights=dose_im_fine.ravel(),
-                                                   minlength=n_labels)
-                del dose_im_fine
+                imaged_sum_per_label = per_label(dose_map_fn(tia_imaged, spect_geo.spacing_mm, _NUCLIDE, method="dvk",
+                                                             density_g_per_mL=density_spect))
         structures: dict[str, Any] = {}
         for name, labs in struct_labels.items():
             volume_mL = float(counts[labs].sum() * fine_voxel_mL)
@@ -423,15 +436,23 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
                       * fine_voxel_mL / 1e6)
                 for t in times_h
             ]
-            if dose_sum_per_label is not None:
-                mass_sum = float((rho_lut[labs] * counts[labs]).sum())
-                mean_dose = float((rho_lut[labs] * dose_sum_per_label[labs]).sum() / mass_sum) if mass_sum > 0 \
-                    else float("nan")
-                entry["mean_dose_Gy"] = mean_dose
-                entry["mean_dose_Gy_per_GBq"] = mean_dose / (cyc.administered_MBq / 1000.0)
-                if imaged_sum_per_label is not None and mass_sum > 0:
-                    entry["mean_dose_as_imaged_Gy"] = float((rho_lut[labs] * imaged_sum_per_label[labs]).sum()
-                                                            / mass_sum)
+            # separate parts (paired glands, vertebrae): the sphere model applies per part
+            shapes = [len(t.shapes) for t in TISSUES if t.structure == name]
+            if shapes:
+                entry["parts"] = int(sum(shapes))
+            if name in true_doses:
+                td = true_doses[name]
+                entry["mean_dose_Gy"] = td["mean_dose_Gy"]
+                entry["mean_dose_Gy_per_GBq"] = td["mean_dose_Gy"] / (cyc.administered_MBq / 1000.0)
+                if "self_dose_Gy" in td:
+                    entry["self_dose_Gy"] = td["self_dose_Gy"]
+                    entry["cross_dose_Gy"] = td["mean_dose_Gy"] - td["self_dose_Gy"]
+            mass_sum = float((rho_lut[labs] * counts[labs]).sum())
+            if voxelised_sum_per_label is not None and mass_sum > 0:
+                entry["mean_dose_voxelised_Gy"] = float((rho_lut[labs] * voxelised_sum_per_label[labs]).sum()
+                                                        / mass_sum)
+            if imaged_sum_per_label is not None and mass_sum > 0:
+                entry["mean_dose_as_imaged_Gy"] = float((rho_lut[labs] * imaged_sum_per_label[labs]).sum() / mass_sum)
             structures[name] = entry
         out_cycles.append({
             "cycle": cyc.number,
@@ -476,10 +497,18 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
         },
         "dose": {
             "available": dose_available,
-            "method": "theratwin.dosimetry.dose_map(method='dvk') on the noiseless TIA map of the reference SPECT "
-                      "grid with the phantom's density map; mean = mass-weighted over the structure's fractional mask",
-            "as_imaged": "mean_dose_as_imaged_Gy: the same on the TIA map blurred by the SPECT resolution "
-                         f"({RESOLUTION_FWHM_MM} mm FWHM), i.e. what a voxel-based method can see without "
+            "method": TRUTH_METHOD if not options.fast else TRUTH_METHOD.replace(
+                "1.2 mm subdivision of the 2.4 mm label grid", "4.8 mm label grid (fast demo)").replace(
+                "4.8 mm grid;", "9.6 mm grid;"),
+            **truth_meta,
+            "self_and_cross": "self_dose_Gy: from the structure's own activity; cross_dose_Gy = mean_dose_Gy - "
+                              "self_dose_Gy (from all other activity)" if not options.fast else
+                              "not computed for the fast demo",
+            "voxelised": "mean_dose_voxelised_Gy (diagnostic): the pipeline's DVK engine on the exact TIA averaged "
+                         f"over {options.spect_voxel_mm} mm SPECT voxels, mean over the structure's fractional mask: "
+                         "a perfect camera seen by a voxel method",
+            "as_imaged": "mean_dose_as_imaged_Gy (diagnostic): the same on the TIA map blurred by the SPECT resolution "
+                         f"({RESOLUTION_FWHM_MM} mm FWHM), i.e. what a voxel-based method sees without "
                          "partial-volume correction" if options.blur else "not applicable (no blur)",
         },
         "cycles": out_cycles,

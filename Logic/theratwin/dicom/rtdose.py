@@ -154,7 +154,7 @@ def build_rtdose(spec: DoseMapSpec, ctx: ExportContext, *, series_number: int,
     source_images
         Headers of the images the dose was derived from (SourceImageSequence of the General Image module).
     derivation
-        DerivationDescription text (methods), at most 1024 characters kept.
+        DerivationDescription text (methods), at most 1024 bytes (UTF-8) kept.
 
     Raises
     ------
@@ -205,8 +205,8 @@ def build_rtdose(spec: DoseMapSpec, ctx: ExportContext, *, series_number: int,
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.ImageComments = RESEARCH_USE_NOTICE[:10240]
     if derivation:
-        # ST holds at most 1024 bytes: cut the UTF-8 encoding (ISO_IR 192), never inside a character
-        ds.DerivationDescription = derivation.encode("utf-8")[:1024].decode("utf-8", "ignore")
+        # ST holds 1024 bytes in the declared character set (UTF-8: "Hänscheid" counts 10): cut on a character
+        ds.DerivationDescription = derivation.encode("utf-8")[:1024].decode("utf-8", errors="ignore")
     if source_images:
         items = []
         for src in source_images:

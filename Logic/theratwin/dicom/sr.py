@@ -22,7 +22,13 @@ BED, EQD2, gEUD                                 (TTW0004, TTW0005, TTW0014, 99TT
 alpha/beta, repair half-time                    (TTW0011, 99TTWN) / (130091, DCM)       Gy / h
 cumulative mean dose, BED, EQD2 up to the cycle (TTW0008..TTW0010, 99TTWN)              Gy
 MIRD organ S-value dose (for comparison)        (TTW0015, 99TTWN)                       Gy
+mean dose of the map before partial-volume      (TTW0016, 99TTWN)                       Gy
+correction (for comparison)
 ==============================================  ======================================  ===========
+
+A structure smaller than ``(2 x system FWHM)^3`` (``StructureResult.partial_volume["too_small"]``) gets the
+qualitative evaluation (TTW0017, 99TTWN, "Below resolution limit") = (373066001, SCT, "Yes") in its groups: its
+activity and dose rest on a partial-volume correction and are to be read with caution.
 
 Standard deviations of TIA, mean dose, BED and EQD2 are companion measurements (``TTW03<i>1``) in the same
 group. How each quantity was computed is recorded as Algorithm Identification (TID 4019) on the primary
@@ -121,6 +127,14 @@ TTWN_CODES: dict[str, tuple[str, str, str]] = {
              "Niemierko's gEUD of the absorbed-dose distribution in the structure, Gy."),
     "organ_s_value_dose": ("TTW0015", "Organ S-value absorbed dose",
                            "Mean absorbed dose by the MIRD organ/sphere S-value method, for comparison, Gy."),
+    "mean_dose_as_imaged": ("TTW0016", "Mean absorbed dose as imaged",
+                            "Mean absorbed dose of the voxel dose map before partial-volume correction (what the "
+                            "system resolution and the voxel grid leave of a small structure's dose), Gy; for "
+                            "comparison with the corrected mean absorbed dose."),
+    "below_resolution": ("TTW0017", "Below resolution limit",
+                         "The structure's largest part is smaller than (2 x system FWHM)^3: its activity and "
+                         "absorbed dose rest on a partial-volume correction larger than the measurement's own "
+                         "resolution allows to verify; interpret with caution."),
     "predicted": ("TTW0101", "Predicted by digital twin",
                   "Value forecast by the TheraTwin Bayesian patient twin for a cycle, before or without imaging; "
                   "not a measurement."),
@@ -233,6 +247,7 @@ _FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("d98", "dvh:D98_Gy", "Gy", "dosimetry"),
     ("dose_per_activity", "dose_per_activity_Gy_per_GBq", "Gy/GBq", "dosimetry"),
     ("organ_s_value_dose", "organ_s_value_dose_Gy", "Gy", "dosimetry"),
+    ("mean_dose_as_imaged", "mean_dose_as_imaged_Gy", "Gy", "dosimetry"),
     ("bed", "bed_Gy", "Gy", "radiobiology"),
     ("eqd2", "eqd2_Gy", "Gy", "radiobiology"),
     ("geud", "geud_Gy", "Gy", "radiobiology"),
@@ -244,6 +259,7 @@ _FIELDS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 _SD_FIELD = {"tia": "tia_sd_MBq_h", "mean_dose": "mean_dose_sd_Gy"}
+_YES = hd.sr.CodedConcept(value="373066001", scheme_designator="SCT", meaning="Yes")
 
 
 def _field(sr: StructureResult, attr: str) -> float | None:
@@ -516,6 +532,8 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
             # the group-level Measurement Method is left out: highdicom writes it as CONTAINS, TID 1419 row 1
             # (and pixelmed) want HAS CONCEPT MOD; every measurement of the group carries the method instead
             measurements=measurements,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(_ttwn("below_resolution"), _YES)]
+            if (not predicted and sres is not None and (sres.partial_volume or {}).get("too_small")) else None,
         )
         imaging.append(group)
     observer = hd.sr.ObserverContext(

@@ -5,8 +5,10 @@
 >>> k.shape
 (7, 7, 7)
 
-See ``_physics`` for the physics models and their sources, ``kernels`` for the voxel integration, ``dose`` for
-the dose-engine protocol and registry (entry-point group ``theratwin.dose_engines``).
+See ``_physics`` for the physics models and their sources, ``kernels`` for the voxel integration, ``longrange``
+for the photon energy beyond the kernel (a coarse convolution inside the same FFT pair), ``dose`` for the
+dose-engine protocol and registry (entry-point group ``theratwin.dose_engines``) and ``partial_volume`` for the
+structure-dose correction that agrees with the recovery-corrected TIA.
 """
 
 from ._physics import DEFAULT_HU_DENSITY_POINTS, csda_range_mm, density_to_hu, hu_to_density

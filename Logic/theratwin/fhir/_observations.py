@@ -40,6 +40,7 @@ _MEASURED_COMPONENTS = (
     ("cumulative_bed_Gy", "cumulative-biologically-effective-dose", "Gy"),
     ("cumulative_eqd2_Gy", "cumulative-equieffective-dose-2gy", "Gy"),
     ("dose_per_activity_Gy_per_GBq", "absorbed-dose-per-activity", "Gy/GBq"),
+    ("mean_dose_as_imaged_Gy", "mean-absorbed-dose-as-imaged", "Gy"),
     ("geud_Gy", "generalized-equivalent-uniform-dose", "Gy"),
     ("alpha_beta_Gy", "alpha-beta-ratio", "Gy"),
     ("repair_half_time_h", "dcm:HalfTimeForTissueRepair", "h"),
@@ -84,6 +85,9 @@ def _measured_components(sr: StructureResult) -> list[dict[str, Any]]:
         v = finite((sr.dvh_metrics or {}).get(key))
         if v is not None:
             comps.append({"code": _component_code(code), "valueQuantity": quantity(v, "Gy")})
+    pv = sr.partial_volume or {}
+    if "too_small" in pv:
+        comps.append({"code": _component_code("below-resolution-limit"), "valueBoolean": bool(pv["too_small"])})
     lim = sr.limit or {}
     target = _LIMIT_COMPONENT.get(str(lim.get("quantity")))
     limit_Gy = finite(lim.get("value_Gy"))
@@ -142,6 +146,11 @@ def _observation(sr: StructureResult, cr: CycleResult, name: str, kind: Structur
     if methods:
         obs["method"] = {"text": "; ".join(methods)}
     notes = []
+    pv = sr.partial_volume or {}
+    if pv.get("too_small"):
+        notes.append(f"Below the resolution limit: the largest part ({float(pv['largest_part_mL']):.1f} mL) is smaller "
+                     f"than (2 x FWHM)^3 = {float(pv['threshold_mL']):.1f} mL at {float(pv['system_fwhm_mm']):g} mm "
+                     "FWHM; activity and absorbed dose rest on a partial-volume correction. Interpret with caution.")
     if sr.estimated_by_twin:
         notes.append("The time-integrated activity of this sparsely imaged cycle was estimated by the digital twin "
                      "from the patient's earlier cycles (method twin-estimate).")

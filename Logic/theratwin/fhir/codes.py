@@ -120,6 +120,12 @@ CONCEPTS: dict[str, Concept] = {
                 "Minimum absorbed dose to the hottest 2 % of the structure's volume (cumulative DVH).", "Gy"),
         Concept("dose-to-98-percent-volume", "D98 (dose to 98 % of the volume)",
                 "Minimum absorbed dose to the hottest 98 % of the structure's volume (cumulative DVH).", "Gy"),
+        Concept("mean-absorbed-dose-as-imaged", "Mean absorbed dose as imaged",
+                "Mean absorbed dose of the voxel dose map before partial-volume correction (what the system "
+                "resolution and the voxel grid leave of a small structure's dose); for comparison.", "Gy"),
+        Concept("below-resolution-limit", "Structure below the resolution limit",
+                "True when the structure's largest part is smaller than (2 x system FWHM)^3: its activity and "
+                "absorbed dose rest on a partial-volume correction; interpret with caution."),
         Concept("structure-mass", "Mass of the structure", "Mass of the segmented structure.", "g"),
         Concept("structure-volume", "Volume of the structure", "Volume of the segmented structure.", "mL"),
         Concept("administered-activity-assumed", "Administered activity assumed for the prediction",

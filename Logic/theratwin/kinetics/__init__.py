@@ -42,9 +42,12 @@ from .priors import KineticPriors, LogNormalPrior, NormalPrior
 from .stp import StpEstimate, hanscheid_ratio, single_time_point, single_time_point_estimate
 from .tac import (
     ActivityUncertaintyModel,
+    GeometricTransferMatrix,
     RecoveryModel,
     StructureTac,
     mask_recovery_coefficient,
+    partial_volume_flag,
+    rbv_correct,
     sphere_recovery_coefficient,
     structure_tacs,
 )
@@ -82,4 +85,7 @@ __all__ = [
     "structure_tacs",
     "sphere_recovery_coefficient",
     "mask_recovery_coefficient",
+    "GeometricTransferMatrix",
+    "rbv_correct",
+    "partial_volume_flag",
 ]

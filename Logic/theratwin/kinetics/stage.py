@@ -27,7 +27,14 @@ from ..study import ImageVolume
 from .fit import SELECTIONS, TacFit, describe_method, fit_tac
 from .priors import KineticPriors
 from .stp import StpEstimate, single_time_point_estimate
-from .tac import ActivityUncertaintyModel, RecoveryModel, StructureTac, structure_tacs
+from .tac import (
+    ActivityUncertaintyModel,
+    GeometricTransferMatrix,
+    RecoveryModel,
+    StructureTac,
+    rbv_correct,
+    structure_tacs,
+)
 from .voxel import VoxelFit, fit_voxels
 
 __all__ = ["KineticsConfig", "KineticsStage", "voxel_single_time_point"]
@@ -79,9 +86,14 @@ class KineticsConfig:
         System sensitivity (counts/(MBq s)) for the counting-statistics component, used for time points that
         do not carry their own (``TimePoint.counts_per_MBq_s``); None: no counting component for them.
     pvc_method, system_fwhm_mm, pvc_max_volume_mL
-        Partial-volume recovery (``"mask"``, ``"sphere"`` or ``"gtm"``) (:class:`~theratwin.kinetics.RecoveryModel`; off while ``system_fwhm_mm``
-        is None, as DICOM does not carry the reconstructed resolution: set it from the camera's phantom
-        measurements, e.g. ~11 mm for the demo patient).
+        Partial-volume recovery of the structure TACs (``"gtm"``, default: geometric transfer matrix with local
+        background shells; ``"mask"``, ``"sphere"``) (:class:`~theratwin.kinetics.RecoveryModel`; off while
+        ``system_fwhm_mm`` is None, as DICOM does not carry the reconstructed resolution: set it from the camera's
+        phantom measurements, e.g. ~11 mm for the demo patient).
+    pvc_image
+        Image-based partial-volume correction before the voxel fits: ``"none"`` (default; the dosimetry stage then
+        corrects the structure doses for the resolution) or ``"rbv"`` (region-based voxel-wise correction,
+        :func:`~theratwin.kinetics.tac.rbv_correct`). Needs ``system_fwhm_mm``.
     stp_method
         Single-time-point cycles: ``"prior"`` (earlier cycle of the same patient, Hänscheid when none) or
         ``"hanscheid"``.
@@ -101,9 +113,10 @@ class KineticsConfig:
     random_rel_sd: float = 0.03
     counting: bool = True
     counts_per_MBq_s: float | None = None
-    pvc_method: str = "mask"
+    pvc_method: str = "gtm"
     system_fwhm_mm: float | None = None
     pvc_max_volume_mL: float | None = None
+    pvc_image: str = "none"
     stp_method: str = "prior"
     inter_cycle_variability: float = 0.10
 
@@ -113,6 +126,8 @@ class KineticsConfig:
         if self.selection not in SELECTIONS:
             raise ConfigurationError(f"selection must be one of {SELECTIONS}; got {self.selection!r}.")
         KineticPriors.from_dict(self.priors)  # unknown or invalid priors fail here, not in the middle of a run
+        if self.pvc_image not in ("none", "rbv"):
+            raise ConfigurationError(f"pvc_image must be 'none' or 'rbv'; got {self.pvc_image!r}.")
 
 
 def _config(ctx: PipelineContext) -> KineticsConfig:
@@ -255,6 +270,13 @@ class KineticsStage:
         volumes, masses = self._volumes_and_masses(ctx)
         seg = study.segmentation
         body_name = next((s.name for s in seg.structures if s.role.value == "body"), None) if seg else None
+        image_pvc = cfg.pvc_image != "none" and cfg.system_fwhm_mm is not None
+        if cfg.pvc_image != "none" and not image_pvc:
+            res.warn("kinetics", f"pvc_image='{cfg.pvc_image}' needs system_fwhm_mm; no image correction applied.")
+        # what the dosimetry stage must know: the resolution still in the voxel TIA maps, and how TACs were recovered
+        state["partial_volume"] = {"system_fwhm_mm": cfg.system_fwhm_mm, "structure_method": rec.method,
+                                   "image_method": cfg.pvc_image if image_pvc else "none",
+                                   "voxel_map_fwhm_mm": 0.0 if image_pvc else cfg.system_fwhm_mm}
         tacs_all: dict[int, dict[str, StructureTac]] = {}
         fits_all: dict[int, dict[str, TacFit | StpEstimate]] = {}
         voxel_all: dict[int, VoxelFit] = state.setdefault("voxel_fits", {})
@@ -300,6 +322,13 @@ class KineticsStage:
             if multi and prior_cycle is None:
                 prior_cycle = n
             if cfg.voxel_fits:
+                if image_pvc:
+                    assert cfg.system_fwhm_mm is not None
+                    gtm = GeometricTransferMatrix.cached(masks, grid.spacing_mm, cfg.system_fwhm_mm,
+                                                         body=body_name if body_name in masks else None)
+                    images = [ImageVolume.from_geometry(rbv_correct(im.array, gtm), im.geometry, im.unit)
+                              for im in images]
+                    state.setdefault("aligned_spect_pvc", {})[n] = images
                 self._voxels(ctx, cfg, n, times, images, grid, adm.nuclide, voxel_all, prior_cycle)
         state["tacs"] = tacs_all
         state["tac_fits"] = fits_all
@@ -437,7 +466,8 @@ class KineticsStage:
             if prior is not None and prior_cycle is not None:
                 prior_times = prior.time_h
                 prior_series = np.stack([np.asarray(im.array, dtype=np.float32)
-                                         for im in ctx.state["aligned_spect"][prior_cycle]])
+                                         for im in ctx.state.get("aligned_spect_pvc", ctx.state["aligned_spect"])
+                                         .get(prior_cycle, ctx.state["aligned_spect"][prior_cycle])])
             tia, tia_sd, method = voxel_single_time_point(float(times[0]), c, prior,
                                                           inter_cycle_variability=cfg.inter_cycle_variability,
                                                           prior_time_h=prior_times,

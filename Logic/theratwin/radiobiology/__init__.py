@@ -6,7 +6,14 @@
 """
 
 from .bed import bed, bed_multiexponential, eqd2, geud, protraction_factor
-from .tissues import REFERENCES, TISSUES, TissueParameters, tissue_parameters
+from .tissues import (
+    REFERENCES,
+    TISSUES,
+    TUMOUR_INDICATIONS,
+    TissueParameters,
+    indication_for,
+    tissue_parameters,
+)
 
 __all__ = [
     "bed",
@@ -18,4 +25,6 @@ __all__ = [
     "TISSUES",
     "REFERENCES",
     "tissue_parameters",
+    "TUMOUR_INDICATIONS",
+    "indication_for",
 ]

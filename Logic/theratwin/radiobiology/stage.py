@@ -9,8 +9,9 @@ BED with the voxel effective half-life map ``cycle{n}/effective_half_life`` when
 else the structure's), ``cumulative/dose`` and ``cumulative/bed``.
 
 Options (``stage_options["radiobiology"]``): ``tissues`` (overrides, see ``tissue_parameters``),
-``risk_factors`` (True, or a list of structure names, for the lower kidney limit), ``geud_a`` (default -10),
-``voxel_maps`` (default True).
+``indication`` (tumour a/b and repair half-time: ``"auto"``, default, from each cycle's radiopharmaceutical, e.g.
+PSMA ligands -> ``"prostate_cancer"``; or a key of ``TUMOUR_INDICATIONS``), ``risk_factors`` (True, or a list of
+structure names, for the lower kidney limit), ``geud_a`` (default -10), ``voxel_maps`` (default True).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from ..study.codes import structure_kind
 from .bed import bed, bed_multiexponential, eqd2, geud
-from .tissues import REFERENCES, tissue_parameters
+from .tissues import REFERENCES, TUMOUR_INDICATIONS, indication_for, tissue_parameters
 
 __all__ = ["RadiobiologyStage"]
 
-_KNOWN_OPTIONS = {"tissues", "risk_factors", "geud_a", "voxel_maps"}
+_KNOWN_OPTIONS = {"tissues", "risk_factors", "geud_a", "voxel_maps", "indication"}
 _LN2 = float(np.log(2.0))
 
 
@@ -70,6 +71,10 @@ class RadiobiologyStage:
         risk = opts.get("risk_factors", False)
         geud_a = float(opts.get("geud_a", -10.0))
         voxel_maps = bool(opts.get("voxel_maps", True))
+        indication_opt = str(opts.get("indication", "auto"))
+        if indication_opt != "auto" and indication_opt not in TUMOUR_INDICATIONS:
+            raise ConfigurationError(f"Unknown radiobiology indication {indication_opt!r}; known: 'auto', "
+                                     f"{sorted(TUMOUR_INDICATIONS)}.")
         res = ctx.results
         seg = ctx.study.segmentation
         masks: dict[str, np.ndarray] = ctx.state.get("dose_masks") or ctx.state.get("masks") or {}
@@ -86,18 +91,22 @@ class RadiobiologyStage:
         cum_dose_map: np.ndarray | None = None
         cum_bed_map: np.ndarray | None = None
         grid = None
+        indications: dict[int, str] = {}
         for c in ctx.study.cycles:
             n = c.number
             dose_vol = res.maps.get(f"cycle{n}/dose")
             if dose_vol is None:
                 continue
+            indication = indication_for(c.administration.radiopharmaceutical) if indication_opt == "auto" \
+                else indication_opt
+            indications[n] = indication
             grid = dose_vol.geometry
             phys_t_h = self._physical_half_life_h(c.administration.nuclide)
             cyc = res.cycles[n]
             for name, sr in cyc.structures.items():
                 if sr.mean_dose_Gy is None:
                     continue
-                tp = tissue_parameters(tissue_of(name), overrides)
+                tp = tissue_parameters(tissue_of(name), overrides, indication=indication)
                 teff = sr.effective_half_life_h
                 if teff is None or not np.isfinite(teff) or teff <= 0:
                     if name in last_teff:
@@ -144,7 +153,7 @@ class RadiobiologyStage:
                     if np.any(sel):
                         sr.geud_Gy = geud(dose_vol.array[sel], m[sel], a=geud_a)
             if voxel_maps:
-                bed_map = self._voxel_bed(ctx, n, dose_vol.array, masks, tissue_of, overrides, phys_t_h)
+                bed_map = self._voxel_bed(ctx, n, dose_vol.array, masks, tissue_of, overrides, phys_t_h, indication)
                 res.maps[f"cycle{n}/bed"] = ImageVolume.from_geometry(bed_map, grid, "Gy")
                 cum_dose_map = dose_vol.array.astype(np.float32) if cum_dose_map is None else cum_dose_map + dose_vol.array
                 cum_bed_map = bed_map if cum_bed_map is None else cum_bed_map + bed_map
@@ -153,7 +162,9 @@ class RadiobiologyStage:
             res.maps["cumulative/bed"] = ImageVolume.from_geometry(cum_bed_map.astype(np.float32), grid, "Gy")
         res.record_method(
             "radiobiology",
-            "BED by Dale's linear-quadratic formalism for exponentially varying dose rates; EQD2; gEUD",
+            "BED by Dale's linear-quadratic formalism for exponentially varying dose rates; EQD2; gEUD; tumour "
+            "alpha/beta and repair half-time per indication ("
+            + ", ".join(f"cycle {n}: {ind}" for n, ind in sorted(indications.items())) + ")",
             {
                 "structure_bed": "from the structure mean dose and the shape of its fitted time-activity curve "
                                  "(sum of exponentials: mono, uptake, bi- or tri-exponential), else its effective "
@@ -162,6 +173,12 @@ class RadiobiologyStage:
                 "geud_a": geud_a,
                 "tissue_overrides": overrides,
                 "risk_factors": risk,
+                "tumour_indication": {str(n): {"indication": ind,
+                                               **{k: v for k, v in tissue_parameters("tumour", overrides,
+                                                                                     indication=ind).to_dict().items()
+                                                  if k in ("alpha_beta_Gy", "repair_half_time_h", "note",
+                                                           "references")}}
+                                      for n, ind in indications.items()},
             },
             [
                 "Dale RG. Br J Radiol 1985;58:515-528",
@@ -184,7 +201,8 @@ class RadiobiologyStage:
         return float(get(nuclide).half_life_h)
 
     def _voxel_bed(self, ctx: PipelineContext, n: int, dose: np.ndarray, masks: dict[str, np.ndarray],
-                   tissue_of: Any, overrides: dict[str, dict[str, Any]], phys_t_h: float) -> np.ndarray:
+                   tissue_of: Any, overrides: dict[str, dict[str, Any]], phys_t_h: float,
+                   indication: str | None = None) -> np.ndarray:
         res = ctx.results
         cyc = res.cycles[n]
         seg = ctx.study.segmentation
@@ -205,7 +223,7 @@ class RadiobiologyStage:
             stack = np.stack([masks[k] for k in names])
             best = np.argmax(stack, axis=0)
             covered = np.take_along_axis(stack, best[None], axis=0)[0] >= 0.5
-            tp = [tissue_parameters(tissue_of(k), overrides) for k in names]
+            tp = [tissue_parameters(tissue_of(k), overrides, indication=indication) for k in names]
             ab_lut = np.array([t.alpha_beta_Gy for t in tp], np.float32)
             tr_lut = np.array([t.repair_half_time_h for t in tp], np.float32)
             te_lut = np.array([self._structure_half_life_h(cyc.structures.get(k), default_t) for k in names],

@@ -22,6 +22,23 @@ bladder             3       1.5      EQD2 65 Gy                       generic la
 tumour              10      1.5      none (target)                    generic tumour a/b; Trep as Dale 1996
 soft_tissue, body   3       1.5      none                             generic late a/b
 ==================  ======  =======  ===============================  ============================================
+
+Tumours differ by indication (:data:`TUMOUR_INDICATIONS`, chosen from the radiopharmaceutical by
+:func:`indication_for` or set in the radiobiology stage's ``indication`` option):
+
+=====================  ======  =======  =====================================================================
+indication             a/b Gy  Trep h   sources
+=====================  ======  =======  =====================================================================
+prostate_cancer        1.5     0.27     a/b: Brenner & Hall 1999 (1.5 Gy), Miralbell 2012 (1.4, 95 % CI
+                                        0.9-2.2 Gy, 5969 patients); Trep: Wang 2003 (best estimate 16 min,
+                                        0-90 min), 18 min in DU-145 cells (Wang 2005)
+neuroendocrine_tumour  10      1.5      generic: no tumour-specific estimate is established
+generic (tumour)       10      1.5      generic tumour values (Dale 1996)
+=====================  ======  =======  =====================================================================
+
+For a protracted radionuclide dose the repair half-time matters as much as a/b: with Teff = 60 h and D = 30 Gy,
+BED/D is 1.09 for prostate cancer with Trep = 0.27 h but 1.49 with 1.5 h (a/b 1.5 Gy). The table's values are stated
+assumptions, recorded in the methods; a site overrides them (``tissues={"tumour": {...}}``).
 """
 
 from __future__ import annotations
@@ -31,7 +48,8 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["TissueParameters", "TISSUES", "tissue_parameters", "REFERENCES"]
+__all__ = ["TissueParameters", "TISSUES", "tissue_parameters", "REFERENCES", "TUMOUR_INDICATIONS",
+           "indication_for"]
 
 REFERENCES: dict[str, str] = {
     "wessels2008": "Wessels BW et al. Bioeffect modeling of kidney toxicity in peptide receptor radionuclide "
@@ -58,6 +76,16 @@ REFERENCES: dict[str, str] = {
     "dale1996": "Dale RG. Dose-rate effects in targeted radiotherapy. Phys Med Biol 1996;41:1871-1884",
     "hobbs_sgouros": "Hobbs RF, Sgouros G. Calculation of the biological effective dose for piecewise defined "
                      "dose-rate fits. Med Phys 2009;36:904-907",
+    "brenner_hall1999": "Brenner DJ, Hall EJ. Fractionation and protraction for radiotherapy of prostate carcinoma. "
+                        "Int J Radiat Oncol Biol Phys 1999;43:1095-1101",
+    "miralbell2012": "Miralbell R, Roberts SA, Zubizarreta E, Hendry JH. Dose-fractionation sensitivity of prostate "
+                     "cancer deduced from radiotherapy outcomes of 5,969 patients in seven international "
+                     "institutional datasets: alpha/beta = 1.4 (0.9-2.2) Gy. Int J Radiat Oncol Biol Phys "
+                     "2012;82:e17-e24",
+    "wang2003": "Wang JZ, Guerrero M, Li XA. How low is the alpha/beta ratio for prostate cancer? Int J Radiat "
+                "Oncol Biol Phys 2003;55:194-203 (repair half-time best estimate 16 min, range 0-90 min)",
+    "wang2005": "Wang JZ, Rhee J, Stewart R, Li XA. In vitro measurement of the repair time for prostate cancer "
+                "(DU-145 split-dose experiments: 18 min). Med Phys 2005;32:2031 (abstract MO-D-T-6E-06)",
     "user": "Value set by the user's configuration",
     "generic": "Generic value (early-responding/tumour 10 Gy, late-responding 3 Gy; repair half-time 1.5 h) "
                "as commonly assumed when no tissue-specific estimate exists (e.g. Dale 1996)",
@@ -165,7 +193,45 @@ TISSUES: dict[str, TissueParameters] = {
 }
 
 
-def tissue_parameters(tissue: str, overrides: dict[str, dict[str, Any]] | None = None) -> TissueParameters:
+#: Tumour parameters by indication (see the module docstring); ``tissue`` is always ``"tumour"``.
+TUMOUR_INDICATIONS: dict[str, TissueParameters] = {
+    "prostate_cancer": TissueParameters(
+        "tumour", 1.5, 0.27,
+        note="Prostate cancer: a/b 1.5 Gy (Brenner & Hall 1999; Miralbell 2012: 1.4 Gy, 95 % CI 0.9-2.2); repair "
+             "half-time 16 min (Wang 2003, best estimate from clinical LDR/EBRT equivalence; 18 min in vitro, "
+             "Wang 2005). Both uncertain; BED of a protracted dose depends strongly on the repair half-time.",
+        references=("brenner_hall1999", "miralbell2012", "wang2003", "wang2005"),
+    ),
+    "neuroendocrine_tumour": TissueParameters(
+        "tumour", 10.0, 1.5,
+        note="Neuroendocrine tumour: generic tumour a/b 10 Gy and Trep 1.5 h (Dale 1996); no NET-specific "
+             "estimate is established.",
+        references=("generic", "dale1996"),
+    ),
+    "generic": TISSUES["tumour"],
+}
+
+# radiopharmaceutical name fragments -> indication (lower case; first match wins)
+_INDICATION_BY_LIGAND = (
+    ("psma", "prostate_cancer"),
+    ("pnt2002", "prostate_cancer"),
+    ("dotatate", "neuroendocrine_tumour"),
+    ("dotatoc", "neuroendocrine_tumour"),
+    ("dotanoc", "neuroendocrine_tumour"),
+    ("edotreotide", "neuroendocrine_tumour"),
+    ("oxodotreotide", "neuroendocrine_tumour"),
+    ("somatostatin", "neuroendocrine_tumour"),
+)
+
+
+def indication_for(radiopharmaceutical: str | None) -> str:
+    """The tumour indication implied by a radiopharmaceutical's name (``"generic"`` when none is known)."""
+    name = (radiopharmaceutical or "").lower().replace(" ", "")
+    return next((ind for frag, ind in _INDICATION_BY_LIGAND if frag in name), "generic")
+
+
+def tissue_parameters(tissue: str, overrides: dict[str, dict[str, Any]] | None = None, *,
+                      indication: str | None = None) -> TissueParameters:
     """Parameters of ``tissue`` from :data:`TISSUES`, with optional overrides.
 
     Parameters
@@ -176,9 +242,16 @@ def tissue_parameters(tissue: str, overrides: dict[str, dict[str, Any]] | None =
         ``{tissue: {field: value}}``, e.g. ``{"kidney": {"limit_Gy": 28.0}}`` or
         ``{"tumour": {"alpha_beta_Gy": 8.0, "note": "site protocol"}}``; new tissue keys may be added with
         at least ``alpha_beta_Gy`` and ``repair_half_time_h``.
+    indication
+        For ``tissue="tumour"``: a key of :data:`TUMOUR_INDICATIONS` (None: the generic tumour). Overrides of
+        ``"tumour"`` apply on top.
     """
     key = tissue.lower()
     base = TISSUES.get(key)
+    if key == "tumour" and indication is not None:
+        if indication not in TUMOUR_INDICATIONS:
+            raise ConfigurationError(f"Unknown tumour indication {indication!r}; known: {sorted(TUMOUR_INDICATIONS)}.")
+        base = TUMOUR_INDICATIONS[indication]
     ov = dict((overrides or {}).get(key, {}))
     if base is None:
         if "alpha_beta_Gy" in ov and "repair_half_time_h" in ov:

@@ -244,7 +244,8 @@ def _dosimetry_table(data: dict[str, Any], key: str, names: list[str]) -> str:
         twin_note = ' <span class="sd">(twin estimate)</span>' if sr.get("estimated_by_twin") else ""
         _, status = limit_status(data, key, name)
         rows.append(
-            f'<tr data-structure="{esc(name)}"><th>{esc(name)}</th><td>{esc(model)}{twin_note}</td>{"".join(cells)}'
+            f'<tr data-structure="{esc(name)}"><th>{esc(name)}{_resolution_flag(sr)}</th>'
+            f'<td>{esc(model)}{twin_note}</td>{"".join(cells)}'
             f"{_limit_cells(data, key, name)}{_status_cell(status)}</tr>"
         )
     if not rows:
@@ -255,6 +256,17 @@ def _dosimetry_table(data: dict[str, Any], key: str, names: list[str]) -> str:
         '<th>Limit on</th><th class="num">Limit<br><span class="unit">(Gy)</span></th><th>Status</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def _resolution_flag(sr: dict[str, Any]) -> str:
+    """A marker for a structure below the resolution limit (``partial_volume.too_small``), with the numbers."""
+    pv = sr.get("partial_volume") or {}
+    if not pv.get("too_small"):
+        return ""
+    title = (f"largest part {float(pv.get('largest_part_mL', float('nan'))):.1f} mL &lt; (2 × FWHM)³ = "
+             f"{float(pv.get('threshold_mL', float('nan'))):.1f} mL; dose as imaged "
+             f"{float(sr.get('mean_dose_as_imaged_Gy', float('nan'))):.3g} Gy")
+    return f' <span class="flag below-resolution" title="{title}">below resolution ‡</span>'
 
 
 def section_dosimetry(data: dict[str, Any], names: list[str]) -> str:
@@ -270,6 +282,9 @@ def section_dosimetry(data: dict[str, Any], names: list[str]) -> str:
     parts.append(
         '<p class="note">TIA: time-integrated activity from administration to infinity (± 1 SD). D<sub>2%</sub>, '
         "D<sub>98%</sub>: minimum dose to the hottest 2 % / 98 % of the volume. Cumulative: sum over the cycles so "
-        "far. Limits apply to the cumulative value of the quantity named.</p></section>"
+        "far. Limits apply to the cumulative value of the quantity named. Mean doses are corrected for partial "
+        "volume (the dose of the reported, recovery-corrected TIA; the voxel map's own value is kept as "
+        "<em>mean_dose_as_imaged_Gy</em> in results.json). ‡ Below resolution: the structure is smaller than "
+        "(2 × FWHM)³; its activity and dose rest on that correction, interpret them with caution.</p></section>"
     )
     return "".join(parts)
