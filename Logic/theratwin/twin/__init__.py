@@ -21,6 +21,15 @@ from .model import (
 )
 from .outcome import OUTCOME_MODELS, LKBModel, LogisticDoseResponse, OutcomeModel
 from .pbpk import PBPKPatientFit, PBPKPosterior, PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
+from .population import (
+    PRIORS_SCHEMA,
+    MeasurementSpec,
+    PopulationPrior,
+    PopulationPriors,
+    builtin_priors,
+    load_priors,
+    priors_json_schema,
+)
 from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
 from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
 from .twin import (
@@ -60,6 +69,13 @@ __all__ = [
     "KineticPriorSpec",
     "StructurePrior",
     "structure_prior",
+    "PRIORS_SCHEMA",
+    "PopulationPriors",
+    "PopulationPrior",
+    "MeasurementSpec",
+    "builtin_priors",
+    "load_priors",
+    "priors_json_schema",
     "DEFAULT_LIMITS",
     "OrganLimit",
     "TissueParameters",

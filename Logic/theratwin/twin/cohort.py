@@ -117,7 +117,7 @@ def make_cohort(n_patients: int, *, radiopharmaceutical: str = "PSMA-617", nucli
             thetas[s] = theta
             eta[s] = {}
             sp = lesion_proportional_sd if structure_kind(s).role.value == "lesion" else proportional_sd
-            masses[s] = pr.spec.reference_mass_g
+            masses[s] = prior_spec(radiopharmaceutical, s, prior_overrides).reference_mass_g
             for c in cycles:
                 e = theta + l_iov @ rng.standard_normal(3)
                 eta[s][c] = e

@@ -260,12 +260,20 @@ def prior_spec(radiopharmaceutical: str, structure: str,
 
 @dataclass(frozen=True)
 class StructurePrior:
-    """Gaussian prior of θ = (log U, φ, ψ) for one structure: mean, IIV covariance Ω, IOV covariance Γ."""
+    """Gaussian prior of θ = (log U, φ, ψ) for one structure: mean, IIV covariance Ω, IOV covariance Γ.
+
+    ``mass_g`` is the structure mass the amplitude prior was scaled to (None: a model's own absolute prior),
+    ``source`` where the prior came from, ``measurement`` the structure's measurement error model from the
+    priors file (a :class:`~theratwin.twin.population.MeasurementSpec`, or None for TheraTwin's default).
+    """
 
     mean: np.ndarray
     iiv_cov: np.ndarray
     iov_cov: np.ndarray
-    spec: KineticPriorSpec
+    spec: KineticPriorSpec | None
+    mass_g: float | None = None
+    source: str = ""
+    measurement: Any = None
 
     def with_scale(self, *, iiv: float = 1.0, iov: float = 1.0) -> StructurePrior:
         return replace(self, iiv_cov=self.iiv_cov * iiv**2, iov_cov=self.iov_cov * iov**2)

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigurationError
 from ..results import RESEARCH_USE_NOTICE
 from ..study.codes import structure_kind
 from .tissues import OrganLimit
@@ -30,21 +32,52 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MeasurementErrorModel:
-    """Proportional + additive error of measured structure activities.
+    """Error of measured structure activities: random per scan, correlated within a cycle, additive.
 
-    ``SD(y) ≈ √((σ_p·y)² + σ_a² + sd²)`` with ``sd`` the per-point SD supplied with the data (e.g. counting
-    noise from the kinetics stage). Defaults (assumptions, configurable): σ_p = 5 % for organs (SPECT/CT
-    activity quantification repeatability; Staanum 2021 EJNMMI Phys 8:78 estimate 13 % total per fraction
-    including systematic calibration error, which does not affect the between-time-point scatter), 8 % for
-    lesions (partial-volume and segmentation), σ_a = 0.05 MBq.
+    ``ln y_j = ln A(t_j) + δ_k + ε_j`` for scan j of cycle k, with
+
+    * ``ε_j`` independent between scans (counting statistics, reconstruction, patient set-up, model misfit):
+      SD ``√(σ_p² + (σ_a² + sd_j²)/y_j²)`` — proportional σ_p (``proportional_sd`` for organs,
+      ``lesion_proportional_sd`` for lesions), additive σ_a, and the per-scan SD ``sd_j`` supplied with the
+      data (the kinetics stage's random part);
+    * ``δ_k`` one factor shared by every scan of one structure in one cycle (camera calibration,
+      segmentation, partial-volume recovery): SD σ_c (``correlated_sd`` / ``lesion_correlated_sd``, or the
+      per-observation ``correlated_rel_sd`` supplied with the data). It moves all scans of the cycle together,
+      so it cannot be averaged away by more scans and it is *not* a change of the patient's kinetics: the
+      twin estimates it (as a nuisance parameter) separately from the inter-occasion variability.
+
+    Defaults (assumptions, configurable): σ_p = 5 % for organs (SPECT/CT activity quantification
+    repeatability), 8 % for lesions; σ_c = 5 % for organs (calibration a few per cent, Gear et al. 2018 EJNMMI
+    45:2456; Staanum 2021 EJNMMI Phys 8:78 estimate 13 % total per fraction including it), 10 % for lesions
+    (segmentation and recovery); σ_a = 0.05 MBq.
     """
 
     proportional_sd: float = 0.05
     lesion_proportional_sd: float = 0.08
     additive_sd_MBq: float = 0.05
+    correlated_sd: float = 0.05
+    lesion_correlated_sd: float = 0.10
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigurationError(f"MeasurementErrorModel.{k} must be a number >= 0, got {v!r}.")
+        for k in ("proportional_sd", "lesion_proportional_sd", "correlated_sd", "lesion_correlated_sd"):
+            if getattr(self, k) >= 1.0:
+                raise ConfigurationError(f"MeasurementErrorModel.{k} is a relative SD and must be < 1, "
+                                         f"got {getattr(self, k)}.")
 
     def for_structure(self, structure: str) -> float:
-        return self.lesion_proportional_sd if structure_kind(structure).role.value == "lesion" else self.proportional_sd
+        """Random (per-scan) proportional SD of ``structure``."""
+        return self.lesion_proportional_sd if _is_lesion(structure) else self.proportional_sd
+
+    def correlated_for_structure(self, structure: str) -> float:
+        """Correlated (per-cycle) relative SD of ``structure``."""
+        return self.lesion_correlated_sd if _is_lesion(structure) else self.correlated_sd
+
+
+def _is_lesion(structure: str) -> bool:
+    return structure_kind(structure).role.value == "lesion"
 
 
 @dataclass
@@ -60,6 +93,7 @@ class Observation:
     ligand_nmol: float | None = None
     mass_g: float | None = None
     dose_per_tia_Gy_per_MBq_h: float | None = None
+    correlated_rel_sd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
