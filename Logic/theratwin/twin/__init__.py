@@ -9,6 +9,7 @@ Main entry point: :class:`PatientTwin`. Extension points: :data:`TWIN_MODELS` (`
 and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
 """
 
+from ._conflicts import PriorConflict
 from .cohort import VirtualCohort, VirtualPatient, hanscheid_tia, madsen_tia, make_cohort
 from .model import (
     TWIN_MODELS,
@@ -31,6 +32,7 @@ from .population import (
     priors_json_schema,
 )
 from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
+from .protocol import TreatmentProtocol, default_protocol
 from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
 from .twin import (
     SCHEMA,
@@ -42,6 +44,7 @@ from .twin import (
     Recommendation,
     StructurePrediction,
     TIAEstimate,
+    TreatmentPlan,
 )
 
 __all__ = [
@@ -51,6 +54,10 @@ __all__ = [
     "Prediction",
     "StructurePrediction",
     "Recommendation",
+    "TreatmentPlan",
+    "TreatmentProtocol",
+    "default_protocol",
+    "PriorConflict",
     "Observation",
     "MeasurementErrorModel",
     "SCHEMA",

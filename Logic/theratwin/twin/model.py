@@ -20,12 +20,15 @@ Plug-ins register in :data:`TWIN_MODELS` (entry-point group ``theratwin.twin_mod
 
 Posterior
 ---------
-Per structure the unknowns are x = (θ, κ_1 … κ_K) (patient parameters and one IOV deviation per observed
-cycle). The negative log posterior is the sum of squares of
+Per structure the unknowns are x = (θ, κ_1 … κ_K, δ_1 … δ_K): the patient parameters, one IOV deviation per
+observed cycle and one correlated measurement error per cycle (``δ_k``: a log-scale factor shared by every
+scan of the structure in cycle k — calibration, segmentation, recovery; it scales what was *measured*, not
+the patient's activity, so TIA and dose use θ + κ_k only). The negative log posterior is the sum of squares of
 
-* data residuals ``(ln y_j − ln A(t_j; θ + κ_k(j))) / s_j`` (log-normal error, ``s_j² = σ_prop² +
-  (σ_add² + sd_j²) / y_j²``: proportional plus additive error, the additive part evaluated at the datum),
-* ``L_Ω⁻¹ (θ − μ)`` (IIV prior) and ``L_Γ⁻¹ κ_k`` (IOV prior),
+* data residuals ``(ln y_j − ln A(t_j; θ + κ_k(j)) − δ_k(j)) / s_j`` (log-normal random error per scan,
+  ``s_j² = σ_prop² + (σ_add² + sd_j²) / y_j²``: proportional plus additive, the additive part evaluated at
+  the datum),
+* ``L_Ω⁻¹ (θ − μ)`` (IIV prior), ``L_Γ⁻¹ κ_k`` (IOV prior) and ``δ_k / σ_c,k`` (correlated error),
 
 i.e. a nonlinear least-squares problem — the Bayesian (MAP, "empirical Bayes") individualisation objective
 of population pharmacokinetics (Sheiner LB, Beal SL. J Pharm Sci 1982;71:1344), extended by the
@@ -117,9 +120,13 @@ class BiexponentialModel:
 
     name = "biexp"
     n_params = 3
+    #: η[0] is ln U: the twin takes this model's priors from its population priors (built-in or a site's
+    #: file, :mod:`theratwin.twin.population`) at each structure's own mass.
+    uses_population_priors = True
 
     def prior(self, structure: str, radiopharmaceutical: str, nuclide: str,
               overrides: dict[str, KineticPriorSpec] | None) -> StructurePrior:
+        """The built-in prior at the structure kind's reference mass (the twin scales it to the patient's)."""
         return structure_prior(prior_spec(radiopharmaceutical, structure, overrides), nuclide)
 
     def log_amplitude_offset(self, ligand_nmol: np.ndarray, structures: list[str], shape: tuple[int, ...]) -> np.ndarray:
@@ -151,8 +158,8 @@ class BiexponentialModel:
         jac[..., 0] = 1.0
         # ∂/∂φ: λw and λu move together (λu = λw + Δ), so ∂ ln(e^{−λw t} − e^{−λu t})/∂λw = −t
         jac[..., 1] = -t * e_phi
-        # ∂/∂ψ: t Δ e^{−Δt} / (1 − e^{−Δt}) = t Δ / (e^{Δt} − 1)
-        jac[..., 2] = t * delta / np.maximum(np.expm1(delta * t), 1e-300)
+        # ∂/∂ψ: t Δ e^{−Δt} / (1 − e^{−Δt}) (this form does not overflow for large Δt)
+        jac[..., 2] = t * delta * np.exp(-delta * t) / np.maximum(one_minus, 1e-300)
         return log_a, jac
 
 
@@ -165,7 +172,8 @@ class FitData:
 
     Arrays have shape (S, R): ``time_h``, ``log_activity`` (ln MBq), ``sd_log`` (SD of ln activity),
     ``cycle_index`` (0..K−1, index into the twin's observed cycles), ``administered_MBq``, ``ligand_nmol``,
-    ``mask`` (bool).
+    ``mask`` (bool). ``correlated_sd`` (S, K) is the SD of the per-cycle correlated error δ (log scale);
+    None fits without δ (every error independent between scans).
     """
 
     time_h: np.ndarray
@@ -176,11 +184,13 @@ class FitData:
     ligand_nmol: np.ndarray
     mask: np.ndarray
     n_cycles: int
+    correlated_sd: np.ndarray | None = None
 
 
 @dataclass
 class LaplacePosterior:
-    """Gaussian (Laplace) posterior of x = (θ, κ_1..κ_K) per structure: mode (S, P) and covariance (S, P, P)."""
+    """Gaussian (Laplace) posterior of x = (θ, κ_1..κ_K[, δ_1..δ_K]) per structure: mode (S, P), covariance
+    (S, P, P); ``n_correlated`` is the number of δ entries at the end of x (K, or 0 without them)."""
 
     mode: np.ndarray
     cov: np.ndarray
@@ -188,11 +198,12 @@ class LaplacePosterior:
     n_params: int
     iterations: int
     converged: np.ndarray
+    n_correlated: int = 0
 
     def eta_matrix(self, cycle_index: int | None) -> np.ndarray:
         """Matrix M (n_params × P) with η = M x for an observed cycle (``None``: θ only)."""
         p = self.n_params
-        m = np.zeros((p, p * (1 + self.n_cycles)))
+        m = np.zeros((p, p * (1 + self.n_cycles) + self.n_correlated))
         m[:, :p] = np.eye(p)
         if cycle_index is not None:
             m[:, p * (1 + cycle_index): p * (2 + cycle_index)] = np.eye(p)
@@ -242,35 +253,50 @@ def fit_map_laplace(model: Any, structures: list[str], priors: list[StructurePri
     s_n = len(structures)
     p = int(model.n_params)
     k_n = int(data.n_cycles)
-    n_x = p * (1 + k_n)
+    n_d = 0 if data.correlated_sd is None else k_n  # correlated-error entries δ_k
+    n_k = p * (1 + k_n)
+    n_x = n_k + n_d
     mu = np.stack([pr.mean for pr in priors])  # (S, p)
     l_iiv = np.stack([np.linalg.inv(np.linalg.cholesky(pr.iiv_cov)) for pr in priors])
     l_iov = np.stack([np.linalg.inv(np.linalg.cholesky(pr.iov_cov)) for pr in priors])
     onehot = (data.cycle_index[..., None] == np.arange(k_n)) & data.mask[..., None]  # (S, R, K)
+    onehot_f = onehot.astype(float)
     w = np.where(data.mask, 1.0 / data.sd_log, 0.0)  # (S, R)
     logy = np.where(data.mask, data.log_activity, 0.0)
+    # δ_k / σ_c; a zero σ_c pins δ_k to 0 (a floor keeps the Hessian finite)
+    w_d = None if data.correlated_sd is None else 1.0 / np.maximum(data.correlated_sd, 1e-4)  # (S, K)
 
     def residuals(x: np.ndarray, with_jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
         theta = x[:, :p]
-        kappa = x[:, p:].reshape(s_n, k_n, p)
-        eta = theta[:, None, :] + np.einsum("srk,skp->srp", onehot.astype(float), kappa)
+        kappa = x[:, p:n_k].reshape(s_n, k_n, p)
+        eta = theta[:, None, :] + np.einsum("srk,skp->srp", onehot_f, kappa)
         loga, dloga = _model_logs(model, eta, data, structures, lambda_phys_per_h)
+        if w_d is not None:
+            loga = loga + np.einsum("srk,sk->sr", onehot_f, x[:, n_k:])
         r_data = (logy - np.where(data.mask, loga, 0.0)) * w
         r_iiv = np.einsum("sij,sj->si", l_iiv, theta - mu)
         r_iov = np.einsum("sij,skj->ski", l_iov, kappa).reshape(s_n, k_n * p)
-        r = np.concatenate([r_data, r_iiv, r_iov], axis=1)
+        parts = [r_data, r_iiv, r_iov] + ([] if w_d is None else [x[:, n_k:] * w_d])
+        r = np.concatenate(parts, axis=1)
         if not with_jac:
             return r, None
         j_eta = -dloga * w[..., None]  # (S, R, p)
-        j_data = np.concatenate(
-            [j_eta, (onehot[..., None] * j_eta[:, :, None, :]).reshape(s_n, -1, k_n * p)], axis=2)
-        j_iiv = np.concatenate([l_iiv, np.zeros((s_n, p, k_n * p))], axis=2)
+        j_parts = [j_eta, (onehot[..., None] * j_eta[:, :, None, :]).reshape(s_n, -1, k_n * p)]
+        if w_d is not None:
+            j_parts.append(-onehot_f * w[..., None])  # ∂r_data/∂δ_k
+        j_data = np.concatenate(j_parts, axis=2)
+        j_iiv = np.concatenate([l_iiv, np.zeros((s_n, p, n_x - p))], axis=2)
         j_iov = np.zeros((s_n, k_n * p, n_x))
         for k in range(k_n):
             j_iov[:, k * p:(k + 1) * p, p * (1 + k): p * (2 + k)] = l_iov
-        return r, np.concatenate([j_data, j_iiv, j_iov], axis=1)
+        blocks = [j_data, j_iiv, j_iov]
+        if w_d is not None:
+            j_d = np.zeros((s_n, n_d, n_x))
+            j_d[:, np.arange(n_d), n_k + np.arange(n_d)] = w_d
+            blocks.append(j_d)
+        return r, np.concatenate(blocks, axis=1)
 
-    x = np.concatenate([mu, np.zeros((s_n, k_n * p))], axis=1)
+    x = np.concatenate([mu, np.zeros((s_n, n_x - p))], axis=1)
     damping = np.full(s_n, 1e-3)
     r, jac = residuals(x, True)
     cost = 0.5 * np.sum(r * r, axis=1)
@@ -305,7 +331,7 @@ def fit_map_laplace(model: Any, structures: list[str], priors: list[StructurePri
     jtj = np.einsum("srp,srq->spq", jac, jac)
     cov = np.linalg.inv(jtj + 1e-12 * eye)
     cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-    return LaplacePosterior(x, cov, k_n, p, iterations, converged)
+    return LaplacePosterior(x, cov, k_n, p, iterations, converged, n_d)
 
 
 def log_normal_sd(y_MBq: np.ndarray, sd_MBq: np.ndarray, proportional_sd: float | np.ndarray,
