@@ -1,4 +1,4 @@
-"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``info``.
+"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``priors``, ``info``.
 
 Errors the user can act on (bad input, bad settings, failed push) end the command with a one-line message on
 stderr and exit status 2; progress goes to stderr as a bar (tqdm) unless ``--quiet``.
@@ -64,6 +64,14 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         cfg.pacs_url = args.pacs
     if getattr(args, "fhir", None):
         cfg.fhir_url = args.fhir
+    if getattr(args, "priors", None):
+        from .twin.population import load_priors
+
+        path = Path(args.priors).resolve()
+        load_priors(path)  # a bad file fails here, before any image is read
+        twin_options = dict(cfg.stage_options.get("twin", {}))
+        twin_options["priors"] = str(path)
+        cfg.stage_options = {**cfg.stage_options, "twin": twin_options}
     return cfg
 
 
@@ -134,6 +142,22 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_BAD_INPUT
 
 
+def _cmd_priors(args: argparse.Namespace) -> int:
+    from .twin.population import builtin_priors, load_priors
+
+    if args.check:
+        pri = load_priors(args.check)
+        print(f"{args.check}: valid {pri.radiopharmaceutical} ({pri.nuclide}) priors for "
+              f"{', '.join(pri.structures)}")
+        return 0
+    if not args.out:
+        raise TheraTwinError("Nothing to do: give --out FILE (write the built-in priors) or --check FILE.")
+    path = builtin_priors(args.radiopharmaceutical, args.nuclide).save(args.out)
+    print(f"built-in {args.radiopharmaceutical} priors written to {path} (schema theratwin-priors/1); edit them "
+          "and pass the file with --priors")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import nuclides
     from .pipeline import STAGES, Pipeline
@@ -164,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--pacs", help="push DICOM results: http(s)://host:port/dicom-web or dimse://AET@host:port")
         sp.add_argument("--fhir", help="push FHIR results to this FHIR R4 base URL")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+        sp.add_argument("--priors", help="the site's population priors for the twin (JSON, schema theratwin-priors/1; "
+                                         "start from 'theratwin priors --out FILE')")
 
     d = sub.add_parser("demo", help="build the built-in demo patient and run the whole pipeline on it",
                        description="Build (or reuse) the synthetic 177Lu-PSMA-617 demo patient, read it back as "
@@ -190,6 +216,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--pacs", help="http(s)://host:port/dicom-web or dimse://AETITLE@host:port")
     u.add_argument("--fhir", help="FHIR R4 base URL")
     u.set_defaults(func=_cmd_push)
+
+    pr = sub.add_parser("priors", help="write the built-in twin priors as a file, or check a site's priors file",
+                        description="Write the built-in population priors of the twin (schema theratwin-priors/1) "
+                                    "as a starting point for a site's own, or check a priors file.")
+    pr.add_argument("--out", help="write the built-in priors to this JSON file")
+    pr.add_argument("--check", help="read and validate this priors file")
+    pr.add_argument("--radiopharmaceutical", default="PSMA-617", help="PSMA-617 (default) or DOTATATE")
+    pr.add_argument("--nuclide", default="Lu-177", help="therapy nuclide (default Lu-177)")
+    pr.set_defaults(func=_cmd_priors)
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
     i.set_defaults(func=_cmd_info)

@@ -218,14 +218,12 @@ def plan_treatment(twin: PatientTwin, next_cycle: int | None, protocol: Treatmen
         status, binding = "protocol_complete", "the protocol"
     elif n == 0:
         status = "limit_reached"
-        binding = max(organs, key=lambda s: organs[s]["probability_over_limit"]) if organs else "the protocol"
+        binding = _binding_organ(ld, _next_step(acts, n, c_n, lo, hi), confidence) if organs else "the protocol"
     elif n == c_n and np.all(acts[:n] >= hi - 1.0):
         status, binding = "protocol", "the protocol"
     else:
         status = "organ_limit"
-        at_next = _next_step(acts, n, c_n, lo, hi)
-        over = ld.cumulative(at_next) > ld.limit_v[:, None]
-        binding = ld.names[int(np.argmax(np.mean(over, axis=1)))]
+        binding = _binding_organ(ld, _next_step(acts, n, c_n, lo, hi), confidence)
     closest = max(organs, key=lambda s: organs[s]["fraction_of_limit_at_confidence"]) if organs else None
     sensitivity = _sensitivity(ld, acts, n, c_n, lo, hi, confidence, status, binding, closest, organs, protocol)
     alternatives: dict[str, Any] = {}
@@ -261,6 +259,29 @@ def _next_step(acts: np.ndarray, n: int, c_n: int, lo: float, hi: float) -> np.n
     return step
 
 
+def _needed_increase(ld: _LimitDraws, activities: np.ndarray, j: int, confidence: float) -> float | None:
+    """Smallest increase of organ j's limit (Gy) that makes the plan ``activities`` jointly acceptable, other
+    limits unchanged; None when the other organs alone already fail the confidence."""
+    cum = ld.cumulative(activities)
+    others_ok = np.all(np.delete(cum <= ld.limit_v[:, None], j, axis=0), axis=0)
+    k = math.ceil(confidence * ld.n_draws - 1e-9)
+    if int(np.sum(others_ok)) < k:
+        return None
+    # among the draws that keep every other limit, the k-th smallest value of organ j must be within its limit
+    return max(float(np.sort(cum[j][others_ok])[k - 1]) - float(ld.limit_v[j]), 0.0)
+
+
+def _binding_organ(ld: _LimitDraws, step: np.ndarray, confidence: float) -> str:
+    """The organ whose limit, relaxed the least (relative to the limit), would allow the next step up; when no
+    single organ would, the one most often over its limit at that step."""
+    needs = [_needed_increase(ld, step, j, confidence) for j in range(len(ld.names))]
+    finite = [(need / float(ld.limit_v[j]), j) for j, need in enumerate(needs) if need is not None]
+    if finite:
+        return ld.names[min(finite)[1]]
+    over = np.mean(ld.cumulative(step) > ld.limit_v[:, None], axis=1)
+    return ld.names[int(np.argmax(over))]
+
+
 def _summary_of(ld: _LimitDraws, twin: PatientTwin, acts: np.ndarray, confidence: float,
                 future: list[int]) -> dict[str, Any]:
     tumour = ld.tumour_dose(twin, acts)
@@ -274,26 +295,36 @@ def _summary_of(ld: _LimitDraws, twin: PatientTwin, acts: np.ndarray, confidence
 def _sensitivity(ld: _LimitDraws, acts: np.ndarray, n: int, c_n: int, lo: float, hi: float, confidence: float,
                  status: str, binding: str, closest: str | None, organs: dict[str, dict[str, Any]],
                  protocol: TreatmentProtocol) -> dict[str, Any]:
-    """What would change the plan: how much more limit the binding organ would need for the next step up."""
-    if status in ("protocol", "protocol_complete"):
+    """What would change the plan.
+
+    With an organ binding: the increase of its limit (at the same confidence) that would allow the next step
+    up (``next_step``: more activity per cycle, or one more cycle at the protocol's minimum). With the protocol
+    binding: the organ closest to its limit and how close (fraction of the limit at the confidence quantile).
+    """
+    if status in ("protocol", "protocol_complete") or binding not in ld.names:
+        frac = organs[closest]["fraction_of_limit_at_confidence"] if closest is not None else None
         text = "The protocol, not an organ limit, bounds the plan"
-        if closest is not None:
-            frac = organs[closest]["fraction_of_limit_at_confidence"]
+        if closest is not None and frac is not None:
             text += (f"; the organ closest to its limit is {closest} ({100 * frac:.0f} % of its "
                      f"{organs[closest]['quantity'].upper()} limit at {100 * confidence:.0f} % confidence)")
-        return {"organ": closest, "text": text + "."}
+        return {"organ": closest, "fraction_of_limit_at_confidence": frac, "limit_increase_Gy": None,
+                "next_step": None, "text": text + "."}
     step = _next_step(acts, n, c_n, lo, hi)
     j = ld.names.index(binding)
-    need = float(np.quantile(ld.cumulative(step)[j], confidence))
-    more = max(need - float(ld.limit_v[j]), 0.0)
-    if n and np.any(acts[:n] < hi - 1.0):
-        what = f"{step[0]:.0f} MBq per cycle instead of {acts[0]:.0f}"
-    else:
-        what = f"one more cycle ({n + 1} instead of {n}) at {lo:.0f} MBq"
+    more = _needed_increase(ld, step, j, confidence)
+    more_activity = bool(n and np.any(acts[:n] < hi - 1.0))
+    n_step = n if more_activity else n + 1
+    a_step = float(step[0]) if more_activity else float(lo)
+    what = (f"{a_step:.0f} MBq per cycle instead of {acts[0]:.0f}" if more_activity
+            else f"one more cycle ({n_step} instead of {n}) at {lo:.0f} MBq")
     q = ld.quantity[j].upper()
-    return {"organ": binding, "limit_increase_Gy": more, "next_step": what,
-            "text": f"{binding} binds: a {q} limit {more:.2g} Gy higher (at {100 * confidence:.0f} % confidence) "
-                    f"would allow {what}."}
+    if more is None:
+        text = f"{binding} binds, with other organs close to their limits: relaxing {binding} alone would not allow {what}."
+    else:
+        text = (f"{binding} binds: a {q} limit {more:.2g} Gy higher (at {100 * confidence:.0f} % confidence) "
+                f"would allow {what}.")
+    return {"organ": binding, "fraction_of_limit_at_confidence": organs[binding]["fraction_of_limit_at_confidence"],
+            "limit_increase_Gy": more, "next_step": {"cycles": n_step, "activity_MBq": a_step}, "text": text}
 
 
 def recommend_activity(twin: PatientTwin, cycle: int, limits: dict[str, Any] | None, confidence: float, *,
