@@ -311,7 +311,7 @@ def assert_first_page_and_margins(pdf: Path, data: dict[str, Any]) -> None:
         assert organ in p1, organ
     for cycle, mbq in plan["activities_MBq"].items():
         assert format_number(mbq) in p1, (cycle, mbq)
-    assert format_number(plan["probability_within_limits"], NumberStyle(2, 2, 3)) in p1
+    assert format_number(plan["probability_within_limits"], NumberStyle(2, 2, 4)) in p1
     assert "Appendix" not in p1 and "Appendix" in page_text(2, 2)
     box = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     pages = re.findall(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', box, re.S)

@@ -14,7 +14,7 @@ from ..results import Results
 from ._dosimetry import field_path, latest_cycle_key, section_glance
 from ._generic import is_number
 from .figures import figure_png, limits_figure, png_data_uri
-from .format import NumberStyle, esc, format_number, interval_span, lookup, number_span
+from .format import NumberStyle, esc, interval_span, lookup, number_span
 
 __all__ = ["section_first_page"]
 
@@ -23,7 +23,20 @@ _DELIVERED_FIELD = {"bed": "cumulative_bed_Gy", "eqd2": "cumulative_eqd2_Gy", "d
 _QUANTITY = {"bed": "BED", "eqd2": "EQD2", "dose": "dose"}
 _MAX_LESIONS = 8
 _MAX_WARNINGS = 6
-_PROBABILITY = NumberStyle(significant=2, min_decimals=2, max_decimals=3)
+_PROBABILITY = NumberStyle(significant=2, min_decimals=2, max_decimals=4)
+
+
+def _created(value: Any) -> str:
+    """The creation time of the results, to the minute, in UTC (the exact value is in the appendix)."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value or "–")
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
 
 
 def _patient_block(data: dict[str, Any], results: Results, title: str, institution: str) -> str:
@@ -43,7 +56,7 @@ def _patient_block(data: dict[str, Any], results: Results, title: str, instituti
         ("Birth date / sex", esc(f"{patient.birth_date.isoformat() if patient and patient.birth_date else '–'} / "
                                  f"{patient.sex if patient and patient.sex else '–'}")),
         ("Therapy", esc(f"{rph} ({nuclide})")),
-        ("Report created", f'<span data-path=\'["created"]\'>{esc(data.get("created", ""))}</span>'),
+        ("Report created", f'<span class="created">{esc(_created(data.get("created")))}</span>'),
     ]
     dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
     inst = f'<p class="subtitle">{esc(institution)}</p>' if institution else ""
@@ -90,9 +103,9 @@ def _plan_block(data: dict[str, Any]) -> str:
             f'{number_span(data, [*base, "sensitivity", "next_step", "activity_MBq"], unit="MBq")} MBq.</p>')
     elif sens.get("organ") and is_number(sens.get("fraction_of_limit_at_confidence")):
         lines.append(
-            f'<p>Closest to its limit: {esc(sens["organ"])}, at '
+            f'<p>Closest to its limit: {esc(sens["organ"])}, its quantile at the plan\'s confidence at '
             f'{number_span(data, [*base, "sensitivity", "fraction_of_limit_at_confidence"], style=_PROBABILITY)}'
-            " of it (quantile at the plan's confidence).</p>")
+            " of the limit.</p>")
     tumour = plan.get("tumour_dose_Gy")
     if isinstance(tumour, dict):
         lines.append(f'<p>Expected whole-tumour absorbed dose at the end of the plan (all cycles, mass-weighted over '
@@ -106,10 +119,9 @@ def _plan_block(data: dict[str, Any]) -> str:
                 if a_acts and max(a_acts.values()) - min(a_acts.values()) < 1.0 else
                 " / ".join(number_span(data, [*base, "alternatives", key, "activities_MBq", c], unit="MBq") for c in a_acts)
                 + " MBq" if a_acts else "no cycle")
-        alt.append(f"<li>{esc(key)}: {what}, probability "
-                   f'{number_span(data, [*base, "alternatives", key, "probability_within_limits"], style=_PROBABILITY)}'
-                   "</li>")
-    alt_html = (f'<p class="alt-title">Alternatives:</p><ul class="alternatives">{"".join(alt)}</ul>' if alt else "")
+        alt.append(f"{esc(key)}: {what}, probability "
+                   f'{number_span(data, [*base, "alternatives", key, "probability_within_limits"], style=_PROBABILITY)}')
+    alt_html = f'<p class="alternatives">Alternatives — {"; ".join(alt)}.</p>' if alt else ""
     return (f'<div class="card plan" id="plan"><h2>Plan for the remaining cycles</h2>{head}{"".join(lines)}{alt_html}'
             '<p class="twin-label">Research use: a model\'s proposal within the protocol, not a prescription.</p></div>')
 
@@ -147,15 +159,19 @@ def _organ_block(data: dict[str, Any]) -> str:
     img = ""
     if fig is not None:
         img = ('<figure class="plot limits" data-figure="limits"><img alt="Cumulative organ doses against their limits" '
-               f'src="{png_data_uri(figure_png(fig))}"><figcaption>Cumulative value of each organ\'s limited quantity in % '
-               "of its limit: delivered so far (measured, dark), predicted at the end of the plan (light, with the 90 % "
-               "prediction interval) and the quantile the plan keeps under the limit (diamond).</figcaption></figure>")
+               f'src="{png_data_uri(figure_png(fig))}"><figcaption>In % of each organ\'s limit: delivered so far '
+               "(measured, dark), predicted at the end of the plan (light, 90 % prediction interval) and the quantile "
+               "the plan keeps under the limit (diamond).</figcaption></figure>")
+    pct = f"{100 * float(conf):.0f} %" if is_number(conf) else "plan"
     table = (
-        '<table class="organ-limits"><thead><tr><th>Organ at risk</th><th>Limit on</th><th class="num">Limit (Gy)</th>'
-        f'<th class="num">Delivered so far, cycle {esc(key)} (Gy)</th><th class="num">End of plan, mean [90 %] (Gy)</th>'
-        f'<th class="num">{format_number(100 * float(conf)) if is_number(conf) else ""} % quantile (Gy)</th>'
-        '<th class="num">P(over limit)</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>")
+        '<table class="organ-limits"><colgroup><col style="width:23%"><col style="width:9%"><col style="width:9%">'
+        '<col style="width:13%"><col style="width:22%"><col style="width:12%"><col style="width:12%"></colgroup>'
+        '<thead><tr><th>Organ at risk</th><th>Limit on</th><th class="num">Limit</th>'
+        f'<th class="num">Delivered (to cycle {esc(key)})</th><th class="num">End of plan: mean [90 % interval]</th>'
+        f'<th class="num">{pct} quantile</th><th class="num">P(over limit)</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        '<p class="note">Absorbed dose, BED and EQD2 in Gy, cumulative over all cycles. Delivered: measured '
+        "(dosimetry); end of plan: predicted by the twin for the plan above.</p>")
     return f'<div class="organs"><h2>Organs at risk: cumulative dose against the limit</h2>{img}{table}</div>'
 
 

@@ -293,7 +293,7 @@ def limits_figure(rows: Sequence[Mapping[str, Any]], *, confidence: float) -> Fi
     if not rows:
         return None
     n = len(rows)
-    fig = Figure(figsize=(7.2, 0.42 * n + 0.95))
+    fig = Figure(figsize=(7.2, 0.42 * n + 1.15))
     ax = fig.subplots()
     y = np.arange(n)[::-1]
 
@@ -322,7 +322,8 @@ def limits_figure(rows: Sequence[Mapping[str, Any]], *, confidence: float) -> Fi
     ax.set_xlabel("cumulative value in % of the organ's limit", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right", frameon=True, framealpha=0.9, ncol=2)
+    # the legend above the axes, where it can never hide a bar
+    ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, ncol=4)
     fig.tight_layout()
     return fig
 

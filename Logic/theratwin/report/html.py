@@ -71,6 +71,7 @@ def _section_ids(data: dict[str, Any]) -> str:
     study = data.get("study") or {}
     items = [
         ("Study Instance UID", f'<span class="uid">{esc(study.get("study_uid") or "–")}</span>'),
+        ("Results created", f'<span data-path=\'["created"]\'>{esc(data.get("created", ""))}</span>'),
         ("Software", f'TheraTwin <span data-path=\'["software","version"]\'>'
                      f'{esc((data.get("software") or {}).get("version", ""))}</span>'),
         ("Results schema", esc(data.get("schema", ""))),

@@ -1,12 +1,15 @@
 """The digital twin of a radioligand-therapy patient (research use).
 
-A Bayesian radiopharmacokinetic model per structure (population prior for 177Lu-PSMA-617 and
-177Lu-DOTATATE, inter-individual and inter-occasion variability, proportional + additive error), updated with
-every cycle's data, that estimates sparsely imaged cycles, predicts TIA, dose and BED with prediction
-intervals, recommends the next activity under organ-at-risk limits and forecasts response and toxicity.
+A Bayesian radiopharmacokinetic model per structure (population priors per gram for 177Lu-PSMA-617 and
+177Lu-DOTATATE, or a site's own priors file; inter-individual and inter-occasion variability; random per-scan
+and correlated per-cycle measurement error), updated with every cycle's data, that estimates sparsely imaged
+cycles, flags priors the patient's data contradict, predicts TIA, dose and BED with prediction intervals,
+plans the remaining cycles of the protocol so that all organ-at-risk limits hold jointly at a chosen
+confidence, and forecasts response and toxicity.
 
-Main entry point: :class:`PatientTwin`. Extension points: :data:`TWIN_MODELS` (``theratwin.twin_models``)
-and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
+Main entry point: :class:`PatientTwin`. Priors file: :mod:`theratwin.twin.population` (schema
+``theratwin-priors/1``). Protocols: :class:`TreatmentProtocol`. Extension points: :data:`TWIN_MODELS`
+(``theratwin.twin_models``) and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
 """
 
 from ._conflicts import PriorConflict

@@ -159,6 +159,19 @@ def _patient_pbpk_model(res: Any, ligand: dict[int, float]) -> tuple[Any, dict[s
     return "pbpk_psma", {"patient_fit": None, "reason": "no cycle with >= 3 time points of a PBPK tissue"}
 
 
+def _limits_of_the_results(res: Any, configured: dict[str, Any] | None) -> dict[str, Any]:
+    """The limits the plan guards: those the dosimetry results carry (the radiobiology stage's, including its
+    risk-factor choices) for every structure of the latest cycle, overridden by the twin's configured ones."""
+    latest = res.cycles[max(res.cycles)]
+    limits: dict[str, Any] = {}
+    for s, sr in latest.structures.items():
+        lim = sr.limit
+        if isinstance(lim, dict) and lim.get("value_Gy") and str(lim.get("quantity", "")).lower() in ("bed", "eqd2", "dose"):
+            limits[s] = {"quantity": str(lim["quantity"]).lower(), "value_Gy": float(lim["value_Gy"]),
+                         "reference": str(lim.get("reference") or "radiobiology stage")}
+    return {**limits, **(configured or {})}
+
+
 def _error_components(sr: Any) -> tuple[list[float] | None, float | None]:
     """The random (per-scan) SD and the correlated relative SD of a structure's activities.
 
@@ -278,14 +291,15 @@ class TwinStage:
             out["trajectory"] = {"administered_MBq_per_future_cycle": activity,
                                  "cumulative_by_cycle": traj.to_dict()["cumulative_by_cycle"]}
         ctx.stage_progress(0.6, "twin: planning")
-        plan = twin.plan_treatment(cycle, cfg.limits, cfg.confidence, shape=cfg.plan_shape, n_draws=cfg.n_draws)
+        limits = _limits_of_the_results(res, cfg.limits)
+        plan = twin.plan_treatment(cycle, limits, cfg.confidence, shape=cfg.plan_shape, n_draws=cfg.n_draws)
         out["plan"] = plan.to_dict()
         for note in plan.notes:
             res.warn("twin", note, severity="info")
         ctx.stage_progress(0.75, "twin: recommending")
         try:
             out["recommendation"] = twin.recommend_activity(
-                cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
+                cycle, limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
                 standard_activity_MBq=twin.protocol.activity_MBq).to_dict()
         except ConfigurationError as exc:
             out["recommendation"] = None

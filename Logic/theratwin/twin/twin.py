@@ -8,11 +8,14 @@
 >>> est = twin.tia(cycle=2, structure="kidneys")
 >>> pred = twin.predict(cycle=3, administered_MBq=7400)
 >>> rec = twin.recommend_activity(cycle=3, confidence=0.9)
+>>> plan = twin.plan_treatment(confidence=0.9)   # the remaining cycles of the protocol, limits held jointly
 
-How it works (details in :mod:`theratwin.twin.model` and :mod:`theratwin.twin.priors`): every structure has
-patient parameters θ (IIV prior from the population) and one deviation κ per cycle (IOV prior). ``observe``
-adds data; the posterior of (θ, κ_1..κ_K) is the MAP + Laplace fit of all structures at once, recomputed
-lazily after new data. A sparsely imaged cycle is estimated from its own points, the patient's earlier cycles
+How it works (details in :mod:`theratwin.twin.model`, :mod:`theratwin.twin.population` and
+:mod:`theratwin.twin.priors`): every structure has patient parameters θ (IIV prior from the population, its
+uptake scaled to the structure's own mass) and one deviation κ per cycle (IOV prior); every cycle's scans of
+a structure share one correlated measurement factor δ. ``observe`` adds data; the posterior of
+(θ, κ_1..κ_K, δ_1..δ_K) is the MAP + Laplace fit of all structures at once, recomputed lazily after new data,
+after which priors the data contradict are widened (:attr:`PatientTwin.conflicts`). A sparsely imaged cycle is estimated from its own points, the patient's earlier cycles
 (through θ) and the IOV prior. Predictions for a future cycle draw θ from the posterior and a fresh κ from
 the IOV prior, and push all draws through the closed-form TIA, dose and BED in one vectorised pass.
 
@@ -22,8 +25,9 @@ Hänscheid, Madsen and prior-cycle scaling for cycle-2 TIAs from one scan, and i
 truth in 85-95 % of patients.
 
 Limitations (research use): several prior numbers and all IOV values are unpublished assumptions
-(:mod:`theratwin.twin.priors`); structures are independent given the data (no between-organ correlation);
-the dose per TIA is taken as exact (no mass/S-value uncertainty); the PBPK option applies a saturation
+(:mod:`theratwin.twin.priors`; a site replaces them with its own file); structures are independent given the
+data (no between-organ correlation); the dose per TIA is taken as exact (no mass/S-value uncertainty); a
+calibration error common to all cycles is not separated from the patient's uptake; the PBPK option applies a saturation
 curve to the patient's fitted kinetics — the population one, or the patient's own from
 :class:`~theratwin.twin.pbpk.PBPKPatientFit` (a separate MAP + Laplace fit of receptor amounts and release
 rates, not yet propagated into the twin's intervals);
