@@ -59,14 +59,12 @@ class _LimitDraws:
         self.n_draws = n_draws
         self.lesions = [i for i, s in enumerate(self.structures) if structure_kind(s).role.value == "lesion"]
         self.base = np.zeros((len(self.limited), n_draws))
-        self.base_all = {"dose": np.zeros((len(self.structures), n_draws)),
-                         "bed": np.zeros((len(self.structures), n_draws))}
+        self.base_dose = np.zeros((len(self.structures), n_draws))  # every structure's dose of the cycles given
         for c in self.given:
             a, lg = self.schedule[c]
             q = twin._cycle_quantities(etas[c], a, lg, dpt, ab, mu)
             self.base += self._measure(q)
-            self.base_all["dose"] += q["dose"]
-            self.base_all["bed"] += q["bed"]
+            self.base_dose += q["dose"]
         lig = ligand_nmol if ligand_nmol is not None else twin.reference_ligand_nmol
         unit = [twin._cycle_quantities(etas[c], 1.0, lig, dpt, ab, mu) for c in self.future]
         shape = (len(self.future), len(self.limited), n_draws)
@@ -112,7 +110,7 @@ class _LimitDraws:
     def lesion_doses(self, activities: np.ndarray) -> np.ndarray:
         """Cumulative dose per lesion and draw (lesions, N), given + planned cycles."""
         future = np.einsum("c,cln->ln", np.asarray(activities, float), self.lesion_d1) if self.future else 0.0
-        return self.base_all["dose"][self.lesions] + future
+        return self.base_dose[self.lesions] + future
 
 
 def _plan_vector(n_future: int, n: int, activity: float) -> np.ndarray:
