@@ -146,6 +146,15 @@ class BiexponentialModel:
         rate = np.stack([lam_w, lam_u], axis=-1)
         return coef, rate
 
+    def log_activity(self, eta: np.ndarray, time_h: np.ndarray, administered_MBq: np.ndarray,
+                     ligand_nmol: np.ndarray, structures: list[str], lambda_phys_per_h: float) -> np.ndarray:
+        """``ln A(t)`` alone (numerically stable through ``expm1``; no Jacobian), e.g. for many posterior draws."""
+        t = np.asarray(time_h, dtype=float)
+        lam_w = lambda_phys_per_h + np.exp(eta[..., 1])
+        one_minus = -np.expm1(-np.exp(eta[..., 2]) * t)  # 1 − e^{−Δt}
+        log_u = eta[..., 0] + self.log_amplitude_offset(ligand_nmol, structures, eta.shape[:-1])
+        return np.asarray(np.log(administered_MBq) + log_u - lam_w * t + np.log(np.maximum(one_minus, 1e-300)))
+
     def log_activity_jacobian(self, eta: np.ndarray, time_h: np.ndarray, administered_MBq: np.ndarray,
                               ligand_nmol: np.ndarray, structures: list[str],
                               lambda_phys_per_h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -153,10 +162,8 @@ class BiexponentialModel:
         t = np.asarray(time_h, dtype=float)
         e_phi = np.exp(eta[..., 1])
         delta = np.exp(eta[..., 2])
-        lam_w = lambda_phys_per_h + e_phi
         one_minus = -np.expm1(-delta * t)  # 1 − e^{−Δt}
-        log_u = eta[..., 0] + self.log_amplitude_offset(ligand_nmol, structures, eta.shape[:-1])
-        log_a = np.log(administered_MBq) + log_u - lam_w * t + np.log(np.maximum(one_minus, 1e-300))
+        log_a = self.log_activity(eta, t, administered_MBq, ligand_nmol, structures, lambda_phys_per_h)
         jac = np.empty(eta.shape)
         jac[..., 0] = 1.0
         # ∂/∂φ: λw and λu move together (λu = λw + Δ), so ∂ ln(e^{−λw t} − e^{−λu t})/∂λw = −t
@@ -356,7 +363,11 @@ def log_posterior_draws(model: Any, structures: list[str], priors: list[Structur
     view = FitData(data.time_h[:, None, :], data.log_activity[:, None, :], data.sd_log[:, None, :],
                    data.cycle_index[:, None, :], data.administered_MBq[:, None, :], data.ligand_nmol[:, None, :],
                    data.mask[:, None, :], k_n, None)
-    loga, _ = _model_logs(model, eta, view, structures, lambda_phys_per_h)
+    if hasattr(model, "log_activity"):
+        loga = model.log_activity(eta, view.time_h, view.administered_MBq, view.ligand_nmol, structures,
+                                  lambda_phys_per_h)
+    else:
+        loga, _ = _model_logs(model, eta, view, structures, lambda_phys_per_h)
     if data.correlated_sd is not None:
         loga = loga + np.take_along_axis(x[..., n_k:], cyc[:, None, :], axis=2)
     w = np.where(data.mask, 1.0 / data.sd_log, 0.0)[:, None, :]
