@@ -312,7 +312,8 @@ class TwinStage:
             path.write_text(twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
             out["state_file"] = "twin-state.json"
-        res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace); "
+        res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace, "
+                          "draws importance-resampled to the exact posterior); "
                           f"priors: {twin._population.origin}; protocol-aware plan with the joint probability of "
                           "all organ limits",
                           {"predict_cycle": cycle, "administered_MBq": activity, "confidence": cfg.confidence,

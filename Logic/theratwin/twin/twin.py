@@ -655,7 +655,8 @@ class PatientTwin:
             }
         return {
             "model": self.model_name, "radiopharmaceutical": self.radiopharmaceutical, "nuclide": self.nuclide,
-            "inference": "MAP + Laplace (batched Levenberg-Marquardt, Gauss-Newton Hessian)",
+            "inference": ("MAP + Laplace (batched Levenberg-Marquardt, Gauss-Newton Hessian); draws "
+                          "importance-resampled (SIR) to the exact posterior"),
             "parameters": ["ln U (uptake fraction)", "ln(washout - physical decay) 1/h", "ln(uptake - washout) 1/h"],
             "priors": {"origin": self._population.origin, "schema": PRIORS_SCHEMA,
                        "description": self._population.description,
