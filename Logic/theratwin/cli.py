@@ -1,4 +1,4 @@
-"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``info``.
+"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``priors``, ``info``.
 
 Errors the user can act on (bad input, bad settings, failed push, implausible results) end the command with a
 one-line message on stderr and exit status 2; an unexpected error (a TheraTwin bug) says so in one line and exits
@@ -90,6 +90,14 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     cfg.read = read
     if getattr(args, "plausibility", None):
         cfg.plausibility = {**cfg.plausibility, "action": args.plausibility}
+    if getattr(args, "priors", None):
+        from .twin.population import load_priors
+
+        path = Path(args.priors).resolve()
+        load_priors(path)  # a bad file fails here, before any image is read
+        twin_options = dict(cfg.stage_options.get("twin", {}))
+        twin_options["priors"] = str(path)
+        cfg.stage_options = {**cfg.stage_options, "twin": twin_options}
     cfg.read_options()  # settings are checked here, before any reading
     from .pipeline import Pipeline
 
@@ -198,6 +206,22 @@ def _cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_priors(args: argparse.Namespace) -> int:
+    from .twin.population import builtin_priors, load_priors
+
+    if args.check:
+        pri = load_priors(args.check)
+        print(f"{args.check}: valid {pri.radiopharmaceutical} ({pri.nuclide}) priors for "
+              f"{', '.join(pri.structures)}")
+        return 0
+    if not args.out:
+        raise TheraTwinError("Nothing to do: give --out FILE (write the built-in priors) or --check FILE.")
+    path = builtin_priors(args.radiopharmaceutical, args.nuclide).save(args.out)
+    print(f"built-in {args.radiopharmaceutical} priors written to {path} (schema theratwin-priors/1); edit them "
+          "and pass the file with --priors")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import nuclides
     from .pipeline import STAGES, Pipeline
@@ -240,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="time points without CT: refuse (default) or use water density, said in every output")
         sp.add_argument("--plausibility", choices=("stop", "warn"),
                         help="implausible results stop the run (default) or are written with a warning")
+        sp.add_argument("--priors", help="the site's population priors for the twin (JSON, schema theratwin-priors/1; "
+                                         "start from 'theratwin priors --out FILE')")
 
     d = sub.add_parser("demo", help="build the built-in demo patient and run the whole pipeline on it",
                        description="Build (or reuse) the synthetic 177Lu-PSMA-617 demo patient, read it back as "
@@ -289,6 +315,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--idle-timeout", type=int, default=0,
                    help="stop after this many seconds without a connected browser (default 0: never)")
     w.set_defaults(func=_cmd_web)
+
+    pr = sub.add_parser("priors", help="write the built-in twin priors as a file, or check a site's priors file",
+                        description="Write the built-in population priors of the twin (schema theratwin-priors/1) "
+                                    "as a starting point for a site's own, or check a priors file.")
+    pr.add_argument("--out", help="write the built-in priors to this JSON file")
+    pr.add_argument("--check", help="read and validate this priors file")
+    pr.add_argument("--radiopharmaceutical", default="PSMA-617", help="PSMA-617 (default) or DOTATATE")
+    pr.add_argument("--nuclide", default="Lu-177", help="therapy nuclide (default Lu-177)")
+    pr.set_defaults(func=_cmd_priors)
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
     i.set_defaults(func=_cmd_info)

@@ -52,9 +52,11 @@ class TheraTwinTwin(ScriptedLoadableModule):
         self.parent.contributors = ["TheraTwin developers"]
         self.parent.helpText = _(
             "Builds the patient's Bayesian digital twin from every imaged cycle, predicts time-integrated "
-            "activity, absorbed dose and BED of the next cycle with intervals, recommends the activity that "
-            "keeps every organ at risk under its limit with the chosen confidence, and forecasts response and "
-            "toxicity probabilities. The twin is kept in the scene and can be saved to and loaded from a file. "
+            "activity, absorbed dose and BED of the next cycle with intervals, plans the remaining cycles of the "
+            "protocol so that every organ at risk stays under its limit jointly with the chosen confidence (and "
+            "says whether an organ or the protocol binds), flags priors the patient's data contradict, and "
+            "forecasts response and toxicity probabilities. The twin is kept in the scene and can be saved to "
+            "and loaded from a file. "
             "Research use only. "
             '<a href="https://github.com/theratwin/SlicerTheraTwin#readme">Documentation</a>.'
         )
@@ -272,7 +274,8 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         scene = segmentationNode.GetScene()
         twinStateNode = self._storeTwin(scene, twin.to_json(), twinStateNode)
         outputs = self._tables(scene, run.results.twin["prediction"], run.results.twin.get("recommendation"),
-                               run.results.twin.get("forecast"))
+                               run.results.twin.get("forecast"), run.results.twin.get("plan"),
+                               run.results.twin.get("conflicts"))
         outputs.update(run=run, twinState=twinStateNode)
         return outputs
 
@@ -294,7 +297,9 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         prediction = twin.predict(int(nextCycle), float(plannedActivity_MBq)).to_dict()
         recommendation = twin.recommend_activity(int(nextCycle), confidence=float(confidence)).to_dict()
         forecast = twin.forecast(int(nextCycle), float(plannedActivity_MBq))
-        outputs = self._tables(twinStateNode.GetScene(), prediction, recommendation, forecast)
+        plan = twin.plan_treatment(int(nextCycle), confidence=float(confidence)).to_dict()
+        outputs = self._tables(twinStateNode.GetScene(), prediction, recommendation, forecast, plan,
+                               [c.to_dict() for c in twin.conflicts])
         outputs["twinState"] = twinStateNode
         return outputs
 
@@ -330,10 +335,30 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         return twinStateNode
 
     @staticmethod
-    def _tables(scene, prediction, recommendation, forecast) -> dict:
+    def _tables(scene, prediction, recommendation, forecast, plan=None, conflicts=None) -> dict:
+        """The prediction table and the summary table: the plan first (what the report's first page shows:
+        activities, joint confidence, what binds, organs against their limits, lesions), warnings, then the
+        single-cycle recommendation and the forecasts."""
         predictionTable = TheraTwinLib.twinPredictionTableNode(scene, prediction,
                                                                name=f"TheraTwin prediction cycle {prediction['cycle']}")
-        summary = {"predicted_cycle": prediction["cycle"], "planned_activity_MBq": prediction["administered_MBq"]}
+        summary = {}
+        if plan:
+            summary["plan"] = plan["headline"]
+            summary["plan.binding_constraint"] = plan["binding_constraint"]
+            summary["plan.probability_within_limits"] = plan["probability_within_limits"]
+            summary["plan.confidence"] = plan["confidence"]
+            summary.update({f"plan.cycle{cycle}.activity_MBq": mbq for cycle, mbq in plan["activities_MBq"].items()})
+            summary["plan.what_would_change_it"] = plan["sensitivity"]["text"]
+            for organ, values in plan["organs"].items():
+                end = values["end_of_plan_Gy"]
+                summary[f"plan.{organ}.{values['quantity']}_limit_Gy"] = values["limit_Gy"]
+                summary[f"plan.{organ}.end_of_plan_Gy"] = f"{end['mean']:.3g} [{end['low']:.3g}-{end['high']:.3g}]"
+                summary[f"plan.{organ}.probability_over_limit"] = values["probability_over_limit"]
+            for lesion, dose in plan["lesion_dose_Gy"].items():
+                summary[f"plan.{lesion}.end_of_plan_dose_Gy"] = f"{dose['mean']:.3g} [{dose['low']:.3g}-{dose['high']:.3g}]"
+        for index, conflict in enumerate(conflicts or [], start=1):
+            summary[f"warning.prior_data_conflict.{index}"] = conflict["message"]
+        summary.update({"predicted_cycle": prediction["cycle"], "planned_activity_MBq": prediction["administered_MBq"]})
         if recommendation:
             summary.update({f"recommendation.{k}": v for k, v in TheraTwinLib.flattenForTable(recommendation).items()
                             if k != "notice"})
@@ -341,7 +366,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
             summary.update({f"forecast.{k}": v for k, v in TheraTwinLib.flattenForTable(forecast).items()
                             if k != "notice"})
         recommendationTable = TheraTwinLib.keyValueTableNode(scene, summary, name="TheraTwin recommendation")
-        return {"prediction": prediction, "recommendation": recommendation, "forecast": forecast,
+        return {"prediction": prediction, "recommendation": recommendation, "forecast": forecast, "plan": plan,
                 "predictionTable": predictionTable, "recommendationTable": recommendationTable}
 
 
@@ -385,4 +410,12 @@ class TheraTwinTwinTest(ScriptedLoadableModuleTest):
         doseHigh = high["prediction"]["structures"]["kidneys"]["dose_Gy"]["mean"]
         self.assertGreater(doseHigh, doseLow)
         self.assertEqual(high["predictionTable"].GetNumberOfRows(), 1)
+        # the plan is shown as the report's first page shows it: within the protocol, with what binds it
+        plan = high["plan"]
+        protocol = plan["protocol"]
+        self.assertTrue(all(protocol["min_activity_MBq"] <= a <= protocol["max_activity_MBq"]
+                            for a in plan["activities_MBq"].values()))
+        summary = dict(zip(TheraTwinLib.tableColumn(high["recommendationTable"], "Quantity"),
+                           TheraTwinLib.tableColumn(high["recommendationTable"], "Value"), strict=True))
+        self.assertEqual(summary["plan.binding_constraint"], plan["binding_constraint"])
         self.delayDisplay(_("Test passed"))

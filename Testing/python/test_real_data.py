@@ -78,7 +78,7 @@ class TestAllZero:
         res = json.loads((out / "results.json").read_text())
         assert any(w["stage"] == "plausibility" and "zero everywhere" in w["message"] for w in res["warnings"])
         html = (out / "report.html").read_text()
-        header = html[html.index("<header>"):html.index("</header>")]
+        header = html[html.index("<header"):html.index("</header>")]
         assert 'class="alert"' in header and "zero everywhere" in header  # the report's first page
         bundle = json.loads((out / "fhir-bundle.json").read_text())
         report = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta
-from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import theratwin as tt
 from theratwin.pipeline.core import PipelineConfig, PipelineContext
 from theratwin.report import ReportConfig, format_number, write_report
 from theratwin.report.figures import model_curve
+from theratwin.report.format import NumberStyle
 from theratwin.results import RESEARCH_USE_NOTICE
 
 LU177_HALF_LIFE_H = 6.647 * 24.0  # ICRP-107: 6.647 d (used only to build synthetic curves)
@@ -152,6 +152,15 @@ def build_rich_results() -> tuple[tt.Results, dict[str, np.ndarray]]:
         ],
         "draws": list(np.linspace(0, 1, 50)),
     }
+    # the first page shows the twin's plan: made by a real twin on the synthetic curves
+    twin = tt.twin.PatientTwin("Lu-177", "PSMA-617", seed=5)
+    for n, cr in res.cycles.items():
+        for s, sr in cr.structures.items():
+            if sr.time_h:
+                twin.observe(n, s, sr.time_h, sr.activity_MBq, cr.administered_MBq, mass_g=sr.volume_mL)
+    res.twin["plan"] = twin.plan_treatment(3, limits={"liver": {"quantity": "dose", "value_Gy": 30.0}},
+                                           n_draws=2000).to_dict()
+    res.twin["conflicts"] = [c.to_dict() for c in twin.conflicts]
     res.warn("kinetics", "lesion_1: bi-exponential fit has R² 0.81; trapezoidal model kept for comparison.",
              structure="lesion_1", cycle=1)
     res.warn("registration", "Residual misalignment 6.2 mm at time point 4 exceeds 4.8 mm.", cycle=1)
@@ -287,6 +296,33 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "json": json.loads((out / "results.json").read_text()), "parsed": parse_report(html)}
 
 
+def assert_first_page_and_margins(pdf: Path, data: dict[str, Any]) -> None:
+    """Page 1 of ``pdf`` holds the decision content and the appendix starts on page 2; no word of any page lies
+    outside the page (``pdftotext -bbox``: word boxes in PDF points)."""
+    def page_text(first: int, last: int) -> str:
+        return subprocess.run(["pdftotext", "-f", str(first), "-l", str(last), "-layout", str(pdf), "-"],
+                              capture_output=True, text=True, check=True).stdout
+
+    p1 = page_text(1, 1)
+    plan = data["twin"]["plan"]
+    for text in ("Plan for the remaining cycles", "Organs at risk", "Lesions", "Warnings", plan["binding_constraint"]):
+        assert text in p1, text
+    for organ in plan["organs"]:
+        assert organ in p1, organ
+    for cycle, mbq in plan["activities_MBq"].items():
+        assert format_number(mbq) in p1, (cycle, mbq)
+    assert format_number(plan["probability_within_limits"], NumberStyle(2, 2, 4)) in p1
+    assert "Appendix" not in p1 and "Appendix" in page_text(2, 2)
+    box = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    pages = re.findall(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', box, re.S)
+    assert pages
+    for i, (w, h, body) in enumerate(pages, start=1):
+        for x0, y0, x1, y1, word in re.findall(
+                r'<word xMin="([-\d.]+)" yMin="([-\d.]+)" xMax="([-\d.]+)" yMax="([-\d.]+)">([^<]*)</word>', body):
+            assert float(x0) >= 0 and float(y0) >= 0, (i, word)
+            assert float(x1) <= float(w) + 0.5 and float(y1) <= float(h) + 0.5, (i, word, x1, w)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # tests
 # ----------------------------------------------------------------------------------------------------------
@@ -338,27 +374,82 @@ class TestNumbersMatchResultsJson:
         bare = [t for t, annotated in written["parsed"].cells if number.match(t) and not annotated]
         assert bare == []
 
-    def test_glance_shows_the_recommended_activity_not_the_standard_one(self, written: dict[str, Any]) -> None:
-        html = written["html"]
-        glance = html[html.index('id="glance"'):html.index('id="treatment"')]
-        card = glance[glance.index("recommended next activity"):]
-        assert html_escape('["twin", "recommendation", "recommended_activity_MBq"]') in card
-        assert "standard_activity_MBq" not in card
-        assert ">8123<" in card and "limited by kidneys" in card
-
     def test_twin_intervals_are_shown_with_their_bounds(self, written: dict[str, Any]) -> None:
         paths = {tuple(json.loads(a[k])) for a, _ in written["parsed"].annotated
                  for k in ("data-path", "data-low-path", "data-high-path") if k in a}
         for end in ("mean", "low", "high"):
             assert ("twin", "recommendation", "predicted_cumulative", "kidneys", end) in paths
             assert ("twin", "recommendation", "lesion_dose_Gy", "lesion_1", end) in paths
+            assert ("twin", "plan", "organs", "kidneys", "end_of_plan_Gy", end) in paths
 
-    def test_limit_status_reads_the_right_quantity(self, written: dict[str, Any]) -> None:
-        html = written["html"]
+
+def first_page(html: str) -> str:
+    start = html.index('<section id="first-page"')
+    return html[start:html.index('<div class="appendix"', start)]
+
+
+class TestFirstPage:
+    """What the physician decides on, on the first page, every number equal to results.json."""
+
+    def test_first_page_numbers_equal_results_json(self, written: dict[str, Any]) -> None:
+        page = parse_report(first_page(written["html"]))
+        data = written["json"]
+        n = sum(check_annotated(attrs, text, data) for attrs, text in page.annotated)
+        paths = {tuple(json.loads(a[k])) for a, _ in page.annotated
+                 for k in ("data-path", "data-low-path", "data-high-path") if k in a}
+        plan = data["twin"]["plan"]
+        must = [("cycles", c, "administered_MBq") for c in ("1", "2")]
+        must += [("twin", "plan", "activities_MBq", c) for c in sorted(plan["activities_MBq"])[:1]]
+        must += [("twin", "plan", "probability_within_limits"), ("twin", "plan", "confidence")]
+        must += [("twin", "plan", "tumour_dose_Gy", end) for end in ("mean", "low", "high")]
+        for organ in plan["organs"]:
+            must += [("twin", "plan", "organs", organ, k) for k in ("limit_Gy", "quantile_at_confidence_Gy",
+                                                                     "probability_over_limit")]
+            must += [("twin", "plan", "organs", organ, "end_of_plan_Gy", e) for e in ("mean", "low", "high")]
+        must += [("cycles", "2", "structures", "kidneys", "cumulative_bed_Gy")]  # delivered so far, measured
+        must += [("cycles", "2", "structures", "lesion_1", k) for k in ("mean_dose_Gy", "cumulative_dose_Gy")]
+        must += [("twin", "plan", "lesion_dose_Gy", "lesion_1", e) for e in ("mean", "low", "high")]
+        missing = [m for m in must if m not in paths]
+        assert not missing and n >= len(must), missing
+        number = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]\d+)?$")
+        assert [t for t, annotated in page.cells if number.match(t) and not annotated] == []
+
+    def test_first_page_has_the_plan_the_limits_chart_and_the_warnings(self, written: dict[str, Any]) -> None:
+        html = first_page(written["html"])
+        text = " ".join(parse_report(html).text)
+        plan = written["json"]["twin"]["plan"]
+        assert "Plan for the remaining cycles" in text and "What binds the plan" in text
+        assert plan["binding_constraint"] in text
+        assert 'data-figure="limits"' in html
+        for w in written["json"]["warnings"]:
+            if w["severity"] in ("warning", "error"):
+                assert w["message"] in text
+        # the run notes and the methods are in the appendix, not here
+        assert "Notes from the run" not in text and "Methods" not in text
+
+    def test_limits_chart_is_drawn(self, written: dict[str, Any]) -> None:
+        from matplotlib.image import imread
+
+        page = parse_report(first_page(written["html"]))
+        img = next(i for i in page.images if "limits" in i.get("alt", ""))
+        arr = imread(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1])), format="png")[..., :3]
+        assert float(arr.std()) > 0.05 and np.mean(np.any(arr < 0.9, axis=-1)) > 0.02
+
+    def test_without_a_plan_the_measured_limits_are_shown(self, written: dict[str, Any]) -> None:
+        from theratwin.report.html import render_html
+
+        res = written["results"]
+        saved = res.twin
+        try:
+            res.twin = None
+            html = render_html(res, masks=written["masks"])
+        finally:
+            res.twin = saved
+        page = first_page(html)
+        assert "made no plan" in page and 'id="glance"' in page
         kid = written["json"]["cycles"]["2"]["structures"]["kidneys"]
         expected = "ABOVE LIMIT" if kid["cumulative_bed_Gy"] > kid["limit"]["value_Gy"] else "below limit"
-        glance = html[html.index('id="glance"'):html.index('id="treatment"')]
-        assert expected in glance
+        assert expected in page
 
 
 class TestContent:
@@ -384,8 +475,8 @@ class TestContent:
         from matplotlib.image import imread
 
         imgs = written["parsed"].images
-        # one TAC per structure with a curve (3), the projections and the DVH
-        assert len(imgs) == 5
+        # the organ-limits chart of the first page, one TAC per structure with a curve (3), projections, DVH
+        assert len(imgs) == 6
         for im in imgs:
             png = base64.b64decode(im["src"].split(",", 1)[1])
             arr = imread(io.BytesIO(png), format="png")[..., :3]
@@ -458,6 +549,9 @@ class TestPdf:
         assert "TT-REPORT-1" in text
         kid = written["json"]["cycles"]["1"]["structures"]["kidneys"]
         assert format_number(kid["mean_dose_Gy"]) in text
+
+    def test_first_pdf_page_is_the_decision_page_and_nothing_is_cut_off(self, written: dict[str, Any]) -> None:
+        assert_first_page_and_margins(written["files"].pdf, written["json"])
 
 
     def test_pdf_needs_no_system_font(self, written: dict[str, Any], tmp_path: Path) -> None:

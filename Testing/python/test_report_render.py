@@ -137,26 +137,39 @@ def _demo_pipeline_available() -> str | None:
     return f"pipeline stages not installed yet: {missing}" if missing else None
 
 
+def chromium_pdf(report_html: Path, tmp: Path) -> Path:
+    """The report printed to PDF by Chromium (A4 from the report's @page rule, no browser header/footer)."""
+    pdf = tmp / "chromium.pdf"
+    proc = _chromium(["--no-pdf-header-footer", f"--print-to-pdf={pdf}", report_html.as_uri()], tmp / "profile-pdf")
+    assert proc.returncode == 0 and pdf.exists() and pdf.read_bytes().startswith(b"%PDF-"), proc.stderr[-2000:]
+    return pdf
+
+
+def test_synthetic_first_page_prints_in_chromium(tmp_path: Path) -> None:
+    """Chromium's own print layout keeps the decision content on page 1 and nothing off the page."""
+    from test_report import assert_first_page_and_margins
+
+    res, masks = build_rich_results()
+    files = write_report(res, tmp_path / "out", masks=masks, activity=res.study.cycles[0].time_points[0].image)
+    res.write_json(tmp_path / "results.json")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert_first_page_and_margins(chromium_pdf(files.html, tmp_path), data)
+
+
 @pytest.mark.slow
-def test_demo_report_numbers_and_rendering(tmp_path: Path) -> None:
-    """The demo patient through the whole pipeline: report numbers equal results.json, Chromium shows plots."""
+def test_demo_report_numbers_and_rendering(demo_run, tmp_path: Path) -> None:
+    """The demo patient through the whole pipeline: report numbers equal results.json, the first page too, and
+    the first page is the decision page in Chromium's print layout and in the PDF (WeasyPrint)."""
     reason = _demo_pipeline_available()
     if reason:
         pytest.skip(reason)
-    from test_report import check_annotated, json_at, parse_report
+    from test_report import assert_first_page_and_margins, check_annotated, first_page, json_at, parse_report
 
-    from theratwin.demo import build_demo
-    from theratwin.dicom import read_study
-    from theratwin.pipeline import Pipeline, PipelineConfig
-
-    demo = build_demo()
-    study = read_study(demo.dicom_dir)
-    out = tmp_path / "demo"
-    stages = ("registration", "kinetics", "dosimetry", "radiobiology", "twin", "report")
-    res = Pipeline(PipelineConfig(stages=stages)).run(study, out_dir=out)
-    assert res.outputs["report_html"] == "report.html"
+    out = demo_run.out_dir
+    assert demo_run.results.outputs["report_html"] == "report.html"
     data = json.loads((out / "results.json").read_text())
-    parsed = parse_report((out / "report.html").read_text(encoding="utf-8"))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    parsed = parse_report(html)
     n = sum(check_annotated(attrs, text, data) for attrs, text in parsed.annotated)
     assert n > 300
     for key_path in parsed.keys:  # headers that show JSON keys name keys that exist
@@ -164,4 +177,14 @@ def test_demo_report_numbers_and_rendering(tmp_path: Path) -> None:
         assert key in json_at(data, parent)
     number = re.compile(r"^[-+]?\d+(\.\d+)?(e[-+]\d+)?$")
     assert not [t for t, annotated in parsed.cells if number.match(t) and not annotated]
+    # the first page: every number from results.json, the plan and every organ of the plan on it
+    page = parse_report(first_page(html))
+    assert sum(check_annotated(attrs, text, data) for attrs, text in page.annotated) > 30
+    shown = {tuple(json.loads(a["data-path"])) for a, _ in page.annotated}
+    plan = data["twin"]["plan"]
+    assert ("twin", "plan", "probability_within_limits") in shown
+    for organ in plan["organs"]:
+        assert ("twin", "plan", "organs", organ, "limit_Gy") in shown
     render_and_check(out / "report.html", tmp_path)
+    assert_first_page_and_margins(out / "report.pdf", data)
+    assert_first_page_and_margins(chromium_pdf(out / "report.html", tmp_path), data)

@@ -159,9 +159,9 @@ def structure_doses(labels: np.ndarray, spacing_mm: float, tia_per_label_Bq_h_pe
         report(progress, (i + 0.5) / n_steps, "true dose: long-range photons over the whole field")
         a_far = _block_mean2(a)
         del a
-        far = fft_convolve(a_far, _far_kernel(nuclide, far_mm, a_far.shape, split), clip_negative=True,  # type: ignore[arg-type]
+        far = fft_convolve(a_far, _far_kernel(nuclide, far_mm, a_far.shape, split), clip_negative=True,
                            key=("truth-far", a_far.shape))
-        e_pf.append(np.bincount(flat, weights=_upsample2(far, labels.shape).ravel(), minlength=n_labels))  # type: ignore[arg-type]
+        e_pf.append(np.bincount(flat, weights=_upsample2(far, labels.shape).ravel(), minlength=n_labels))
         del a_far, far
 
     out: list[dict[str, Any]] = [{} for _ in luts]
@@ -198,9 +198,9 @@ def structure_doses(labels: np.ndarray, spacing_mm: float, tia_per_label_Bq_h_pe
             a_self = np.where(in_n, lut[labels[bn]], 0.0)
             e_pn_self = float(fft_convolve(a_self, k_pn, clip_negative=True, key=("truth-pn",))[in_n]
                               .sum(dtype=np.float64))
-            far_self = fft_convolve(_block_mean2(a_self), _far_kernel(nuclide, far_mm, far_shape, split),  # type: ignore[arg-type]
+            far_self = fft_convolve(_block_mean2(a_self), _far_kernel(nuclide, far_mm, far_shape, split),
                                     clip_negative=True, key=("truth-far", far_shape))
-            e_pf_self = float(_upsample2(far_self, in_n.shape)[in_n].sum(dtype=np.float64))  # type: ignore[arg-type]
+            e_pf_self = float(_upsample2(far_self, in_n.shape)[in_n].sum(dtype=np.float64))
             # the same electrons on the label grid (in the same box: the electron reach is inside it)
             in_box = in_t[bx]
             e_lab = float(fft_convolve(lut[labels[bx]], k_e, clip_negative=True, key=("truth-e-label",))[in_box]

@@ -44,6 +44,15 @@ twin *estimated* for sparsely imaged cycles (``StructureResult.estimated_by_twin
 (``"<structure> cycle <n> twin estimate"``) whose measurements carry the method (TTW0102, 99TTWN,
 "Estimated by digital twin"), as does a cycle's TIA when its ``tia_method`` is the twin's.
 
+The twin's prior–data conflicts (``Results.twin["conflicts"]``) are z-scores (unit ``{SD}``) in the
+structure's prediction group (TTW0201-0203: uptake, washout, uptake rate against the population prior;
+TTW0211-0213: one cycle against the patient's own, between-cycle prior). Its plan for the remaining cycles
+(``Results.twin["plan"]``) is one group per organ at risk, ``"<organ> cycle <last planned> end of plan
+predicted"``, time point ``"End of plan, after cycle n (predicted)"``: the predicted cumulative limited
+quantity (BED, EQD2 or dose, with its 90 % interval), the probability that the organ exceeds its limit
+(TTW0113), the joint probability that all limits hold (TTW0112), the number of planned cycles (TTW0111) and
+the planned total activity (TTW0110).
+
 Documents
 ---------
 An export writes one SR document per cycle and one for the predictions (:func:`sr_parts`), as instances
@@ -141,6 +150,30 @@ TTWN_CODES: dict[str, tuple[str, str, str]] = {
     "twin_estimate": ("TTW0102", "Estimated by digital twin",
                       "Value estimated by the patient twin from sparse imaging of the cycle and the previous "
                       "cycles (Bayesian update), not from a full time-activity curve."),
+    "planned_total_activity": ("TTW0110", "Planned total administered activity",
+                               "Sum of the activities the twin's plan gives the remaining cycles of the protocol, MBq."),
+    "planned_cycles": ("TTW0111", "Number of planned cycles",
+                       "Number of further cycles in the twin's plan for the remaining cycles of the protocol."),
+    "probability_all_limits": ("TTW0112", "Probability all organ limits held",
+                               "Joint probability, over the twin's posterior-predictive draws, that every organ at "
+                               "risk stays under its cumulative limit at the end of the plan."),
+    "probability_over_limit": ("TTW0113", "Probability organ limit exceeded",
+                               "Probability that this organ's cumulative limited quantity exceeds its limit at the "
+                               "end of the plan."),
+    "conflict_uptake": ("TTW0201", "Prior-data conflict of uptake",
+                        "Standardised deviation (SD) of the patient's uptake from the population prior "
+                        "(prior-predictive check); beyond the threshold the prior was widened."),
+    "conflict_washout": ("TTW0202", "Prior-data conflict of washout",
+                         "Standardised deviation (SD) of the patient's washout rate from the population prior."),
+    "conflict_uptake_rate": ("TTW0203", "Prior-data conflict of uptake rate",
+                             "Standardised deviation (SD) of the patient's uptake rate from the population prior."),
+    "cycle_change_uptake": ("TTW0211", "Between-cycle change of uptake",
+                            "Standardised deviation (SD) of one cycle's uptake from the patient's own, against the "
+                            "between-cycle prior."),
+    "cycle_change_washout": ("TTW0212", "Between-cycle change of washout",
+                             "Standardised deviation (SD) of one cycle's washout rate from the patient's own."),
+    "cycle_change_uptake_rate": ("TTW0213", "Between-cycle change of uptake rate",
+                                 "Standardised deviation (SD) of one cycle's uptake rate from the patient's own."),
 }
 
 
@@ -182,6 +215,9 @@ UNITS: dict[str, hd.sr.CodedConcept] = {
     "Gy/GBq": _ucum("Gy/GBq", "Gray per gigabecquerel"),
     "ml": _ucum("ml", "milliliter"),
     "g": _ucum("g", "gram"),
+    "1": _ucum("1", "no units"),
+    "{SD}": _ucum("{SD}", "standard deviation"),
+    "{cycles}": _ucum("{cycles}", "cycles"),
 }
 
 _STANDARD: dict[str, Any] = {
@@ -362,6 +398,65 @@ def planned_measurements(results: Results, structures: Sequence[str]) -> list[SR
                 low, high = centre - 1.645 * sd, centre + 1.645 * sd
             out.append(SRMeasurement(f"{name} cycle {cycle} predicted", name, cycle, _code_tuple(key), centre,
                                      unit, predicted=True, low=low, high=high))
+    out += _conflict_measurements(results.twin, structures)
+    out += _plan_measurements(results.twin, structures)
+    return out
+
+
+_CONFLICT_KEYS = {("population", "uptake"): "conflict_uptake", ("population", "washout"): "conflict_washout",
+                  ("population", "uptake_rate"): "conflict_uptake_rate", ("cycle", "uptake"): "cycle_change_uptake",
+                  ("cycle", "washout"): "cycle_change_washout", ("cycle", "uptake_rate"): "cycle_change_uptake_rate"}
+_PLAN_QUANTITY = {"bed": "cumulative_bed", "eqd2": "cumulative_eqd2", "dose": "cumulative_dose"}
+
+
+def _conflict_measurements(twin: Any, structures: Sequence[str]) -> list[SRMeasurement]:
+    """Prior–data conflicts (``results.twin["conflicts"]``) as z-scores in the structure's prediction group."""
+    if not isinstance(twin, dict) or not isinstance(twin.get("prediction"), dict):
+        return []
+    cycle = twin["prediction"].get("cycle")
+    out: list[SRMeasurement] = []
+    seen: set[tuple[str, str]] = set()
+    for c in twin.get("conflicts") or []:
+        key = _CONFLICT_KEYS.get((c.get("level"), c.get("parameter")))
+        z = _finite(c.get("z_sd"))
+        s = c.get("structure")
+        if key is None or z is None or s not in structures or (s, key) in seen or not isinstance(cycle, int):
+            continue
+        seen.add((s, key))  # one value per concept and group (the largest cycle change is listed first)
+        out.append(SRMeasurement(f"{s} cycle {cycle} predicted", s, cycle, _code_tuple(key), z, "{SD}",
+                                 predicted=True))
+    return out
+
+
+def _plan_measurements(twin: Any, structures: Sequence[str]) -> list[SRMeasurement]:
+    """The twin's plan (``results.twin["plan"]``): per organ at risk, one group at the end of the plan with the
+    predicted cumulative limited quantity (90 % interval), its probability of exceeding the limit, the joint
+    probability of all limits and the planned cycles and total activity."""
+    plan = twin.get("plan") if isinstance(twin, dict) else None
+    if not isinstance(plan, dict) or not isinstance(plan.get("organs"), dict):
+        return []
+    acts = plan.get("activities_MBq") or {}
+    try:
+        last = max(int(c) for c in acts) if acts else int(plan["next_cycle"]) - 1
+    except (KeyError, TypeError, ValueError):
+        return []
+    out: list[SRMeasurement] = []
+    for organ, o in plan["organs"].items():
+        key = _PLAN_QUANTITY.get(str(o.get("quantity")))
+        if organ not in structures or key is None or not isinstance(o, dict):
+            continue
+        centre, _sd, low, high = _interval(o.get("end_of_plan_Gy"))
+        if centre is None:
+            continue
+        group = f"{organ} cycle {last} end of plan predicted"
+        out.append(SRMeasurement(group, organ, last, _code_tuple(key), centre, "Gy", predicted=True, low=low, high=high))
+        for k, v, unit in (("probability_over_limit", o.get("probability_over_limit"), "1"),
+                           ("probability_all_limits", plan.get("probability_within_limits"), "1"),
+                           ("planned_cycles", plan.get("n_cycles_planned"), "{cycles}"),
+                           ("planned_total_activity", plan.get("total_planned_MBq"), "MBq")):
+            value = _finite(v)
+            if value is not None:
+                out.append(SRMeasurement(group, organ, last, _code_tuple(k), value, unit, predicted=True))
     return out
 
 
@@ -478,6 +573,8 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
     stage_of["administered_activity"] = "input"
     key_of = {_code_tuple(k): k for k in stage_of}
     key_of.update({_code_tuple(k): k for k, _u in _PRED_KEYS.values()})
+    key_of.update({_code_tuple(k): k for k in (*_CONFLICT_KEYS.values(), "planned_total_activity", "planned_cycles",
+                                                "probability_all_limits", "probability_over_limit")})
     imaging = []
     for group_name, items in groups.items():
         first = items[0]
@@ -514,9 +611,11 @@ def build_sr(results: Results, seg: Dataset, segments: dict[str, SegmentRef], ct
                 measurements.append(hd.sr.Measurement(name=_concept(name_key), value=value, unit=unit,
                                                       method=method))
         # Time Point Order (126073, DCM) is left out: pixelmed's TID 1419 (2022) takes it for a measurement
+        end_of_plan = group_name.endswith("end of plan predicted")
         tp = hd.sr.TimePointContext(
-            time_point=f"Cycle {first.cycle}" + (" (predicted)" if predicted else " (twin estimate)" if estimate
-                                                 else ""),
+            time_point=(f"End of plan, after cycle {first.cycle} (predicted)" if end_of_plan else
+                        f"Cycle {first.cycle}" + (" (predicted)" if predicted else " (twin estimate)" if estimate
+                                                  else "")),
             protocol_time_point_identifier=f"cycle{first.cycle}",
         )
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(

@@ -86,7 +86,7 @@ def _check_inputs(tia: np.ndarray, voxel_mm: Any, density: np.ndarray | None, *,
             )
         if not np.all(np.isfinite(rho)) or np.any(rho <= 0):
             raise InvalidInputError("The density map must be finite and > 0 g/mL everywhere (clip air to 0.0012).")
-    return a, vox, rho  # type: ignore[return-value]
+    return a, vox, rho
 
 
 # Cache of kernel spectra: computing one costs as much as the convolution itself.
@@ -411,7 +411,7 @@ def dose_map(tia_Bq_h_per_mL: np.ndarray, voxel_mm: tuple[float, float, float] |
     if engine_options and not isinstance(entry, type):
         raise InvalidInputError(f"Dose engine '{method}' is an instance; options {sorted(engine_options)} cannot be set.")
     if np.isscalar(voxel_mm):
-        voxel_mm = (float(voxel_mm),) * 3  # type: ignore[arg-type, assignment]
+        voxel_mm = (float(voxel_mm),) * 3  # type: ignore[arg-type]
     dose = engine.compute(np.asarray(tia_Bq_h_per_mL), tuple(voxel_mm), nuclide,  # type: ignore[arg-type]
                           density_g_per_mL=density_g_per_mL, progress=progress)
     dose = np.asarray(dose, dtype=np.float32)

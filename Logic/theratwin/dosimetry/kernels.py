@@ -273,7 +273,7 @@ def voxel_kernel(nuclide: str, voxel_mm: tuple[float, float, float] | float = (4
         distributed in the central voxel to each voxel (read-only; copy before modifying).
     """
     if np.isscalar(voxel_mm):
-        voxel_mm = (float(voxel_mm),) * 3  # type: ignore[arg-type, assignment]
+        voxel_mm = (float(voxel_mm),) * 3  # type: ignore[arg-type]
     vox = tuple(round(float(v), 6) for v in voxel_mm)  # type: ignore[union-attr]
     if len(vox) != 3 or min(vox) <= 0 or not np.all(np.isfinite(vox)):
         raise InvalidInputError(f"voxel_mm must be three positive sizes in mm (x, y, z); got {voxel_mm!r}.")
@@ -287,7 +287,7 @@ def voxel_kernel(nuclide: str, voxel_mm: tuple[float, float, float] | float = (4
 
     name = get(nuclide).name
     split = None if photon_split_mm is None else round(float(photon_split_mm), 6)
-    return _kernel_cached(name, vox, int(radius_voxels), round(float(density_g_per_mL), 6),  # type: ignore[arg-type]
+    return _kernel_cached(name, vox, int(radius_voxels), round(float(density_g_per_mL), 6),
                           bool(include_photons), split)
 
 

@@ -228,8 +228,8 @@ class LongRangePhotons:
         m = tia_c.shape
         # room for |d| < M + lead plus a margin, so that the deconvolution's ringing at the torus' far side stays out
         q = tuple(scipy.fft.next_fast_len(2 * n + 4 + 2 * ld, real=True) for n, ld in zip(m, lead, strict=True))
-        kspec = _coarse_kernel_spectrum(self.nuclide, tuple(round(s, 6) for s in spacing_zyx),  # type: ignore[arg-type]
-                                        m, q, round(self.split_mm, 6), round(sigma_mm, 6))  # type: ignore[arg-type]
+        kspec = _coarse_kernel_spectrum(self.nuclide, tuple(round(s, 6) for s in spacing_zyx),
+                                        m, q, round(self.split_mm, 6), round(sigma_mm, 6))
         buf = np.zeros(q, np.float32)
         buf[: m[0], : m[1], : m[2]] = np.roll(tia_c, lead, axis=(0, 1, 2)) if any(lead) else tia_c
         spec = scipy.fft.rfftn(buf, workers=workers)

@@ -135,7 +135,7 @@ def _fine_model(name: str, model: LocalModel, grid: Geometry, box: tuple[slice, 
 
         conc, mask = coarsen(conc), coarsen(mask)
         spacing = (spacing[0] * factor[2], spacing[1] * factor[1], spacing[2] * factor[0])
-    return conc.astype(np.float32), mask.astype(np.float32), spacing  # type: ignore[return-value]
+    return conc.astype(np.float32), mask.astype(np.float32), spacing
 
 
 def local_model_energies(name: str, model: LocalModel, mass_weights: np.ndarray, grid: Geometry,

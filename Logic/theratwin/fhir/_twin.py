@@ -1,7 +1,9 @@
 """The digital twin's forecasts: predicted ``Observation`` panels, ``RiskAssessment`` and ``CarePlan``.
 
 Everything here is a prediction, clearly marked as one: status ``preliminary`` (``draft`` for the CarePlan),
-method and ``meta.tag`` "twin-prediction", 90 % intervals, and the research-use notice.
+method and ``meta.tag`` "twin-prediction", 90 % intervals, and the research-use notice. The CarePlan carries the
+twin's plan for the remaining cycles (one proposed activity per planned cycle); a structure's prior–data
+conflicts are components (``prior-data-conflict``, in SD) and notes of its predicted panel.
 """
 
 from __future__ import annotations
@@ -106,6 +108,17 @@ def _model_text(model: Any) -> str:
     return str(model)
 
 
+def _conflicts(twin: Mapping[str, Any] | None, structure: str) -> list[Mapping[str, Any]]:
+    """The twin's prior–data conflicts of ``structure`` (``results.twin["conflicts"]``)."""
+    items = (twin or {}).get("conflicts") or []
+    return [c for c in items if isinstance(c, Mapping) and c.get("structure") == structure]
+
+
+def _plan(twin: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    plan = (twin or {}).get("plan")
+    return plan if isinstance(plan, Mapping) and isinstance(plan.get("activities_MBq"), Mapping) else None
+
+
 def _recommendation(twin: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if not twin:
         return None
@@ -125,6 +138,13 @@ def add_predicted_observations(a: Analysis, imaging: ImagingRefs,
         if adm_MBq is not None:
             comps.insert(0, {"code": {"coding": [coding("administered-activity-assumed")]},
                              "valueQuantity": quantity(adm_MBq, "MBq")})
+        conflicts = _conflicts(a.results.twin, name)
+        for c in conflicts:
+            z = finite(c.get("z_sd"))
+            if z is not None:
+                comps.append({"code": {"coding": [coding("prior-data-conflict")],
+                                       "text": f"prior-data conflict: {c.get('parameter')} ({c.get('level')})"},
+                              "valueQuantity": quantity(z, "{SD}")})
         kind = kinds.get(name) or structure_kind(name)
         value = f"{key}/predicted/cycle{cyc_n}/{name}"
         obs = {
@@ -141,7 +161,7 @@ def add_predicted_observations(a: Analysis, imaging: ImagingRefs,
             "bodySite": body_site(kind, name),
             "method": {"coding": [coding("twin-prediction")]},
             "note": [{"text": "Predicted by the TheraTwin digital twin for a planned cycle; not a measurement. "
-                              + RESEARCH_USE_NOTICE}],
+                              + RESEARCH_USE_NOTICE}] + [{"text": str(c.get("message", ""))} for c in conflicts],
             "component": comps,
         }
         derived = imaging.derived_for(a.study, None)
@@ -206,10 +226,63 @@ def add_risk_assessments(a: Analysis, kinds: dict[str, StructureKind], obs_refs:
     return risk_refs
 
 
+def _plan_care_plan(a: Analysis, plan: Mapping[str, Any], report_ref: str, risk_refs: list[str]) -> dict[str, Any]:
+    """CarePlan of the twin's plan: one proposed MedicationRequest activity per planned cycle."""
+    last = a.study.cycles[-1].administration
+    protocol = plan.get("protocol") or {}
+    desc = str(plan.get("headline") or "Plan for the remaining cycles")
+    sens = (plan.get("sensitivity") or {}).get("text")
+    if sens:
+        desc += f". {sens}"
+    desc += f" Protocol: {protocol.get('name', '')}."
+    activities = []
+    interval = finite(protocol.get("interval_weeks"))
+    for cyc, mbq in sorted(plan["activities_MBq"].items(), key=lambda kv: int(kv[0])):
+        value = finite(mbq)
+        if value is None:
+            continue
+        activities.append({"detail": {
+            "kind": "MedicationRequest",
+            "code": {"coding": [coding("planned-cycle-activity")], "text": f"Planned activity of cycle {cyc}"},
+            "status": "not-started",
+            "scheduledString": f"cycle {cyc}" + (f", every {interval:g} weeks" if interval else ""),
+            "productCodeableConcept": medication_concept(last.radiopharmaceutical, last.nuclide),
+            "quantity": quantity(value, "MBq"),
+            "description": f"Cycle {cyc}: {value:.0f} MBq (twin plan, research use)",
+        }})
+    p = finite(plan.get("probability_within_limits"))
+    conf = finite(plan.get("confidence"))
+    note = ("Proposal computed by the TheraTwin digital twin within the protocol; the physician decides. "
+            + (f"Joint probability that every organ at risk stays under its limit: {p:.3f} (required {conf:.2f}). "
+               if p is not None and conf is not None else "") + RESEARCH_USE_NOTICE)
+    cp: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "meta": {"tag": [a.tag, PREDICTED_TAG]},
+        "identifier": [{"system": f"{IDENTIFIER_BASE}/care-plan", "value": f"{a.key}/recommendation"}],
+        "status": "draft",
+        "intent": "proposal",
+        "title": "Radioligand therapy: plan for the remaining cycles (research use)",
+        "description": desc,
+        "subject": {"reference": a.patient_ref},
+        "created": a.issued,
+        "supportingInfo": [{"reference": report_ref}] + [{"reference": r} for r in risk_refs],
+        "note": [{"text": note}],
+    }
+    if activities:
+        cp["activity"] = activities
+    return cp
+
+
 def add_care_plan(a: Analysis, report_ref: str, risk_refs: list[str]) -> None:
-    """Add the CarePlan (intent ``proposal``) of the recommended next-cycle activity, when the twin made one."""
+    """Add the CarePlan (intent ``proposal``): the twin's plan for the remaining cycles (one activity per
+    planned cycle) or, for results without a plan, its recommended next-cycle activity."""
     results, study, key, tag, issued, patient_ref, b = (a.results, a.study, a.key, a.tag, a.issued, a.patient_ref,
                                                        a.builder)
+    plan = _plan(results.twin)
+    if plan is not None:
+        b.add(_plan_care_plan(a, plan, report_ref, risk_refs), system=f"{IDENTIFIER_BASE}/care-plan",
+              value=f"{key}/recommendation")
+        return
     rec = _recommendation(results.twin)
     rec_MBq = finite(rec.get("administered_MBq", rec.get("activity_MBq"))) if rec else None
     if rec is not None and rec_MBq is not None:

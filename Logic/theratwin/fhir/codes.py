@@ -163,6 +163,14 @@ CONCEPTS: dict[str, Concept] = {
         Concept("recommended-next-cycle-activity", "Recommended activity for the next cycle",
                 "Largest activity that keeps every organ at risk under its cumulative limit at the stated "
                 "confidence, per the digital twin; a proposal for the physician, research use.", "MBq"),
+        Concept("planned-cycle-activity", "Planned activity of a treatment cycle",
+                "Activity the digital twin's plan gives one remaining cycle of the protocol, such that every organ "
+                "at risk stays under its cumulative limit with the stated joint probability; a proposal for the "
+                "physician, research use.", "MBq"),
+        Concept("prior-data-conflict", "Prior-data conflict of the digital twin",
+                "Standardised deviation of the patient's kinetic parameter from the population prior (or of one "
+                "cycle from the patient's own, between-cycle prior) found by a prior-predictive check; beyond the "
+                "threshold the twin widened that prior so that the patient's data decide.", "{SD}"),
         Concept("dosimetry-analysis", "Dosimetry analysis by TheraTwin",
                 "Provenance activity: kinetic fitting, absorbed-dose calculation, radiobiology and digital-twin "
                 "prediction by TheraTwin."),

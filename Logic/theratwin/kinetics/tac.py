@@ -356,7 +356,7 @@ class GeometricTransferMatrix:
         big = tuple(slice(max(0, b.start - p), min(n, b.stop + p))
                     for b, p, n in zip(box, pad, self.shape, strict=True))
         buf = np.zeros(tuple(b.stop - b.start for b in big), np.float32)
-        buf[_relative(box, big)] = self._regions[j]  # type: ignore[index]
+        buf[_relative(box, big)] = self._regions[j]
         # zero padding outside the image: activity blurred out of the field of view is lost, as in a real scan
         return gaussian_filter(buf, sigma=self.sigma_voxels, mode="constant", cval=0.0), big  # type: ignore[return-value]
 

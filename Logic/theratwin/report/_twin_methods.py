@@ -12,10 +12,13 @@ __all__ = ["section_twin", "section_warnings", "section_methods"]
 
 
 # Reading order of the twin's output blocks (any other block follows, in its own order).
-_TWIN_ORDER = ("recommendation", "recommended_activity", "prediction", "predictions", "forecast", "forecasts",
-               "estimates", "config", "model")
+_TWIN_ORDER = ("plan", "conflicts", "recommendation", "recommended_activity", "prediction", "predictions", "forecast",
+               "forecasts", "estimates", "trajectory", "config", "model")
 _TWIN_TITLES = {
-    "recommendation": "Recommended activity for the next cycle",
+    "plan": "Plan for the remaining cycles (details)",
+    "conflicts": "Prior-data conflicts",
+    "recommendation": "Largest activity for the next cycle alone (all limits jointly)",
+    "trajectory": "Cumulative trajectory at the standard activity",
     "prediction": "Prediction for the next cycle",
     "predictions": "Predictions",
     "forecast": "Risk forecasts (toxicity and response)",
@@ -51,7 +54,7 @@ def section_twin(data: dict[str, Any], structures: list[str]) -> str:
                              f"{notes_html(notes)}</div>")
         body = "".join(parts)
     return (
-        '<section id="twin"><h2>Digital twin: next-cycle prediction, recommendation and risk forecasts</h2>'
+        '<section id="twin"><h2>Digital twin: plan, prediction, prior-data conflicts and risk forecasts</h2>'
         '<p class="twin-label">RESEARCH USE ONLY — model predictions; intervals are prediction intervals from '
         "the posterior (mean [low–high]); not validated for treatment decisions.</p>" + body + "</section>"
     )

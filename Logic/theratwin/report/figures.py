@@ -29,6 +29,7 @@ __all__ = [
     "mip_figure",
     "model_curve",
     "structure_colors",
+    "limits_figure",
 ]
 
 #: Resolution of embedded figures: sharp on screen and in A4 print, small enough to keep the file light.
@@ -271,6 +272,58 @@ def dvh_figure(curves: Sequence[tuple[str, int, Mapping[str, Any]]], colors: Map
         ax.set_ylim(0.0, 102.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper right", frameon=False, ncol=1 if len(items) < 14 else 2)
+    fig.tight_layout()
+    return fig
+
+
+def limits_figure(rows: Sequence[Mapping[str, Any]], *, confidence: float) -> Figure | None:
+    """Cumulative organ doses against their limits, in % of each limit (one horizontal bar per organ).
+
+    Parameters
+    ----------
+    rows
+        Per organ: ``label``, ``limit_Gy``, ``delivered_Gy`` (cumulative so far, measured; may be None),
+        ``end_mean_Gy``, ``end_low_Gy``, ``end_high_Gy`` (predicted at the end of the plan, 90 % interval) and
+        ``quantile_Gy`` (the quantile at ``confidence`` the plan is held to).
+
+    The dark bar is what was delivered so far, the light bar the predicted mean at the end of the plan with its
+    90 % interval as a whisker, the diamond the quantile the plan must keep under the limit (dashed line, 100 %).
+    """
+    rows = [r for r in rows if r.get("limit_Gy")]
+    if not rows:
+        return None
+    n = len(rows)
+    fig = Figure(figsize=(7.2, 0.42 * n + 1.15))
+    ax = fig.subplots()
+    y = np.arange(n)[::-1]
+
+    def pct(v: Any, lim: float) -> float:
+        return 100.0 * float(v) / lim if v is not None and math.isfinite(float(v)) else math.nan
+
+    end = np.array([pct(r.get("end_mean_Gy"), r["limit_Gy"]) for r in rows])
+    lo = np.array([pct(r.get("end_low_Gy"), r["limit_Gy"]) for r in rows])
+    hi = np.array([pct(r.get("end_high_Gy"), r["limit_Gy"]) for r in rows])
+    given = np.array([pct(r.get("delivered_Gy"), r["limit_Gy"]) for r in rows])
+    quant = np.array([pct(r.get("quantile_Gy"), r["limit_Gy"]) for r in rows])
+    ax.barh(y, np.nan_to_num(end), height=0.62, color="#9ecae1", label="end of plan (predicted mean)")
+    ax.barh(y, np.nan_to_num(given), height=0.62, color="#08519c", label="delivered so far")
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    ax.errorbar(end[ok], y[ok], xerr=np.vstack([end[ok] - lo[ok], hi[ok] - end[ok]]), fmt="none", ecolor="#1b1f24",
+                elinewidth=1.0, capsize=3, label="90 % prediction interval")
+    over = quant > 100.0
+    ax.plot(quant[~over], y[~over], "D", color="#1b7a3a", ms=5, label=f"{100 * confidence:.0f} % quantile")
+    if np.any(over):
+        ax.plot(quant[over], y[over], "D", color="#b00020", ms=5)
+    ax.axvline(100.0, color="#b00020", ls="--", lw=1.2)
+    ax.set_yticks(y)
+    ax.set_yticklabels([str(r["label"]) for r in rows], fontsize=8)
+    top = float(np.nanmax(np.concatenate([[110.0], hi, quant, given])))
+    ax.set_xlim(0.0, min(max(110.0, 1.08 * top), 400.0))
+    ax.set_xlabel("cumulative value in % of the organ's limit", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    # the legend above the axes, where it can never hide a bar
+    ax.legend(fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, ncol=4)
     fig.tight_layout()
     return fig
 

@@ -22,8 +22,9 @@ import numpy as np
 from ..progress import ProgressCallback, report
 from ..results import RESEARCH_USE_NOTICE, Results
 from ..study import ImageVolume
-from ._dosimetry import limit_status, section_dosimetry, section_glance, section_treatment
+from ._dosimetry import limit_status, section_dosimetry, section_treatment
 from ._figure_sections import section_dvh, section_images, section_structures
+from ._first_page import section_first_page
 from ._twin_methods import section_methods, section_twin, section_warnings
 from .figures import structure_colors
 from .format import esc
@@ -65,37 +66,18 @@ def _read_package_text(name: str) -> str:
     return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _section_summary(data: dict[str, Any], results: Results, config: ReportConfig) -> str:
+def _section_ids(data: dict[str, Any]) -> str:
+    """Identifiers of the study and the software (the first page keeps the patient's)."""
     study = data.get("study") or {}
-    patient = results.study.patient if results.study is not None else None
     items = [
-        ("Patient ID", esc(study.get("patient_id") or (patient.patient_id if patient else "–"))),
-        ("Patient name", esc(str(patient.name).replace("^", " ").strip() if patient and patient.name else "–")),
-        ("Birth date", esc(patient.birth_date.isoformat() if patient and patient.birth_date else "–")),
-        ("Sex", esc(patient.sex if patient and patient.sex else "–")),
-        ("Study UID", f'<span class="uid">{esc(study.get("study_uid") or "–")}</span>'),
-        ("Report created", f'<span data-path=\'["created"]\'>{esc(data.get("created", ""))}</span>'),
+        ("Study Instance UID", f'<span class="uid">{esc(study.get("study_uid") or "–")}</span>'),
+        ("Results created", f'<span data-path=\'["created"]\'>{esc(data.get("created", ""))}</span>'),
         ("Software", f'TheraTwin <span data-path=\'["software","version"]\'>'
                      f'{esc((data.get("software") or {}).get("version", ""))}</span>'),
-        ("Cycles analysed", esc(", ".join(str(k) for k in (data.get("cycles") or {})) or "–")),
+        ("Results schema", esc(data.get("schema", ""))),
     ]
     dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
-    inst = f'<p class="subtitle">{esc(config.institution)}</p>' if config.institution else ""
-    return (f'<header><h1>{esc(config.title)}</h1>{inst}'
-            f'<p class="subtitle">Dosimetry, radiobiology and digital-twin prediction for radioligand therapy'
-            f'</p><dl class="ids">{dl}</dl>{_alerts(results)}</header>')
-
-
-def _alerts(results: Results) -> str:
-    """First-page box: results accepted despite a failed plausibility check, and other errors (never hidden
-    below the fold)."""
-    serious = [w for w in results.warnings if w.stage == "plausibility" or w.severity == "error"]
-    if not serious:
-        return ""
-    items = "".join(f"<li><b>{esc(w.stage)}</b>: {esc(w.message)}</li>" for w in serious)
-    return ('<div class="alert" role="alert"><p><b>Check before use:</b> these results failed a plausibility '
-            f'check or carry an error and were written because the run was told to proceed.</p><ul>{items}</ul>'
-            '</div>')
+    return f'<section id="identifiers"><h2>Identifiers</h2><dl class="ids">{dl}</dl></section>'
 
 
 def _lesions(results: Results) -> set[str]:
@@ -165,24 +147,30 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
     report(progress, 0.1, "report: time-activity curves")
     struct_html, _ = section_structures(data, colors, names)
     report(progress, 0.6, "report: projections and DVH")
-    parts = [
-        _section_summary(data, results, cfg),
-        section_glance(data, _lesions(results)),
+    appendix = [
         section_treatment(data),
-        section_warnings(data),
+        section_twin(data, names),
         section_dosimetry(data, names),
         struct_html,
         section_images(results, data, mask_map, activity, colors),
         section_dvh(results, data, colors),
-        section_twin(data, names),
+        section_warnings(data),
         section_methods(data),
     ]
-    titles = {"glance": "At a glance", "treatment": "Treatment", "warnings": "Warnings",
-              "dosimetry": "Dosimetry", "structures": "Time-activity curves", "images": "Projections",
-              "dvh": "DVH", "twin": "Twin prediction", "methods": "Methods"}
-    present = [k for k in titles if any(f'<section id="{k}"' in p for p in parts if p)]
-    nav = ('<nav class="toc">' + " · ".join(f'<a href="#{k}">{titles[k]}</a>' for k in present) + "</nav>")
-    parts.insert(1, nav)
+    titles = {"treatment": "Treatment", "twin": "Twin details", "dosimetry": "Dosimetry tables",
+              "structures": "Time-activity curves", "images": "Projections", "dvh": "DVH",
+              "warnings": "Warnings and run notes", "methods": "Methods"}
+    present = [k for k in titles if any(f'<section id="{k}"' in p for p in appendix if p)]
+    nav = ('<nav class="toc">Appendix: ' + " · ".join(f'<a href="#{k}">{titles[k]}</a>' for k in present) + "</nav>")
+    parts = [
+        section_first_page(data, results, title=cfg.title, institution=cfg.institution, lesions=_lesions(results)),
+        '<div class="appendix" id="appendix"><h1 class="appendix-title">Appendix</h1>'
+        f'<p class="subtitle">Details of the dosimetry, the digital twin and the run ({esc(cfg.title)}, patient '
+        f'{esc((data.get("study") or {}).get("patient_id") or "–")})</p>{nav}',
+        *appendix,
+        _section_ids(data),
+        "</div>",
+    ]
     page = Template(_read_package_text("report.html")).substitute(
         title=esc(cfg.title), css=_read_package_text("report.css"), notice=esc(RESEARCH_USE_NOTICE),
         version=esc(data.get("software", {}).get("version", "")), body="\n".join(p for p in parts if p),

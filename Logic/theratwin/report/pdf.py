@@ -56,7 +56,7 @@ def _offline_fetcher() -> Any:
     allowed = {p.as_uri() for p in bundled_font_files()}
     if hasattr(urls, "URLFetcher"):  # WeasyPrint >= 67: fetcher objects
 
-        class _Offline(urls.URLFetcher):  # type: ignore[misc, name-defined]
+        class _Offline(urls.URLFetcher):
             def fetch(self, url: str, headers: Any = None) -> Any:
                 if url.startswith("data:") or url in allowed:
                     return super().fetch(url, headers)

@@ -1,14 +1,18 @@
 """The digital twin of a radioligand-therapy patient (research use).
 
-A Bayesian radiopharmacokinetic model per structure (population prior for 177Lu-PSMA-617 and
-177Lu-DOTATATE, inter-individual and inter-occasion variability, proportional + additive error), updated with
-every cycle's data, that estimates sparsely imaged cycles, predicts TIA, dose and BED with prediction
-intervals, recommends the next activity under organ-at-risk limits and forecasts response and toxicity.
+A Bayesian radiopharmacokinetic model per structure (population priors per gram for 177Lu-PSMA-617 and
+177Lu-DOTATATE, or a site's own priors file; inter-individual and inter-occasion variability; random per-scan
+and correlated per-cycle measurement error), updated with every cycle's data, that estimates sparsely imaged
+cycles, flags priors the patient's data contradict, predicts TIA, dose and BED with prediction intervals,
+plans the remaining cycles of the protocol so that all organ-at-risk limits hold jointly at a chosen
+confidence, and forecasts response and toxicity.
 
-Main entry point: :class:`PatientTwin`. Extension points: :data:`TWIN_MODELS` (``theratwin.twin_models``)
-and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
+Main entry point: :class:`PatientTwin`. Priors file: :mod:`theratwin.twin.population` (schema
+``theratwin-priors/1``). Protocols: :class:`TreatmentProtocol`. Extension points: :data:`TWIN_MODELS`
+(``theratwin.twin_models``) and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
 """
 
+from ._conflicts import PriorConflict
 from .cohort import VirtualCohort, VirtualPatient, hanscheid_tia, madsen_tia, make_cohort
 from .model import (
     TWIN_MODELS,
@@ -21,7 +25,17 @@ from .model import (
 )
 from .outcome import OUTCOME_MODELS, LKBModel, LogisticDoseResponse, OutcomeModel
 from .pbpk import PBPKPatientFit, PBPKPosterior, PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
+from .population import (
+    PRIORS_SCHEMA,
+    MeasurementSpec,
+    PopulationPrior,
+    PopulationPriors,
+    builtin_priors,
+    load_priors,
+    priors_json_schema,
+)
 from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
+from .protocol import TreatmentProtocol, default_protocol
 from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
 from .twin import (
     SCHEMA,
@@ -33,6 +47,7 @@ from .twin import (
     Recommendation,
     StructurePrediction,
     TIAEstimate,
+    TreatmentPlan,
 )
 
 __all__ = [
@@ -42,6 +57,10 @@ __all__ = [
     "Prediction",
     "StructurePrediction",
     "Recommendation",
+    "TreatmentPlan",
+    "TreatmentProtocol",
+    "default_protocol",
+    "PriorConflict",
     "Observation",
     "MeasurementErrorModel",
     "SCHEMA",
@@ -60,6 +79,13 @@ __all__ = [
     "KineticPriorSpec",
     "StructurePrior",
     "structure_prior",
+    "PRIORS_SCHEMA",
+    "PopulationPriors",
+    "PopulationPrior",
+    "MeasurementSpec",
+    "builtin_priors",
+    "load_priors",
+    "priors_json_schema",
     "DEFAULT_LIMITS",
     "OrganLimit",
     "TissueParameters",

@@ -32,7 +32,8 @@ def _as_float_list(values: Any, what: str) -> list[float]:
 
 def checked_observation(observations: dict[tuple[int, str], Observation], cycle: int, structure: str, time_h: Any,
                         activity_MBq: Any, administered_MBq: float, *, activity_sd_MBq: Any, ligand_nmol: float | None,
-                        mass_g: float | None, dose_per_tia_Gy_per_MBq_h: float | None) -> Observation:
+                        mass_g: float | None, dose_per_tia_Gy_per_MBq_h: float | None,
+                        correlated_rel_sd: float | None = None) -> Observation:
     """The validated :class:`Observation`; ``observations`` (the twin's) must agree on the cycle's activity."""
     if int(cycle) != cycle or cycle < 1:
         raise InvalidInputError(f"cycle must be a positive integer, got {cycle!r}.")
@@ -54,6 +55,9 @@ def checked_observation(observations: dict[tuple[int, str], Observation], cycle:
                       ("dose_per_tia_Gy_per_MBq_h", dose_per_tia_Gy_per_MBq_h)):
         if val is not None and not (val > 0 and math.isfinite(val)):
             raise InvalidInputError(f"'{structure}', cycle {cycle}: {name} must be positive, got {val}.")
+    if correlated_rel_sd is not None and not (0 <= correlated_rel_sd < 1 and math.isfinite(correlated_rel_sd)):
+        raise InvalidInputError(f"'{structure}', cycle {cycle}: correlated_rel_sd is a relative SD in [0, 1), "
+                                f"got {correlated_rel_sd}.")
     for (c, other), ob in observations.items():
         if c == int(cycle) and other != structure and not math.isclose(ob.administered_MBq, administered_MBq,
                                                                        rel_tol=1e-6):
@@ -63,7 +67,8 @@ def checked_observation(observations: dict[tuple[int, str], Observation], cycle:
     return Observation(
         int(cycle), structure, t, a, float(administered_MBq), sd,
         None if ligand_nmol is None else float(ligand_nmol), None if mass_g is None else float(mass_g),
-        None if dose_per_tia_Gy_per_MBq_h is None else float(dose_per_tia_Gy_per_MBq_h))
+        None if dose_per_tia_Gy_per_MBq_h is None else float(dose_per_tia_Gy_per_MBq_h),
+        None if correlated_rel_sd is None else float(correlated_rel_sd))
 
 
 def fit_data(twin: PatientTwin, structures: list[str], cycles: list[int]) -> FitData:
@@ -79,19 +84,24 @@ def fit_data(twin: PatientTwin, structures: list[str], cycles: list[int]) -> Fit
     adm = np.ones(shape)
     lig = np.full(shape, twin.reference_ligand_nmol)
     mask = np.zeros(shape, bool)
+    corr = np.zeros((len(structures), len(cycles)))
     for i, obs in enumerate(per):
         j = 0
-        sp = twin.measurement.for_structure(structures[i])
+        meas = twin._measurement(structures[i])
+        corr[i, :] = meas.correlated_rel_sd
         for ob in obs:
             n = len(ob.time_h)
             y = np.asarray(ob.activity_MBq)
             sd = np.asarray(ob.activity_sd_MBq) if ob.activity_sd_MBq is not None else np.zeros(n)
             t[i, j:j + n] = ob.time_h
-            logy[i, j:j + n] = np.log(np.maximum(y, max(twin.measurement.additive_sd_MBq, 1e-9)))
-            sdl[i, j:j + n] = log_normal_sd(y, sd, sp, twin.measurement.additive_sd_MBq)
+            logy[i, j:j + n] = np.log(np.maximum(y, max(meas.additive_sd_MBq, 1e-9)))
+            sdl[i, j:j + n] = log_normal_sd(y, sd, meas.random_rel_sd, meas.additive_sd_MBq)
             cyc[i, j:j + n] = idx[ob.cycle]
             adm[i, j:j + n] = ob.administered_MBq
             lig[i, j:j + n] = ob.ligand_nmol or twin._default_ligand(ob.administered_MBq)
             mask[i, j:j + n] = True
+            if ob.correlated_rel_sd is not None:  # the data's own (e.g. the kinetics stage's) correlated SD
+                corr[i, idx[ob.cycle]] = ob.correlated_rel_sd
             j += n
-    return FitData(t, logy, sdl, cyc, adm, lig, mask, len(cycles))
+    # relative SD -> SD of the log factor (log-normal: σ_ln² = ln(1 + CV²))
+    return FitData(t, logy, sdl, cyc, adm, lig, mask, len(cycles), np.sqrt(np.log1p(corr * corr)))

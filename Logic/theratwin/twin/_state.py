@@ -12,10 +12,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..errors import InvalidInputError
+from ..errors import ConfigurationError, InvalidInputError
 from ..results import RESEARCH_USE_NOTICE
 from .model import TWIN_MODELS
+from .population import PopulationPriors, builtin_priors
 from .priors import KineticPriorSpec
+from .protocol import TreatmentProtocol
 from .results import MeasurementErrorModel
 from .tissues import OrganLimit, TissueParameters
 
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA", "state_to_dict", "state_from_dict"]
 
 #: Versioned schema of the twin state (``to_json``); ``from_json`` reads every version listed in _READABLE.
-SCHEMA = "theratwin-twin/1"
-_READABLE = ("theratwin-twin/1",)
+SCHEMA = "theratwin-twin/2"
+_READABLE = ("theratwin-twin/1", "theratwin-twin/2")
 
 
 def state_to_dict(twin: PatientTwin) -> dict[str, Any]:
@@ -48,8 +50,13 @@ def state_to_dict(twin: PatientTwin) -> dict[str, Any]:
         "model_config": twin.model.to_dict() if hasattr(twin.model, "to_dict") else None,
         "reference_ligand_nmol": twin.reference_ligand_nmol,
         "seed": twin.seed,
-        "measurement": asdict(twin.measurement),
+        "measurement": None if twin.measurement is None else asdict(twin.measurement),
         "prior_overrides": {k: v.to_dict() for k, v in twin.prior_overrides.items()},
+        # a site's priors travel with the twin, so that it restores to the same posterior anywhere
+        "priors": None if twin.priors is None else {"origin": twin.priors.origin, "data": twin.priors.to_dict()},
+        "conflict_sd": twin.conflict_sd,
+        "conflict_handling": twin.conflict_handling,
+        "protocol": twin.protocol.to_dict(),
         "tissues": {k: asdict(v) for k, v in twin.tissues.items()},
         "limits": {k: (v.to_dict() if isinstance(v, OrganLimit) else v) for k, v in twin.limits.items()},
         "observations": [ob.to_dict() for _, ob in sorted(twin.observations.items())],
@@ -70,18 +77,32 @@ def state_from_dict(cls: type[PatientTwin], d: dict[str, Any]) -> PatientTwin:
         entry = TWIN_MODELS.get(model)
         if hasattr(entry, "from_dict"):
             model = entry.from_dict(d["model_config"])
+    # version 1 always had a measurement model (its defaults had no correlated part)
+    meas = d.get("measurement", {}) if schema == "theratwin-twin/1" else d.get("measurement")
+    if schema == "theratwin-twin/1":
+        meas = {"correlated_sd": 0.0, "lesion_correlated_sd": 0.0, **(meas or {})}
+    priors = None
+    if d.get("priors"):
+        priors = PopulationPriors.from_dict(d["priors"]["data"], origin=str(d["priors"].get("origin", "twin state")))
+        try:
+            priors.fallback = builtin_priors(priors.radiopharmaceutical, priors.nuclide)
+        except ConfigurationError:
+            priors.fallback = None
     twin = cls(
         d["nuclide"], d["radiopharmaceutical"], model=model,
         prior_overrides={k: KineticPriorSpec.from_dict(v) for k, v in d.get("prior_overrides", {}).items()},
-        measurement=MeasurementErrorModel(**d.get("measurement", {})),
+        measurement=None if meas is None else MeasurementErrorModel(**meas),
         tissues={k: TissueParameters(**v) for k, v in d.get("tissues", {}).items()},
         limits={k: (OrganLimit(**v) if isinstance(v, dict) else v) for k, v in d.get("limits", {}).items()},
         reference_ligand_nmol=float(d.get("reference_ligand_nmol", 100.0)),
-        patient_id=d.get("patient_id"), seed=int(d.get("seed", 20240617)))
+        patient_id=d.get("patient_id"), seed=int(d.get("seed", 20240617)), priors=priors,
+        conflict_sd=float(d.get("conflict_sd", 3.0)), conflict_handling=str(d.get("conflict_handling", "widen")),
+        protocol=TreatmentProtocol.from_dict(d["protocol"]) if d.get("protocol") else None)
     for ob in d.get("observations", []):
         twin.observe(ob["cycle"], ob["structure"], ob["time_h"], ob["activity_MBq"], ob["administered_MBq"],
                      activity_sd_MBq=ob.get("activity_sd_MBq"), ligand_nmol=ob.get("ligand_nmol"),
-                     mass_g=ob.get("mass_g"), dose_per_tia_Gy_per_MBq_h=ob.get("dose_per_tia_Gy_per_MBq_h"))
+                     mass_g=ob.get("mass_g"), dose_per_tia_Gy_per_MBq_h=ob.get("dose_per_tia_Gy_per_MBq_h"),
+                     correlated_rel_sd=ob.get("correlated_rel_sd"))
     for c, v in d.get("planned", {}).items():
         twin.plan(int(c), v["administered_MBq"], v.get("ligand_nmol"))
     return twin

@@ -20,18 +20,23 @@ Plug-ins register in :data:`TWIN_MODELS` (entry-point group ``theratwin.twin_mod
 
 Posterior
 ---------
-Per structure the unknowns are x = (θ, κ_1 … κ_K) (patient parameters and one IOV deviation per observed
-cycle). The negative log posterior is the sum of squares of
+Per structure the unknowns are x = (θ, κ_1 … κ_K, δ_1 … δ_K): the patient parameters, one IOV deviation per
+observed cycle and one correlated measurement error per cycle (``δ_k``: a log-scale factor shared by every
+scan of the structure in cycle k — calibration, segmentation, recovery; it scales what was *measured*, not
+the patient's activity, so TIA and dose use θ + κ_k only). The negative log posterior is the sum of squares of
 
-* data residuals ``(ln y_j − ln A(t_j; θ + κ_k(j))) / s_j`` (log-normal error, ``s_j² = σ_prop² +
-  (σ_add² + sd_j²) / y_j²``: proportional plus additive error, the additive part evaluated at the datum),
-* ``L_Ω⁻¹ (θ − μ)`` (IIV prior) and ``L_Γ⁻¹ κ_k`` (IOV prior),
+* data residuals ``(ln y_j − ln A(t_j; θ + κ_k(j)) − δ_k(j)) / s_j`` (log-normal random error per scan,
+  ``s_j² = σ_prop² + (σ_add² + sd_j²) / y_j²``: proportional plus additive, the additive part evaluated at
+  the datum),
+* ``L_Ω⁻¹ (θ − μ)`` (IIV prior), ``L_Γ⁻¹ κ_k`` (IOV prior) and ``δ_k / σ_c,k`` (correlated error),
 
 i.e. a nonlinear least-squares problem — the Bayesian (MAP, "empirical Bayes") individualisation objective
 of population pharmacokinetics (Sheiner LB, Beal SL. J Pharm Sci 1982;71:1344), extended by the
 inter-occasion terms (Karlsson MO, Sheiner LB. J Pharmacokinet Biopharm 1993;21:735). It is solved for all structures at once by a batched Levenberg–Marquardt
 iteration (Marquardt 1963) with the analytic Jacobian; the Laplace approximation of the posterior is
-N(x̂, (JᵀJ)⁻¹) with the Gauss–Newton Hessian at the mode (Bates & Watts 1988, ch. 2).
+N(x̂, (JᵀJ)⁻¹) with the Gauss–Newton Hessian at the mode (Bates & Watts 1988, ch. 2). Draws from it are then
+importance-corrected towards the exact posterior (:func:`log_posterior_draws`, sampling-importance-resampling
+in ``PatientTwin._draw_eta``), which removes the bias of the Gaussian where the model is curved.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ __all__ = [
     "FitData",
     "LaplacePosterior",
     "fit_map_laplace",
+    "log_posterior_draws",
     "activity_from_exponentials",
     "tia_from_exponentials",
     "lea_catcheside_g",
@@ -117,9 +123,13 @@ class BiexponentialModel:
 
     name = "biexp"
     n_params = 3
+    #: η[0] is ln U: the twin takes this model's priors from its population priors (built-in or a site's
+    #: file, :mod:`theratwin.twin.population`) at each structure's own mass.
+    uses_population_priors = True
 
     def prior(self, structure: str, radiopharmaceutical: str, nuclide: str,
               overrides: dict[str, KineticPriorSpec] | None) -> StructurePrior:
+        """The built-in prior at the structure kind's reference mass (the twin scales it to the patient's)."""
         return structure_prior(prior_spec(radiopharmaceutical, structure, overrides), nuclide)
 
     def log_amplitude_offset(self, ligand_nmol: np.ndarray, structures: list[str], shape: tuple[int, ...]) -> np.ndarray:
@@ -136,6 +146,15 @@ class BiexponentialModel:
         rate = np.stack([lam_w, lam_u], axis=-1)
         return coef, rate
 
+    def log_activity(self, eta: np.ndarray, time_h: np.ndarray, administered_MBq: np.ndarray,
+                     ligand_nmol: np.ndarray, structures: list[str], lambda_phys_per_h: float) -> np.ndarray:
+        """``ln A(t)`` alone (numerically stable through ``expm1``; no Jacobian), e.g. for many posterior draws."""
+        t = np.asarray(time_h, dtype=float)
+        lam_w = lambda_phys_per_h + np.exp(eta[..., 1])
+        one_minus = -np.expm1(-np.exp(eta[..., 2]) * t)  # 1 − e^{−Δt}
+        log_u = eta[..., 0] + self.log_amplitude_offset(ligand_nmol, structures, eta.shape[:-1])
+        return np.asarray(np.log(administered_MBq) + log_u - lam_w * t + np.log(np.maximum(one_minus, 1e-300)))
+
     def log_activity_jacobian(self, eta: np.ndarray, time_h: np.ndarray, administered_MBq: np.ndarray,
                               ligand_nmol: np.ndarray, structures: list[str],
                               lambda_phys_per_h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,16 +162,14 @@ class BiexponentialModel:
         t = np.asarray(time_h, dtype=float)
         e_phi = np.exp(eta[..., 1])
         delta = np.exp(eta[..., 2])
-        lam_w = lambda_phys_per_h + e_phi
         one_minus = -np.expm1(-delta * t)  # 1 − e^{−Δt}
-        log_u = eta[..., 0] + self.log_amplitude_offset(ligand_nmol, structures, eta.shape[:-1])
-        log_a = np.log(administered_MBq) + log_u - lam_w * t + np.log(np.maximum(one_minus, 1e-300))
+        log_a = self.log_activity(eta, t, administered_MBq, ligand_nmol, structures, lambda_phys_per_h)
         jac = np.empty(eta.shape)
         jac[..., 0] = 1.0
         # ∂/∂φ: λw and λu move together (λu = λw + Δ), so ∂ ln(e^{−λw t} − e^{−λu t})/∂λw = −t
         jac[..., 1] = -t * e_phi
-        # ∂/∂ψ: t Δ e^{−Δt} / (1 − e^{−Δt}) = t Δ / (e^{Δt} − 1)
-        jac[..., 2] = t * delta / np.maximum(np.expm1(delta * t), 1e-300)
+        # ∂/∂ψ: t Δ e^{−Δt} / (1 − e^{−Δt}) (this form does not overflow for large Δt)
+        jac[..., 2] = t * delta * np.exp(-delta * t) / np.maximum(one_minus, 1e-300)
         return log_a, jac
 
 
@@ -165,7 +182,8 @@ class FitData:
 
     Arrays have shape (S, R): ``time_h``, ``log_activity`` (ln MBq), ``sd_log`` (SD of ln activity),
     ``cycle_index`` (0..K−1, index into the twin's observed cycles), ``administered_MBq``, ``ligand_nmol``,
-    ``mask`` (bool).
+    ``mask`` (bool). ``correlated_sd`` (S, K) is the SD of the per-cycle correlated error δ (log scale);
+    None fits without δ (every error independent between scans).
     """
 
     time_h: np.ndarray
@@ -176,11 +194,13 @@ class FitData:
     ligand_nmol: np.ndarray
     mask: np.ndarray
     n_cycles: int
+    correlated_sd: np.ndarray | None = None
 
 
 @dataclass
 class LaplacePosterior:
-    """Gaussian (Laplace) posterior of x = (θ, κ_1..κ_K) per structure: mode (S, P) and covariance (S, P, P)."""
+    """Gaussian (Laplace) posterior of x = (θ, κ_1..κ_K[, δ_1..δ_K]) per structure: mode (S, P), covariance
+    (S, P, P); ``n_correlated`` is the number of δ entries at the end of x (K, or 0 without them)."""
 
     mode: np.ndarray
     cov: np.ndarray
@@ -188,11 +208,12 @@ class LaplacePosterior:
     n_params: int
     iterations: int
     converged: np.ndarray
+    n_correlated: int = 0
 
     def eta_matrix(self, cycle_index: int | None) -> np.ndarray:
         """Matrix M (n_params × P) with η = M x for an observed cycle (``None``: θ only)."""
         p = self.n_params
-        m = np.zeros((p, p * (1 + self.n_cycles)))
+        m = np.zeros((p, p * (1 + self.n_cycles) + self.n_correlated))
         m[:, :p] = np.eye(p)
         if cycle_index is not None:
             m[:, p * (1 + cycle_index): p * (2 + cycle_index)] = np.eye(p)
@@ -242,35 +263,50 @@ def fit_map_laplace(model: Any, structures: list[str], priors: list[StructurePri
     s_n = len(structures)
     p = int(model.n_params)
     k_n = int(data.n_cycles)
-    n_x = p * (1 + k_n)
+    n_d = 0 if data.correlated_sd is None else k_n  # correlated-error entries δ_k
+    n_k = p * (1 + k_n)
+    n_x = n_k + n_d
     mu = np.stack([pr.mean for pr in priors])  # (S, p)
     l_iiv = np.stack([np.linalg.inv(np.linalg.cholesky(pr.iiv_cov)) for pr in priors])
     l_iov = np.stack([np.linalg.inv(np.linalg.cholesky(pr.iov_cov)) for pr in priors])
     onehot = (data.cycle_index[..., None] == np.arange(k_n)) & data.mask[..., None]  # (S, R, K)
+    onehot_f = onehot.astype(float)
     w = np.where(data.mask, 1.0 / data.sd_log, 0.0)  # (S, R)
     logy = np.where(data.mask, data.log_activity, 0.0)
+    # δ_k / σ_c; a zero σ_c pins δ_k to 0 (a floor keeps the Hessian finite)
+    w_d = None if data.correlated_sd is None else 1.0 / np.maximum(data.correlated_sd, 1e-4)  # (S, K)
 
     def residuals(x: np.ndarray, with_jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
         theta = x[:, :p]
-        kappa = x[:, p:].reshape(s_n, k_n, p)
-        eta = theta[:, None, :] + np.einsum("srk,skp->srp", onehot.astype(float), kappa)
+        kappa = x[:, p:n_k].reshape(s_n, k_n, p)
+        eta = theta[:, None, :] + np.einsum("srk,skp->srp", onehot_f, kappa)
         loga, dloga = _model_logs(model, eta, data, structures, lambda_phys_per_h)
+        if w_d is not None:
+            loga = loga + np.einsum("srk,sk->sr", onehot_f, x[:, n_k:])
         r_data = (logy - np.where(data.mask, loga, 0.0)) * w
         r_iiv = np.einsum("sij,sj->si", l_iiv, theta - mu)
         r_iov = np.einsum("sij,skj->ski", l_iov, kappa).reshape(s_n, k_n * p)
-        r = np.concatenate([r_data, r_iiv, r_iov], axis=1)
+        parts = [r_data, r_iiv, r_iov] + ([] if w_d is None else [x[:, n_k:] * w_d])
+        r = np.concatenate(parts, axis=1)
         if not with_jac:
             return r, None
         j_eta = -dloga * w[..., None]  # (S, R, p)
-        j_data = np.concatenate(
-            [j_eta, (onehot[..., None] * j_eta[:, :, None, :]).reshape(s_n, -1, k_n * p)], axis=2)
-        j_iiv = np.concatenate([l_iiv, np.zeros((s_n, p, k_n * p))], axis=2)
+        j_parts = [j_eta, (onehot[..., None] * j_eta[:, :, None, :]).reshape(s_n, -1, k_n * p)]
+        if w_d is not None:
+            j_parts.append(-onehot_f * w[..., None])  # ∂r_data/∂δ_k
+        j_data = np.concatenate(j_parts, axis=2)
+        j_iiv = np.concatenate([l_iiv, np.zeros((s_n, p, n_x - p))], axis=2)
         j_iov = np.zeros((s_n, k_n * p, n_x))
         for k in range(k_n):
             j_iov[:, k * p:(k + 1) * p, p * (1 + k): p * (2 + k)] = l_iov
-        return r, np.concatenate([j_data, j_iiv, j_iov], axis=1)
+        blocks = [j_data, j_iiv, j_iov]
+        if w_d is not None:
+            j_d = np.zeros((s_n, n_d, n_x))
+            j_d[:, np.arange(n_d), n_k + np.arange(n_d)] = w_d
+            blocks.append(j_d)
+        return r, np.concatenate(blocks, axis=1)
 
-    x = np.concatenate([mu, np.zeros((s_n, k_n * p))], axis=1)
+    x = np.concatenate([mu, np.zeros((s_n, n_x - p))], axis=1)
     damping = np.full(s_n, 1e-3)
     r, jac = residuals(x, True)
     cost = 0.5 * np.sum(r * r, axis=1)
@@ -305,7 +341,48 @@ def fit_map_laplace(model: Any, structures: list[str], priors: list[StructurePri
     jtj = np.einsum("srp,srq->spq", jac, jac)
     cov = np.linalg.inv(jtj + 1e-12 * eye)
     cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-    return LaplacePosterior(x, cov, k_n, p, iterations, converged)
+    return LaplacePosterior(x, cov, k_n, p, iterations, converged, n_d)
+
+
+def log_posterior_draws(model: Any, structures: list[str], priors: list[StructurePrior], data: FitData,
+                        lambda_phys_per_h: float, x: np.ndarray) -> np.ndarray:
+    """Unnormalised log posterior (S, N) of N draws per structure, ``x`` (S, N, P) as in :func:`fit_map_laplace`.
+
+    The same terms as the fit's sum of squares (data, IIV, IOV and correlated-error residuals), evaluated for
+    many draws at once; used to importance-correct the Laplace draws (:meth:`PatientTwin._draw_eta`).
+    """
+    s_n, n, _ = x.shape
+    p = int(model.n_params)
+    k_n = int(data.n_cycles)
+    n_k = p * (1 + k_n)
+    theta = x[..., :p]
+    kappa = x[..., p:n_k].reshape(s_n, n, k_n, p)
+    # each point's cycle deviation, gathered (padding points read cycle 0; their residuals are masked below)
+    cyc = np.where(data.mask, data.cycle_index, 0)
+    eta = theta[:, :, None, :] + np.take_along_axis(kappa, cyc[:, None, :, None], axis=2)  # (S, N, R, p)
+    view = FitData(data.time_h[:, None, :], data.log_activity[:, None, :], data.sd_log[:, None, :],
+                   data.cycle_index[:, None, :], data.administered_MBq[:, None, :], data.ligand_nmol[:, None, :],
+                   data.mask[:, None, :], k_n, None)
+    if hasattr(model, "log_activity"):
+        loga = model.log_activity(eta, view.time_h, view.administered_MBq, view.ligand_nmol, structures,
+                                  lambda_phys_per_h)
+    else:
+        loga, _ = _model_logs(model, eta, view, structures, lambda_phys_per_h)
+    if data.correlated_sd is not None:
+        loga = loga + np.take_along_axis(x[..., n_k:], cyc[:, None, :], axis=2)
+    w = np.where(data.mask, 1.0 / data.sd_log, 0.0)[:, None, :]
+    r_data = np.where(data.mask[:, None, :], (data.log_activity[:, None, :] - loga) * w, 0.0)
+    out = -0.5 * np.sum(r_data * r_data, axis=-1)
+    for i, pr in enumerate(priors):
+        l_iiv = np.linalg.inv(np.linalg.cholesky(pr.iiv_cov))
+        l_iov = np.linalg.inv(np.linalg.cholesky(pr.iov_cov))
+        r_iiv = (theta[i] - pr.mean) @ l_iiv.T
+        r_iov = kappa[i] @ l_iov.T
+        out[i] -= 0.5 * (np.sum(r_iiv * r_iiv, axis=-1) + np.sum(r_iov * r_iov, axis=(-2, -1)))
+    if data.correlated_sd is not None:
+        r_d = x[..., n_k:] / np.maximum(data.correlated_sd, 1e-4)[:, None, :]
+        out -= 0.5 * np.sum(r_d * r_d, axis=-1)
+    return np.asarray(out)
 
 
 def log_normal_sd(y_MBq: np.ndarray, sd_MBq: np.ndarray, proportional_sd: float | np.ndarray,

@@ -22,6 +22,11 @@ number is published the entry says **unpublished (assumption)**; every value is 
 0.1602 = 1.602e-13 J/MeV · 1e6 /s / 1e-3 kg/g · 1e3 mGy/Gy), and ``U ≈ τ · λ_eff`` (mono-exponential
 washout, uptake phase neglected). Lu-177: E_e = 0.148 MeV (ICRP 107).
 
+Per gram: a dose per activity is a mean over the organ, so ``U ∝ d · m``: the uptake *per gram* is what the
+published number fixes. :func:`theratwin.twin.population.builtin_priors` therefore divides ``U`` by the reference
+mass, and the twin multiplies it by the mass of the structure it actually observes (an L1–L5 marrow surrogate
+of ~90 g takes ~90/1170 of the whole-marrow uptake). That set is also what a site's own priors file replaces.
+
 References
 ----------
 [ELLS24]  Ells Z et al. Dosimetry of [177Lu]Lu-PSMA-targeted radiopharmaceutical therapies: systematic review
@@ -260,12 +265,20 @@ def prior_spec(radiopharmaceutical: str, structure: str,
 
 @dataclass(frozen=True)
 class StructurePrior:
-    """Gaussian prior of θ = (log U, φ, ψ) for one structure: mean, IIV covariance Ω, IOV covariance Γ."""
+    """Gaussian prior of θ = (log U, φ, ψ) for one structure: mean, IIV covariance Ω, IOV covariance Γ.
+
+    ``mass_g`` is the structure mass the amplitude prior was scaled to (None: a model's own absolute prior),
+    ``source`` where the prior came from, ``measurement`` the structure's measurement error model from the
+    priors file (a :class:`~theratwin.twin.population.MeasurementSpec`, or None for TheraTwin's default).
+    """
 
     mean: np.ndarray
     iiv_cov: np.ndarray
     iov_cov: np.ndarray
-    spec: KineticPriorSpec
+    spec: KineticPriorSpec | None
+    mass_g: float | None = None
+    source: str = ""
+    measurement: Any = None
 
     def with_scale(self, *, iiv: float = 1.0, iov: float = 1.0) -> StructurePrior:
         return replace(self, iiv_cov=self.iiv_cov * iiv**2, iov_cov=self.iov_cov * iov**2)

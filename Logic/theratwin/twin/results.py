@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigurationError
 from ..results import RESEARCH_USE_NOTICE
 from ..study.codes import structure_kind
 from .tissues import OrganLimit
@@ -25,26 +27,58 @@ __all__ = [
     "StructurePrediction",
     "Prediction",
     "Recommendation",
+    "TreatmentPlan",
 ]
 
 
 @dataclass(frozen=True)
 class MeasurementErrorModel:
-    """Proportional + additive error of measured structure activities.
+    """Error of measured structure activities: random per scan, correlated within a cycle, additive.
 
-    ``SD(y) ≈ √((σ_p·y)² + σ_a² + sd²)`` with ``sd`` the per-point SD supplied with the data (e.g. counting
-    noise from the kinetics stage). Defaults (assumptions, configurable): σ_p = 5 % for organs (SPECT/CT
-    activity quantification repeatability; Staanum 2021 EJNMMI Phys 8:78 estimate 13 % total per fraction
-    including systematic calibration error, which does not affect the between-time-point scatter), 8 % for
-    lesions (partial-volume and segmentation), σ_a = 0.05 MBq.
+    ``ln y_j = ln A(t_j) + δ_k + ε_j`` for scan j of cycle k, with
+
+    * ``ε_j`` independent between scans (counting statistics, reconstruction, patient set-up, model misfit):
+      SD ``√(σ_p² + (σ_a² + sd_j²)/y_j²)`` — proportional σ_p (``proportional_sd`` for organs,
+      ``lesion_proportional_sd`` for lesions), additive σ_a, and the per-scan SD ``sd_j`` supplied with the
+      data (the kinetics stage's random part);
+    * ``δ_k`` one factor shared by every scan of one structure in one cycle (camera calibration,
+      segmentation, partial-volume recovery): SD σ_c (``correlated_sd`` / ``lesion_correlated_sd``, or the
+      per-observation ``correlated_rel_sd`` supplied with the data). It moves all scans of the cycle together,
+      so it cannot be averaged away by more scans and it is *not* a change of the patient's kinetics: the
+      twin estimates it (as a nuisance parameter) separately from the inter-occasion variability.
+
+    Defaults (assumptions, configurable): σ_p = 5 % for organs (SPECT/CT activity quantification
+    repeatability), 8 % for lesions; σ_c = 5 % for organs (calibration a few per cent, Gear et al. 2018 EJNMMI
+    45:2456; Staanum 2021 EJNMMI Phys 8:78 estimate 13 % total per fraction including it), 10 % for lesions
+    (segmentation and recovery); σ_a = 0.05 MBq.
     """
 
     proportional_sd: float = 0.05
     lesion_proportional_sd: float = 0.08
     additive_sd_MBq: float = 0.05
+    correlated_sd: float = 0.05
+    lesion_correlated_sd: float = 0.10
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigurationError(f"MeasurementErrorModel.{k} must be a number >= 0, got {v!r}.")
+        for k in ("proportional_sd", "lesion_proportional_sd", "correlated_sd", "lesion_correlated_sd"):
+            if getattr(self, k) >= 1.0:
+                raise ConfigurationError(f"MeasurementErrorModel.{k} is a relative SD and must be < 1, "
+                                         f"got {getattr(self, k)}.")
 
     def for_structure(self, structure: str) -> float:
-        return self.lesion_proportional_sd if structure_kind(structure).role.value == "lesion" else self.proportional_sd
+        """Random (per-scan) proportional SD of ``structure``."""
+        return self.lesion_proportional_sd if _is_lesion(structure) else self.proportional_sd
+
+    def correlated_for_structure(self, structure: str) -> float:
+        """Correlated (per-cycle) relative SD of ``structure``."""
+        return self.lesion_correlated_sd if _is_lesion(structure) else self.correlated_sd
+
+
+def _is_lesion(structure: str) -> bool:
+    return structure_kind(structure).role.value == "lesion"
 
 
 @dataclass
@@ -60,6 +94,7 @@ class Observation:
     ligand_nmol: float | None = None
     mass_g: float | None = None
     dose_per_tia_Gy_per_MBq_h: float | None = None
+    correlated_rel_sd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -165,7 +200,11 @@ class Prediction:
 
 @dataclass
 class Recommendation:
-    """Output of :meth:`PatientTwin.recommend_activity` (research use)."""
+    """Output of :meth:`PatientTwin.recommend_activity` (research use).
+
+    ``probability_within_limits`` is the joint probability that every organ at risk stays under its limit at
+    the recommended activity; ``within_protocol`` whether that activity lies inside the protocol's bounds.
+    """
 
     cycle: int
     administered_MBq: float
@@ -181,10 +220,13 @@ class Recommendation:
     standard_activity_MBq: float
     status: str
     notice: str = RESEARCH_USE_NOTICE
+    probability_within_limits: float | None = None
+    within_protocol: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "cycle": self.cycle, "administered_MBq": self.administered_MBq, "confidence": self.confidence,
+            "probability_within_limits": self.probability_within_limits, "within_protocol": self.within_protocol,
             "limiting_structure": self.limiting_structure,
             "limits": {k: v.to_dict() for k, v in self.limits.items()},
             "predicted_at_limit_quantile_Gy": self.predicted_at_limit_quantile_Gy,
@@ -194,4 +236,105 @@ class Recommendation:
             "equal_activity_per_cycle_MBq": {str(k): v for k, v in self.equal_activity_per_cycle_MBq.items()},
             "remaining_cycles_at_standard_activity": self.remaining_cycles_at_standard_activity,
             "standard_activity_MBq": self.standard_activity_MBq, "status": self.status, "notice": self.notice,
+        }
+
+
+@dataclass
+class TreatmentPlan:
+    """Output of :meth:`PatientTwin.plan_treatment`: activities for the remaining cycles (research use).
+
+    Attributes
+    ----------
+    next_cycle
+        First cycle of the plan.
+    cycles_given
+        ``{cycle: administered MBq}`` before it.
+    protocol
+        The regimen the plan stays in.
+    confidence
+        Required joint probability that every organ at risk stays under its limit at the end of the plan.
+    shape
+        ``"equal"`` or ``"adapted"`` activities.
+    activities_MBq
+        ``{cycle: MBq}`` of the planned cycles (empty: no further cycle).
+    total_planned_MBq
+        Sum of the planned activities.
+    probability_within_limits
+        Joint probability at the plan (≥ ``confidence`` unless no cycle is planned).
+    status
+        ``"protocol"`` (the protocol bounds the plan), ``"organ_limit"``, ``"limit_reached"`` (not even one
+        cycle at the protocol's minimum activity) or ``"protocol_complete"``.
+    binding_constraint
+        The organ that bounds the plan, or ``"the protocol"``.
+    closest_to_limit
+        The organ closest to its limit at the end of the plan (quantile at ``confidence`` / limit).
+    limits
+        The limits used.
+    organs
+        Per limited organ: quantity, limit, value after the cycles given and at the end of the plan (90 %
+        intervals), its quantile at ``confidence``, fraction of the limit, probability over the limit.
+    tumour_dose_Gy, lesion_dose_Gy
+        Cumulative whole-tumour (mass-weighted) and per-lesion absorbed dose at the end of the plan.
+    sensitivity
+        What would change the plan (``text``; for a binding organ the limit increase that allows the next step).
+    alternatives
+        The same plan at other confidences, with the other shape, and the standard regimen: activities, joint
+        probability and tumour dose of each.
+    """
+
+    next_cycle: int
+    cycles_given: dict[int, float]
+    protocol: Any
+    confidence: float
+    shape: str
+    activities_MBq: dict[int, float]
+    total_planned_MBq: float
+    probability_within_limits: float
+    status: str
+    binding_constraint: str
+    closest_to_limit: str | None
+    limits: dict[str, OrganLimit]
+    organs: dict[str, dict[str, Any]]
+    tumour_dose_Gy: Interval | None
+    lesion_dose_Gy: dict[str, Interval]
+    sensitivity: dict[str, Any]
+    alternatives: dict[str, Any]
+    n_draws: int
+    notes: list[str]
+    notice: str = RESEARCH_USE_NOTICE
+
+    @property
+    def n_cycles_planned(self) -> int:
+        return len(self.activities_MBq)
+
+    def headline(self) -> str:
+        """One line: the plan, its confidence and what binds."""
+        if not self.activities_MBq:
+            what = ("no further cycle: the protocol's cycles are all given" if self.status == "protocol_complete"
+                    else f"no further cycle within the limits (binding: {self.binding_constraint})")
+            return what[0].upper() + what[1:]
+        acts = list(self.activities_MBq.values())
+        cycles = sorted(self.activities_MBq)
+        span = f"cycle {cycles[0]}" if len(cycles) == 1 else f"cycles {cycles[0]}-{cycles[-1]}"
+        each = (f"{acts[0]:.0f} MBq each" if max(acts) - min(acts) < 1.0
+                else " / ".join(f"{a:.0f}" for a in acts) + " MBq")
+        return (f"{len(cycles)} more cycle(s), {span}: {each}; all organ limits held with probability "
+                f"{self.probability_within_limits:.2f} (required {self.confidence:.2f}); binding: "
+                f"{self.binding_constraint}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "next_cycle": self.next_cycle,
+            "cycles_given": {str(k): v for k, v in self.cycles_given.items()},
+            "protocol": self.protocol.to_dict(), "confidence": self.confidence, "shape": self.shape,
+            "activities_MBq": {str(k): v for k, v in self.activities_MBq.items()},
+            "n_cycles_planned": self.n_cycles_planned, "total_planned_MBq": self.total_planned_MBq,
+            "probability_within_limits": self.probability_within_limits, "status": self.status,
+            "binding_constraint": self.binding_constraint, "closest_to_limit": self.closest_to_limit,
+            "headline": self.headline(),
+            "limits": {k: v.to_dict() for k, v in self.limits.items()}, "organs": self.organs,
+            "tumour_dose_Gy": None if self.tumour_dose_Gy is None else self.tumour_dose_Gy.to_dict(),
+            "lesion_dose_Gy": {k: v.to_dict() for k, v in self.lesion_dose_Gy.items()},
+            "sensitivity": self.sensitivity, "alternatives": self.alternatives, "n_draws": self.n_draws,
+            "notes": list(self.notes), "notice": self.notice,
         }

@@ -1,10 +1,14 @@
 """Pipeline stage ``twin``: builds the patient twin from the per-structure TACs and writes its outputs.
 
-Reads ``results.cycles[n].structures[s]`` (``time_h``, ``activity_MBq``, ``activity_sd_MBq``, ``mass_g`` and,
-when dosimetry ran, ``mean_dose_Gy / tia_MBq_h`` as the patient's own dose per TIA). Writes:
+Reads ``results.cycles[n].structures[s]`` (``time_h``, ``activity_MBq``, ``activity_sd_MBq`` split into its
+random part and the correlated ``fit_quality["systematic_rel_sd"]``, ``mass_g`` and, when dosimetry ran,
+``mean_dose_Gy / tia_MBq_h`` as the patient's own dose per TIA). Writes:
 
-* ``results.twin`` — JSON-ready: the twin's estimates for sparsely imaged cycles, the prediction for the next
-  cycle with 90 % intervals, the recommended activity, forecasts, model/prior information, research notice;
+* ``results.twin`` — JSON-ready: the twin's estimates for sparsely imaged cycles (with their distance to the
+  kinetics stage's own estimate), the prediction for the next cycle with 90 % intervals, the plan for the
+  remaining cycles of the protocol (``"plan"``), the largest activity for the next cycle alone
+  (``"recommendation"``), prior–data conflicts (``"conflicts"``, also as warnings), forecasts, model/prior
+  information, research notice;
 * ``StructureResult.estimated_by_twin`` for structures of sparsely imaged cycles (≤ ``sparse_max_points``);
 * ``twin-state.json`` in ``ctx.out_dir`` (``results.outputs["twin_state"]``);
 * ``ctx.state["twin"]`` — the :class:`~theratwin.twin.PatientTwin`.
@@ -24,6 +28,7 @@ from .._files import atomic_write
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..pipeline.core import STAGES, PipelineContext
 from ..results import RESEARCH_USE_NOTICE
+from .protocol import TreatmentProtocol, default_protocol
 from .twin import PatientTwin
 
 __all__ = ["TwinStageConfig", "TwinStage"]
@@ -63,11 +68,24 @@ class TwinStageConfig:
         With ``model="pbpk_psma"``: fit the patient's receptor amounts and release rates to the first fully
         imaged cycle (:class:`~theratwin.twin.pbpk.PBPKPatientFit`) and use the patient's saturation curve.
     max_activity_MBq
-        Upper end of the activity search of the recommendation (status ``"upper_bound"`` when no limit is
-        reached below it).
+        Upper end of the single-cycle recommendation's activity search (default: the protocol's maximum;
+        status ``"upper_bound"`` when no limit is reached below it).
     horizon_cycle
         Last cycle of the cumulative trajectory (``results.twin["trajectory"]``: cumulative dose and BED per
-        structure after each cycle, every future cycle at ``administered_MBq``; 6 cycles as in VISION).
+        structure after each cycle, every future cycle at ``administered_MBq``; default: the protocol's last
+        cycle, 6 for 177Lu-PSMA-617 as in VISION).
+    priors
+        Path of a site's population priors file (schema ``theratwin-priors/1``,
+        :mod:`theratwin.twin.population`); default: the built-in priors.
+    protocol
+        Treatment protocol fields over the radiopharmaceutical's labelled regimen
+        (:class:`~theratwin.twin.protocol.TreatmentProtocol`, e.g. ``{"min_activity_MBq": 5920,
+        "max_activity_MBq": 9000}`` for a site's escalation bounds, or ``{"tolerance": 0.1}``).
+    conflict_sd, conflict_handling
+        Prior–data conflict threshold (SD) and handling (``"widen"`` or ``"none"``), see
+        :attr:`PatientTwin.conflicts <theratwin.twin.twin.PatientTwin.conflicts>`.
+    plan_shape
+        ``"equal"`` or ``"adapted"`` activities in the plan (default: the protocol's, ``"equal"``).
     """
 
     model: str = "biexp"
@@ -77,9 +95,14 @@ class TwinStageConfig:
     limits: dict[str, Any] | None = None
     n_draws: int = 10000
     sparse_max_points: int = 2
-    horizon_cycle: int = 6
-    max_activity_MBq: float = 15000.0
+    horizon_cycle: int | None = None
+    max_activity_MBq: float | None = None
     pbpk_patient_fit: bool = True
+    priors: str | None = None
+    protocol: dict[str, Any] | None = None
+    conflict_sd: float = 3.0
+    conflict_handling: str = "widen"
+    plan_shape: str | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
@@ -137,6 +160,35 @@ def _patient_pbpk_model(res: Any, ligand: dict[int, float]) -> tuple[Any, dict[s
     return "pbpk_psma", {"patient_fit": None, "reason": "no cycle with >= 3 time points of a PBPK tissue"}
 
 
+def _limits_of_the_results(res: Any, configured: dict[str, Any] | None) -> dict[str, Any]:
+    """The limits the plan guards: those the dosimetry results carry (the radiobiology stage's, including its
+    risk-factor choices) for every structure of the latest cycle, overridden by the twin's configured ones."""
+    latest = res.cycles[max(res.cycles)]
+    limits: dict[str, Any] = {}
+    for s, sr in latest.structures.items():
+        lim = sr.limit
+        if isinstance(lim, dict) and lim.get("value_Gy") and str(lim.get("quantity", "")).lower() in ("bed", "eqd2", "dose"):
+            limits[s] = {"quantity": str(lim["quantity"]).lower(), "value_Gy": float(lim["value_Gy"]),
+                         "reference": str(lim.get("reference") or "radiobiology stage")}
+    return {**limits, **(configured or {})}
+
+
+def _error_components(sr: Any) -> tuple[list[float] | None, float | None]:
+    """The random (per-scan) SD and the correlated relative SD of a structure's activities.
+
+    The kinetics stage gives the total SD per scan and the correlated part as a relative SD
+    (``fit_quality["systematic_rel_sd"]``: calibration, segmentation, recovery); the random part is what is
+    left, ``√(total² − (rel·A)²)`` (Gear et al. 2018 add the two in quadrature).
+    """
+    total = sr.activity_sd_MBq
+    rel = (sr.fit_quality or {}).get("systematic_rel_sd")
+    if total is None or rel is None or not np.isfinite(rel):
+        return total, None
+    y = np.asarray(sr.activity_MBq, float)
+    random_sd = np.sqrt(np.maximum(np.square(np.asarray(total, float)) - np.square(rel * y), 0.0))
+    return [float(v) for v in random_sd], float(min(max(rel, 0.0), 0.99))
+
+
 class TwinStage:
     """The ``twin`` pipeline stage (see the module docstring)."""
 
@@ -159,9 +211,15 @@ class TwinStage:
         if cfg.model == "pbpk_psma" and cfg.pbpk_patient_fit:
             model, pbpk_info = _patient_pbpk_model(res, ligand)
         try:
+            protocol = TreatmentProtocol.from_dict(cfg.protocol or {}, default_protocol(first.radiopharmaceutical))
             twin = PatientTwin(first.nuclide, first.radiopharmaceutical, model=model,
-                               limits=cfg.limits, patient_id=getattr(getattr(ctx.study, "patient", None), "patient_id", None))
-        except ConfigurationError as exc:
+                               limits=cfg.limits, patient_id=getattr(getattr(ctx.study, "patient", None), "patient_id", None),
+                               priors=cfg.priors, conflict_sd=cfg.conflict_sd,
+                               conflict_handling=cfg.conflict_handling, protocol=protocol)
+        except (ConfigurationError, InvalidInputError) as exc:
+            # a site's priors file or protocol that cannot be used is a setting to fix, not a reason to go on
+            if cfg.priors is not None or cfg.protocol is not None:
+                raise
             res.warn("twin", f"Twin not built: {exc}")
             return
         n_obs = 0
@@ -172,10 +230,12 @@ class TwinStage:
                 dpt = None
                 if sr.mean_dose_Gy is not None and sr.tia_MBq_h and sr.tia_MBq_h > 0 and sr.mean_dose_Gy > 0:
                     dpt = sr.mean_dose_Gy / sr.tia_MBq_h
+                random_sd, correlated = _error_components(sr)
                 try:
                     twin.observe(n, s, sr.time_h, sr.activity_MBq, cr.administered_MBq,
-                                 activity_sd_MBq=sr.activity_sd_MBq, mass_g=sr.mass_g or None,
-                                 dose_per_tia_Gy_per_MBq_h=dpt, ligand_nmol=ligand.get(n))
+                                 activity_sd_MBq=random_sd, mass_g=sr.mass_g or None,
+                                 dose_per_tia_Gy_per_MBq_h=dpt, ligand_nmol=ligand.get(n),
+                                 correlated_rel_sd=correlated)
                     n_obs += 1
                 except InvalidInputError as exc:
                     res.warn("twin", f"Data not used by the twin: {exc}", structure=s, cycle=n)
@@ -189,6 +249,8 @@ class TwinStage:
             res.warn("twin", f"Twin fit failed: {exc}", severity="error")
             return
 
+        for c in twin.conflicts:
+            res.warn("twin", c.message, structure=c.structure, cycle=c.cycle)
         estimates: dict[str, dict[str, Any]] = {}
         for (n, s), ob in sorted(twin.observations.items()):
             if len(ob.time_h) > cfg.sparse_max_points:
@@ -196,8 +258,19 @@ class TwinStage:
             est = twin.tia(n, s)
             d = {"tia_MBq_h": est.mean_MBq_h, "sd": est.sd_MBq_h, "low": est.low_MBq_h, "high": est.high_MBq_h,
                  "median": est.median_MBq_h, "level": est.level}
-            res.cycles[n].structure(s).estimated_by_twin = d
-            estimates.setdefault(str(n), {})[s] = est.to_dict()
+            sr = res.cycles[n].structure(s)
+            sr.estimated_by_twin = d
+            e = est.to_dict()
+            # the kinetics stage's own estimate of the same TIA: how far apart the two are, in their joint SD
+            if sr.tia_MBq_h and sr.tia_sd_MBq_h:
+                joint_sd = float(np.hypot(sr.tia_sd_MBq_h, est.sd_MBq_h))
+                e["kinetics_tia_MBq_h"], e["kinetics_sd_MBq_h"] = sr.tia_MBq_h, sr.tia_sd_MBq_h
+                e["difference_z"] = (est.mean_MBq_h - sr.tia_MBq_h) / joint_sd
+                if abs(e["difference_z"]) > 2.0:
+                    res.warn("twin", f"Cycle {n}: the twin's TIA {est.mean_MBq_h:.4g} MBq·h differs from the "
+                             f"single-time-point estimate {sr.tia_MBq_h:.4g} MBq·h by {e['difference_z']:+.1f} SD; "
+                             "check the scan and the segmentation.", structure=s, cycle=n)
+            estimates.setdefault(str(n), {})[s] = e
         ctx.stage_progress(0.4, "twin: predicting")
         last = max(twin.observed_cycles)
         cycle = cfg.predict_cycle or last + 1
@@ -207,20 +280,28 @@ class TwinStage:
             "notice": RESEARCH_USE_NOTICE,
             "model": twin.summary(),
             "config": asdict(cfg),
+            "conflicts": [c.to_dict() for c in twin.conflicts],
             "estimates": estimates,
             "prediction": pred.to_dict(),
         }
         if pbpk_info is not None:
             out["pbpk"] = pbpk_info
-        if cfg.horizon_cycle > cycle:
-            traj = twin.predict(cfg.horizon_cycle, activity, n_draws=min(cfg.n_draws, 4000))
+        horizon = cfg.horizon_cycle or twin.protocol.max_cycles
+        if horizon > cycle:
+            traj = twin.predict(horizon, activity, n_draws=min(cfg.n_draws, 4000))
             out["trajectory"] = {"administered_MBq_per_future_cycle": activity,
                                  "cumulative_by_cycle": traj.to_dict()["cumulative_by_cycle"]}
-        ctx.stage_progress(0.7, "twin: recommending")
+        ctx.stage_progress(0.6, "twin: planning")
+        limits = _limits_of_the_results(res, cfg.limits)
+        plan = twin.plan_treatment(cycle, limits, cfg.confidence, shape=cfg.plan_shape, n_draws=cfg.n_draws)
+        out["plan"] = plan.to_dict()
+        for note in plan.notes:
+            res.warn("twin", note, severity="info")
+        ctx.stage_progress(0.75, "twin: recommending")
         try:
             out["recommendation"] = twin.recommend_activity(
-                cycle, cfg.limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
-                standard_activity_MBq=activity).to_dict()
+                cycle, limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
+                standard_activity_MBq=twin.protocol.activity_MBq).to_dict()
         except ConfigurationError as exc:
             out["recommendation"] = None
             res.warn("twin", f"No activity recommendation: {exc}", severity="info")
@@ -231,9 +312,14 @@ class TwinStage:
             atomic_write(ctx.out_dir / "twin-state.json", twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
             out["state_file"] = "twin-state.json"
-        res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace)",
+        res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace, "
+                          "draws importance-resampled to the exact posterior); "
+                          f"priors: {twin._population.origin}; protocol-aware plan with the joint probability of "
+                          "all organ limits",
                           {"predict_cycle": cycle, "administered_MBq": activity, "confidence": cfg.confidence,
-                           "n_draws": cfg.n_draws, "observed_cycles": twin.observed_cycles},
+                           "n_draws": cfg.n_draws, "observed_cycles": twin.observed_cycles,
+                           "priors": twin._population.origin, "protocol": twin.protocol.name,
+                           "conflict_sd": cfg.conflict_sd, "conflict_handling": cfg.conflict_handling},
                           _REFERENCES)
         ctx.stage_progress(1.0, "twin: done")
 

@@ -166,8 +166,8 @@ DEFAULT_LIMITS: dict[str, OrganLimit] = {
 
 
 def resolve_limits(structures: list[str], limits: dict[str, Any] | None) -> dict[str, OrganLimit]:
-    """Limits per structure name: ``limits`` first, else (organs at risk only) the limit of the project's
-    radiobiology table (``theratwin.radiobiology.TISSUES``), else :data:`DEFAULT_LIMITS`.
+    """Limits per structure name: ``limits`` first, else (organs, not lesions or the body) the limit of the
+    project's radiobiology table (``theratwin.radiobiology.TISSUES``), else :data:`DEFAULT_LIMITS`.
 
     ``limits`` maps a structure name or kind key to an :class:`OrganLimit`, a dict
     (``{"quantity": "bed", "value_Gy": 40, "reference": ...}``), a number (Gy, same quantity as the default)
@@ -182,8 +182,9 @@ def resolve_limits(structures: list[str], limits: dict[str, Any] | None) -> dict
             item = user[s]
         elif key in user:
             item = user[key]
-        elif kind.role.value == "organ_at_risk":
-            # the project's radiobiology table (one source of truth), else this module's defaults
+        elif kind.role.value in ("organ_at_risk", "organ"):
+            # the project's radiobiology table (one source of truth: the limits the dosimetry results carry,
+            # e.g. liver and bladder too), else this module's defaults
             item = _project_limit(kind.tissue) or DEFAULT_LIMITS.get(key)
         else:
             item = None
