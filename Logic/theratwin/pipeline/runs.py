@@ -15,7 +15,7 @@ from ..progress import ProgressCallback, scaled
 from ..results import Results
 from .core import Pipeline, PipelineConfig, PipelineContext
 
-__all__ = ["RunOutput", "run_demo", "run_folder"]
+__all__ = ["RunOutput", "run_demo", "run_folder", "demo_pipeline_config"]
 
 
 @dataclass
@@ -47,6 +47,11 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     pipe = Pipeline(_with_demo_resolution(config))
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
     return RunOutput(results, pipe.last_context, out, demo.truth)
+
+
+def demo_pipeline_config(config: PipelineConfig | None = None) -> PipelineConfig:
+    """``config`` with the demo scanner's settings (what ``run_demo`` uses; ``theratwin demo-cohort`` writes it)."""
+    return _with_demo_resolution(config)
 
 
 def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
