@@ -1,4 +1,5 @@
-"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``info``.
+"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``info`` (and ``cohort``, ``demo-cohort``,
+``fit-priors`` from :mod:`theratwin.cohort`).
 
 Errors the user can act on (bad input, bad settings, failed push) end the command with a one-line message on
 stderr and exit status 2; progress goes to stderr as a bar (tqdm) unless ``--quiet``.
@@ -193,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
     i.set_defaults(func=_cmd_info)
+
+    from .cohort._cli import add_cohort_commands
+
+    add_cohort_commands(sub)  # cohort, demo-cohort, fit-priors
     return p
 
 

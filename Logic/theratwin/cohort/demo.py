@@ -110,7 +110,9 @@ def build_demo_cohort(n: int, out: str | os.PathLike[str], *, seed: int = 1,
     interrupted build resumes. Each patient is written to a temporary folder and moved into place.
     """
     from ..demo import DemoOptions, simulate, write_demo_dicom
+    from ..pipeline import PipelineConfig
     from ..pipeline.runs import demo_pipeline_config
+    from .runner import COHORT_STAGES
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1; got {n}.")
@@ -162,7 +164,8 @@ def build_demo_cohort(n: int, out: str | os.PathLike[str], *, seed: int = 1,
         "note": "Synthetic patients for tests, benchmarks and tutorials (research use).",
     }
     (root / COHORT_TRUTH).write_text(json.dumps(truth_all, indent=2))
-    (root / CONFIG_FILE).write_text(json.dumps(demo_pipeline_config().to_dict(), indent=2))
+    (root / CONFIG_FILE).write_text(json.dumps(demo_pipeline_config(PipelineConfig(stages=COHORT_STAGES)).to_dict(),
+                                               indent=2))
     report(progress, 1.0, f"{n} patients in {root}")
     return DemoCohort(root, ids, truth_all)
 
