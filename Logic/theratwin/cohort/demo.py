@@ -72,7 +72,7 @@ def demo_patient_spec(index: int, rng: np.random.Generator, population: Populati
     n_cycles = int(rng.choice([1, 2, 3], p=[0.2, 0.4, 0.4]))
     s = float(rng.uniform(0.88, 1.12))
     scale = (s, float(np.clip(s * rng.uniform(0.96, 1.04), 0.85, 1.15)), float(rng.uniform(0.92, 1.0)))
-    drawn = population.draw(rng, n_cycles)
+    drawn = population.draw(rng, n_cycles, mass_scale=scale[0] * scale[1] * scale[2])
     cycles = []
     schedule_1 = _CYCLE1_SCHEDULES[int(rng.integers(len(_CYCLE1_SCHEDULES)))]
     for k in range(n_cycles):
@@ -96,8 +96,8 @@ def demo_patient_spec(index: int, rng: np.random.Generator, population: Populati
         "weight_kg": round(82.0 * volume, 1), "height_m": round(1.76 * scale[2], 2),
     }
     spec = PatientSpec(patient, population.radiopharmaceutical, tuple(cycles), scale)
-    truth = {name: {"theta": d["theta"].tolist(), "eta_by_cycle": [e.tolist() for e in d["eta"]]}
-             for name, d in drawn.items()}
+    truth = {name: {"theta": d["theta"].tolist(), "mass_g_assumed": d["mass_g"],
+                    "eta_by_cycle": [e.tolist() for e in d["eta"]]} for name, d in drawn.items()}
     return spec, truth
 
 
