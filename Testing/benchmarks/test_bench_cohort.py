@@ -1,0 +1,76 @@
+"""Benchmarks of the cohort runner and of fit-priors.
+
+1. Patients per minute on Dask with 1 and 2 LocalCluster workers on this 2-core machine (the 1-worker run is the
+   baseline measured in the same run), and the projected scaling: each patient is an independent task of one
+   core, so W workers on W free cores give W × the 1-worker throughput, less the scheduling overhead measured
+   here (the wall time not spent inside patients). Projection printed for 8, 32 and 128 cores.
+2. fit-priors on a synthetic cohort of 100 patients drawn from a known population (kidneys, parotid glands):
+   estimates, standard errors and z-scores against the truth, and the time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from theratwin.cohort import COHORT_STAGES, build_demo_cohort, run_cohort  # noqa: E402
+from theratwin.cohort.population import DEMO_COHORT_POPULATION, write_tac_cohort  # noqa: E402
+from theratwin.cohort.priors_fit import fit_priors  # noqa: E402
+from theratwin.pipeline import PipelineConfig  # noqa: E402
+
+N_PATIENTS = 4
+SEED = 3  # patients 1-4 of the integration test's cohort: 4-5 scans each
+
+
+def _run(root: Path, out: Path, workers: int) -> tuple[float, float, dict]:
+    cfg = replace(PipelineConfig.from_dict(json.loads((root / "theratwin-config.json").read_text())),
+                  stages=COHORT_STAGES)
+    t0 = time.perf_counter()
+    run = run_cohort(root, out, config=cfg, n_workers=workers)
+    wall = time.perf_counter() - t0
+    assert len(run.done) == N_PATIENTS and not run.failed
+    inside = sum(float(r["seconds"]) for r in run.records.values())
+    return wall, inside, run.records
+
+
+def test_patients_per_minute(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    build_demo_cohort(N_PATIENTS, root, seed=SEED)
+    wall1, inside1, _ = _run(root, tmp_path / "w1", 1)
+    wall2, inside2, _ = _run(root, tmp_path / "w2", 2)
+    ppm1, ppm2 = 60.0 * N_PATIENTS / wall1, 60.0 * N_PATIENTS / wall2
+    per_patient = inside1 / N_PATIENTS
+    overhead = max(wall1 - inside1, 0.0)
+    print(f"\ncohort: {N_PATIENTS} demo-cohort patients, {os.cpu_count()} cores")
+    print(f"  1 worker : {wall1:6.1f} s wall, {ppm1:5.2f} patients/min (baseline), {per_patient:.1f} s per patient, "
+          f"{overhead:.1f} s cluster start + scheduling")
+    print(f"  2 workers: {wall2:6.1f} s wall, {ppm2:5.2f} patients/min, speed-up {ppm2 / ppm1:.2f}x "
+          f"(ideal 2.00x on 2 free cores; time inside patients {inside2:.1f} s vs {inside1:.1f} s: shared cores)")
+    for cores in (8, 32, 128):
+        print(f"  projected, {cores:3d} cores / workers: {cores * 60.0 / per_patient:7.1f} patients/min "
+              f"(one patient per core, memory {cores * 3} GiB at 3 GiB per worker)")
+    assert ppm2 > ppm1, "two workers must be faster than one"
+
+
+def test_fit_priors_recovery_n100(tmp_path: Path) -> None:
+    n = 100
+    write_tac_cohort(tmp_path, n, structures=("kidneys", "parotid_glands"), seed=21)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit = fit_priors(tmp_path)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"\nfit-priors: {n} synthetic patients, 2 structure kinds, {wall:.1f} s wall, {cpu:.1f} s CPU")
+    for kind, f in fit.fits.items():
+        pop = DEMO_COHORT_POPULATION.structures[kind]
+        z = (f.mean - np.array(pop.mean)) / f.mean_se
+        print(f"  {kind:<16} mean {np.round(f.mean, 3).tolist()} ± {np.round(f.mean_se, 3).tolist()} "
+              f"(truth {np.round(pop.mean, 3).tolist()}, z {np.round(z, 2).tolist()}); IIV {np.round(f.iiv_sd, 3).tolist()} "
+              f"(truth {list(pop.iiv_sd)}); {f.iterations} EM iterations")
+        assert np.all(np.abs(z) < 3.0)
