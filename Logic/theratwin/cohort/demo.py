@@ -74,6 +74,7 @@ def demo_patient_spec(index: int, rng: np.random.Generator, population: Populati
     scale = (s, float(np.clip(s * rng.uniform(0.96, 1.04), 0.85, 1.15)), float(rng.uniform(0.92, 1.0)))
     drawn = population.draw(rng, n_cycles, mass_scale=scale[0] * scale[1] * scale[2])
     cycles = []
+    schedule: tuple[tuple[float, float, int, float], ...]
     schedule_1 = _CYCLE1_SCHEDULES[int(rng.integers(len(_CYCLE1_SCHEDULES)))]
     for k in range(n_cycles):
         kin = dict(CYCLE1_KINETICS)
