@@ -3,7 +3,8 @@
 Six synthetic patients (one deliberately broken) run on an embedded LocalCluster with two workers, then on a
 ``dask scheduler`` and ``dask worker`` processes started here on loopback. Checked: identical tables from both
 clusters, the broken patient recorded as failed with a reason and the others complete, a re-run that computes
-nothing, and the table's numbers against the generator's truth (which the pipeline never sees).
+nothing, and the table's numbers against the generator's truth (which the pipeline never sees). One patient is
+also stored in a real Orthanc and run from a PACS query (``--pacs URL --query``): same rows as from its folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+from servers.orthanc import Orthanc, orthanc_available
 
 pytest.importorskip("distributed")
 pytest.importorskip("pyarrow")
@@ -28,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 3  # six patients with 34 time points in all; TTC00006 (3 cycles) is the one broken below
 BROKEN = "TTC00006"
+PACS_PATIENT = "TTC00002"  # one cycle, four scans
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -159,6 +163,42 @@ class TestCohortOnDask:
                            retry_failed=True)
         assert again.computed == [BROKEN] and again.failed == [BROKEN]
         assert again.records[BROKEN]["error"] == rec[BROKEN]["error"]
+
+
+@pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")
+def test_pacs_query_gives_the_same_rows(local_run: Path, cohort_input: Path,
+                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A patient stored in Orthanc, found by ``--query PatientID=TTC*`` and fetched by the task (WADO-RS)."""
+    work = tmp_path_factory.mktemp("orthanc-cohort")
+    server = Orthanc(work / "orthanc")
+    try:
+        server.start()
+        files = sorted((cohort_input / PACS_PATIENT).rglob("*.dcm"))
+
+        def upload() -> None:  # Orthanc's own REST API, not TheraTwin's client
+            with requests.Session() as s:
+                for f in files:
+                    r = s.post(f"http://127.0.0.1:{server.http_port}/instances", data=f.read_bytes(),
+                               auth=(server.user, server.password), timeout=30)
+                    r.raise_for_status()
+
+        server.call(upload)
+        assert server.count_instances() == len(files)
+        (work / "empty.json").write_text("{}")
+        env = {**_env(), "THERATWIN_PACS_USER": server.user, "THERATWIN_PACS_PASSWORD": server.password,
+               "THERATWIN_CONFIG": str(work / "empty.json")}
+        out = work / "out"
+        proc = server.run([sys.executable, "-m", "theratwin", "cohort", "--pacs", server.dicomweb_url,
+                           "--query", "PatientID=TTC*", "--config", str(cohort_input / "theratwin-config.json"),
+                           "--out", str(out), "--workers", "1", "-q"], env=env, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert server.password not in proc.stdout + proc.stderr + (out / "cohort.json").read_text()
+    finally:
+        server.close()
+    rows = read_table_csv(out / "cohort-table.csv")
+    local = [r for r in read_table_csv(local_run / "cohort-table.csv") if r["patient"] == PACS_PATIENT]
+    assert rows and rows == local
+    assert sorted(p.name for p in (out / "pacs-input").iterdir()) == [PACS_PATIENT]
 
 
 def _demo_config(root: Path):

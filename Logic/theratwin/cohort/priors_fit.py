@@ -186,6 +186,12 @@ def collect_individuals(cohort_dir: str | os.PathLike[str], radiopharmaceutical:
     return (radiopharmaceutical or found_rph.pop()), nuclides.pop(), by_kind
 
 
+def _cycle_variances(cov: np.ndarray, n_cycles: int) -> np.ndarray:
+    """Posterior variances of every cycle's κ (S, K, 3) from the covariance of x = (θ, κ_1..κ_K)."""
+    return np.stack([np.diagonal(cov[:, 3 * (1 + k):3 * (2 + k), 3 * (1 + k):3 * (2 + k)], axis1=1, axis2=2)
+                     for k in range(n_cycles)], axis=1)
+
+
 def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, start_mean: np.ndarray,
                    start_iiv_sd: np.ndarray, start_iov_sd: np.ndarray, correlated_sd: float,
                    start_random_sd: float = 0.05, max_iter: int = 600, tol: float = 1e-4) -> StructureFit:
@@ -234,8 +240,7 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
         new_mu = theta.mean(axis=0)
         new_w = np.sqrt(np.maximum(((theta - new_mu) ** 2 + c_theta).mean(axis=0), _MIN_SD**2))
         kap = x[:, 3:3 + 3 * k_n].reshape(s_n, k_n, 3)
-        c_kap = np.stack([np.diagonal(c[:, 3 * (1 + k):3 * (2 + k), 3 * (1 + k):3 * (2 + k)], axis1=1, axis2=2)
-                          for k in range(k_n)], axis=1)
+        c_kap = _cycle_variances(c, k_n)
         new_g = np.sqrt(np.maximum((kap**2 + c_kap)[has_cycle].mean(axis=0), _MIN_SD**2))
         # residual variance: squared residual at the mode + its posterior variance (Jacobian-propagated)
         eta = x[:, None, :3] + np.einsum("srk,skp->srp", onehot, kap)
@@ -284,8 +289,7 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
     a = np.maximum((1.0 - c_theta / w_sd**2) / w_sd**2, 1e-12)
     mean_se = 1.0 / np.sqrt(a.sum(axis=0))
     iiv_se = np.sqrt(2.0 / np.sum(a**2, axis=0)) / (2.0 * w_sd)
-    c_kap = np.stack([np.diagonal(c[:, 3 * (1 + k):3 * (2 + k), 3 * (1 + k):3 * (2 + k)], axis1=1, axis2=2)
-                      for k in range(k_n)], axis=1)[has_cycle]
+    c_kap = _cycle_variances(c, k_n)[has_cycle]
     b = np.maximum((1.0 - c_kap / g_sd**2) / g_sd**2, 1e-12)
     iov_se = np.sqrt(2.0 / np.sum(b**2, axis=0)) / (2.0 * g_sd)
     return StructureFit(kind, mu, mean_se, w_sd, iiv_se, g_sd, iov_se, s_r, correlated_sd,

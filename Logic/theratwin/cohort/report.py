@@ -35,28 +35,25 @@ def _stats(values: list[float]) -> dict[str, float]:
             "min": float(v.min()), "max": float(v.max())}
 
 
+def _by_kind(rows: list[dict[str, Any]], column: str) -> dict[str, list[float]]:
+    """Non-empty values of ``column`` per structure kind, in :data:`REPORT_KINDS` order."""
+    out: dict[str, list[float]] = {}
+    for kind in REPORT_KINDS:
+        vals = [r[column] for r in rows if r["structure_kind"] == kind and r.get(column) is not None]
+        if vals:
+            out[kind] = vals
+    return out
+
+
 def dose_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per structure kind: statistics of ``dose_per_activity_Gy_per_GBq`` over patients and cycles."""
-    out = {}
-    for kind in REPORT_KINDS:
-        vals = [r["dose_per_activity_Gy_per_GBq"] for r in rows
-                if r["structure_kind"] == kind and r.get("dose_per_activity_Gy_per_GBq") is not None]
-        if vals:
-            out[kind] = _stats(vals)
-    return out
+    return {k: _stats(v) for k, v in _by_kind(rows, "dose_per_activity_Gy_per_GBq").items()}
 
 
 def stp_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per structure kind: statistics of the single-time-point relative error, and the share beyond ±10 %."""
-    out = {}
-    for kind in REPORT_KINDS:
-        vals = [r["stp_relative_error"] for r in rows
-                if r["structure_kind"] == kind and r.get("stp_relative_error") is not None]
-        if vals:
-            s = _stats(vals)
-            s["beyond_10_percent"] = float(np.mean(np.abs(np.asarray(vals)) > 0.10))
-            out[kind] = s
-    return out
+    return {k: {**_stats(v), "beyond_10_percent": float(np.mean(np.abs(np.asarray(v)) > 0.10))}
+            for k, v in _by_kind(rows, "stp_relative_error").items()}
 
 
 def _dose_figure(rows: list[dict[str, Any]]) -> str:
@@ -64,12 +61,11 @@ def _dose_figure(rows: list[dict[str, Any]]) -> str:
 
     from ..report.figures import figure_png, png_data_uri
 
-    kinds = [k for k in REPORT_KINDS if any(r["structure_kind"] == k and r.get("dose_per_activity_Gy_per_GBq")
-                                           for r in rows)]
+    by_kind = {k: [x for x in v if x > 0] for k, v in _by_kind(rows, "dose_per_activity_Gy_per_GBq").items()}
+    kinds = [k for k, v in by_kind.items() if v]  # positive values only: the axis is logarithmic
     if not kinds:
         return ""
-    data = [[r["dose_per_activity_Gy_per_GBq"] for r in rows if r["structure_kind"] == k
-             and r.get("dose_per_activity_Gy_per_GBq")] for k in kinds]
+    data = [by_kind[k] for k in kinds]
     fig = Figure(figsize=(7.5, 3.2))
     ax = fig.add_subplot()
     ax.boxplot(data, showfliers=False)
@@ -89,7 +85,7 @@ def _stp_figure(rows: list[dict[str, Any]]) -> str:
 
     from ..report.figures import figure_png, png_data_uri
 
-    vals = [100.0 * r["stp_relative_error"] for r in rows if r.get("stp_relative_error") is not None]
+    vals = [100.0 * v for vs in _by_kind(rows, "stp_relative_error").values() for v in vs]
     if not vals:
         return ""
     fig = Figure(figsize=(5.0, 2.6))
