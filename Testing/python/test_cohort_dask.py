@@ -165,6 +165,18 @@ class TestCohortOnDask:
         assert again.records[BROKEN]["error"] == rec[BROKEN]["error"]
 
 
+def test_memory_limit_bounds_a_patient(cohort_input: Path, tmp_path: Path) -> None:
+    """A patient that needs more than its worker's memory limit is stopped by Dask and recorded, not run on."""
+    from theratwin.cohort import discover_patients, run_cohort
+
+    (small,) = [p for p in discover_patients(cohort_input) if p.key == "TTC00003"]
+    run = run_cohort([small], tmp_path, config=_demo_config(cohort_input), n_workers=1,
+                     memory_per_worker="400MiB")
+    assert run.failed == ["TTC00003"]
+    assert "memory limit 400.00 MiB" in run.records["TTC00003"]["error"]
+    assert json.loads((tmp_path / "patients" / "TTC00003" / TASK_FILE).read_text())["status"] == "failed"
+
+
 @pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")
 def test_pacs_query_gives_the_same_rows(local_run: Path, cohort_input: Path,
                                         tmp_path_factory: pytest.TempPathFactory) -> None:

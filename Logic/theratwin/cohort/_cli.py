@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, TheraTwinError
+from ..errors import ConfigurationError, InvalidInputError, TheraTwinError
 
 __all__ = ["add_cohort_commands", "EXIT_SOME_FAILED"]
 
@@ -40,6 +40,14 @@ def _cohort_config(args: argparse.Namespace) -> Any:
     if args.stages:
         cfg = replace(cfg, stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
     if getattr(args, "priors", None):
+        from ..twin.stage import TwinStageConfig
+
+        priors = Path(args.priors)
+        if not priors.is_file():
+            raise InvalidInputError(f"--priors {priors}: no such file; write one with theratwin fit-priors.")
+        if "priors" not in TwinStageConfig.__dataclass_fields__:  # the twin stage's priors-file option
+            raise ConfigurationError("--priors: the twin stage of this TheraTwin version has no priors-file "
+                                     "option; update TheraTwin to use a site's priors in the pipeline.")
         options = {k: dict(v) for k, v in cfg.stage_options.items()}
         options.setdefault("twin", {})["priors"] = str(Path(args.priors).resolve())
         cfg = replace(cfg, stage_options=options)

@@ -459,9 +459,11 @@ def _outcome(fut: Any, src: PatientSource, fps: dict[str, str], out: Path, clust
     try:
         return dict(fut.result())
     except KilledWorker:
-        limits = cluster.get("memory_limit_bytes")
-        error = ("the Dask worker running this patient died twice (memory limit "
-                 f"{limits} bytes per worker exceeded, or a crash); see the worker logs")
+        from dask.utils import format_bytes
+
+        limits = ", ".join(format_bytes(int(b)) for b in cluster.get("memory_limit_bytes", []) if b)
+        error = (f"the Dask worker running this patient died twice (memory limit {limits or 'unknown'} per worker "
+                 "exceeded, or a crash); see the worker logs, or raise --memory-per-worker")
     except Exception as exc:  # noqa: BLE001 - recorded for this patient, the cohort goes on
         error = f"{type(exc).__name__}: {exc}"
     record = {"patient": src.key, "source": src.to_dict(), **fps, "status": "failed", "error": error,

@@ -44,18 +44,15 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     demo = build_demo(cache_dir, seed=seed, progress=demo_progress or scaled(progress, 0.0, 0.1), **demo_options)
     (out / "demo-truth.json").write_text(json.dumps(demo.truth, indent=2))
     study = read_study(demo.dicom_dir)
-    pipe = Pipeline(_with_demo_resolution(config))
+    pipe = Pipeline(demo_pipeline_config(config))
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress)
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
 
 def demo_pipeline_config(config: PipelineConfig | None = None) -> PipelineConfig:
-    """``config`` with the demo scanner's settings (what ``run_demo`` uses; ``theratwin demo-cohort`` writes it)."""
-    return _with_demo_resolution(config)
+    """``config`` with the demo scanner's settings (``run_demo`` uses them; ``theratwin demo-cohort`` writes them).
 
-
-def _with_demo_resolution(config: PipelineConfig | None) -> PipelineConfig:
-    """The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
+    The demo documents its reconstructed SPECT resolution, camera sensitivity and CT calibration; the kinetics
     stage uses the first two for the partial-volume correction and the counting statistics, the dosimetry stage
     the third for densities, unless the caller set them (a site takes them from its own phantom measurements)."""
     from dataclasses import replace
