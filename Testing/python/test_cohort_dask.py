@@ -180,7 +180,11 @@ def test_memory_limit_bounds_a_patient(cohort_input: Path, tmp_path: Path) -> No
 @pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")
 def test_pacs_query_gives_the_same_rows(local_run: Path, cohort_input: Path,
                                         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A patient stored in Orthanc, found by ``--query PatientID=TTC*`` and fetched by the task (WADO-RS)."""
+    """A patient stored in Orthanc (one study per scan), found by QIDO-RS and fetched by the task (WADO-RS).
+
+    The query is an exact Patient ID: Orthanc 1.10's QIDO-RS does not match wildcards in PatientID (its C-FIND
+    does), so wildcard queries depend on the PACS.
+    """
     work = tmp_path_factory.mktemp("orthanc-cohort")
     server = Orthanc(work / "orthanc")
     try:
@@ -201,7 +205,7 @@ def test_pacs_query_gives_the_same_rows(local_run: Path, cohort_input: Path,
                "THERATWIN_CONFIG": str(work / "empty.json")}
         out = work / "out"
         proc = server.run([sys.executable, "-m", "theratwin", "cohort", "--pacs", server.dicomweb_url,
-                           "--query", "PatientID=TTC*", "--config", str(cohort_input / "theratwin-config.json"),
+                           "--query", f"PatientID={PACS_PATIENT}", "--config", str(cohort_input / "theratwin-config.json"),
                            "--out", str(out), "--workers", "1", "-q"], env=env, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert server.password not in proc.stdout + proc.stderr + (out / "cohort.json").read_text()

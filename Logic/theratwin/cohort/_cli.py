@@ -126,7 +126,8 @@ def add_cohort_commands(sub: Any) -> None:
     c.add_argument("--pacs", help="read patients from a PACS instead: http(s)://host:port/dicom-web or "
                                   "dimse://AET@host:port (credentials from the environment, as for push)")
     c.add_argument("--query", action="append", metavar="KEY=VALUE",
-                   help="with --pacs: PatientID=... (wildcards * ?) or StudyInstanceUID=...; repeatable")
+                   help="with --pacs: PatientID=... (wildcards * ? where the PACS matches them: C-FIND does, "
+                        "not every QIDO-RS) or StudyInstanceUID=...; repeatable")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT "
                                        "(default: start a LocalCluster)")

@@ -130,7 +130,8 @@ def discover_patients(root: str | os.PathLike[str]) -> list[PatientSource]:
 
 
 def pacs_patients(url: str, query: dict[str, str]) -> list[PatientSource]:
-    """Patients on a PACS: studies matching ``query`` (``PatientID``, wildcards ``*``/``?`` allowed), grouped by
+    """Patients on a PACS: studies matching ``query`` (``PatientID``; wildcards ``*``/``?`` as far as the PACS
+    matches them — DIMSE C-FIND does, Orthanc 1.10's QIDO-RS does not), grouped by
     Patient ID (a therapy patient's time points are often separate studies). Uses the project's DICOMweb/DIMSE
     client (:func:`theratwin.dicom.pacs.open_pacs`); credentials come from the environment, as for push."""
     from ..dicom.pacs import open_pacs
