@@ -20,6 +20,11 @@ precision: ``SE(μ_p) = (Σ_i a_ip)^{-1/2}`` with ``a_ip = (1 − C_i,pp/ω_p²)
 for Γ over the cycles with data. A component the data do not inform (e.g. the uptake rate when the first scan is
 hours after uptake ended) keeps a large SE — the file then says little more than its start value.
 
+Checked against known populations (``Testing/benchmarks/test_bench_cohort.py``, 20 cohorts of 60 patients):
+for ln U per gram and φ the SEs hold (60-65 % of estimates within 1 SE, 80-95 % within 2 SE, mean z ≈ 0.1);
+the uptake-rate mean ψ is biased low by about 2.5 SE (12 % in the rate) — the Laplace approximation's known
+weakness for a weakly informed, saturating parameter (the first scan comes when uptake is nearly complete).
+
 Between-cycle variability and correlated measurement error: a calibration or segmentation error shared by the
 scans of one cycle moves ln y exactly as a change of ln U does, so TACs alone identify only their sum. The
 fit estimates the sum and subtracts the site's stated correlated error (``correlated_sd``, default the twin's
@@ -39,7 +44,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from .._version import __version__
-from ..errors import InvalidInputError
+from ..errors import FitError, InvalidInputError
 from ..nuclides import get as get_nuclide
 
 __all__ = ["Individual", "StructureFit", "PriorsFit", "collect_individuals", "fit_population", "fit_priors",
@@ -271,7 +276,10 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
         r, d = v1 - v, v2 - 2.0 * v1 + v
         alpha = -float(np.linalg.norm(r)) / max(float(np.linalg.norm(d)), 1e-12)
         alpha = min(alpha, -1.0)  # -1 is the plain EM step v2
-        v_new, post = em_step(v - 2.0 * alpha * r + alpha**2 * d)
+        try:
+            v_new, post = em_step(v - 2.0 * alpha * r + alpha**2 * d)
+        except FitError:  # the extrapolation went too far for the individual fits: keep the plain EM steps
+            v_new = np.full_like(v, np.nan)
         iterations += 1
         if not np.all(np.isfinite(v_new)):
             v_new, post = em_step(v2)
