@@ -8,6 +8,8 @@ truth (kinetics, time-integrated activities, volumes, masses and mean absorbed d
 - Anatomy: :mod:`theratwin.demo.phantom` (analytic shapes, HU and densities with their sources).
 - Kinetics: :mod:`theratwin.demo.kinetics` (uptake-washout per structure, literature table).
 - Imaging and DICOM: :mod:`theratwin.demo.build` and ``_dicom`` (blur, Poisson noise, misalignment, NM/CT/SEG).
+- Who is simulated: :mod:`theratwin.demo.spec` (identity, cycles, schedules, kinetics, body size; the cohort
+  generator :mod:`theratwin.cohort.demo` draws other patients).
 
 >>> from theratwin.demo import build_demo                      # doctest: +SKIP
 >>> demo = build_demo()                                         # doctest: +SKIP
@@ -16,15 +18,12 @@ truth (kinetics, time-integrated activities, volumes, masses and mean absorbed d
 
 from .build import (
     DEFAULT_SEED,
-    DEMO_PATIENT_SPEC,
     DEMO_SCHEMA_VERSION,
     RESOLUTION_FWHM_MM,
     SENSITIVITY_CPS_PER_MBQ,
-    CycleSpec,
     DemoOptions,
     DemoPatient,
     DemoSimulation,
-    PatientSpec,
     SimulatedCycle,
     SimulatedTimePoint,
     build_demo,
@@ -33,6 +32,7 @@ from .build import (
 )
 from .kinetics import CYCLE1_KINETICS, Component, Kinetics
 from .phantom import SEG_STRUCTURES
+from .spec import DEMO_PATIENT_SPEC, CycleSpec, PatientSpec
 
 __all__ = [
     "build_demo",
