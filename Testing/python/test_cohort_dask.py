@@ -175,6 +175,7 @@ def test_memory_limit_bounds_a_patient(cohort_input: Path, tmp_path: Path) -> No
     assert run.failed == ["TTC00003"]
     assert "memory limit 400.00 MiB" in run.records["TTC00003"]["error"]
     assert json.loads((tmp_path / "patients" / "TTC00003" / TASK_FILE).read_text())["status"] == "failed"
+    assert not list((tmp_path / "patients").glob(".TTC00003-*"))  # the dead workers' half-written folders
 
 
 @pytest.mark.skipif(not orthanc_available(), reason="Orthanc or its DICOMweb plugin not installed")

@@ -473,4 +473,6 @@ def _outcome(fut: Any, src: PatientSource, fps: dict[str, str], out: Path, clust
     folder = out / PATIENTS_DIR / src.key
     folder.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(folder / TASK_FILE, record)
+    for tmp in folder.parent.glob(f".{src.key}-*"):  # what the dead worker was writing (the task is over)
+        shutil.rmtree(tmp, ignore_errors=True)
     return record
