@@ -316,7 +316,7 @@ def _cluster_client(scheduler: str | None, n_workers: int | None, memory_per_wor
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=limit,
-                               dashboard_address=None, host="127.0.0.1")
+                               dashboard_address="127.0.0.1:0", host="127.0.0.1")  # loopback only, free port
     client = Client(cluster)
     return client, cluster, {"scheduler": "embedded LocalCluster", "n_workers": n_workers,
                              "threads_per_worker": 1, "memory_limit_bytes": [limit]}
