@@ -312,7 +312,8 @@ def _cluster_client(scheduler: str | None, n_workers: int | None, memory_per_wor
         n_workers = max(1, min(os.cpu_count() or 1, int(0.8 * total // limit)))
     if n_workers < 1:
         raise ConfigurationError(f"--workers must be at least 1; got {n_workers}.")
-    # a worker that dies (memory limit, crash) takes its patient with it: retry once elsewhere, then record it
+    # a worker that dies (memory limit, crash) takes its patient with it: retry once elsewhere, then record it;
+    # non-daemon worker processes, so that a stage or plug-in may start processes of its own
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=limit,
