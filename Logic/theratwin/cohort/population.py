@@ -177,14 +177,15 @@ DEMO_COHORT_POPULATION: Population = _demo_population()
 
 def write_tac_cohort(out_dir: str | os.PathLike[str], n: int, *, population: Population | None = None,
                      structures: tuple[str, ...] = ("kidneys", "liver", "parotid_glands"), seed: int = 1,
-                     random_sd: float = 0.05, correlated_sd: float = 0.05) -> dict[str, Any]:
+                     random_sd: float = 0.05, correlated_sd: float = 0.05,
+                     schedule_h: tuple[float, ...] | None = None) -> dict[str, Any]:
     """A cohort at the level of time-activity curves, laid out as ``theratwin cohort`` output (no images).
 
     Patient ``i`` gets a body-size factor in 0.7-1.4 (masses), 1-3 cycles of 7.4 GBq and the imaging schedules of
     ``theratwin demo-cohort`` (cycle 1 at 4, 24, 48, 168 h; later cycles once at 24, 48 or 96 h, or one in four
-    at 24, 48, 168 h), each with ±5 % timing jitter. Activities are exact model values with log-normal error:
-    one factor per structure and cycle (``correlated_sd``) and one per scan (``random_sd``). For checking
-    ``fit-priors`` against the known population (returned, with every drawn θ).
+    at 24, 48, 168 h; or every cycle at ``schedule_h``), each with ±5 % timing jitter. Activities are
+    exact model values with log-normal error: one factor per structure and cycle (``correlated_sd``) and one per
+    scan (``random_sd``). For checking ``fit-priors`` against the known population (returned, with every drawn θ).
     """
     pop = population or DEMO_COHORT_POPULATION
     lam = get_nuclide(pop.nuclide).decay_constant_per_h
@@ -196,8 +197,11 @@ def write_tac_cohort(out_dir: str | os.PathLike[str], n: int, *, population: Pop
     for i in range(n):
         n_cycles = int(rng.choice([1, 2, 3], p=[0.2, 0.4, 0.4]))
         drawn = sub.draw(rng, n_cycles, mass_scale=float(rng.uniform(0.7, 1.4)))
-        schedules = [np.array([4.0, 24.0, 48.0, 168.0])]
+        schedules = [np.array([4.0, 24.0, 48.0, 168.0] if schedule_h is None else schedule_h, float)]
         for _ in range(n_cycles - 1):
+            if schedule_h is not None:
+                schedules.append(np.array(schedule_h, float))
+                continue
             schedules.append(np.array([24.0, 48.0, 168.0]) if rng.uniform() < 0.25
                              else np.array([float(rng.choice([24.0, 48.0, 96.0]))]))
         cycles = {}
