@@ -7,7 +7,9 @@
    speed-up is printed too, but on a machine shared with other jobs it measures the load, not Dask; the
    efficiency does not depend on how fast the cores are, so it is what is asserted.
 2. fit-priors on a synthetic cohort of 100 patients drawn from a known population (kidneys): estimates, standard
-   errors and z-scores against the truth, and the time.
+   errors and z-scores against the truth (the population, which the fit never sees), and the time.
+3. Are the SEs calibrated? 20 independent cohorts of 60 patients: mean and SD of the z-scores and the share
+   within 1 and 2 SE, for ln U per gram, φ and ψ.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def test_fit_priors_recovery_n100(tmp_path: Path) -> None:
         z = (f.mean - np.array(pop.mean)) / f.mean_se
         print(f"  {kind:<16} mean {np.round(f.mean, 3).tolist()} ± {np.round(f.mean_se, 3).tolist()} "
               f"(truth {np.round(pop.mean, 3).tolist()}, z {np.round(z, 2).tolist()}); IIV {np.round(f.iiv_sd, 3).tolist()} "
-              f"(truth {list(pop.iiv_sd)}); {f.iterations} EM iterations")
-        # amplitude and washout within 3 SE; the uptake rate (psi) is reported (biased low, see the next test)
-        assert np.all(np.abs(z[:2]) < 3.0)
+              f"(truth {list(pop.iiv_sd)}); IOV {np.round(f.iov_sd, 3).tolist()} (held {list(f.iov_held)}); "
+              f"{f.iterations} EM iterations, smallest ESS {f.min_effective_samples:.0f}")
+        # every mean within 3 SE of the population it was drawn from (the uptake rate psi included)
+        assert np.all(np.abs(z) < 3.0), z
 
 
 def test_fit_priors_standard_errors_cover(tmp_path: Path) -> None:
@@ -97,6 +100,10 @@ def test_fit_priors_standard_errors_cover(tmp_path: Path) -> None:
     print(f"\nfit-priors SE coverage, 20 cohorts x 60 patients ({time.process_time() - c0:.0f} s CPU), "
           "(ln U per g, phi, psi):")
     print(f"  within 1 SE {np.round(within1, 2).tolist()} (68 % expected), within 2 SE {np.round(within2, 2).tolist()} "
-          f"(95 %), mean z {np.round(z.mean(axis=0), 2).tolist()}, SD of z {np.round(z.std(axis=0), 2).tolist()}")
-    # amplitude and washout: the SEs hold (within 2 SE in at least 80 % of cohorts, bias under one SE)
-    assert np.all(within2[:2] >= 0.8) and np.all(np.abs(z.mean(axis=0)[:2]) < 1.0)
+          f"(95 %), mean z {np.round(z.mean(axis=0), 2).tolist()}, SD of z {np.round(z.std(axis=0, ddof=1), 2).tolist()}")
+    for rep, row in enumerate(z):
+        print(f"  seed {1000 + rep}: z {np.round(row, 2).tolist()}")
+    # unbiased (the mean of 20 z-scores has SD 0.22 if calibrated) and SEs of the right size, for all three
+    assert np.all(np.abs(z.mean(axis=0)) < 0.7), z.mean(axis=0)
+    assert np.all(within2 >= 0.8), within2
+    assert np.all((z.std(axis=0, ddof=1) > 0.6) & (z.std(axis=0, ddof=1) < 1.5)), z.std(axis=0, ddof=1)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,6 +71,7 @@ _ADDITIVE_SD_MBQ = 0.05
 _ORGAN_CORRELATED_SD, _LESION_CORRELATED_SD = 0.05, 0.10  # the twin's MeasurementErrorModel defaults
 _MIN_SD = 0.01  # floor of fitted SDs (keeps Ω, Γ positive definite)
 _N_SAMPLES = 1000  # importance samples per individual
+_CHUNK_VALUES = 2_000_000  # importance-sample values (individuals x samples x scans x 3) computed at once
 _T_DOF = 4.0  # degrees of freedom of the multivariate-t importance density (heavier tails than the posterior)
 _MIN_TWO_CYCLE = 10  # individuals with two informative cycles needed to separate a component's IOV from its IIV
 
@@ -226,7 +228,7 @@ def collect_individuals(cohort_dir: str | os.PathLike[str], radiopharmaceutical:
 
 
 class _Posterior(NamedTuple):
-    """Importance sample of every individual's x = (θ, κ_1..κ_K): samples (S, M, P), normalised weights (S, M),
+    """Importance sample of some individuals' x = (θ, κ_1..κ_K): samples (S, M, P), normalised weights (S, M),
     squared standardised residuals of the data at each sample (S, M, R) and the effective sample sizes (S,)."""
 
     x: np.ndarray
@@ -275,20 +277,22 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
     # mean; they carry no information about the population)
     active = np.concatenate([np.ones((s_n, 3), bool), np.repeat(has_cycle, 3, axis=1)], axis=1)
     n_active = active.sum(axis=1)
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((s_n, n_samples, p_n)) * active[:, None, :]
-    chi2 = rng.chisquare(_T_DOF, (s_n, n_samples))
     # defensive mixture (Hesterberg T. Technometrics 1995;37:185): half the samples from the Laplace posterior's
     # multivariate t, half from the same t twice as wide — the uptake rate's posterior has a long tail towards fast
     # uptake (the data bound it from one side only) that the Laplace scale misses
-    wide = np.arange(n_samples) % 2 == 1
-    z_scale = np.where(wide, 2.0, 1.0) * np.sqrt(_T_DOF / chi2)  # multivariate t: z · √(ν/χ²_ν)
-    maha = np.sum(z * z, axis=2) * z_scale**2  # (x − mode)ᵀ C⁻¹ (x − mode)
+    width = np.where(np.arange(n_samples) % 2 == 1, 2.0, 1.0)
+    chunk = max(1, _CHUNK_VALUES // (n_samples * r_n * 3))  # individuals sampled at once (bounded memory)
 
-    def log_t(q: np.ndarray) -> np.ndarray:
-        return -0.5 * (_T_DOF + n_active[:, None]) * np.log1p(q / _T_DOF)
-
-    log_proposal = np.logaddexp(log_t(maha), log_t(maha / 4.0) - n_active[:, None] * math.log(2.0))
+    def draws(sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fixed random numbers of individuals ``sl``: standard normals, t scale factors, log proposal density."""
+        rng = np.random.default_rng([seed, sl.start])
+        z = rng.standard_normal((sl.stop - sl.start, n_samples, p_n)) * active[sl, None, :]
+        z_scale = width * np.sqrt(_T_DOF / rng.chisquare(_T_DOF, (sl.stop - sl.start, n_samples)))
+        maha = np.sum(z * z, axis=2) * z_scale**2  # (x − mode)ᵀ C⁻¹ (x − mode)
+        dof = _T_DOF + n_active[sl, None]
+        log_q = np.logaddexp(-0.5 * dof * np.log1p(maha / _T_DOF),
+                             -0.5 * dof * np.log1p(maha / (4.0 * _T_DOF)) - n_active[sl, None] * math.log(2.0))
+        return z, z_scale, log_q
 
     def unpack(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         return v[:3], np.exp(v[3:6]), np.exp(v[6:9]), float(np.exp(v[9]))
@@ -296,9 +300,9 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
     def data_sd(s_r: float) -> np.ndarray:
         return np.sqrt(s_r**2 + _ADDITIVE_SD_MBQ**2 * inv_y2)
 
-    def posterior(v: np.ndarray) -> _Posterior:
+    def posterior(v: np.ndarray) -> Iterator[tuple[slice, _Posterior]]:
         """E-step: the Laplace approximation of each individual's posterior (the twin's MAP fit) as the centre and
-        scale of a multivariate-t importance sample of the exact posterior."""
+        scale of a multivariate-t importance sample of the exact posterior, chunk by chunk of individuals."""
         mu, w_sd, g_sd, s_r = unpack(v)
         sd_log = np.where(mask, data_sd(s_r), 1.0)
         data = FitData(t, logy, sd_log, cyc, adm, ligand, mask, k_n)
@@ -306,37 +310,45 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
         lap = fit_map_laplace(model, structures, cast(Any, priors), data, lam)
         cov = np.where(active[:, :, None] & active[:, None, :], lap.cov, 0.0) + np.eye(p_n) * ~active[:, :, None]
         chol = np.linalg.cholesky(cov)
-        x = np.where(active, lap.mode, 0.0)[:, None, :] + z_scale[..., None] * np.einsum("spq,smq->smp", chol, z)
-        theta, kappa = x[..., :3], x[..., 3:].reshape(s_n, n_samples, k_n, 3)
-        eta = theta[:, :, None, :] + np.einsum("srk,smkp->smrp", onehot, kappa)
-        with np.errstate(over="ignore"):  # the unused Jacobian of very fast uptakes
-            loga, _ = model.log_activity_jacobian(eta, t[:, None], adm[:, None], ligand[:, None], structures, lam)
-        res2 = np.where(mask[:, None], (logy[:, None] - loga) / sd_log[:, None], 0.0) ** 2
-        log_target = (-0.5 * res2.sum(axis=2)
-                      - 0.5 * np.sum(((theta - (mu + shift)[:, None]) / w_sd) ** 2, axis=2)
-                      - 0.5 * np.sum(has_cycle[:, None, :, None] * (kappa / g_sd) ** 2, axis=(2, 3)))
-        log_w = log_target - log_proposal
-        log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-        weight = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-        weight /= weight.sum(axis=1, keepdims=True)
-        return _Posterior(x, weight, res2, 1.0 / np.sum(weight**2, axis=1))
+        mode = np.where(active, lap.mode, 0.0)
+        for lo in range(0, s_n, chunk):
+            sl = slice(lo, min(lo + chunk, s_n))
+            z, z_scale, log_q = draws(sl)
+            x = mode[sl, None, :] + z_scale[..., None] * np.einsum("spq,smq->smp", chol[sl], z)
+            theta, kappa = x[..., :3], x[..., 3:].reshape(*x.shape[:2], k_n, 3)
+            eta = theta[:, :, None, :] + np.einsum("srk,smkp->smrp", onehot[sl], kappa)
+            with np.errstate(over="ignore"):  # the unused Jacobian of very fast uptakes
+                loga, _ = model.log_activity_jacobian(eta, t[sl, None], adm[sl, None], ligand[sl, None],
+                                                      structures[sl], lam)
+            res2 = np.where(mask[sl, None], (logy[sl, None] - loga) / sd_log[sl, None], 0.0) ** 2
+            log_target = (-0.5 * res2.sum(axis=2)
+                          - 0.5 * np.sum(((theta - (mu + shift[sl])[:, None]) / w_sd) ** 2, axis=2)
+                          - 0.5 * np.sum(has_cycle[sl, None, :, None] * (kappa / g_sd) ** 2, axis=(2, 3)))
+            log_w = log_target - log_q
+            log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+            weight = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+            weight /= weight.sum(axis=1, keepdims=True)
+            yield sl, _Posterior(x, weight, res2, 1.0 / np.sum(weight**2, axis=1))
 
-    def em_step(v: np.ndarray) -> tuple[np.ndarray, _Posterior]:
+    def em_step(v: np.ndarray) -> np.ndarray:
         """One EM iteration on v = (μ, ln ω, ln γ, ln σ_r): importance-sampled E-step, moment M-step."""
-        post = posterior(v)
+        e_theta, e_theta2 = np.zeros((s_n, 3)), np.zeros((s_n, 3))
+        e_kap2 = np.zeros((s_n, k_n, 3))
+        e_res2 = np.zeros((s_n, r_n))
+        for sl, post in posterior(v):
+            w = post.weight[..., None]
+            theta = post.x[..., :3] - shift[sl, None]
+            e_theta[sl], e_theta2[sl] = np.sum(w * theta, axis=1), np.sum(w * theta**2, axis=1)
+            e_kap2[sl] = np.sum(w[..., None] * post.x[..., 3:].reshape(*w.shape[:2], k_n, 3) ** 2, axis=1)
+            e_res2[sl] = np.sum(w * post.res2, axis=1)
         s_r = unpack(v)[3]
-        w = post.weight[..., None]
-        theta = post.x[..., :3] - shift[:, None]
-        e_theta = np.sum(w * theta, axis=1)
         new_mu = e_theta.mean(axis=0)
-        new_w = np.sqrt(np.maximum(np.sum(w * (theta - new_mu) ** 2, axis=1).mean(axis=0), _MIN_SD**2))
-        kap2 = np.sum(w[..., None] * post.x[..., 3:].reshape(s_n, n_samples, k_n, 3) ** 2, axis=1)
-        new_g = np.where(held, unpack(v)[2], np.sqrt(np.maximum(kap2[has_cycle].mean(axis=0), _MIN_SD**2)))
+        new_w = np.sqrt(np.maximum((e_theta2 - 2.0 * new_mu * e_theta).mean(axis=0) + new_mu**2, _MIN_SD**2))
+        new_g = np.where(held, unpack(v)[2], np.sqrt(np.maximum(e_kap2[has_cycle].mean(axis=0), _MIN_SD**2)))
         # residual variance: the expected squared residual (ln scale) less the additive error's part
-        sd2 = data_sd(s_r) ** 2
-        e_res2 = np.sum(w * post.res2, axis=1) * sd2
+        e_res2 *= data_sd(s_r) ** 2
         new_s = math.sqrt(max(float((e_res2 - _ADDITIVE_SD_MBQ**2 * inv_y2)[mask].mean()), 1e-6))
-        return np.concatenate([new_mu, np.log(new_w), np.log(new_g), [math.log(new_s)]]), post
+        return np.concatenate([new_mu, np.log(new_w), np.log(new_g), [math.log(new_s)]])
 
     # EM accelerated by SQUAREM (Varadhan R, Roland C. Scand J Stat 2008;35:335, scheme S3): two EM steps, an
     # extrapolation along them, and one EM step from there; plain EM needs hundreds of iterations here because
@@ -356,27 +368,30 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
     converged = False
     iterations = 0
     while iterations < max_iter:
-        v1, _ = em_step(v)
-        v2, _ = em_step(v1)
+        v1 = em_step(v)
+        v2 = em_step(v1)
         iterations += 2
         r, d = v1 - v, v2 - 2.0 * v1 + v
         alpha = -float(np.linalg.norm(r)) / max(float(np.linalg.norm(d)), 1e-12)
         alpha = min(alpha, -1.0)  # -1 is the plain EM step v2
         try:
-            v_new, _ = em_step(v - 2.0 * alpha * r + alpha**2 * d)
+            v_new = em_step(v - 2.0 * alpha * r + alpha**2 * d)
         except FitError:  # the extrapolation went too far for the individual fits: keep the plain EM steps
             v_new = np.full_like(v, np.nan)
         iterations += 1
         if not np.all(np.isfinite(v_new)):
-            v_new, _ = em_step(v2)
+            v_new = em_step(v2)
         change = float(np.max(np.abs(v_new - v)))
         v = v_new
         if change < tol:
             converged = True
             break
     mu, w_sd, g_sd, s_r = unpack(v)
-    post = posterior(v)  # at the final estimates, for the standard errors
-    info = _louis_information(post, shift, has_cycle, mu, w_sd, g_sd, s_r, data_sd(s_r), mask)
+    info = np.zeros((10, 10))  # at the final estimates, for the standard errors
+    min_ess = math.inf
+    for sl, post in posterior(v):
+        info += _louis_information(post, shift[sl], has_cycle[sl], mu, w_sd, g_sd, s_r, data_sd(s_r)[sl], mask[sl])
+        min_ess = min(min_ess, float(post.ess.min()))
     free = np.concatenate([np.ones(6, bool), ~held, [True]])  # held components are not estimated
     se = np.full(10, np.nan)
     var = np.diag(np.linalg.inv(info[np.ix_(free, free)]))
@@ -384,7 +399,7 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
     return StructureFit(kind, mu, se[:3], w_sd, se[3:6] * w_sd, g_sd, se[6:9] * g_sd, s_r, correlated_sd,
                         float(np.median([ind.mass_g for ind in individuals])), s_n,
                         len({ind.patient for ind in individuals}), int(has_cycle.sum()), int(mask.sum()), iterations,
-                        converged, (bool(held[0]), bool(held[1]), bool(held[2])), float(post.ess.min()))
+                        converged, (bool(held[0]), bool(held[1]), bool(held[2])), min_ess)
 
 
 def _iov_not_identifiable(jac: np.ndarray, sd_log: np.ndarray, cycle_mask: np.ndarray, iiv_sd: np.ndarray,
