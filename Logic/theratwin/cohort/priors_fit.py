@@ -503,7 +503,9 @@ class PriorsFit:
         for k, f in sorted(self.fits.items()):
             m = ", ".join(f"{a:.3f}±{b:.3f}" for a, b in zip(f.mean, f.mean_se, strict=True))
             lines.append(f"  {k:<22} n={f.n_individuals:<4} mean ({m}); IIV {np.round(f.iiv_sd, 3).tolist()}; "
-                         f"IOV {np.round(f.iov_sd, 3).tolist()}; random {f.random_sd:.3f}"
+                         f"IOV {np.round(f.iov_sd, 3).tolist()}"
+                         + "".join(f" ({p} held)" for p, h in zip(("ln U", "phi", "psi"), f.iov_held, strict=True) if h)
+                         + f"; random {f.random_sd:.3f}"
                          + ("" if f.converged else "  [not converged]"))
         for k, why in sorted(self.skipped.items()):
             lines.append(f"  {k:<22} not fitted: {why}")
