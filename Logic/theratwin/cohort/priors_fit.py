@@ -394,7 +394,7 @@ def fit_population(kind: str, individuals: list[Individual], nuclide: str, *, st
         min_ess = min(min_ess, float(post.ess.min()))
     free = np.concatenate([np.ones(6, bool), ~held, [True]])  # held components are not estimated
     se = np.full(10, np.nan)
-    var = np.diag(np.linalg.inv(info[np.ix_(free, free)]))
+    var = np.diag(np.linalg.pinv(info[np.ix_(free, free)]))  # pinv: a flat direction gives no SE, not an error
     se[free] = np.sqrt(np.where(var > 0, var, np.nan))  # NaN: no information (reported as null)
     return StructureFit(kind, mu, se[:3], w_sd, se[3:6] * w_sd, g_sd, se[6:9] * g_sd, s_r, correlated_sd,
                         float(np.median([ind.mass_g for ind in individuals])), s_n,
