@@ -2,7 +2,7 @@
 # Set up everything TheraTwin needs on a fresh Debian machine, idempotently:
 #   - Debian packages: Orthanc + DICOMweb plugin (PACS), dicom3tools/dcmtk/pixelmed (DICOM validators),
 #     plastimatch (independent RT Dose reader), chromium + poppler (report checks), iproute2 (network namespaces)
-#   - .venv with theratwin installed editable plus the test extras
+#   - .venv with theratwin installed editable plus the test and cohort (Dask, pyarrow) extras
 #   - Testing/fhir_server node_modules (Medplum FHIR engine)
 #   - .venv-slicer with slicer-core for the TheraTwinLib tests
 #   - .venv-web with theratwin[web] (trame-slicer, which pins slicer-core 5.11 and vtk 9.6) and Playwright, for
@@ -46,7 +46,7 @@ stamp=.venv/.theratwin-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing theratwin into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1
-  .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "WARNING: Location" >&2)
+  .venv/bin/python -m pip install -q -e ".[test,cohort]" 2> >(grep -v "WARNING: Location" >&2)
   touch "$stamp"
 fi
 

@@ -4,4 +4,6 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# guarded: worker processes started with "spawn" (Dask's LocalCluster) import this module again
+if __name__ == "__main__":
+    sys.exit(main())

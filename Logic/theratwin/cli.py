@@ -1,4 +1,5 @@
-"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``priors``, ``info``.
+"""The ``theratwin`` command line: ``demo``, ``run``, ``push``, ``web``, ``priors``, ``info`` (and ``cohort``,
+``demo-cohort``, ``fit-priors`` from :mod:`theratwin.cohort`).
 
 Errors the user can act on (bad input, bad settings, failed push, implausible results) end the command with a
 one-line message on stderr and exit status 2; an unexpected error (a TheraTwin bug) says so in one line and exits
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_progress import CliProgress as _Progress
 from ._version import __version__
 from .errors import TheraTwinError, one_line
 
@@ -23,44 +25,6 @@ __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 3
-
-
-class _Progress:
-    """Progress callback: a tqdm bar on a terminal; without one (cron, CI logs) a plain line whenever the step
-    changes or another tenth is done, never carriage-return frames; nothing when quiet."""
-
-    def __init__(self, quiet: bool, label: str, stream: Any = None) -> None:
-        self.quiet = quiet
-        self.label = label
-        self.bar: Any = None
-        self.stream = stream if stream is not None else sys.stderr
-        isatty = getattr(self.stream, "isatty", None)
-        self.interactive = bool(isatty and isatty())
-        self._last: tuple[int, str] | None = None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.quiet:
-            return
-        if not self.interactive:
-            step = message.split(" (")[0].split(":")[0][:40]
-            key = (int(fraction * 10), step)
-            if key != self._last:  # a new tenth or a new step: one line
-                self._last = key
-                print(f"{self.label}: {100 * fraction:3.0f}% {message[:80]}", file=self.stream, flush=True)
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=1000, desc=self.label, file=sys.stderr, leave=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-        self.bar.n = int(round(fraction * 1000))
-        self.bar.set_postfix_str(message[:60])
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -327,6 +291,10 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="show version, installed stages and nuclide data")
     i.set_defaults(func=_cmd_info)
+
+    from .cohort._cli import add_cohort_commands
+
+    add_cohort_commands(sub)  # cohort, demo-cohort, fit-priors
     return p
 
 

@@ -42,6 +42,8 @@ _LAYER_OF_PART = {
     "cli": "application",
     "__main__": "application",
     "push": "application",
+    "cohort": "application",
+    "_cli_progress": "application",
     "delivery": "formats",
 }
 _APPLICATION_MODULES = {"theratwin.pipeline.runs"}

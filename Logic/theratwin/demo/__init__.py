@@ -8,6 +8,8 @@ truth (kinetics, time-integrated activities, volumes, masses and mean absorbed d
 - Anatomy: :mod:`theratwin.demo.phantom` (analytic shapes, HU and densities with their sources).
 - Kinetics: :mod:`theratwin.demo.kinetics` (uptake-washout per structure, literature table).
 - Imaging and DICOM: :mod:`theratwin.demo.build` and ``_dicom`` (blur, Poisson noise, misalignment, NM/CT/SEG).
+- Who is simulated: :mod:`theratwin.demo.spec` (identity, cycles, schedules, kinetics, body size; the cohort
+  generator :mod:`theratwin.cohort.demo` draws other patients).
 
 Example (builds the patient into the cache on first use, a minute or so)::
 
@@ -34,6 +36,7 @@ from .build import (
 )
 from .kinetics import CYCLE1_KINETICS, Component, Kinetics
 from .phantom import SEG_STRUCTURES
+from .spec import DEMO_PATIENT_SPEC, CycleSpec, PatientSpec
 
 __all__ = [
     "DEMO_PATIENT_ID",
@@ -44,6 +47,9 @@ __all__ = [
     "DemoPatient",
     "DemoOptions",
     "DemoSimulation",
+    "PatientSpec",
+    "CycleSpec",
+    "DEMO_PATIENT_SPEC",
     "SimulatedCycle",
     "SimulatedTimePoint",
     "DEMO_SCHEMA_VERSION",

@@ -24,6 +24,7 @@ from ..study.image import Geometry
 from . import _dicom
 from .kinetics import CYCLE1_KINETICS, Kinetics, cycle2_kinetics
 from .phantom import SEG_STRUCTURES, TISSUES, lookup_tables, paint_labels
+from .spec import _NUCLIDE, DEMO_PATIENT_SPEC, PatientSpec
 from .truth import TRUTH_METHOD
 
 __all__ = [
@@ -61,29 +62,9 @@ CT_BLUR_SIGMA_VOXELS = 0.6
 _SPECT_FOV_MM = (614.4, 614.4, 537.6)  # x, y, z: 128 x 128 x 112 voxels of 4.8 mm
 _CT_FOV_FRACTION = 208.0 / 256.0  # in-plane CT field of view (499 mm) relative to the SPECT one
 
-_PATIENT = {
-    "id": "TT-DEMO-0001",
-    "name": "Demo^Theratwin",
-    "issuer": "THERATWIN-DEMO",
-    "birth_date": "19560612",
-    "sex": "M",
-    "age": "068Y",
-    "weight_kg": 82.0,
-    "height_m": 1.76,
-}
 #: The demo patient's PatientID and IssuerOfPatientID (an output folder's owner is checked before a run).
-DEMO_PATIENT_ID: str = str(_PATIENT["id"])
-DEMO_PATIENT_ISSUER: str = str(_PATIENT["issuer"])
-_RADIOPHARMACEUTICAL = "PSMA-617"
-_NUCLIDE = "Lu-177"
-_ADMINISTERED_MBQ = 7400.0
-# Nominal imaging schedule (h after the start of administration) and acquisition settings per time point:
-# (nominal time, jitter SD in h, number of projections over both heads, seconds per projection).
-_SCHEDULE: dict[int, list[tuple[float, float, int, float]]] = {
-    1: [(4.0, 0.25, 120, 15.0), (24.0, 0.8, 120, 20.0), (48.0, 1.2, 120, 20.0), (168.0, 2.5, 120, 30.0)],
-    2: [(48.0, 1.2, 120, 20.0)],
-}
-_CYCLE_INTERVAL_DAYS = 42.0
+DEMO_PATIENT_ID: str = str(DEMO_PATIENT_SPEC.patient["id"])
+DEMO_PATIENT_ISSUER: str = str(DEMO_PATIENT_SPEC.patient["issuer"])
 
 
 @dataclass(frozen=True)
@@ -153,6 +134,7 @@ class DemoSimulation:
     cycles: list[SimulatedCycle]
     seg_masks: dict[str, np.ndarray]  # on the reference CT grid
     truth: dict[str, Any]
+    spec: PatientSpec = DEMO_PATIENT_SPEC
 
 
 @dataclass(frozen=True)
@@ -257,17 +239,19 @@ def _structure_labels() -> dict[str, list[int]]:
 
 
 def simulate(seed: int | None = None, options: DemoOptions | None = None,
-             progress: ProgressCallback | None = None) -> DemoSimulation:
-    """Simulate the demo patient in memory (no files).
+             progress: ProgressCallback | None = None, *, spec: PatientSpec | None = None) -> DemoSimulation:
+    """Simulate the demo patient (or another patient of the same phantom family) in memory (no files).
 
     Parameters
     ----------
     seed
-        Random seed (default ``DEFAULT_SEED``); the result is deterministic for a seed and options.
+        Random seed (default ``DEFAULT_SEED``); the result is deterministic for a seed, options and spec.
     options
         What to simulate (noise, blur, misalignment, fast grid).
     progress
         Optional callback ``(fraction, message)``.
+    spec
+        The patient (default :data:`DEMO_PATIENT_SPEC`, the built-in demo patient).
 
     Returns
     -------
@@ -279,6 +263,8 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
 
     seed = DEFAULT_SEED if seed is None else int(seed)
     options = options or DemoOptions()
+    spec = spec or DEMO_PATIENT_SPEC
+    scale = None if spec.anatomy_scale == (1.0, 1.0, 1.0) else spec.anatomy_scale
     rng = np.random.default_rng(seed)
     nuc = nuclides.get(_NUCLIDE)
     lam_phys_per_s = math.log(2.0) / (nuc.half_life_h * 3600.0)
@@ -288,19 +274,21 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
     hu_lut, rho_lut = lookup_tables()
 
     report(progress, 0.02, "painting reference anatomy")
-    labels_ref = paint_labels(fine.shape, fine.origin, fv)
+    labels_ref = paint_labels(fine.shape, fine.origin, fv, scale=scale)
     luts, comp_volumes = _compartment_luts(labels_ref, fine_voxel_mL)
 
     # Schedule: administrations and imaging times (seeded jitter on realistic clock times).
     c1_start = datetime(2025, 3, 3, 9, 0, 0) + timedelta(seconds=int(rng.integers(600, 2400)))
-    kin_c1 = dict(CYCLE1_KINETICS)
-    kin_c2 = cycle2_kinetics(rng)
+    kin_c1 = dict(spec.cycles[0].kinetics or CYCLE1_KINETICS)
+    kinetics = [kin_c1] + [dict(c.kinetics) if c.kinetics is not None else cycle2_kinetics(rng, kin_c1)
+                           for c in spec.cycles[1:]]
     cycles: list[SimulatedCycle] = []
-    for number, kin in ((1, kin_c1), (2, kin_c2)):
-        start = c1_start if number == 1 else (
-            c1_start + timedelta(days=_CYCLE_INTERVAL_DAYS, seconds=int(rng.integers(-3600, 5400))))
-        cyc = SimulatedCycle(number, start, _ADMINISTERED_MBQ, kin)
-        for nominal_h, jitter_h, n_proj, s_per_view in _SCHEDULE[number]:
+    start = c1_start
+    for number, (cspec, kin) in enumerate(zip(spec.cycles, kinetics, strict=True), start=1):
+        if number > 1:
+            start = start + timedelta(days=cspec.days_after_previous, seconds=int(rng.integers(-3600, 5400)))
+        cyc = SimulatedCycle(number, start, cspec.administered_MBq, kin)
+        for nominal_h, jitter_h, n_proj, s_per_view in cspec.schedule:
             t_h = nominal_h + float(np.clip(rng.normal(0.0, jitter_h), -2 * jitter_h, 2 * jitter_h))
             acq = start + timedelta(seconds=int(round(t_h * 3600.0)))
             duration_s = n_proj / 2 * s_per_view + float(rng.integers(5, 40))  # two heads + gantry motion
@@ -324,7 +312,7 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
                    f"{(tp.acquisition_start - cyc.administration_start).total_seconds() / 3600:.0f} h")
             static = np.allclose(tp.rotation, np.eye(3)) and not np.any(tp.translation_mm)
             labels = labels_ref if static else paint_labels(fine.shape, fine.origin, fv, tp.rotation,
-                                                           tp.translation_mm)
+                                                           tp.translation_mm, scale=scale)
             t_h = (tp.acquisition_start - cyc.administration_start).total_seconds() / 3600.0
             conc_lut = _conc_lut_Bq_per_mL(cyc.kinetics, luts, t_h, cyc.administered_MBq).astype(np.float32)
             spect = _block_mean(conc_lut[labels]).astype(np.float32)
@@ -358,15 +346,15 @@ def simulate(seed: int | None = None, options: DemoOptions | None = None,
         lut[struct_labels[name]] = True
         seg_masks[name] = lut[ref_ct_labels]
     truth = _truth(seed, options, cycles, labels_ref, luts, comp_volumes, rho_lut, spect_geo, ct_geo, fine_voxel_mL,
-                   struct_labels, scaled(progress, 0.6, 0.98))
+                   struct_labels, spec, scaled(progress, 0.6, 0.98))
     report(progress, 1.0, "simulation done")
-    return DemoSimulation(seed, options, spect_geo, ct_geo, cycles, seg_masks, truth)
+    return DemoSimulation(seed, options, spect_geo, ct_geo, cycles, seg_masks, truth, spec)
 
 
 def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels_ref: np.ndarray,
            luts: dict[str, np.ndarray], comp_volumes: dict[str, float], rho_lut: np.ndarray, spect_geo: Geometry,
            ct_geo: Geometry, fine_voxel_mL: float, struct_labels: dict[str, list[int]],
-           progress: ProgressCallback | None = None) -> dict[str, Any]:
+           spec: PatientSpec, progress: ProgressCallback | None = None) -> dict[str, Any]:
     n_labels = len(rho_lut)
     counts = np.bincount(labels_ref.ravel(), minlength=n_labels).astype(float)
     sigma_vox = RESOLUTION_FWHM_MM / (2.0 * math.sqrt(2.0 * math.log(2.0))) / options.spect_voxel_mm
@@ -456,7 +444,7 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
             structures[name] = entry
         out_cycles.append({
             "cycle": cyc.number,
-            "radiopharmaceutical": _RADIOPHARMACEUTICAL,
+            "radiopharmaceutical": spec.radiopharmaceutical,
             "nuclide": _NUCLIDE,
             "administered_MBq": cyc.administered_MBq,
             "administration_start": cyc.administration_start.isoformat(),
@@ -484,9 +472,9 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
         "generator": f"theratwin.demo {__version__}",
         "seed": seed,
         "options": asdict(options),
-        "patient_id": _PATIENT["id"],
+        "patient_id": spec.patient["id"],
         "nuclide": _NUCLIDE,
-        "radiopharmaceutical": _RADIOPHARMACEUTICAL,
+        "radiopharmaceutical": spec.radiopharmaceutical,
         "imaging": {
             "spect_geometry": spect_geo.to_dict(),
             "ct_geometry": ct_geo.to_dict(),
@@ -512,6 +500,8 @@ def _truth(seed: int, options: DemoOptions, cycles: list[SimulatedCycle], labels
                          "partial-volume correction" if options.blur else "not applicable (no blur)",
         },
         "cycles": out_cycles,
+        # only for patients other than the demo's reference man, so the demo's truth file stays as it was
+        **({"anatomy_scale": list(spec.anatomy_scale)} if spec.anatomy_scale != (1.0, 1.0, 1.0) else {}),
         "references": [
             "Kratochwil C et al. J Nucl Med 2016;57:1170-1176",
             "Delker A et al. Eur J Nucl Med Mol Imaging 2016;43:42-51",
@@ -534,7 +524,7 @@ def write_demo_dicom(sim: DemoSimulation, directory: Path, progress: ProgressCal
     n_tp = sum(len(c.time_points) for c in sim.cycles)
     done = 0
     for cyc in sim.cycles:
-        adm = {"radiopharmaceutical": _RADIOPHARMACEUTICAL, "start": cyc.administration_start,
+        adm = {"radiopharmaceutical": sim.spec.radiopharmaceutical, "start": cyc.administration_start,
                "activity_MBq": cyc.administered_MBq}
         for i, tp in enumerate(cyc.time_points, start=1):
             report(progress, done / n_tp, f"writing DICOM cycle {cyc.number} time point {i}")
@@ -544,13 +534,13 @@ def write_demo_dicom(sim: DemoSimulation, directory: Path, progress: ProgressCal
             study_dt = tp.acquisition_start - timedelta(minutes=7)
             study = {"uid": uid("study", key), "datetime": study_dt, "id": f"C{cyc.number}T{i}",
                      "accession": f"TTD{cyc.number}{i:02d}{sim.seed % 10000:04d}",
-                     "description": f"Lu-177 PSMA-617 cycle {cyc.number} SPECT/CT {round(t_h):d} h p.i."}
+                     "description": f"Lu-177 {sim.spec.radiopharmaceutical} cycle {cyc.number} SPECT/CT {round(t_h):d} h p.i."}
             frame_uid = uid("frame-of-reference", key)
             ct_start = tp.acquisition_start + timedelta(seconds=tp.acquisition_duration_s + 95)
             ct_series = {"uid": uid("series-ct", key), "number": 2, "datetime": ct_start, "modality": "CT",
                          "description": "CT low dose for AC and localisation", "frame_of_reference_uid": frame_uid}
             cts = _dicom.write_ct_series(folder / "CT", tp.ct_hu.astype(np.float32), origin_mm=sim.ct_geometry.origin_mm,
-                                         voxel_mm=sim.ct_geometry.spacing_mm[0], patient=_PATIENT, study=study,
+                                         voxel_mm=sim.ct_geometry.spacing_mm[0], patient=sim.spec.patient, study=study,
                                          series=ct_series, acquisition_start=ct_start, uid=uid)
             files += sorted((folder / "CT").glob("*.dcm"))
             recon_dt = ct_start + timedelta(minutes=6, seconds=12)
@@ -559,7 +549,7 @@ def write_demo_dicom(sim: DemoSimulation, directory: Path, progress: ProgressCal
                          "frame_of_reference_uid": frame_uid}
             nm_path = folder / "NM_SPECT.dcm"
             _dicom.write_nm_spect(nm_path, tp.spect_Bq_per_mL, origin_mm=sim.spect_geometry.origin_mm,
-                                  voxel_mm=sim.spect_geometry.spacing_mm[0], patient=_PATIENT, study=study,
+                                  voxel_mm=sim.spect_geometry.spacing_mm[0], patient=sim.spec.patient, study=study,
                                   series=nm_series, acquisition_start=tp.acquisition_start,
                                   acquisition_duration_s=tp.acquisition_duration_s, administration=adm,
                                   n_projections=tp.n_projections,

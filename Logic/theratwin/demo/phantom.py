@@ -29,6 +29,7 @@ __all__ = [
     "SEG_STRUCTURES",
     "paint_labels",
     "lookup_tables",
+    "ANATOMY_SCALE_CENTER_MM",
 ]
 
 
@@ -173,6 +174,10 @@ SEG_STRUCTURES: tuple[str, ...] = (
     "lesion_node_2", "lesion_node_3",
 )
 
+#: Centre (LPS mm) about which ``paint_labels(scale=...)`` scales the anatomy: mid-way between the bladder floor and
+#: the lacrimal glands, so a patient smaller in z keeps every segmented structure inside the SPECT field of view.
+ANATOMY_SCALE_CENTER_MM = (0.0, 5.0, -20.0)
+
 AIR_HU = -1000.0
 AIR_DENSITY_G_PER_ML = 0.0012  # dry air at 20 C, ICRU 46
 
@@ -211,6 +216,7 @@ def paint_labels(
     spacing_mm: float,
     rotation: np.ndarray | None = None,
     translation_mm: np.ndarray | None = None,
+    scale: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """Tissue labels (uint8) on an axis-aligned LPS grid, with the body moved rigidly.
 
@@ -221,15 +227,21 @@ def paint_labels(
     rotation, translation_mm
         Rigid motion of the patient in the scanner: a body point ``p`` appears at ``R p + t``. Identity if None.
         Each scanner voxel is evaluated at the body point ``R^T (x - t)``, so shapes stay exact (no resampling).
+    scale
+        Body habitus: factors (x, y, z) applied to every shape about :data:`ANATOMY_SCALE_CENTER_MM` (the shapes
+        stay exact: a body point ``b`` is tested at ``c + (b - c) / s``). None: the reference anatomy.
     """
     R = np.eye(3) if rotation is None else np.asarray(rotation, float)
     t = np.zeros(3) if translation_mm is None else np.asarray(translation_mm, float)
+    s_xyz = np.ones(3) if scale is None else np.asarray(scale, float)
+    c_xyz = np.asarray(ANATOMY_SCALE_CENTER_MM, float)
     labels = np.zeros(shape_zyx, dtype=np.uint8)
     o = np.asarray(origin_mm, float)
     nz, ny, nx = shape_zyx
     for tissue in TISSUES:
         for shape in tissue.shapes:
             lo, hi = shape.bounds_mm()
+            lo, hi = c_xyz + (lo - c_xyz) * s_xyz, c_xyz + (hi - c_xyz) * s_xyz
             corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
             moved = corners @ R.T + t
             i0 = np.floor((moved.min(0) - o) / spacing_mm).astype(int) - 1
@@ -246,6 +258,9 @@ def paint_labels(
             bx = R[0, 0] * X + R[1, 0] * Y + R[2, 0] * Z
             by = R[0, 1] * X + R[1, 1] * Y + R[2, 1] * Z
             bz = R[0, 2] * X + R[1, 2] * Y + R[2, 2] * Z
+            if scale is not None:
+                bx, by, bz = (c_xyz[0] + (bx - c_xyz[0]) / s_xyz[0], c_xyz[1] + (by - c_xyz[1]) / s_xyz[1],
+                              c_xyz[2] + (bz - c_xyz[2]) / s_xyz[2])
             inside = shape.inside(bx, by, bz)
             box = labels[i0[2]:i1[2], i0[1]:i1[1], i0[0]:i1[0]]
             box[inside] = tissue.label
