@@ -38,3 +38,9 @@ def test_plan_shows_the_recommendation_of_results_json(demo_run) -> None:
     assert {row["structure"] for row in plan["lesions"]} == set(rec["lesion_dose_Gy"])
     assert plan["response"]["mean"] == rec["responder_probability"]["mean"]
     assert {p["structure"] for p in plan["prediction"]} == set(twin["prediction"]["structures"])
+    # the protocol-aware plan of the remaining cycles, as the twin wrote it
+    tp = twin["plan"]
+    shown = plan["treatment"]
+    assert shown["headline"] == tp["headline"] and shown["binding_constraint"] == tp["binding_constraint"]
+    assert shown["probability_within_limits"] == tp["probability_within_limits"]
+    assert {str(a["cycle"]): a["activity_MBq"] for a in shown["activities"]} == tp["activities_MBq"]

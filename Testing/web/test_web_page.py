@@ -158,6 +158,7 @@ def test_run_from_the_page_matches_results_json(page, server, artifacts, figures
     page.click("#tt-tab-twin")
     assert "recommended activity" in page.inner_text("#tt-plan-activity")
     assert results["twin"]["recommendation"]["limiting_structure"] in page.inner_text("#tt-plan-binding")
+    assert results["twin"]["plan"]["headline"] in page.inner_text("#tt-plan-headline")
     page.click("#tt-tab-results")
     page.wait_for_selector("#tt-tac")
     page.wait_for_timeout(1000)  # the tab transition

@@ -436,6 +436,13 @@ class TheraTwinWebApp:
     def _twin_panel(self) -> None:
         html.Div("The twin has not run.", v_if="!plan.available", classes="text-caption")
         with html.Div(v_if="plan.available", id="tt-plan"):
+            with html.Div(v_if="plan.treatment", id="tt-plan-treatment", classes="mb-2"):
+                html.Div("Plan of the remaining cycles", classes="text-subtitle-2")
+                html.Div("{{ plan.treatment.headline }}", classes="text-body-1", id="tt-plan-headline")
+                html.Div("cycle {{ a.cycle }}: {{ a.activity_MBq.toFixed(0) }} MBq", v_for="a in plan.treatment.activities",
+                         key="a.cycle", classes="text-caption")
+                html.Div("Closest to its limit: {{ plan.treatment.closest_to_limit }}",
+                         v_if="plan.treatment.closest_to_limit", classes="text-caption")
             html.Div("Cycle {{ plan.cycle }}: recommended activity {{ plan.activity_MBq }} MBq "
                      "(confidence {{ plan.confidence }})", classes="text-subtitle-1", id="tt-plan-activity")
             html.Div("Binding constraint: {{ plan.binding }} — {{ plan.status_text }}", classes="text-body-2 mb-2",

@@ -1,8 +1,9 @@
-"""What the page shows of the twin: the plan for the next cycle, from ``results.json``'s ``twin`` part.
+"""What the page shows of the twin, from ``results.json``'s ``twin`` part: the protocol-aware plan of the
+remaining cycles (``twin["plan"]``: activities, joint probability that every organ stays under its limit, what
+binds) and the largest activity for the next cycle alone with its organ table (``twin["recommendation"]``).
 
-:func:`twin_plan` is the one place that reads the twin's JSON for display; when the twin's protocol-aware plan
-lands in ``results.json`` only this function changes. It does no arithmetic on the numbers: every value shown
-is one the twin stage wrote (intervals as ``{mean, low, high, level}``).
+:func:`twin_plan` is the one place that reads the twin's JSON for display. It does no arithmetic on the numbers:
+every value shown is one the twin stage wrote (intervals as ``{mean, low, high, level}``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def twin_plan(twin: dict[str, Any] | None) -> dict[str, Any]:
         value, predicted cumulative interval after the recommended cycle, value at the confidence quantile, and
         the toxicity probability when forecast), ``lesions`` (predicted lesion dose intervals), ``response``
         (responder probability), ``prediction`` (per structure at the standard activity: dose and BED
-        intervals), ``standard_activity_MBq`` and ``notice``.
+        intervals), ``standard_activity_MBq``, ``notice`` and ``treatment`` (the plan of the remaining cycles, or
+        None when the twin wrote none: ``headline``, ``activities`` as ``[{cycle, activity_MBq}]``,
+        ``total_planned_MBq``, ``probability_within_limits``, ``confidence``, ``status``, ``binding_constraint``,
+        ``closest_to_limit``).
     """
     if not twin or not isinstance(twin, dict):
         return {"available": False, "message": "The twin stage has not run (run the pipeline through 'twin')."}
@@ -74,6 +78,17 @@ def twin_plan(twin: dict[str, Any] | None) -> dict[str, Any]:
         "cumulative_bed_Gy": _interval(s.get("cumulative_bed_Gy")),
     } for name, s in (prediction.get("structures") or {}).items()]
     status = str(rec.get("status", ""))
+    plan = twin.get("plan") if isinstance(twin.get("plan"), dict) else None
+    treatment = None if plan is None else {
+        "headline": plan.get("headline", ""),
+        "activities": [{"cycle": int(k), "activity_MBq": v} for k, v in (plan.get("activities_MBq") or {}).items()],
+        "total_planned_MBq": plan.get("total_planned_MBq"),
+        "probability_within_limits": plan.get("probability_within_limits"),
+        "confidence": plan.get("confidence"),
+        "status": plan.get("status"),
+        "binding_constraint": plan.get("binding_constraint"),
+        "closest_to_limit": plan.get("closest_to_limit"),
+    }
     return {
         "available": True,
         "cycle": rec.get("cycle", prediction.get("cycle")),
@@ -91,4 +106,5 @@ def twin_plan(twin: dict[str, Any] | None) -> dict[str, Any]:
         "prediction": predicted,
         "model": (twin.get("model") or {}).get("model") if isinstance(twin.get("model"), dict) else twin.get("model"),
         "notice": twin.get("notice", ""),
+        "treatment": treatment,
     }
