@@ -323,7 +323,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
         twin = run.state.get("twin")
         if twin is not None and "twin_state" not in run.results.outputs:
             # the twin ran earlier without an output folder (another module): write its state here as well
-            (outputDirectory / "twin-state.json").write_text(twin.to_json(), encoding="utf-8")
+            TheraTwinLib.writeTextFile(outputDirectory / "twin-state.json", twin.to_json())
             run.results.outputs["twin_state"] = "twin-state.json"
         imported = []
         if importIntoDicomDatabase:

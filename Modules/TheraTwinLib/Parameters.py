@@ -23,7 +23,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["pathOrNone", "pathText", "isOptionalPath", "registerPathParameterConnector"]
+__all__ = ["pathOrNone", "pathText", "isOptionalPath", "registerPathParameterConnector", "writeTextFile"]
 
 _registered = False
 
@@ -36,6 +36,15 @@ def pathOrNone(value: str | os.PathLike[str] | None) -> pathlib.Path | None:
     if text in ("", "."):
         return None
     return pathlib.Path(text)
+
+
+def writeTextFile(path: str | os.PathLike[str], text: str) -> pathlib.Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, fsync, rename): an interrupted save or a full
+    disk leaves the previous file or none, never half of one. Returns the path."""
+    from theratwin._files import atomic_write
+
+    atomic_write(path, text)
+    return pathlib.Path(path)
 
 
 def pathText(value: str | os.PathLike[str] | None) -> str:

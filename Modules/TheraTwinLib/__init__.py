@@ -34,7 +34,7 @@ from .Dependencies import (
     readRequirements,
 )
 from .Messages import ExplainedError, explainedErrors, messageFor, userMessage
-from .Parameters import isOptionalPath, pathOrNone, pathText, registerPathParameterConnector
+from .Parameters import isOptionalPath, pathOrNone, pathText, registerPathParameterConnector, writeTextFile
 from .Pipeline import (
     DOSE_MAP_KINDS,
     PipelineRun,
@@ -173,6 +173,7 @@ __all__ = [
     "messageFor",
     "pathOrNone",
     "pathText",
+    "writeTextFile",
     "isOptionalPath",
     "registerPathParameterConnector",
 ]

@@ -323,7 +323,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         if twinStateNode is None or not twinStateNode.GetText():
             raise ValueError(_("There is no twin to save yet; apply the module first or load a twin."))
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(twinStateNode.GetText(), encoding="utf-8")
+        TheraTwinLib.writeTextFile(target, twinStateNode.GetText())
         return target
 
     @staticmethod

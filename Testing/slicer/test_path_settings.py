@@ -99,3 +99,25 @@ def test_export_logic_refuses_an_unset_folder(scene, study, busyWorkingDirectory
     nodes = L.addStudyToScene(scene, study)
     with pytest.raises(ValueError, match="output folder"):
         module.TheraTwinExportLogic().process(nodes.allTimePoints(), nodes.segmentation, unset)
+
+
+def test_saved_files_are_whole_or_unchanged(tmp_path, monkeypatch) -> None:
+    """The Twin and Export modules save through ``writeTextFile``: a save that fails half-way (here the final
+    rename) leaves the previous file as it was and no temporary file behind; a save that succeeds replaces it."""
+    import os
+
+    target = tmp_path / "twin-state.json"
+    L.writeTextFile(target, '{"version": 1}')
+    assert target.read_text(encoding="utf-8") == '{"version": 1}'
+
+    def failingReplace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failingReplace)
+    with pytest.raises(Exception, match="space"):
+        L.writeTextFile(target, '{"version": 2, "long": "' + "x" * 100000 + '"}')
+    monkeypatch.undo()
+    assert target.read_text(encoding="utf-8") == '{"version": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twin-state.json"]
+    L.writeTextFile(target, '{"version": 3}')
+    assert target.read_text(encoding="utf-8") == '{"version": 3}'
