@@ -259,3 +259,34 @@ def test_single_time_point_voxels_rescale_the_prior_tail_to_the_nearest_sample()
     assert np.all(np.abs(rescaled / want - 1) < 0.5 * np.abs(plain / want - 1))
     with pytest.raises(tt.InvalidInputError, match="prior_concentration"):
         voxel_single_time_point(50.0, c2, prior, prior_time_h=T, prior_concentration_Bq_per_mL=series[:3])
+
+
+def test_single_time_point_voxels_where_the_prior_curve_has_vanished_use_hanscheid() -> None:
+    from theratwin.kinetics.stage import MAX_SCALE_CHANGE, voxel_single_time_point
+
+    # cycle 1 at 4, 22, 71, 170 h; cycle 2 scanned once at 98.5 h (a cohort patient's schedule). Kidney-like
+    # voxels (T_eff 40 h) and bladder-like ones (T_eff 6 h: at 98.5 h the prior curve is 1e-5 of its start);
+    # cycle 2 is the same kinetics at 0.9x plus measurement noise of 2 Bq/mL, i.e. the bladder voxels' scan at
+    # 98.5 h is noise. Reference: the analytic TIA of the cycle-2 curves.
+    t1 = np.array([4.0, 22.0, 71.0, 170.0])
+    lam_k, lam_b = math.log(2) / 40.0, math.log(2) / 6.0
+    rng = np.random.default_rng(3)
+    lam = np.where(np.arange(200) < 150, lam_k, lam_b).reshape(1, 10, 20)
+    c0 = np.full((1, 10, 20), 2000.0)
+    series = (c0[None] * np.exp(-lam[None] * t1[:, None, None, None])).astype(np.float32)
+    prior = fit_voxels(t1, series, model="hybrid")
+    c2 = 0.9 * c0 * np.exp(-lam * 98.5) + np.abs(rng.normal(0.0, 2.0, c0.shape))
+    tia, _, method = voxel_single_time_point(98.5, c2, prior, prior_time_h=t1, prior_concentration_Bq_per_mL=series)
+    truth = 0.9 * c0 / lam
+    kidney, bladder = lam == lam_k, lam == lam_b
+    # the kidney voxels keep the prior shape (scale 0.9, the noise is < 1 % of their signal)
+    assert np.all(method[kidney] == 1)
+    np.testing.assert_allclose(tia[kidney], truth[kidney], rtol=0.05)
+    # without the guard the bladder voxels came out at c2 TIA_1 / C_1(98.5 h): 10^3-10^4 x their truth; with it
+    # no voxel exceeds MAX_SCALE_CHANGE x its prior TIA, and the total over all voxels is within 5 % of the truth
+    # no voxel exceeds MAX_SCALE_CHANGE x (overall scale 0.9) x its prior TIA or Hänscheid's estimate, whichever is
+    # larger, and the total over all voxels is within 5 % of the truth
+    hanscheid = c2 * 2.0 * 98.5 / math.log(2)
+    assert np.all(tia <= np.maximum(MAX_SCALE_CHANGE * 0.9 * 1.01 * prior.tia_Bq_h_per_mL, hanscheid * 1.0001))
+    assert np.mean(method[bladder] == 2) >= 0.9
+    assert abs(tia.sum() / truth.sum() - 1) < 0.05

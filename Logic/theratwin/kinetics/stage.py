@@ -175,6 +175,12 @@ def _method_record(res: Any) -> tuple[str, dict[str, Any]]:
     return "; ".join(parts), descriptions
 
 
+#: Largest factor by which a voxel's activity scale (measured / prior curve at the scan time) may differ from the
+#: patient's overall scale for the prior curve shape to be used there (else Hänscheid, see
+#: :func:`voxel_single_time_point`).
+MAX_SCALE_CHANGE = 5.0
+
+
 def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, prior: VoxelFit | None, *,
                             inter_cycle_variability: float = 0.10, prior_time_h: Any = None,
                             prior_concentration_Bq_per_mL: Any = None,
@@ -195,6 +201,10 @@ def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, 
     voxels (a ratio of sums, so voxel noise hardly biases it). A mono-exponential tail through three samples of
     a bi-exponential curve (blood, red marrow) misses the middle sample by 5-10 %; on the demo patient this
     moves the cycle-2 body and red-marrow TIAs from 0.92 / 0.90 to 0.97 / 1.01 of the truth.
+
+    Voxels whose scale ``C(t) / C_1(t)`` differs from the patient's overall scale by more than
+    :data:`MAX_SCALE_CHANGE` (a prior curve that has vanished by ``t``, so that ``C(t)`` is mostly noise, or a
+    redistribution the prior cannot describe) get Hänscheid's estimate.
 
     Returns ``(tia, tia_sd, method_map)`` with method_map 1 = prior curve, 2 = Hänscheid, 0 = no activity.
     """
@@ -220,6 +230,16 @@ def voxel_single_time_point(time_h: float, concentration_Bq_per_mL: np.ndarray, 
             # dTIA/dlambda = TIA (t - 1/lambda)
             rel_p = np.sqrt(inter_cycle_variability**2 + ((t - 1.0 / lam) * np.nan_to_num(lam_sd)) ** 2)
         ok &= np.isfinite(tia_p) & np.isfinite(rel_p)
+        # The curve-shape assumption only changes the scale between cycles. A voxel whose scale c / C_1(t) is far
+        # from the patient's overall one holds a prior curve that has all but vanished by t (fast washout: its
+        # C_1(t) is tiny and the measured c mostly noise, so c / C_1(t) explodes) or a redistribution the prior
+        # cannot describe; Hänscheid is used there (a cohort patient scanned at 98 h after a 71 h cycle-1 sample
+        # gave bladder and body voxel TIAs 10^3-10^5 times too high without this guard).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = c / c1_t
+        if ok.any():
+            overall = float(np.sum(c[ok]) / np.sum(c1_t[ok]))
+            ok &= (scale >= overall / MAX_SCALE_CHANGE) & (scale <= overall * MAX_SCALE_CHANGE)
         tia = np.where(ok, tia_p, tia)
         rel = np.where(ok, rel_p, rel)
         method = np.where(ok, 1, method).astype(np.uint8)
