@@ -36,7 +36,7 @@ SLICER_INFRASTRUCTURE = {"vtk", "pip", "setuptools", "wheel", "requests", "packa
 SLICER_5_12_BUNDLES = {"numpy": "2.4.6", "scipy": "1.17.1", "pydicom": "3.0.2", "simpleitk": "2.5.5",
                        "highdicom": "0.27.0", "dicomweb-client": "0.61.0"}
 #: pyproject core dependencies not needed inside Slicer, and the one file of the core that imports each.
-NOT_NEEDED_IN_SLICER = {"tqdm": "cli.py"}
+NOT_NEEDED_IN_SLICER = {"tqdm": "_cli_progress.py"}  # the command line's progress bar
 LIB_REQUIREMENTS = LIB / "requirements.txt"
 STDLIB = set(sys.stdlib_module_names)
 

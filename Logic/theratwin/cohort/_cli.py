@@ -34,7 +34,7 @@ def _cohort_config(args: argparse.Namespace) -> Any:
     cfg = PipelineConfig(stages=COHORT_STAGES)
     if path is not None:
         try:
-            cfg = PipelineConfig.from_dict(json.loads(path.read_text()))
+            cfg = PipelineConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, TheraTwinError, TypeError) as exc:
             raise TheraTwinError(f"{path}: cannot use this configuration: {exc}") from None
     if args.stages:

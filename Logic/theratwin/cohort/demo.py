@@ -134,7 +134,7 @@ def build_demo_cohort(n: int, out: str | os.PathLike[str], *, seed: int = 1,
         truth_path = root / TRUTH_DIR / f"{pid}.json"
         if (root / pid).is_dir() and truth_path.is_file():
             try:
-                if json.loads(truth_path.read_text()).get("cohort_seed") == seed:
+                if json.loads(truth_path.read_text(encoding="utf-8")).get("cohort_seed") == seed:
                     continue
             except (OSError, ValueError):
                 pass
@@ -153,7 +153,7 @@ def build_demo_cohort(n: int, out: str | os.PathLike[str], *, seed: int = 1,
         truth = dict(sim.truth)
         truth.update({"cohort_seed": seed, "population_draw": drawn,
                       "population_parametrisation": "see cohort-truth.json"})
-        truth_path.write_text(json.dumps(truth, indent=1))
+        truth_path.write_text(json.dumps(truth, indent=1), encoding="utf-8")
     truth_all = {
         "schema": "theratwin-demo-cohort/1",
         "generator": f"theratwin.cohort.demo {__version__}",
@@ -164,9 +164,9 @@ def build_demo_cohort(n: int, out: str | os.PathLike[str], *, seed: int = 1,
         "imaging": "theratwin.demo fast grid (SPECT 9.6 mm, CT 4.8 mm), noise, blur, patient motion",
         "note": "Synthetic patients for tests, benchmarks and tutorials (research use).",
     }
-    (root / COHORT_TRUTH).write_text(json.dumps(truth_all, indent=2))
+    (root / COHORT_TRUTH).write_text(json.dumps(truth_all, indent=2), encoding="utf-8")
     (root / CONFIG_FILE).write_text(json.dumps(demo_config(PipelineConfig(stages=COHORT_STAGES)).to_dict(),
-                                               indent=2))
+                                               indent=2), encoding="utf-8")
     report(progress, 1.0, f"{n} patients in {root}")
     return DemoCohort(root, ids, truth_all)
 

@@ -218,8 +218,8 @@ def write_tac_cohort(out_dir: str | os.PathLike[str], n: int, *, population: Pop
                                   "nuclide": pop.nuclide, "structures": structs}
         key = f"SYN{i + 1:05d}"
         (root / key).mkdir(exist_ok=True)
-        (root / key / "results.json").write_text(json.dumps({"schema": "theratwin-results/1", "cycles": cycles}))
-        (root / key / "cohort-task.json").write_text(json.dumps({"patient": key, "status": "done"}))
+        (root / key / "results.json").write_text(json.dumps({"schema": "theratwin-results/1", "cycles": cycles}), encoding="utf-8")
+        (root / key / "cohort-task.json").write_text(json.dumps({"patient": key, "status": "done"}), encoding="utf-8")
         drawn_all[key] = {s: {"theta": d["theta"].tolist(), "mass_g": d["mass_g"]} for s, d in drawn.items()}
     return {"population": sub.to_dict(), "random_sd": random_sd, "correlated_sd": correlated_sd, "seed": seed,
             "patients": drawn_all}

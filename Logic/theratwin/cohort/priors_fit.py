@@ -192,10 +192,10 @@ def collect_individuals(cohort_dir: str | os.PathLike[str], radiopharmaceutical:
     by_kind: dict[str, list[Individual]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            task = json.loads((folder / TASK_FILE).read_text())
+            task = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
             if task.get("status") != "done":
                 continue
-            results = json.loads((folder / "results.json").read_text())
+            results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         series: dict[str, Individual] = {}

@@ -153,7 +153,7 @@ def _config_fingerprint(config: dict[str, Any], strict: bool, threads: int) -> s
 
 def _read_task(folder: Path) -> dict[str, Any] | None:
     try:
-        d = json.loads((folder / TASK_FILE).read_text())
+        d = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return d if isinstance(d, dict) else None
@@ -161,7 +161,7 @@ def _read_task(folder: Path) -> dict[str, Any] | None:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -219,7 +219,7 @@ def run_patient(source: dict[str, Any], out_root: str, config: dict[str, Any], s
         record.update(status="failed", error=str(exc), error_type=type(exc).__name__)
     except Exception as exc:  # noqa: BLE001 - one patient's unexpected failure must not stop the cohort
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
-        (tmp / ERROR_FILE).write_text(traceback.format_exc())
+        (tmp / ERROR_FILE).write_text(traceback.format_exc(), encoding="utf-8")
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["finished"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     try:
@@ -238,7 +238,7 @@ def _fetch_from_pacs(src: PatientSource, root: Path) -> Path:
     dest = root / "pacs-input" / src.key
     marker = dest / ".complete"
     want = ",".join(src.study_uids)
-    if marker.is_file() and marker.read_text() == want:
+    if marker.is_file() and marker.read_text(encoding="utf-8") == want:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.key}-", dir=dest.parent))
@@ -246,7 +246,7 @@ def _fetch_from_pacs(src: PatientSource, root: Path) -> Path:
     with open_pacs(src.pacs_url) as pacs:
         for uid in src.study_uids:
             pacs.fetch_study(uid, tmp / _safe_key(uid))
-    (tmp / ".complete").write_text(want)
+    (tmp / ".complete").write_text(want, encoding="utf-8")
     _publish(tmp, dest)
     return dest
 

@@ -146,7 +146,7 @@ def cohort_rows(out_dir: Path, records: dict[str, dict[str, Any]]) -> list[dict[
         if records[key].get("status") != "done":
             continue
         path = out_dir / PATIENTS_DIR / key / "results.json"
-        rows += patient_rows(key, json.loads(path.read_text()))
+        rows += patient_rows(key, json.loads(path.read_text(encoding="utf-8")))
     return rows
 
 
