@@ -8,6 +8,7 @@ doses; the warnings that matter. Every number is read from ``results.json`` and 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..results import Results
@@ -22,7 +23,7 @@ __all__ = ["section_first_page"]
 _DELIVERED_FIELD = {"bed": "cumulative_bed_Gy", "eqd2": "cumulative_eqd2_Gy", "dose": "cumulative_dose_Gy"}
 _QUANTITY = {"bed": "BED", "eqd2": "EQD2", "dose": "dose"}
 _MAX_LESIONS = 8
-_MAX_WARNINGS = 6
+_MAX_WARNINGS = 4
 _PROBABILITY = NumberStyle(significant=2, min_decimals=2, max_decimals=4)
 
 
@@ -221,12 +222,19 @@ def _warning_block(data: dict[str, Any]) -> str:
     if not warnings:
         return ('<div class="first-warnings"><h2>Warnings</h2><p class="none">No warning (information notes: '
                 "appendix).</p></div>")
+    # one line per kind of warning: messages that differ only in the structure named and its figures (e.g. every
+    # structure below the resolution limit) are one group, shown with its first message and the structures
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for w in sorted(warnings, key=lambda w: 0 if w.get("severity") == "error" else 1):
-        groups.setdefault((str(w.get("severity")), str(w.get("stage", "")), str(w.get("message", ""))), []).append(w)
+        kind = re.sub(r"'[^']*'|[-+]?\d[\d.,]*(e[-+]?\d+)?", "#", str(w.get("message", "")))
+        groups.setdefault((str(w.get("severity")), str(w.get("stage", "")), kind), []).append(w)
     items = []
-    for (sev, stage, message), ws in list(groups.items())[:_MAX_WARNINGS]:
-        where = ", ".join(dict.fromkeys(str(w["structure"]) for w in ws if w.get("structure")))
+    for (sev, stage, _), ws in list(groups.items())[:_MAX_WARNINGS]:
+        names = list(dict.fromkeys(str(w["structure"]) for w in ws if w.get("structure")))
+        where = ", ".join(names)
+        message = str(ws[0].get("message", ""))
+        if len(set(str(w.get("message", "")) for w in ws)) > 1:
+            message += f" (likewise for {len(names) - 1} more)" if len(names) > 1 else " (and in other cycles)"
         items.append(f'<li class="sev-{esc(sev)}"><b>{esc(sev)}</b> ({esc(stage)}{", " + esc(where) if where else ""}):'
                      f" {esc(message)}</li>")
     more = (f'<p class="note">{len(groups) - _MAX_WARNINGS} more in the appendix.</p>'
