@@ -184,7 +184,11 @@ class Results:
         Named image volumes, e.g. ``"cycle1/tia"`` (Bq·h/mL), ``"cycle1/dose"`` (Gy), ``"cycle1/bed"`` (Gy),
         ``"cumulative/dose"`` (Gy), ``"cumulative/bed"`` (Gy).
     twin
-        The twin stage's JSON-ready output (estimates, predictions, recommendation, forecasts).
+        The twin stage's :class:`~theratwin.twin.output.TwinResults` (estimates, prediction, plan,
+        recommendation, conflicts, forecasts), turned into a dict only in :meth:`to_dict`. Read it with
+        ``theratwin.twin.TwinResults.from_results(results)`` (which also accepts the JSON form, a dict, that
+        this field held before it was typed); ``results.twin["plan"]`` still gives the JSON form of one part.
+        Typed ``Any`` here because the record lives in ``theratwin.twin`` (a layer above this module).
     outputs
         Files written, by kind (``"results_json"``, ``"rtdose"``, ``"sr"``, ``"seg"``, ``"fhir_bundle"``,
         ``"report_html"`` ...).
@@ -193,7 +197,7 @@ class Results:
     study: Study | None
     cycles: dict[int, CycleResult] = field(default_factory=dict)
     maps: dict[str, ImageVolume] = field(default_factory=dict)
-    twin: dict[str, Any] | None = None
+    twin: Any = None
     warnings: list[RunWarning] = field(default_factory=list)
     methods: list[MethodRecord] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)

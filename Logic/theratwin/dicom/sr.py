@@ -36,7 +36,7 @@ measurement of each stage (TIA: kinetics, mean dose: dosimetry, BED: radiobiolog
 <stage>"``, the software version, and as parameters the stage's method from ``Results.methods`` plus the
 structure's own kinetic model, TIA method and dose method.
 
-Predictions of the digital twin (``Results.twin["prediction"]``) go into *separate* groups whose
+Predictions of the digital twin (``TwinResults.prediction``, read with ``TwinResults.from_results``) go into *separate* groups whose
 measurements all carry the method (TTW0101, 99TTWN, "Predicted by digital twin"), whose tracking identifier
 ends in ``"predicted"`` and whose time point reads ``"Cycle n (predicted)"``; their 90 % prediction interval
 is given by companion measurements (``TTW03<i>5`` / ``TTW03<i>9``: 5th / 95th percentile). TIAs that the
@@ -44,10 +44,10 @@ twin *estimated* for sparsely imaged cycles (``StructureResult.estimated_by_twin
 (``"<structure> cycle <n> twin estimate"``) whose measurements carry the method (TTW0102, 99TTWN,
 "Estimated by digital twin"), as does a cycle's TIA when its ``tia_method`` is the twin's.
 
-The twin's prior–data conflicts (``Results.twin["conflicts"]``) are z-scores (unit ``{SD}``) in the
+The twin's prior–data conflicts (``TwinResults.conflicts``) are z-scores (unit ``{SD}``) in the
 structure's prediction group (TTW0201-0203: uptake, washout, uptake rate against the population prior;
 TTW0211-0213: one cycle against the patient's own, between-cycle prior). Its plan for the remaining cycles
-(``Results.twin["plan"]``) is one group per organ at risk, ``"<organ> cycle <last planned> end of plan
+(``TwinResults.plan``) is one group per organ at risk, ``"<organ> cycle <last planned> end of plan
 predicted"``, time point ``"End of plan, after cycle n (predicted)"``: the predicted cumulative limited
 quantity (BED, EQD2 or dose, with its 90 % interval), the probability that the organ exceeds its limit
 (TTW0113), the joint probability that all limits hold (TTW0112), the number of planned cycles (TTW0111) and
@@ -69,7 +69,7 @@ its Coding Scheme Identification Sequence.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -81,6 +81,7 @@ from pydicom.valuerep import DA, TM
 from .._version import __version__
 from ..results import MethodRecord, Results, StructureResult
 from ..study import Structure
+from ..twin.output import TwinResults
 from .exportcontext import MANUFACTURER, MODEL_NAME, ExportContext
 from .seg import coded
 from .uids import new_uid
@@ -306,58 +307,12 @@ def _field(sr: StructureResult, attr: str) -> float | None:
 
 # --- twin predictions ------------------------------------------------------------------------------------------
 
-_PRED_KEYS = {  # names a twin output may use -> (quantity key, unit)
-    "tia_MBq_h": ("tia", "MBq.h"), "tia": ("tia", "MBq.h"),
-    "dose_Gy": ("mean_dose", "Gy"), "mean_dose_Gy": ("mean_dose", "Gy"), "dose": ("mean_dose", "Gy"),
-    "bed_Gy": ("bed", "Gy"), "bed": ("bed", "Gy"),
-    "eqd2_Gy": ("eqd2", "Gy"), "eqd2": ("eqd2", "Gy"),
+#: The twin's predicted quantities (:data:`theratwin.twin.PREDICTED_QUANTITIES`) -> (quantity key, unit).
+_PRED_KEYS = {
+    "tia_MBq_h": ("tia", "MBq.h"), "dose_Gy": ("mean_dose", "Gy"), "bed_Gy": ("bed", "Gy"),
     "cumulative_dose_Gy": ("cumulative_dose", "Gy"), "cumulative_bed_Gy": ("cumulative_bed", "Gy"),
     "cumulative_eqd2_Gy": ("cumulative_eqd2", "Gy"),
 }
-
-
-def _interval(v: Any) -> tuple[float | None, float | None, float | None, float | None]:
-    """(central value, sd, low, high) from a number or a dict such as {"mean", "sd", "low", "high"}."""
-    if isinstance(v, dict):
-        centre = next((_finite(v[k]) for k in ("mean", "median", "value", "estimate") if k in v), None)
-        sd = next((_finite(v[k]) for k in ("sd", "std") if k in v), None)
-        low = next((_finite(v[k]) for k in ("low", "lower", "p05", "q05") if k in v), None)
-        high = next((_finite(v[k]) for k in ("high", "upper", "p95", "q95") if k in v), None)
-        return centre, sd, low, high
-    return _finite(v), None, None, None
-
-
-def _prediction_items(twin: Any) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Yield (cycle, structure, {quantity name: value}) from the twin's JSON output.
-
-    Accepts ``{"predictions": [{"cycle": n, "structures": {name: {...}}}, ...]}``, a single such dict under
-    ``"prediction"``, or ``{"predictions": {"<n>": {name: {...}}}}``.
-    """
-    if not isinstance(twin, dict):
-        return
-    blocks: list[Any] = []
-    for key in ("predictions", "prediction", "predicted"):
-        v = twin.get(key)
-        if isinstance(v, list):
-            blocks.extend(v)
-        elif isinstance(v, dict):
-            if "cycle" in v:
-                blocks.append(v)
-            else:
-                blocks.extend({"cycle": k, "structures": s} for k, s in v.items())
-    for b in blocks:
-        if not isinstance(b, dict):
-            continue
-        try:
-            cycle = int(b.get("cycle"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        structures = b.get("structures", {k: v for k, v in b.items() if isinstance(v, dict)})
-        if isinstance(structures, list):
-            structures = {s.get("structure"): s for s in structures if isinstance(s, dict)}
-        for name, q in (structures or {}).items():
-            if isinstance(name, str) and isinstance(q, dict):
-                yield cycle, name, q
 
 
 def planned_measurements(results: Results, structures: Sequence[str]) -> list[SRMeasurement]:
@@ -383,14 +338,15 @@ def planned_measurements(results: Results, structures: Sequence[str]) -> list[SR
                 out.append(SRMeasurement(f"{name} cycle {n} twin estimate", name, n, _code_tuple("tia"),
                                          float(est["tia_MBq_h"]), "MBq.h", sd=_finite(est.get("sd")), low=low,
                                          high=high, estimate=True))
-    for cycle, name, q in _prediction_items(results.twin):
+    twin = TwinResults.from_results(results)
+    if twin is None:
+        return out
+    for cycle, _adm, name, sp in twin.predictions():
         if name not in structures:
             continue
-        for qname, value in q.items():
-            if qname not in _PRED_KEYS:
-                continue
+        for qname, iv in sp.intervals().items():
             key, unit = _PRED_KEYS[qname]
-            centre, sd, low, high = _interval(value)
+            centre, sd, low, high = _finite(iv.mean), _finite(iv.sd), _finite(iv.low), _finite(iv.high)
             if centre is None:
                 continue
             if (low is None or high is None) and sd is not None:
@@ -398,8 +354,8 @@ def planned_measurements(results: Results, structures: Sequence[str]) -> list[SR
                 low, high = centre - 1.645 * sd, centre + 1.645 * sd
             out.append(SRMeasurement(f"{name} cycle {cycle} predicted", name, cycle, _code_tuple(key), centre,
                                      unit, predicted=True, low=low, high=high))
-    out += _conflict_measurements(results.twin, structures)
-    out += _plan_measurements(results.twin, structures)
+    out += _conflict_measurements(twin, structures)
+    out += _plan_measurements(twin, structures)
     return out
 
 
@@ -409,18 +365,16 @@ _CONFLICT_KEYS = {("population", "uptake"): "conflict_uptake", ("population", "w
 _PLAN_QUANTITY = {"bed": "cumulative_bed", "eqd2": "cumulative_eqd2", "dose": "cumulative_dose"}
 
 
-def _conflict_measurements(twin: Any, structures: Sequence[str]) -> list[SRMeasurement]:
-    """Prior–data conflicts (``results.twin["conflicts"]``) as z-scores in the structure's prediction group."""
-    if not isinstance(twin, dict) or not isinstance(twin.get("prediction"), dict):
-        return []
-    cycle = twin["prediction"].get("cycle")
+def _conflict_measurements(twin: TwinResults, structures: Sequence[str]) -> list[SRMeasurement]:
+    """Prior–data conflicts (``TwinResults.conflicts``) as z-scores in the structure's prediction group."""
+    cycle = twin.prediction.cycle
     out: list[SRMeasurement] = []
     seen: set[tuple[str, str]] = set()
-    for c in twin.get("conflicts") or []:
-        key = _CONFLICT_KEYS.get((c.get("level"), c.get("parameter")))
-        z = _finite(c.get("z_sd"))
-        s = c.get("structure")
-        if key is None or z is None or s not in structures or (s, key) in seen or not isinstance(cycle, int):
+    for c in twin.conflicts:
+        key = _CONFLICT_KEYS.get((c.level, c.parameter))
+        z = _finite(c.z_sd)
+        s = c.structure
+        if key is None or z is None or s not in structures or (s, key) in seen:
             continue
         seen.add((s, key))  # one value per concept and group (the largest cycle change is listed first)
         out.append(SRMeasurement(f"{s} cycle {cycle} predicted", s, cycle, _code_tuple(key), z, "{SD}",
@@ -428,32 +382,29 @@ def _conflict_measurements(twin: Any, structures: Sequence[str]) -> list[SRMeasu
     return out
 
 
-def _plan_measurements(twin: Any, structures: Sequence[str]) -> list[SRMeasurement]:
-    """The twin's plan (``results.twin["plan"]``): per organ at risk, one group at the end of the plan with the
+def _plan_measurements(twin: TwinResults, structures: Sequence[str]) -> list[SRMeasurement]:
+    """The twin's plan (``TwinResults.plan``): per organ at risk, one group at the end of the plan with the
     predicted cumulative limited quantity (90 % interval), its probability of exceeding the limit, the joint
     probability of all limits and the planned cycles and total activity."""
-    plan = twin.get("plan") if isinstance(twin, dict) else None
-    if not isinstance(plan, dict) or not isinstance(plan.get("organs"), dict):
+    plan = twin.plan
+    if plan is None:
         return []
-    acts = plan.get("activities_MBq") or {}
-    try:
-        last = max(int(c) for c in acts) if acts else int(plan["next_cycle"]) - 1
-    except (KeyError, TypeError, ValueError):
-        return []
+    last = max(plan.activities_MBq) if plan.activities_MBq else plan.next_cycle - 1
     out: list[SRMeasurement] = []
-    for organ, o in plan["organs"].items():
-        key = _PLAN_QUANTITY.get(str(o.get("quantity")))
-        if organ not in structures or key is None or not isinstance(o, dict):
+    for organ in plan.organs:
+        quantity, end, p_over = plan.end_of_plan(organ)
+        key = _PLAN_QUANTITY.get(quantity)
+        if organ not in structures or key is None or end is None:
             continue
-        centre, _sd, low, high = _interval(o.get("end_of_plan_Gy"))
+        centre, low, high = _finite(end.mean), _finite(end.low), _finite(end.high)
         if centre is None:
             continue
         group = f"{organ} cycle {last} end of plan predicted"
         out.append(SRMeasurement(group, organ, last, _code_tuple(key), centre, "Gy", predicted=True, low=low, high=high))
-        for k, v, unit in (("probability_over_limit", o.get("probability_over_limit"), "1"),
-                           ("probability_all_limits", plan.get("probability_within_limits"), "1"),
-                           ("planned_cycles", plan.get("n_cycles_planned"), "{cycles}"),
-                           ("planned_total_activity", plan.get("total_planned_MBq"), "MBq")):
+        for k, v, unit in (("probability_over_limit", p_over, "1"),
+                           ("probability_all_limits", plan.probability_within_limits, "1"),
+                           ("planned_cycles", plan.n_cycles_planned, "{cycles}"),
+                           ("planned_total_activity", plan.total_planned_MBq, "MBq")):
             value = _finite(v)
             if value is not None:
                 out.append(SRMeasurement(group, organ, last, _code_tuple(k), value, unit, predicted=True))

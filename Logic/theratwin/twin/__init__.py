@@ -7,7 +7,8 @@ cycles, flags priors the patient's data contradict, predicts TIA, dose and BED w
 plans the remaining cycles of the protocol so that all organ-at-risk limits hold jointly at a chosen
 confidence, and forecasts response and toxicity.
 
-Main entry point: :class:`PatientTwin`. Priors file: :mod:`theratwin.twin.population` (schema
+Main entry point: :class:`PatientTwin`; what the ``twin`` stage stores in ``Results.twin`` and every export
+reads: :class:`TwinResults`. Priors file: :mod:`theratwin.twin.population` (schema
 ``theratwin-priors/1``). Protocols: :class:`TreatmentProtocol`. Extension points: :data:`TWIN_MODELS`
 (``theratwin.twin_models``) and :data:`OUTCOME_MODELS` (``theratwin.outcome_models``).
 """
@@ -24,6 +25,7 @@ from .model import (
     tia_from_exponentials,
 )
 from .outcome import OUTCOME_MODELS, LKBModel, LogisticDoseResponse, OutcomeModel
+from .output import Forecast, TwinEstimate, TwinResults, TwinTrajectory
 from .pbpk import PBPKPatientFit, PBPKPosterior, PBPKSaturationModel, PSMAPBPKModel, PSMAPBPKParameters
 from .population import (
     PRIORS_SCHEMA,
@@ -36,6 +38,7 @@ from .population import (
 )
 from .priors import PRIOR_SPECS, KineticPriorSpec, StructurePrior, structure_prior
 from .protocol import TreatmentProtocol, default_protocol
+from .results import PREDICTED_QUANTITIES
 from .tissues import DEFAULT_LIMITS, OrganLimit, TissueParameters
 from .twin import (
     SCHEMA,
@@ -52,6 +55,11 @@ from .twin import (
 
 __all__ = [
     "PatientTwin",
+    "TwinResults",
+    "TwinEstimate",
+    "TwinTrajectory",
+    "Forecast",
+    "PREDICTED_QUANTITIES",
     "TIAEstimate",
     "Interval",
     "Prediction",

@@ -89,6 +89,14 @@ class PriorConflict:
         d["message"] = self.message
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PriorConflict:
+        """The conflict from its :meth:`to_dict` form (``message`` is derived again)."""
+        return cls(str(d["structure"]), str(d["parameter"]), str(d["level"]),
+                   None if d.get("cycle") is None else int(d["cycle"]),
+                   *(float(d.get(k, math.nan)) for k in ("z_sd", "prior_value", "patient_value")),
+                   str(d["unit"]), str(d["action"]), float(d.get("widen_factor", math.nan)), int(d["index"]))
+
 
 def _natural(index: int, value: float, lam_phys: float, builtin: bool) -> tuple[float, str]:
     """A log-parameter in interpretable units (built-in model family), else itself."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "Prediction",
     "Recommendation",
     "TreatmentPlan",
+    "PREDICTED_QUANTITIES",
 ]
 
 
@@ -119,6 +121,21 @@ class Interval:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
+        """The interval from its :meth:`to_dict` form (a value that was not finite, dropped from JSON, is NaN)."""
+        return cls(*(_number(d, k) for k in ("mean", "sd", "median", "low", "high")), float(d.get("level", 0.9)))
+
+
+def _number(d: Mapping[str, Any], key: str) -> float:
+    """``d[key]`` as a float; NaN when missing (``to_jsonable`` drops non-finite numbers from results.json)."""
+    v = d.get(key)
+    return math.nan if v is None else float(v)
+
+
+def _intervals(d: Mapping[str, Any] | None) -> dict[str, Interval]:
+    return {str(k): Interval.from_dict(v) for k, v in (d or {}).items()}
+
 
 @dataclass(frozen=True)
 class TIAEstimate:
@@ -139,6 +156,12 @@ class TIAEstimate:
         return asdict(self)
 
 
+#: The quantities of a :class:`StructurePrediction`, each an :class:`Interval`, in the order every export lists
+#: them: TIA (MBq·h), absorbed dose, BED of the predicted cycle, and cumulative dose, BED and EQD2 after it (Gy).
+PREDICTED_QUANTITIES = ("tia_MBq_h", "dose_Gy", "bed_Gy", "cumulative_dose_Gy", "cumulative_bed_Gy",
+                        "cumulative_eqd2_Gy")
+
+
 @dataclass
 class StructurePrediction:
     """Predictive distributions of one structure for one cycle (intervals at ``Prediction.level``)."""
@@ -154,13 +177,24 @@ class StructurePrediction:
     alpha_beta_Gy: float
     repair_half_time_h: float
 
+    def intervals(self) -> dict[str, Interval]:
+        """The predicted quantities, ``{name: Interval}`` in :data:`PREDICTED_QUANTITIES` order."""
+        return {k: getattr(self, k) for k in PREDICTED_QUANTITIES}
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"structure": self.structure}
-        for k in ("tia_MBq_h", "dose_Gy", "bed_Gy", "cumulative_dose_Gy", "cumulative_bed_Gy", "cumulative_eqd2_Gy"):
-            d[k] = getattr(self, k).to_dict()
+        for k, iv in self.intervals().items():
+            d[k] = iv.to_dict()
         d.update(dose_per_tia_Gy_per_MBq_h=self.dose_per_tia_Gy_per_MBq_h, alpha_beta_Gy=self.alpha_beta_Gy,
                  repair_half_time_h=self.repair_half_time_h)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StructurePrediction:
+        """The prediction from its :meth:`to_dict` form."""
+        return cls(str(d["structure"]), *(Interval.from_dict(d[k]) for k in PREDICTED_QUANTITIES),
+                   _number(d, "dose_per_tia_Gy_per_MBq_h"), _number(d, "alpha_beta_Gy"),
+                   _number(d, "repair_half_time_h"))
 
 
 @dataclass
@@ -196,6 +230,20 @@ class Prediction:
                 for c, per in self.cumulative_by_cycle.items()},
             "notice": self.notice,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Prediction:
+        """The prediction from its :meth:`to_dict` form (``draws`` are never serialised: None)."""
+        cum = d.get("cumulative_by_cycle")
+        return cls(
+            cycle=int(d["cycle"]), administered_MBq=float(d["administered_MBq"]),
+            ligand_nmol=None if d.get("ligand_nmol") is None else float(d["ligand_nmol"]),
+            n_draws=int(d["n_draws"]), level=float(d.get("interval_level", 0.9)),
+            structures={str(k): StructurePrediction.from_dict(v) for k, v in d["structures"].items()},
+            schedule_MBq={int(k): float(v) for k, v in (d.get("schedule_MBq") or {}).items()},
+            cumulative_by_cycle=None if cum is None else {
+                int(c): {str(s): _intervals(q) for s, q in per.items()} for c, per in cum.items()},
+            notice=str(d.get("notice", RESEARCH_USE_NOTICE)))
 
 
 @dataclass
@@ -237,6 +285,26 @@ class Recommendation:
             "remaining_cycles_at_standard_activity": self.remaining_cycles_at_standard_activity,
             "standard_activity_MBq": self.standard_activity_MBq, "status": self.status, "notice": self.notice,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recommendation:
+        """The recommendation from its :meth:`to_dict` form."""
+        rp = d.get("responder_probability")
+        return cls(
+            cycle=int(d["cycle"]), administered_MBq=float(d["administered_MBq"]), confidence=float(d["confidence"]),
+            limiting_structure=d.get("limiting_structure"),
+            limits={str(k): OrganLimit(**v) for k, v in (d.get("limits") or {}).items()},
+            predicted_at_limit_quantile_Gy={str(k): float(v) for k, v in
+                                            (d.get("predicted_at_limit_quantile_Gy") or {}).items()},
+            predicted_cumulative=_intervals(d.get("predicted_cumulative")),
+            lesion_dose_Gy=_intervals(d.get("lesion_dose_Gy")),
+            responder_probability=None if rp is None else Interval.from_dict(rp),
+            equal_activity_per_cycle_MBq={int(k): float(v) for k, v in
+                                          (d.get("equal_activity_per_cycle_MBq") or {}).items()},
+            remaining_cycles_at_standard_activity=int(d["remaining_cycles_at_standard_activity"]),
+            standard_activity_MBq=float(d["standard_activity_MBq"]), status=str(d["status"]),
+            notice=str(d.get("notice", RESEARCH_USE_NOTICE)),
+            probability_within_limits=d.get("probability_within_limits"), within_protocol=d.get("within_protocol"))
 
 
 @dataclass
@@ -338,3 +406,36 @@ class TreatmentPlan:
             "sensitivity": self.sensitivity, "alternatives": self.alternatives, "n_draws": self.n_draws,
             "notes": list(self.notes), "notice": self.notice,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TreatmentPlan:
+        """The plan from its :meth:`to_dict` form (``headline`` and ``n_cycles_planned`` are derived again)."""
+        from .protocol import TreatmentProtocol
+
+        tumour = d.get("tumour_dose_Gy")
+        return cls(
+            next_cycle=int(d["next_cycle"]),
+            cycles_given={int(k): float(v) for k, v in (d.get("cycles_given") or {}).items()},
+            protocol=TreatmentProtocol.from_dict(d["protocol"]), confidence=float(d["confidence"]),
+            shape=str(d["shape"]), activities_MBq={int(k): float(v) for k, v in (d.get("activities_MBq") or {}).items()},
+            total_planned_MBq=float(d["total_planned_MBq"]),
+            probability_within_limits=float(d["probability_within_limits"]), status=str(d["status"]),
+            binding_constraint=str(d["binding_constraint"]), closest_to_limit=d.get("closest_to_limit"),
+            limits={str(k): OrganLimit(**v) for k, v in (d.get("limits") or {}).items()},
+            organs={str(k): dict(v) for k, v in (d.get("organs") or {}).items()},
+            tumour_dose_Gy=None if tumour is None else Interval.from_dict(tumour),
+            lesion_dose_Gy=_intervals(d.get("lesion_dose_Gy")), sensitivity=dict(d.get("sensitivity") or {}),
+            alternatives=dict(d.get("alternatives") or {}), n_draws=int(d["n_draws"]),
+            notes=[str(n) for n in d.get("notes") or []], notice=str(d.get("notice", RESEARCH_USE_NOTICE)))
+
+    def end_of_plan(self, organ: str) -> tuple[str, Interval | None, float | None]:
+        """(limited quantity, cumulative value at the end of the plan, probability over the limit) of ``organ``.
+
+        The quantity is ``"bed"``, ``"eqd2"`` or ``"dose"``; the interval and probability are None when the plan
+        does not give them.
+        """
+        o = self.organs.get(organ) or {}
+        end = o.get("end_of_plan_Gy")
+        p = o.get("probability_over_limit")
+        return (str(o.get("quantity", "")), Interval.from_dict(end) if isinstance(end, Mapping) else None,
+                None if p is None else float(p))

@@ -4,8 +4,8 @@ Reads ``results.cycles[n].structures[s]`` (``time_h``, ``activity_MBq``, ``activ
 random part and the correlated ``fit_quality["systematic_rel_sd"]``, ``mass_g`` and, when dosimetry ran,
 ``mean_dose_Gy / tia_MBq_h`` as the patient's own dose per TIA). Writes:
 
-* ``results.twin`` — JSON-ready: the twin's estimates for sparsely imaged cycles (with their distance to the
-  kinetics stage's own estimate), the prediction for the next cycle with 90 % intervals, the plan for the
+* ``results.twin`` — a :class:`~theratwin.twin.output.TwinResults` (serialised only into ``results.json``): the
+  twin's estimates for sparsely imaged cycles (with their distance to the kinetics stage's own estimate), the prediction for the next cycle with 90 % intervals, the plan for the
   remaining cycles of the protocol (``"plan"``), the largest activity for the next cycle alone
   (``"recommendation"``), prior–data conflicts (``"conflicts"``, also as warnings), forecasts, model/prior
   information, research notice;
@@ -27,7 +27,7 @@ import numpy as np
 from .._files import atomic_write
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..pipeline.core import STAGES, PipelineContext
-from ..results import RESEARCH_USE_NOTICE
+from .output import TwinEstimate, TwinResults, TwinTrajectory
 from .protocol import TreatmentProtocol, default_protocol
 from .twin import PatientTwin
 
@@ -251,67 +251,54 @@ class TwinStage:
 
         for c in twin.conflicts:
             res.warn("twin", c.message, structure=c.structure, cycle=c.cycle)
-        estimates: dict[str, dict[str, Any]] = {}
+        estimates: dict[int, dict[str, TwinEstimate]] = {}
         for (n, s), ob in sorted(twin.observations.items()):
             if len(ob.time_h) > cfg.sparse_max_points:
                 continue
             est = twin.tia(n, s)
-            d = {"tia_MBq_h": est.mean_MBq_h, "sd": est.sd_MBq_h, "low": est.low_MBq_h, "high": est.high_MBq_h,
-                 "median": est.median_MBq_h, "level": est.level}
             sr = res.cycles[n].structure(s)
-            sr.estimated_by_twin = d
-            e = est.to_dict()
+            sr.estimated_by_twin = {"tia_MBq_h": est.mean_MBq_h, "sd": est.sd_MBq_h, "low": est.low_MBq_h,
+                                    "high": est.high_MBq_h, "median": est.median_MBq_h, "level": est.level}
+            e = TwinEstimate(est)
             # the kinetics stage's own estimate of the same TIA: how far apart the two are, in their joint SD
             if sr.tia_MBq_h and sr.tia_sd_MBq_h:
                 joint_sd = float(np.hypot(sr.tia_sd_MBq_h, est.sd_MBq_h))
-                e["kinetics_tia_MBq_h"], e["kinetics_sd_MBq_h"] = sr.tia_MBq_h, sr.tia_sd_MBq_h
-                e["difference_z"] = (est.mean_MBq_h - sr.tia_MBq_h) / joint_sd
-                if abs(e["difference_z"]) > 2.0:
+                e = TwinEstimate(est, sr.tia_MBq_h, sr.tia_sd_MBq_h, (est.mean_MBq_h - sr.tia_MBq_h) / joint_sd)
+                if abs(e.difference_z or 0.0) > 2.0:
                     res.warn("twin", f"Cycle {n}: the twin's TIA {est.mean_MBq_h:.4g} MBq·h differs from the "
-                             f"single-time-point estimate {sr.tia_MBq_h:.4g} MBq·h by {e['difference_z']:+.1f} SD; "
+                             f"single-time-point estimate {sr.tia_MBq_h:.4g} MBq·h by {e.difference_z:+.1f} SD; "
                              "check the scan and the segmentation.", structure=s, cycle=n)
-            estimates.setdefault(str(n), {})[s] = e
+            estimates.setdefault(n, {})[s] = e
         ctx.stage_progress(0.4, "twin: predicting")
         last = max(twin.observed_cycles)
         cycle = cfg.predict_cycle or last + 1
         activity = cfg.administered_MBq or res.cycles[last].administered_MBq
         pred = twin.predict(cycle, activity, n_draws=cfg.n_draws)
-        out: dict[str, Any] = {
-            "notice": RESEARCH_USE_NOTICE,
-            "model": twin.summary(),
-            "config": asdict(cfg),
-            "conflicts": [c.to_dict() for c in twin.conflicts],
-            "estimates": estimates,
-            "prediction": pred.to_dict(),
-        }
-        if pbpk_info is not None:
-            out["pbpk"] = pbpk_info
+        out = TwinResults(prediction=pred, model=twin.summary(), config=asdict(cfg), conflicts=list(twin.conflicts),
+                          estimates=estimates, pbpk=pbpk_info)
         horizon = cfg.horizon_cycle or twin.protocol.max_cycles
         if horizon > cycle:
             traj = twin.predict(horizon, activity, n_draws=min(cfg.n_draws, 4000))
-            out["trajectory"] = {"administered_MBq_per_future_cycle": activity,
-                                 "cumulative_by_cycle": traj.to_dict()["cumulative_by_cycle"]}
+            out.trajectory = TwinTrajectory(activity, dict(traj.cumulative_by_cycle or {}))
         ctx.stage_progress(0.6, "twin: planning")
         limits = _limits_of_the_results(res, cfg.limits)
-        plan = twin.plan_treatment(cycle, limits, cfg.confidence, shape=cfg.plan_shape, n_draws=cfg.n_draws)
-        out["plan"] = plan.to_dict()
+        out.plan = plan = twin.plan_treatment(cycle, limits, cfg.confidence, shape=cfg.plan_shape, n_draws=cfg.n_draws)
         for note in plan.notes:
             res.warn("twin", note, severity="info")
         ctx.stage_progress(0.75, "twin: recommending")
         try:
-            out["recommendation"] = twin.recommend_activity(
+            out.recommendation = twin.recommend_activity(
                 cycle, limits, cfg.confidence, n_draws=cfg.n_draws, max_activity_MBq=cfg.max_activity_MBq,
-                standard_activity_MBq=twin.protocol.activity_MBq).to_dict()
+                standard_activity_MBq=twin.protocol.activity_MBq)
         except ConfigurationError as exc:
-            out["recommendation"] = None
             res.warn("twin", f"No activity recommendation: {exc}", severity="info")
-        out["forecast"] = twin.forecast(cycle, activity, n_draws=cfg.n_draws)
+        out.forecast = twin.forecast(cycle, activity, n_draws=cfg.n_draws)
         res.twin = out
         ctx.state["twin"] = twin
         if ctx.out_dir is not None:
             atomic_write(ctx.out_dir / "twin-state.json", twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
-            out["state_file"] = "twin-state.json"
+            out.state_file = "twin-state.json"
         res.record_method("twin", f"Bayesian mixed-effects patient twin ({twin.model_name}; MAP + Laplace, "
                           "draws importance-resampled to the exact posterior); "
                           f"priors: {twin._population.origin}; protocol-aware plan with the joint probability of "
