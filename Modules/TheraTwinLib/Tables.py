@@ -138,7 +138,7 @@ def flattenForTable(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-#: (column prefix, key in a twin prediction's per-structure dict, unit) of the prediction table.
+#: (column prefix, quantity of a ``theratwin.twin.StructurePrediction``, unit) of the prediction table.
 PREDICTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("TIA_MBq_h", "tia_MBq_h", "MBq*h"),
     ("Dose_Gy", "dose_Gy", "Gy"),
@@ -148,22 +148,27 @@ PREDICTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def twinPredictionTableNode(scene: Any, prediction: dict[str, Any], *, name: str = "TheraTwin prediction",
+def twinPredictionTableNode(scene: Any, prediction: Any, *, name: str = "TheraTwin prediction",
                             tableNode: Any = None) -> Any:
-    """Table of a twin prediction (``Prediction.to_dict()``): one row per structure, mean and interval of each
-    quantity (``<quantity>`` mean, ``<quantity> low`` / ``high`` the interval at ``interval_level``)."""
-    structures = list(prediction.get("structures", {}).values())
-    level = float(prediction.get("interval_level", 0.9))
+    """Table of a twin prediction (``theratwin.twin.Prediction``, e.g. ``TwinResults.prediction``; its
+    ``to_dict()`` form is read back first): one row per structure, mean and interval of each quantity
+    (``<quantity>`` mean, ``<quantity> low`` / ``high`` the interval at the prediction's level)."""
+    if isinstance(prediction, dict):
+        from theratwin.twin import Prediction
+
+        prediction = Prediction.from_dict(prediction)
+    structures = list(prediction.structures.values())
+    level = float(prediction.level)
     tableNode = _newTable(scene, name, tableNode)
     columns: list[tuple[str, np.ndarray, str, str]] = [
-        ("Structure", np.array([s["structure"] for s in structures], dtype=str), "", "Structure name")]
+        ("Structure", np.array([s.structure for s in structures], dtype=str), "", "Structure name")]
     for column, key, unit in PREDICTION_QUANTITIES:
         for part, label in (("mean", ""), ("low", " low"), ("high", " high")):
-            values = np.array([_value(s.get(key, {}).get(part)) for s in structures], dtype=float)
+            values = np.array([_value(getattr(s.intervals()[key], part)) for s in structures], dtype=float)
             description = f"{'Mean' if part == 'mean' else 'Bound of the central'} " + (
                 "of the predictive distribution" if part == "mean" else f"{100 * level:.0f} % interval")
             columns.append((column + label, values, unit, description))
     tableNode = _fill(tableNode, columns)
-    tableNode.SetAttribute("TheraTwin.PredictedCycle", str(prediction.get("cycle", "")))
-    tableNode.SetAttribute("TheraTwin.AdministeredActivity_MBq", str(prediction.get("administered_MBq", "")))
+    tableNode.SetAttribute("TheraTwin.PredictedCycle", str(prediction.cycle))
+    tableNode.SetAttribute("TheraTwin.AdministeredActivity_MBq", str(prediction.administered_MBq))
     return tableNode

@@ -251,8 +251,9 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         Returns
         -------
         dict
-            ``run``, ``twinState`` (text node with the twin JSON), ``prediction``, ``recommendation`` and
-            ``forecast`` (the twin stage's dicts), ``predictionTable`` and ``recommendationTable``.
+            ``run``, ``twinState`` (text node with the twin JSON), ``twinResults``
+            (``theratwin.twin.TwinResults``), ``prediction``, ``recommendation``, ``plan`` and ``forecast`` (their
+            JSON forms, as in ``results.json``), ``predictionTable`` and ``recommendationTable``.
         """
         TheraTwinLib.ensureRequirements()
         twinOptions = {}
@@ -267,15 +268,16 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
                                               stageOptions=options, progress=progress)
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
+        from theratwin.twin import TwinResults
+
         twin = run.state.get("twin")
-        if twin is None or not run.results.twin:
+        twinResults = TwinResults.from_results(run.results)
+        if twin is None or twinResults is None:
             messages = "; ".join(w.message for w in run.results.warnings if w.stage in ("twin", "pipeline"))
             raise RuntimeError(_("The twin could not be built: {reason}").format(reason=messages or "no data"))
         scene = segmentationNode.GetScene()
         twinStateNode = self._storeTwin(scene, twin.to_json(), twinStateNode)
-        outputs = self._tables(scene, run.results.twin["prediction"], run.results.twin.get("recommendation"),
-                               run.results.twin.get("forecast"), run.results.twin.get("plan"),
-                               run.results.twin.get("conflicts"))
+        outputs = self._tables(scene, twinResults)
         outputs.update(run=run, twinState=twinStateNode)
         return outputs
 
@@ -287,19 +289,19 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         administered_MBq)}``; the updated twin is stored back into the node.
         """
         TheraTwinLib.ensureRequirements()
-        from theratwin.twin import PatientTwin
+        from theratwin.twin import PatientTwin, TwinResults
 
         twin = PatientTwin.from_json(twinStateNode.GetText())
         for (cycle, structure), (time_h, activity_MBq, administered_MBq) in (observations or {}).items():
             twin.observe(int(cycle), structure, time_h, activity_MBq, float(administered_MBq))
         if observations:
             self._storeTwin(twinStateNode.GetScene(), twin.to_json(), twinStateNode)
-        prediction = twin.predict(int(nextCycle), float(plannedActivity_MBq)).to_dict()
-        recommendation = twin.recommend_activity(int(nextCycle), confidence=float(confidence)).to_dict()
-        forecast = twin.forecast(int(nextCycle), float(plannedActivity_MBq))
-        plan = twin.plan_treatment(int(nextCycle), confidence=float(confidence)).to_dict()
-        outputs = self._tables(twinStateNode.GetScene(), prediction, recommendation, forecast, plan,
-                               [c.to_dict() for c in twin.conflicts])
+        twinResults = TwinResults(
+            prediction=twin.predict(int(nextCycle), float(plannedActivity_MBq)),
+            recommendation=twin.recommend_activity(int(nextCycle), confidence=float(confidence)),
+            forecast=twin.forecast(int(nextCycle), float(plannedActivity_MBq)),
+            plan=twin.plan_treatment(int(nextCycle), confidence=float(confidence)), conflicts=list(twin.conflicts))
+        outputs = self._tables(twinStateNode.GetScene(), twinResults)
         outputs["twinState"] = twinStateNode
         return outputs
 
@@ -335,38 +337,42 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
         return twinStateNode
 
     @staticmethod
-    def _tables(scene, prediction, recommendation, forecast, plan=None, conflicts=None) -> dict:
-        """The prediction table and the summary table: the plan first (what the report's first page shows:
-        activities, joint confidence, what binds, organs against their limits, lesions), warnings, then the
-        single-cycle recommendation and the forecasts."""
+    def _tables(scene, twinResults) -> dict:
+        """The prediction table and the summary table of ``twinResults`` (``theratwin.twin.TwinResults``): the
+        plan first (what the report's first page shows: activities, joint confidence, what binds, organs against
+        their limits, lesions), warnings, then the single-cycle recommendation and the forecasts."""
+        prediction, plan, recommendation = twinResults.prediction, twinResults.plan, twinResults.recommendation
         predictionTable = TheraTwinLib.twinPredictionTableNode(scene, prediction,
-                                                               name=f"TheraTwin prediction cycle {prediction['cycle']}")
+                                                               name=f"TheraTwin prediction cycle {prediction.cycle}")
         summary = {}
-        if plan:
-            summary["plan"] = plan["headline"]
-            summary["plan.binding_constraint"] = plan["binding_constraint"]
-            summary["plan.probability_within_limits"] = plan["probability_within_limits"]
-            summary["plan.confidence"] = plan["confidence"]
-            summary.update({f"plan.cycle{cycle}.activity_MBq": mbq for cycle, mbq in plan["activities_MBq"].items()})
-            summary["plan.what_would_change_it"] = plan["sensitivity"]["text"]
-            for organ, values in plan["organs"].items():
-                end = values["end_of_plan_Gy"]
-                summary[f"plan.{organ}.{values['quantity']}_limit_Gy"] = values["limit_Gy"]
-                summary[f"plan.{organ}.end_of_plan_Gy"] = f"{end['mean']:.3g} [{end['low']:.3g}-{end['high']:.3g}]"
-                summary[f"plan.{organ}.probability_over_limit"] = values["probability_over_limit"]
-            for lesion, dose in plan["lesion_dose_Gy"].items():
-                summary[f"plan.{lesion}.end_of_plan_dose_Gy"] = f"{dose['mean']:.3g} [{dose['low']:.3g}-{dose['high']:.3g}]"
-        for index, conflict in enumerate(conflicts or [], start=1):
-            summary[f"warning.prior_data_conflict.{index}"] = conflict["message"]
-        summary.update({"predicted_cycle": prediction["cycle"], "planned_activity_MBq": prediction["administered_MBq"]})
-        if recommendation:
-            summary.update({f"recommendation.{k}": v for k, v in TheraTwinLib.flattenForTable(recommendation).items()
-                            if k != "notice"})
-        if forecast:
-            summary.update({f"forecast.{k}": v for k, v in TheraTwinLib.flattenForTable(forecast).items()
+        if plan is not None:
+            summary["plan"] = plan.headline()
+            summary["plan.binding_constraint"] = plan.binding_constraint
+            summary["plan.probability_within_limits"] = plan.probability_within_limits
+            summary["plan.confidence"] = plan.confidence
+            summary.update({f"plan.cycle{cycle}.activity_MBq": mbq for cycle, mbq in plan.activities_MBq.items()})
+            summary["plan.what_would_change_it"] = plan.sensitivity["text"]
+            for organ in plan.organs:
+                quantity, end, overLimit = plan.end_of_plan(organ)
+                summary[f"plan.{organ}.{quantity}_limit_Gy"] = plan.organs[organ]["limit_Gy"]
+                if end is not None:
+                    summary[f"plan.{organ}.end_of_plan_Gy"] = f"{end.mean:.3g} [{end.low:.3g}-{end.high:.3g}]"
+                summary[f"plan.{organ}.probability_over_limit"] = overLimit
+            for lesion, dose in plan.lesion_dose_Gy.items():
+                summary[f"plan.{lesion}.end_of_plan_dose_Gy"] = f"{dose.mean:.3g} [{dose.low:.3g}-{dose.high:.3g}]"
+        for index, conflict in enumerate(twinResults.conflicts, start=1):
+            summary[f"warning.prior_data_conflict.{index}"] = conflict.message
+        summary.update({"predicted_cycle": prediction.cycle, "planned_activity_MBq": prediction.administered_MBq})
+        if recommendation is not None:
+            summary.update({f"recommendation.{k}": v for k, v in
+                            TheraTwinLib.flattenForTable(recommendation.to_dict()).items() if k != "notice"})
+        if twinResults.forecast:
+            summary.update({f"forecast.{k}": v for k, v in TheraTwinLib.flattenForTable(twinResults.forecast).items()
                             if k != "notice"})
         recommendationTable = TheraTwinLib.keyValueTableNode(scene, summary, name="TheraTwin recommendation")
-        return {"prediction": prediction, "recommendation": recommendation, "forecast": forecast, "plan": plan,
+        return {"twinResults": twinResults, "prediction": prediction.to_dict(),
+                "recommendation": None if recommendation is None else recommendation.to_dict(),
+                "forecast": twinResults.forecast, "plan": None if plan is None else plan.to_dict(),
                 "predictionTable": predictionTable, "recommendationTable": recommendationTable}
 
 

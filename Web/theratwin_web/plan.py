@@ -2,13 +2,18 @@
 remaining cycles (``twin["plan"]``: activities, joint probability that every organ stays under its limit, what
 binds) and the largest activity for the next cycle alone with its organ table (``twin["recommendation"]``).
 
-:func:`twin_plan` is the one place that reads the twin's JSON for display. It does no arithmetic on the numbers:
-every value shown is one the twin stage wrote (intervals as ``{mean, low, high, level}``).
+:func:`twin_plan` is the one place the page reads the twin, through ``theratwin.twin.TwinResults`` (the record the
+SR, FHIR and report exports read too). It does no arithmetic on the numbers: every value shown is one the twin stage
+wrote (intervals as ``{mean, low, high, level}``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
+
+from theratwin.twin import Interval, TwinResults
 
 __all__ = ["twin_plan", "STATUS_TEXT"]
 
@@ -20,20 +25,20 @@ STATUS_TEXT = {
 }
 
 
-def _interval(value: Any) -> dict[str, float] | None:
-    if isinstance(value, dict) and {"mean", "low", "high"} <= set(value):
-        return {k: float(value[k]) for k in ("mean", "low", "high") if value.get(k) is not None} | {
-            "level": float(value.get("level", 0.9))}
-    return None
+def _interval(value: Interval | None) -> dict[str, float] | None:
+    if value is None or not all(math.isfinite(v) for v in (value.mean, value.low, value.high)):
+        return None
+    return {"mean": value.mean, "low": value.low, "high": value.high, "level": value.level}
 
 
-def twin_plan(twin: dict[str, Any] | None) -> dict[str, Any]:
+def twin_plan(twin: TwinResults | Mapping[str, Any] | None) -> dict[str, Any]:
     """The twin's plan for display.
 
     Parameters
     ----------
     twin
-        ``results.json["twin"]`` (``Results.twin``), or None when the twin stage did not run.
+        The twin's results: ``results.json["twin"]`` (read with ``TwinResults.from_dict``) or
+        ``Results.twin`` (a :class:`~theratwin.twin.TwinResults`), or None when the twin stage did not run.
 
     Returns
     -------
@@ -48,63 +53,60 @@ def twin_plan(twin: dict[str, Any] | None) -> dict[str, Any]:
         ``total_planned_MBq``, ``probability_within_limits``, ``confidence``, ``status``, ``binding_constraint``,
         ``closest_to_limit``).
     """
-    if not twin or not isinstance(twin, dict):
+    if not twin:
         return {"available": False, "message": "The twin stage has not run (run the pipeline through 'twin')."}
-    rec = twin.get("recommendation") or {}
-    forecast = twin.get("forecast") or {}
-    toxicity = forecast.get("toxicity") or {}
-    limits = rec.get("limits") or {}
-    at_quantile = rec.get("predicted_at_limit_quantile_Gy") or {}
-    cumulative = rec.get("predicted_cumulative") or {}
+    tr = twin if isinstance(twin, TwinResults) else TwinResults.from_dict(twin)
+    rec, prediction, plan = tr.recommendation, tr.prediction, tr.plan
+    toxicity = {fc.name: fc.probability for fc in tr.forecasts("toxicity")}
+    limits = rec.limits if rec is not None else {}
+    cumulative = rec.predicted_cumulative if rec is not None else {}
+    at_quantile = rec.predicted_at_limit_quantile_Gy if rec is not None else {}
     organs = []
     for name in dict.fromkeys([*limits, *cumulative]):
-        limit = limits.get(name) or {}
-        tox = (toxicity.get(name) or {}).get("probability")
+        limit = limits.get(name)
         organs.append({
             "structure": name,
-            "quantity": str(limit.get("quantity", "")),
-            "limit_Gy": limit.get("value_Gy"),
-            "reference": limit.get("reference", ""),
+            "quantity": limit.quantity if limit is not None else "",
+            "limit_Gy": limit.value_Gy if limit is not None else None,
+            "reference": limit.reference if limit is not None else "",
             "predicted_cumulative_Gy": _interval(cumulative.get(name)),
             "at_confidence_Gy": at_quantile.get(name),
-            "toxicity_probability": _interval(tox),
-            "binding": name == rec.get("limiting_structure"),
+            "toxicity_probability": _interval(toxicity.get(name)),
+            "binding": rec is not None and name == rec.limiting_structure,
         })
-    prediction = twin.get("prediction") or {}
     predicted = [{
         "structure": name,
-        "dose_Gy": _interval(s.get("dose_Gy")),
-        "bed_Gy": _interval(s.get("bed_Gy")),
-        "cumulative_bed_Gy": _interval(s.get("cumulative_bed_Gy")),
-    } for name, s in (prediction.get("structures") or {}).items()]
-    status = str(rec.get("status", ""))
-    plan = twin.get("plan") if isinstance(twin.get("plan"), dict) else None
+        "dose_Gy": _interval(s.dose_Gy),
+        "bed_Gy": _interval(s.bed_Gy),
+        "cumulative_bed_Gy": _interval(s.cumulative_bed_Gy),
+    } for name, s in prediction.structures.items()]
+    status = rec.status if rec is not None else ""
     treatment = None if plan is None else {
-        "headline": plan.get("headline", ""),
-        "activities": [{"cycle": int(k), "activity_MBq": v} for k, v in (plan.get("activities_MBq") or {}).items()],
-        "total_planned_MBq": plan.get("total_planned_MBq"),
-        "probability_within_limits": plan.get("probability_within_limits"),
-        "confidence": plan.get("confidence"),
-        "status": plan.get("status"),
-        "binding_constraint": plan.get("binding_constraint"),
-        "closest_to_limit": plan.get("closest_to_limit"),
+        "headline": plan.headline(),
+        "activities": [{"cycle": c, "activity_MBq": v} for c, v in plan.activities_MBq.items()],
+        "total_planned_MBq": plan.total_planned_MBq,
+        "probability_within_limits": plan.probability_within_limits,
+        "confidence": plan.confidence,
+        "status": plan.status,
+        "binding_constraint": plan.binding_constraint,
+        "closest_to_limit": plan.closest_to_limit,
     }
     return {
         "available": True,
-        "cycle": rec.get("cycle", prediction.get("cycle")),
-        "activity_MBq": rec.get("administered_MBq"),
-        "confidence": rec.get("confidence"),
+        "cycle": rec.cycle if rec is not None else prediction.cycle,
+        "activity_MBq": rec.administered_MBq if rec is not None else None,
+        "confidence": rec.confidence if rec is not None else None,
         "status": status,
         "status_text": STATUS_TEXT.get(status, status),
-        "binding": rec.get("limiting_structure"),
+        "binding": rec.limiting_structure if rec is not None else None,
         "organs": organs,
-        "lesions": [{"structure": k, "dose_Gy": _interval(v)} for k, v in (rec.get("lesion_dose_Gy") or {}).items()],
-        "response": _interval(rec.get("responder_probability")),
-        "remaining_cycles_at_standard_activity": rec.get("remaining_cycles_at_standard_activity"),
-        "standard_activity_MBq": rec.get("standard_activity_MBq", prediction.get("administered_MBq")),
-        "prediction_activity_MBq": prediction.get("administered_MBq"),
+        "lesions": [{"structure": k, "dose_Gy": _interval(v)} for k, v in (rec.lesion_dose_Gy if rec else {}).items()],
+        "response": _interval(rec.responder_probability if rec is not None else None),
+        "remaining_cycles_at_standard_activity": rec.remaining_cycles_at_standard_activity if rec else None,
+        "standard_activity_MBq": rec.standard_activity_MBq if rec is not None else prediction.administered_MBq,
+        "prediction_activity_MBq": prediction.administered_MBq,
         "prediction": predicted,
-        "model": (twin.get("model") or {}).get("model") if isinstance(twin.get("model"), dict) else twin.get("model"),
-        "notice": twin.get("notice", ""),
+        "model": tr.model.get("model"),
+        "notice": tr.notice,
         "treatment": treatment,
     }

@@ -6,8 +6,10 @@ A limit is compared with the cumulative value of the quantity it is set on (:fun
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+from ..twin.output import TwinResults
 from ._generic import is_number
 from .format import esc, lookup, number_span
 
@@ -156,9 +158,8 @@ def section_glance(data: dict[str, Any], lesions: set[str]) -> str:
                 f'<div class="card"><h3>Lesions, cycle {esc(key)}</h3><table class="glance-lesions"><thead><tr>'
                 '<th>Lesion</th><th class="num">Mean dose (Gy)</th><th class="num">Cumulative (Gy)</th></tr>'
                 f"</thead><tbody>{''.join(lesion_rows)}</tbody></table></div>")
-    rec = _find_recommendation(data.get("twin"))
-    if rec is not None:
-        path, _ = rec
+    path = _recommendation_path(data)
+    if path is not None:
         parent = ["twin", *path[:-1]]
         block = lookup(data, parent) or {}
         extra = []
@@ -186,38 +187,14 @@ def section_glance(data: dict[str, Any], lesions: set[str]) -> str:
     return f'<section id="glance"><h2>At a glance</h2><div class="glance">{"".join(parts)}</div></section>'
 
 
-# Keys that name the recommended activity itself inside a recommendation block, most specific first (other
-# MBq figures there, such as a standard or maximum activity, are context, not the recommendation).
-_RECOMMENDED_KEYS = ("recommended_activity_MBq", "recommended_MBq", "activity_MBq", "administered_MBq")
-
-
-def _find_recommendation(twin: Any, path: tuple[str | int, ...] = ()) -> tuple[list[str | int], float] | None:
-    """Path and value of the recommended activity (MBq) in the twin's output, whatever its exact schema.
-
-    Looks for a number whose key mentions MBq, either itself named "recommended..." or inside a mapping
-    named "recommend..." (preferring keys that mention the activity), depth first.
-    """
-    if not isinstance(twin, dict):
+def _recommendation_path(data: dict[str, Any]) -> list[str] | None:
+    """Path (below ``data["twin"]``) of the twin's recommended next-cycle activity, read through
+    :class:`~theratwin.twin.TwinResults` (the record SR and FHIR read too); None without one."""
+    twin = data.get("twin")
+    if not twin:
         return None
-    for k, v in twin.items():
-        kl = str(k).lower()
-        if "recommend" in kl:
-            if is_number(v) and "mbq" in kl:
-                return [*path, k], float(v)
-            if isinstance(v, dict):
-                numeric = [kk for kk, vv in v.items() if is_number(vv)]
-                for want in _RECOMMENDED_KEYS:
-                    if want in numeric:
-                        return [*path, k, want], float(v[want])
-                keys = [kk for kk in numeric if "recommend" in str(kk).lower() and "mbq" in str(kk).lower()]
-                if keys:
-                    return [*path, k, keys[0]], float(v[keys[0]])
-    for k, v in twin.items():
-        if isinstance(v, dict):
-            found = _find_recommendation(v, (*path, k))
-            if found is not None:
-                return found
-    return None
+    rec = TwinResults.from_dict(twin).recommendation
+    return None if rec is None or not math.isfinite(rec.administered_MBq) else ["recommendation", "administered_MBq"]
 
 
 def _dosimetry_table(data: dict[str, Any], key: str, names: list[str]) -> str:

@@ -92,10 +92,13 @@ class PriorConflict:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PriorConflict:
         """The conflict from its :meth:`to_dict` form (``message`` is derived again)."""
-        return cls(str(d["structure"]), str(d["parameter"]), str(d["level"]),
-                   None if d.get("cycle") is None else int(d["cycle"]),
-                   *(float(d.get(k, math.nan)) for k in ("z_sd", "prior_value", "patient_value")),
-                   str(d["unit"]), str(d["action"]), float(d.get("widen_factor", math.nan)), int(d["index"]))
+        def number(key: str) -> float:  # non-finite numbers are dropped from results.json
+            return float(d.get(key, math.nan))
+
+        return cls(structure=str(d["structure"]), parameter=str(d["parameter"]), level=str(d["level"]),
+                   cycle=None if d.get("cycle") is None else int(d["cycle"]), z_sd=number("z_sd"),
+                   prior_value=number("prior_value"), patient_value=number("patient_value"), unit=str(d["unit"]),
+                   action=str(d["action"]), widen_factor=number("widen_factor"), index=int(d["index"]))
 
 
 def _natural(index: int, value: float, lam_phys: float, builtin: bool) -> tuple[float, str]:

@@ -124,7 +124,8 @@ class Interval:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Interval:
         """The interval from its :meth:`to_dict` form (a value that was not finite, dropped from JSON, is NaN)."""
-        return cls(*(_number(d, k) for k in ("mean", "sd", "median", "low", "high")), float(d.get("level", 0.9)))
+        return cls(mean=_number(d, "mean"), sd=_number(d, "sd"), median=_number(d, "median"), low=_number(d, "low"),
+                   high=_number(d, "high"), level=float(d.get("level", 0.9)))
 
 
 def _number(d: Mapping[str, Any], key: str) -> float:
@@ -192,9 +193,12 @@ class StructurePrediction:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StructurePrediction:
         """The prediction from its :meth:`to_dict` form."""
-        return cls(str(d["structure"]), *(Interval.from_dict(d[k]) for k in PREDICTED_QUANTITIES),
-                   _number(d, "dose_per_tia_Gy_per_MBq_h"), _number(d, "alpha_beta_Gy"),
-                   _number(d, "repair_half_time_h"))
+        iv = {k: Interval.from_dict(d[k]) for k in PREDICTED_QUANTITIES}
+        return cls(structure=str(d["structure"]), tia_MBq_h=iv["tia_MBq_h"], dose_Gy=iv["dose_Gy"],
+                   bed_Gy=iv["bed_Gy"], cumulative_dose_Gy=iv["cumulative_dose_Gy"],
+                   cumulative_bed_Gy=iv["cumulative_bed_Gy"], cumulative_eqd2_Gy=iv["cumulative_eqd2_Gy"],
+                   dose_per_tia_Gy_per_MBq_h=_number(d, "dose_per_tia_Gy_per_MBq_h"),
+                   alpha_beta_Gy=_number(d, "alpha_beta_Gy"), repair_half_time_h=_number(d, "repair_half_time_h"))
 
 
 @dataclass
