@@ -31,11 +31,11 @@ def _twin() -> PatientTwin:
 def _per_draw_loop(twin: PatientTwin, n_draws: int) -> float:
     """Scalar reference: loop over draws, cycles and structures with math-module arithmetic."""
     rng = np.random.default_rng(0)
-    etas = twin._draw_eta([1, 2, 3], n_draws, rng)
-    dpt, ab, mu = twin._structure_constants()
-    lam_phys = twin._lambda_phys
-    data = twin._post_data
-    assert data is not None
+    fit = twin.fitted()
+    etas = fit.draw_eta([1, 2, 3], n_draws, rng)
+    dpt, ab, mu = twin.structure_constants()
+    lam_phys = fit.lambda_phys
+    data = fit.data
     obs = [[(float(data.time_h[i, j]), float(data.log_activity[i, j]), float(data.sd_log[i, j]),
              int(data.cycle_index[i, j])) for j in range(data.mask.shape[1]) if data.mask[i, j]]
            for i in range(len(twin.structures))]

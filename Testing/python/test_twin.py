@@ -411,9 +411,10 @@ def _exact_posterior_tia2(twin: PatientTwin, p, structure: str, rel_sd: float, c
     """
     from theratwin.twin.model import log_normal_sd
 
-    post = twin.posterior()
-    i = twin._post_structures.index(structure)
-    prior = twin._post_priors[i]
+    fit = twin.fitted()
+    post = fit.laplace
+    i = fit.structures.index(structure)
+    prior = fit.priors[i]
     mode, cov = post.mode[i], post.cov[i]
     rng = np.random.default_rng(seed)
     chol = np.linalg.cholesky(cov)

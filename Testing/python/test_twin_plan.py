@@ -235,10 +235,11 @@ def _share_over_any_limit(twin: PatientTwin, activities: dict[int, float], limit
                           n: int = 40000) -> float:
     """Fresh draws from the twin's Laplace posterior (θ, κ of the observed cycles) and new κ ~ N(0, Γ) for the
     planned cycles; cumulative dose and BED per organ with our own TIA and the radiobiology module's BED."""
-    post = twin.posterior()
+    fit = twin.fitted()
+    post = fit.laplace
     rng = np.random.default_rng(seed)
-    structures = twin._post_structures
-    cycles = twin._post_cycles
+    structures = fit.structures
+    cycles = fit.cycles
     over = np.zeros(n, bool)
     for i, s in enumerate(structures):
         if s not in limits:
@@ -249,7 +250,7 @@ def _share_over_any_limit(twin: PatientTwin, activities: dict[int, float], limit
         tissue = tissue_parameters(s, twin.tissues)  # the LQ parameters are inputs of the plan, not results
         ab, t_rep = tissue.alpha_beta_Gy, tissue.repair_half_time_h
         etas = [(7400.0, theta + x[:, 3 + 3 * k: 6 + 3 * k]) for k in range(len(cycles))]
-        gamma = twin._post_priors[i].iov_cov
+        gamma = fit.priors[i].iov_cov
         etas += [(a, theta + rng.multivariate_normal(np.zeros(3), gamma, size=n)) for _, a in sorted(activities.items())]
         dose = np.zeros(n)
         bed = np.zeros(n)

@@ -1,7 +1,7 @@
 """Prior–data conflict: detecting a prior the patient's data contradict, and widening it.
 
 Private helpers of :meth:`PatientTwin.posterior <theratwin.twin.twin.PatientTwin.posterior>`; the record
-:class:`PriorConflict` is public (``PatientTwin.conflicts``, ``results.twin["conflicts"]``).
+:class:`PriorConflict` is public (``PatientTwin.conflicts``, ``TwinResults.conflicts``).
 
 Test (a prior-predictive check, Box GEP. J R Stat Soc A 1980;143:383, in the form used for empirical-Bayes
 estimates in population pharmacokinetics, Savic RM, Karlsson MO. AAPS J 2009;11:558): after the MAP fit, the
@@ -20,16 +20,14 @@ mean: the patient's data decide and the prior still regularises what they leave 
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .model import LaplacePosterior
 from .priors import StructurePrior
-
-if TYPE_CHECKING:
-    from .twin import PatientTwin
 
 __all__ = ["PriorConflict", "detect_conflicts", "widened_priors"]
 
@@ -112,14 +110,18 @@ def _natural(index: int, value: float, lam_phys: float, builtin: bool) -> tuple[
     return math.log(2.0) / math.exp(value), "h (uptake half-time)"
 
 
-def detect_conflicts(twin: PatientTwin, structures: list[str], cycles: list[int], priors: list[StructurePrior],
-                     post: LaplacePosterior, *, level: str = "both") -> list[PriorConflict]:
-    """Conflicts of the fitted posterior ``post`` with ``priors`` (see the module docstring).
+def detect_conflicts(model: Any, structures: list[str], cycles: list[int], priors: list[StructurePrior],
+                     post: LaplacePosterior, *, observed: Container[tuple[int, str]], lambda_phys: float,
+                     conflict_sd: float, conflict_handling: str, level: str = "both") -> list[PriorConflict]:
+    """Conflicts of the fitted posterior ``post`` of ``model`` with ``priors`` (see the module docstring).
 
-    ``level``: ``"population"`` (IIV priors), ``"cycle"`` (IOV priors) or ``"both"``.
+    ``observed``: the (cycle, structure) pairs with data (only those have a cycle deviation to test);
+    ``lambda_phys`` the nuclide's decay constant (1/h); ``conflict_sd`` the threshold (SD) and
+    ``conflict_handling`` ``"widen"`` or ``"none"``. ``level``: ``"population"`` (IIV priors), ``"cycle"`` (IOV
+    priors) or ``"both"``.
     """
-    builtin = bool(getattr(twin.model, "uses_population_priors", False)) and post.n_params == 3
-    action = "widen" if twin.conflict_handling == "widen" else "none"
+    builtin = bool(getattr(model, "uses_population_priors", False)) and post.n_params == 3
+    action = "widen" if conflict_handling == "widen" else "none"
     p = post.n_params
     out: list[PriorConflict] = []
 
@@ -130,15 +132,15 @@ def detect_conflicts(twin: PatientTwin, structures: list[str], cycles: list[int]
             if not var > 0.05 * cov[j, j]:
                 continue  # the data barely inform this parameter: nothing to test
             z = float((est[j] - mean[j]) / math.sqrt(var))
-            if abs(z) <= twin.conflict_sd:
+            if abs(z) <= conflict_sd:
                 continue
             name = _NAMES[j] if builtin else f"parameter {j}"
             if level == "cycle":
                 # factor on U, on the biological washout rate or on the uptake-rate excess of that cycle
                 prior_v, patient_v, unit = 1.0, math.exp(float(est[j])) if builtin else float(est[j]), "x"
             else:
-                prior_v, unit = _natural(j, float(mean[j]), twin._lambda_phys, builtin)
-                patient_v, _ = _natural(j, float(est[j]), twin._lambda_phys, builtin)
+                prior_v, unit = _natural(j, float(mean[j]), lambda_phys, builtin)
+                patient_v, _ = _natural(j, float(est[j]), lambda_phys, builtin)
             factor = abs(z) if action == "widen" else 1.0
             out.append(PriorConflict(s, name, level, cycle, z, prior_v, patient_v, unit,
                                      f"prior SD widened x{factor:.1f} so that the patient's data decide"
@@ -149,7 +151,7 @@ def detect_conflicts(twin: PatientTwin, structures: list[str], cycles: list[int]
         if level in ("population", "both"):
             check(s, mode[:p], cov[:p, :p], pr.mean, pr.iiv_cov, "population", None)
         for k, c in enumerate(cycles):
-            if level == "population" or (c, s) not in twin.observations:
+            if level == "population" or (c, s) not in observed:
                 continue
             sl = slice(p * (1 + k), p * (2 + k))
             check(s, mode[sl], cov[sl, sl], np.zeros(p), pr.iov_cov, "cycle", c)

@@ -7,16 +7,15 @@ arguments) and :meth:`PatientTwin.posterior <theratwin.twin.twin.PatientTwin.pos
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from .model import FitData, log_normal_sd
+from .population import MeasurementSpec
 from .results import Observation
-
-if TYPE_CHECKING:
-    from .twin import PatientTwin
 
 __all__ = ["checked_observation", "fit_data"]
 
@@ -71,10 +70,16 @@ def checked_observation(observations: dict[tuple[int, str], Observation], cycle:
         None if correlated_rel_sd is None else float(correlated_rel_sd))
 
 
-def fit_data(twin: PatientTwin, structures: list[str], cycles: list[int]) -> FitData:
-    """All observations of ``structures`` as padded (structure, point) arrays, cycles indexed as in ``cycles``."""
+def fit_data(observations: Mapping[tuple[int, str], Observation], structures: list[str], cycles: list[int], *,
+             measurement: Callable[[str], MeasurementSpec], default_ligand_nmol: Callable[[float], float],
+             reference_ligand_nmol: float) -> FitData:
+    """All observations of ``structures`` as padded (structure, point) arrays, cycles indexed as in ``cycles``.
+
+    ``measurement(structure)`` gives a structure's measurement error model; ``default_ligand_nmol(MBq)`` the
+    ligand amount of an administration that states none; padding uses ``reference_ligand_nmol``.
+    """
     idx = {c: i for i, c in enumerate(cycles)}
-    per = [[ob for (c, s), ob in sorted(twin.observations.items()) if s == name] for name in structures]
+    per = [[ob for (c, s), ob in sorted(observations.items()) if s == name] for name in structures]
     r_n = max(sum(len(ob.time_h) for ob in obs) for obs in per)
     shape = (len(structures), r_n)
     t = np.ones(shape)
@@ -82,12 +87,12 @@ def fit_data(twin: PatientTwin, structures: list[str], cycles: list[int]) -> Fit
     sdl = np.ones(shape)
     cyc = np.zeros(shape, dtype=int)
     adm = np.ones(shape)
-    lig = np.full(shape, twin.reference_ligand_nmol)
+    lig = np.full(shape, reference_ligand_nmol)
     mask = np.zeros(shape, bool)
     corr = np.zeros((len(structures), len(cycles)))
     for i, obs in enumerate(per):
         j = 0
-        meas = twin._measurement(structures[i])
+        meas = measurement(structures[i])
         corr[i, :] = meas.correlated_rel_sd
         for ob in obs:
             n = len(ob.time_h)
@@ -98,7 +103,7 @@ def fit_data(twin: PatientTwin, structures: list[str], cycles: list[int]) -> Fit
             sdl[i, j:j + n] = log_normal_sd(y, sd, meas.random_rel_sd, meas.additive_sd_MBq)
             cyc[i, j:j + n] = idx[ob.cycle]
             adm[i, j:j + n] = ob.administered_MBq
-            lig[i, j:j + n] = ob.ligand_nmol or twin._default_ligand(ob.administered_MBq)
+            lig[i, j:j + n] = ob.ligand_nmol or default_ligand_nmol(ob.administered_MBq)
             mask[i, j:j + n] = True
             if ob.correlated_rel_sd is not None:  # the data's own (e.g. the kinetics stage's) correlated SD
                 corr[i, idx[ob.cycle]] = ob.correlated_rel_sd

@@ -4,7 +4,8 @@ recommendation and the response/toxicity forecast.
 Private helpers of :meth:`PatientTwin.plan_treatment <theratwin.twin.twin.PatientTwin.plan_treatment>`,
 :meth:`PatientTwin.recommend_activity <theratwin.twin.twin.PatientTwin.recommend_activity>` and
 :meth:`PatientTwin.forecast <theratwin.twin.twin.PatientTwin.forecast>`, which document them; all work on
-the twin's posterior draws (``PatientTwin._draw_eta``, ``PatientTwin._cycle_quantities``).
+the twin's posterior draws (:class:`~theratwin.twin._posterior.TwinPosterior`: ``draw_eta``,
+``cycle_quantities``) and read the twin itself only through :class:`~theratwin.twin._posterior.PlanningTwin`.
 
 Joint limits: a plan is acceptable when the probability that *every* organ at risk stays under its cumulative
 limit is at least the confidence — evaluated on the joint posterior-predictive draws (one draw = one possible
@@ -14,20 +15,18 @@ patient: all organs and all cycles together), so organs and cycles are never che
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError, InvalidInputError
 from ..results import RESEARCH_USE_NOTICE
 from ..study.codes import structure_kind
+from ._posterior import PlanningTwin
 from .outcome import OUTCOME_MODELS, default_response_model, default_toxicity_models
 from .protocol import PLAN_SHAPES, TreatmentProtocol
 from .results import Interval, Recommendation, TreatmentPlan
 from .tissues import OrganLimit, resolve_limits
-
-if TYPE_CHECKING:
-    from .twin import PatientTwin
 
 __all__ = ["plan_treatment", "recommend_activity", "forecast"]
 
@@ -40,21 +39,21 @@ class _LimitDraws:
     do not depend on the activity, so dose = A·d1 and BED = A·d1 + G·(A·d1)²/(α/β) (Dale 1985).
     """
 
-    def __init__(self, twin: PatientTwin, first_cycle: int, last_cycle: int, limits: dict[str, OrganLimit],
+    def __init__(self, twin: PlanningTwin, first_cycle: int, last_cycle: int, limits: dict[str, OrganLimit],
                  standard_activity_MBq: float, ligand_nmol: float | None, n_draws: int,
                  rng: np.random.Generator) -> None:
-        twin.posterior()
-        self.structures = twin._post_structures
+        fit = twin.fitted()
+        self.structures = fit.structures
         self.limits = limits
         self.limited = [self.structures.index(s) for s in limits]
         self.names = [self.structures[i] for i in self.limited]
         self.quantity = [limits[s].quantity for s in self.names]
         self.limit_v = np.array([limits[s].value_Gy for s in self.names])
         self.given = list(range(1, first_cycle))
-        self.schedule = twin._schedule(first_cycle - 1, standard_activity_MBq, None) if self.given else {}
+        self.schedule = twin.schedule(first_cycle - 1, standard_activity_MBq, None) if self.given else {}
         self.future = list(range(first_cycle, last_cycle + 1))
-        etas = twin._draw_eta(sorted(set(self.given) | set(self.future)), n_draws, rng)
-        dpt, ab, mu = twin._structure_constants()
+        etas = fit.draw_eta(sorted(set(self.given) | set(self.future)), n_draws, rng)
+        dpt, ab, mu = twin.structure_constants()
         self.ab = ab
         self.n_draws = n_draws
         self.lesions = [i for i, s in enumerate(self.structures) if structure_kind(s).role.value == "lesion"]
@@ -62,11 +61,11 @@ class _LimitDraws:
         self.base_dose = np.zeros((len(self.structures), n_draws))  # every structure's dose of the cycles given
         for c in self.given:
             a, lg = self.schedule[c]
-            q = twin._cycle_quantities(etas[c], a, lg, dpt, ab, mu)
+            q = fit.cycle_quantities(etas[c], a, lg, dpt, ab, mu)
             self.base += self._measure(q)
             self.base_dose += q["dose"]
         lig = ligand_nmol if ligand_nmol is not None else twin.reference_ligand_nmol
-        unit = [twin._cycle_quantities(etas[c], 1.0, lig, dpt, ab, mu) for c in self.future]
+        unit = [fit.cycle_quantities(etas[c], 1.0, lig, dpt, ab, mu) for c in self.future]
         shape = (len(self.future), len(self.limited), n_draws)
         self.d1 = np.stack([u["dose"][self.limited] for u in unit]) if unit else np.zeros(shape)
         self.g1 = np.stack([u["g"][self.limited] for u in unit]) if unit else np.zeros(shape)
@@ -101,7 +100,7 @@ class _LimitDraws:
             return 1.0
         return float(np.mean(np.all(self.cumulative(activities) <= self.limit_v[:, None], axis=0)))
 
-    def tumour_dose(self, twin: PatientTwin, activities: np.ndarray) -> np.ndarray | None:
+    def tumour_dose(self, twin: PlanningTwin, activities: np.ndarray) -> np.ndarray | None:
         """Cumulative whole-tumour dose per draw (given + planned cycles), None without lesions."""
         if not self.lesions:
             return None
@@ -174,7 +173,7 @@ def _organ_outcomes(ld: _LimitDraws, activities: np.ndarray, confidence: float) 
     return out
 
 
-def plan_treatment(twin: PatientTwin, next_cycle: int | None, protocol: TreatmentProtocol,
+def plan_treatment(twin: PlanningTwin, next_cycle: int | None, protocol: TreatmentProtocol,
                    limits: dict[str, Any] | None, confidence: float, *, shape: str | None,
                    ligand_nmol: float | None, n_draws: int, seed: int | None) -> TreatmentPlan:
     """The plan for the remaining cycles (see ``PatientTwin.plan_treatment``)."""
@@ -183,8 +182,7 @@ def plan_treatment(twin: PatientTwin, next_cycle: int | None, protocol: Treatmen
     shape = shape or protocol.plan_shape
     if shape not in PLAN_SHAPES:
         raise InvalidInputError(f"plan shape must be one of {PLAN_SHAPES}, got {shape!r}.")
-    twin.posterior()
-    structures = twin._post_structures
+    structures = twin.fitted().structures
     first = int(next_cycle) if next_cycle is not None else max(
         [*twin.observed_cycles, *[c for c in twin.planned if twin.planned[c][0] > 0]]) + 1
     lim = resolve_limits(structures, {**twin.limits, **(limits or {})})
@@ -280,7 +278,7 @@ def _binding_organ(ld: _LimitDraws, step: np.ndarray, confidence: float) -> str:
     return ld.names[int(np.argmax(over))]
 
 
-def _summary_of(ld: _LimitDraws, twin: PatientTwin, acts: np.ndarray, confidence: float,
+def _summary_of(ld: _LimitDraws, twin: PlanningTwin, acts: np.ndarray, confidence: float,
                 future: list[int]) -> dict[str, Any]:
     tumour = ld.tumour_dose(twin, acts)
     return {"confidence": confidence,
@@ -325,14 +323,13 @@ def _sensitivity(ld: _LimitDraws, acts: np.ndarray, n: int, c_n: int, lo: float,
             "limit_increase_Gy": more, "next_step": {"cycles": n_step, "activity_MBq": a_step}, "text": text}
 
 
-def recommend_activity(twin: PatientTwin, cycle: int, limits: dict[str, Any] | None, confidence: float, *,
+def recommend_activity(twin: PlanningTwin, cycle: int, limits: dict[str, Any] | None, confidence: float, *,
                        ligand_nmol: float | None, max_activity_MBq: float | None, standard_activity_MBq: float | None,
                        max_cycles: int | None, n_draws: int, seed: int | None) -> Recommendation:
     """Largest activity for ``cycle`` keeping all limits jointly (see ``PatientTwin.recommend_activity``)."""
     if not 0.5 <= confidence < 1.0:
         raise InvalidInputError(f"confidence must be in [0.5, 1), got {confidence}.")
-    twin.posterior()
-    structures = twin._post_structures
+    structures = twin.fitted().structures
     lim = resolve_limits(structures, {**twin.limits, **(limits or {})})
     if not lim:
         raise ConfigurationError(f"No organ-at-risk limits apply to the observed structures {structures}.")
@@ -371,7 +368,7 @@ def recommend_activity(twin: PatientTwin, cycle: int, limits: dict[str, Any] | N
                    for k, i in enumerate(ld.lesions)}
     responder = None
     if ld.lesions:
-        model = OUTCOME_MODELS.get(default_response_model(twin._rph_key))
+        model = OUTCOME_MODELS.get(default_response_model(twin.radiopharmaceutical_key))
         per_cycle = {"dose": np.zeros((len(structures), n_draws))}
         per_cycle["dose"][ld.lesions] = rec * ld.lesion_d1[0]
         responder = Interval.from_draws(model.probability(_tumour_dose(twin, per_cycle, ld.lesions)), 0.9)
@@ -384,31 +381,31 @@ def recommend_activity(twin: PatientTwin, cycle: int, limits: dict[str, Any] | N
         within_protocol=bool(protocol.min_activity_MBq <= rec <= protocol.max_activity_MBq))
 
 
-def _mass_weights(twin: PatientTwin, lesions: list[int]) -> np.ndarray:
+def _mass_weights(twin: PlanningTwin, lesions: list[int]) -> np.ndarray:
     """Mass weights of the lesions (Violet 2019 used the whole tumour: mass-weighted mean dose)."""
     masses = []
     for i in lesions:
-        m = twin.structure_mass_g(twin._post_structures[i])
+        m = twin.structure_mass_g(twin.fitted().structures[i])
         masses.append(m if m is not None else 1.0)
     w = np.asarray(masses, float)
     return w / np.sum(w)
 
 
-def _tumour_dose(twin: PatientTwin, qd: dict[str, np.ndarray], lesions: list[int]) -> np.ndarray:
+def _tumour_dose(twin: PlanningTwin, qd: dict[str, np.ndarray], lesions: list[int]) -> np.ndarray:
     """Whole-body tumour dose per draw: mass-weighted mean over lesions (Violet 2019 used the whole tumour)."""
     return np.einsum("l,ln->n", _mass_weights(twin, lesions), qd["dose"][lesions])
 
 
-def forecast(twin: PatientTwin, cycle: int, administered_MBq: float | None, *, n_draws: int,
+def forecast(twin: PlanningTwin, cycle: int, administered_MBq: float | None, *, n_draws: int,
              response_model: str | None, toxicity_models: dict[str, str] | None) -> dict[str, Any]:
     """Responder and toxicity probabilities per draw (see ``PatientTwin.forecast``)."""
     pred = twin.predict(cycle, administered_MBq, n_draws=n_draws, keep_draws=True)
     assert pred.draws is not None
-    structures = twin._post_structures
+    structures = twin.fitted().structures
     out: dict[str, Any] = {"cycle": cycle, "notice": RESEARCH_USE_NOTICE, "toxicity": {}, "response": None}
     lesions = [i for i, s in enumerate(structures) if structure_kind(s).role.value == "lesion"]
     if lesions:
-        model = OUTCOME_MODELS.get(response_model or default_response_model(twin._rph_key))
+        model = OUTCOME_MODELS.get(response_model or default_response_model(twin.radiopharmaceutical_key))
         qd = {"dose": pred.draws["dose_Gy"]}
         p = model.probability(_tumour_dose(twin, qd, lesions))
         out["response"] = {"model": model.to_dict(), "probability": Interval.from_draws(p, 0.9).to_dict(),

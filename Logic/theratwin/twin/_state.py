@@ -7,22 +7,54 @@ Private helpers of :meth:`PatientTwin.to_dict <theratwin.twin.twin.PatientTwin.t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from .._version import __version__
 from ..errors import ConfigurationError, InvalidInputError
 from ..results import RESEARCH_USE_NOTICE
+from ._posterior import TwinPosterior
 from .model import TWIN_MODELS
 from .population import PopulationPriors, builtin_priors
 from .priors import KineticPriorSpec
 from .protocol import TreatmentProtocol
-from .results import MeasurementErrorModel
+from .results import MeasurementErrorModel, Observation
 from .tissues import OrganLimit, TissueParameters
 
-if TYPE_CHECKING:
-    from .twin import PatientTwin
+
+class _SavedTwin(Protocol):
+    """What the state holds of a twin (``PatientTwin`` implements it)."""
+
+    patient_id: str | None
+    nuclide: str
+    radiopharmaceutical: str
+    model_name: str
+    model: Any
+    reference_ligand_nmol: float
+    seed: int
+    measurement: MeasurementErrorModel | None
+    prior_overrides: dict[str, KineticPriorSpec]
+    priors: PopulationPriors | None
+    conflict_sd: float
+    conflict_handling: str
+    protocol: TreatmentProtocol
+    tissues: dict[str, TissueParameters]
+    limits: dict[str, Any]
+    observations: dict[tuple[int, str], Observation]
+    planned: dict[int, tuple[float, float | None]]
+
+    def fitted(self) -> TwinPosterior: ...
+
+    def observe(self, cycle: int, structure: str, time_h: Any, activity_MBq: Any, administered_MBq: float, *,
+                activity_sd_MBq: Any = None, ligand_nmol: float | None = None, mass_g: float | None = None,
+                dose_per_tia_Gy_per_MBq_h: float | None = None, correlated_rel_sd: float | None = None) -> None: ...
+
+    def plan(self, cycle: int, administered_MBq: float, ligand_nmol: float | None = None) -> None: ...
+
+
+_T = TypeVar("_T", bound=_SavedTwin)
 
 __all__ = ["SCHEMA", "state_to_dict", "state_from_dict"]
 
@@ -31,13 +63,13 @@ SCHEMA = "theratwin-twin/2"
 _READABLE = ("theratwin-twin/1", "theratwin-twin/2")
 
 
-def state_to_dict(twin: PatientTwin) -> dict[str, Any]:
+def state_to_dict(twin: _SavedTwin) -> dict[str, Any]:
     """The state of ``twin`` as plain JSON data (schema :data:`SCHEMA`)."""
     post = None
     if twin.observations:
-        p = twin.posterior()
-        post = {"structures": twin._post_structures, "cycles": twin._post_cycles,
-                "mode": p.mode.tolist(), "cov": p.cov.tolist()}
+        fit = twin.fitted()
+        post = {"structures": fit.structures, "cycles": fit.cycles,
+                "mode": fit.laplace.mode.tolist(), "cov": fit.laplace.cov.tolist()}
     return {
         "schema": SCHEMA,
         "software": {"name": "TheraTwin", "version": __version__},
@@ -65,7 +97,7 @@ def state_to_dict(twin: PatientTwin) -> dict[str, Any]:
     }
 
 
-def state_from_dict(cls: type[PatientTwin], d: dict[str, Any]) -> PatientTwin:
+def state_from_dict(cls: Callable[..., _T], d: dict[str, Any]) -> _T:
     """A new ``cls`` twin restored from :func:`state_to_dict` data (observations replayed, posterior refitted)."""
     schema = d.get("schema")
     if schema not in _READABLE:

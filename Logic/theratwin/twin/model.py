@@ -36,7 +36,7 @@ inter-occasion terms (Karlsson MO, Sheiner LB. J Pharmacokinet Biopharm 1993;21:
 iteration (Marquardt 1963) with the analytic Jacobian; the Laplace approximation of the posterior is
 N(x̂, (JᵀJ)⁻¹) with the Gauss–Newton Hessian at the mode (Bates & Watts 1988, ch. 2). Draws from it are then
 importance-corrected towards the exact posterior (:func:`log_posterior_draws`, sampling-importance-resampling
-in ``PatientTwin._draw_eta``), which removes the bias of the Gaussian where the model is curved.
+in ``TwinPosterior.draw_eta``), which removes the bias of the Gaussian where the model is curved.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def log_posterior_draws(model: Any, structures: list[str], priors: list[Structur
     """Unnormalised log posterior (S, N) of N draws per structure, ``x`` (S, N, P) as in :func:`fit_map_laplace`.
 
     The same terms as the fit's sum of squares (data, IIV, IOV and correlated-error residuals), evaluated for
-    many draws at once; used to importance-correct the Laplace draws (:meth:`PatientTwin._draw_eta`).
+    many draws at once; used to importance-correct the Laplace draws (``TwinPosterior.draw_eta``).
     """
     s_n, n, _ = x.shape
     p = int(model.n_params)

@@ -53,14 +53,12 @@ from ..results import RESEARCH_USE_NOTICE
 from . import _planning
 from ._conflicts import PriorConflict, detect_conflicts, widened_priors
 from ._observations import checked_observation, fit_data
+from ._posterior import TwinPosterior
 from ._state import SCHEMA, state_from_dict, state_to_dict
 from .model import (
     TWIN_MODELS,
-    FitData,
     LaplacePosterior,
     fit_map_laplace,
-    lea_catcheside_g,
-    log_posterior_draws,
     tia_from_exponentials,
 )
 from .population import (
@@ -181,12 +179,8 @@ class PatientTwin:
         self.seed = int(seed)
         self.observations: dict[tuple[int, str], Observation] = {}
         self.planned: dict[int, tuple[float, float | None]] = {}
-        self._posterior: LaplacePosterior | None = None
-        self._post_structures: list[str] = []
-        self._post_cycles: list[int] = []
-        self._post_priors: list[StructurePrior] = []
+        self._fitted: TwinPosterior | None = None
         self._conflicts: list[PriorConflict] = []
-        self._post_data: FitData | None = None
         # the built-in priors (or the site's with the built-in as fallback); a bad radiopharmaceutical fails here
         self._population = priors if priors is not None else builtin_priors(
             self._rph_key if self._rph_key == "custom" else radiopharmaceutical, nuclide, self.prior_overrides)
@@ -224,7 +218,7 @@ class PatientTwin:
             self.observations, cycle, structure, time_h, activity_MBq, administered_MBq,
             activity_sd_MBq=activity_sd_MBq, ligand_nmol=ligand_nmol, mass_g=mass_g,
             dose_per_tia_Gy_per_MBq_h=dose_per_tia_Gy_per_MBq_h, correlated_rel_sd=correlated_rel_sd)
-        self._posterior = None
+        self._fitted = None
 
     def plan(self, cycle: int, administered_MBq: float, ligand_nmol: float | None = None) -> None:
         """Record a planned (not yet imaged) administration, used for cumulative predictions."""
@@ -249,13 +243,18 @@ class PatientTwin:
         """(administered MBq, ligand nmol) of a cycle from its observations or the plan, else None."""
         for (c, _), ob in self.observations.items():
             if c == cycle:
-                return ob.administered_MBq, ob.ligand_nmol or self._default_ligand(ob.administered_MBq)
+                return ob.administered_MBq, ob.ligand_nmol or self.default_ligand_nmol(ob.administered_MBq)
         if cycle in self.planned:
             a, lig = self.planned[cycle]
-            return a, lig if lig is not None else self._default_ligand(a)
+            return a, lig if lig is not None else self.default_ligand_nmol(a)
         return None
 
-    def _default_ligand(self, administered_MBq: float) -> float:
+    @property
+    def radiopharmaceutical_key(self) -> str:
+        """The radiopharmaceutical's key in the priors (``"psma-617"``, ``"dotatate"``, ``"custom"`` ...)."""
+        return self._rph_key
+
+    def default_ligand_nmol(self, administered_MBq: float) -> float:
         """Ligand amount assumed when none is given (the twin's reference amount, whatever the activity)."""
         return self.reference_ligand_nmol
 
@@ -284,7 +283,7 @@ class PatientTwin:
     def _priors(self, structures: list[str]) -> list[StructurePrior]:
         return [self._prior(s) for s in structures]
 
-    def _measurement(self, structure: str) -> MeasurementSpec:
+    def measurement_spec(self, structure: str) -> MeasurementSpec:
         """Measurement error of ``structure``: the twin's explicit model, else the priors', else the default."""
         if self.measurement is None:
             m = self._prior(structure).measurement
@@ -296,36 +295,40 @@ class PatientTwin:
 
     # ------------------------------------------------------------------ posterior
     def posterior(self) -> LaplacePosterior:
-        """The (cached) Laplace posterior of all observed structures.
+        """The (cached) Laplace posterior of all observed structures (:attr:`TwinPosterior.laplace
+        <theratwin.twin._posterior.TwinPosterior.laplace>` of :meth:`fitted`)."""
+        return self.fitted().laplace
+
+    def fitted(self) -> TwinPosterior:
+        """The fitted twin of the current observations: posterior, priors, data and draws (cached).
 
         Prior–data conflicts (:attr:`conflicts`) are checked on the first fit; with ``conflict_handling=
         "widen"`` the conflicting priors are widened and the posterior refitted (see :meth:`conflicts`).
         """
-        if self._posterior is not None:
-            return self._posterior
+        if self._fitted is not None:
+            return self._fitted
         structures = self.structures
         if not structures:
             raise InvalidInputError("The twin has no observations yet; call observe(...) first.")
         cycles = self.observed_cycles
-        data = fit_data(self, structures, cycles)
+        data = fit_data(self.observations, structures, cycles, measurement=self.measurement_spec,
+                        default_ligand_nmol=self.default_ligand_nmol, reference_ligand_nmol=self.reference_ligand_nmol)
         priors = self._priors(structures)
         post = fit_map_laplace(self.model, structures, priors, data, self._lambda_phys)
         # population level first: a wrong population prior distorts the cycle deviations, so those are tested
         # only once the population priors the data contradict have been widened
         conflicts: list[PriorConflict] = []
         for level in ("population", "cycle"):
-            found = detect_conflicts(self, structures, cycles, priors, post, level=level)
+            found = detect_conflicts(self.model, structures, cycles, priors, post, observed=set(self.observations),
+                                     lambda_phys=self._lambda_phys, conflict_sd=self.conflict_sd,
+                                     conflict_handling=self.conflict_handling, level=level)
             conflicts += found
             if found and self.conflict_handling == "widen":
                 priors = widened_priors(structures, priors, found)
                 post = fit_map_laplace(self.model, structures, priors, data, self._lambda_phys)
         self._conflicts = conflicts
-        self._post_data = data
-        self._post_priors = priors
-        self._posterior = post
-        self._post_structures = structures
-        self._post_cycles = cycles
-        return self._posterior
+        self._fitted = TwinPosterior(self.model, structures, cycles, priors, data, post, self._lambda_phys)
+        return self._fitted
 
     @property
     def conflicts(self) -> list[PriorConflict]:
@@ -340,65 +343,7 @@ class PatientTwin:
         self.posterior()
         return list(self._conflicts)
 
-    # ------------------------------------------------------------------ draws
-    def _draw_eta(self, cycles: list[int], n_draws: int, rng: np.random.Generator,
-                  rows: list[int] | None = None) -> dict[int, np.ndarray]:
-        """Joint posterior(-predictive) draws of η (S, N, p) for each requested cycle (``rows``: structures)."""
-        post = self.posterior()
-        idx = list(range(post.mode.shape[0])) if rows is None else list(rows)
-        mode, cov = post.mode[idx], post.cov[idx]
-        s_n, n_x = mode.shape
-        p = post.n_params
-        chol = np.linalg.cholesky(cov + 1e-12 * np.eye(n_x))
-        z = rng.standard_normal((s_n, n_draws, n_x))
-        x = mode[:, None, :] + np.einsum("sij,snj->sni", chol, z)
-        priors = [self._post_priors[i] for i in idx]
-        x = self._importance_resample(x, z, idx, priors, rng)
-        theta = x[..., :p]
-        out: dict[int, np.ndarray] = {}
-        for c in cycles:
-            if c in self._post_cycles:
-                k = self._post_cycles.index(c)
-                out[c] = theta + x[..., p * (1 + k): p * (2 + k)]
-            else:
-                l_iov = np.stack([np.linalg.cholesky(pr.iov_cov) for pr in priors])
-                out[c] = theta + np.einsum("sij,snj->sni", l_iov, rng.standard_normal((s_n, n_draws, p)))
-        return out
-
-    def _importance_resample(self, x: np.ndarray, z: np.ndarray, idx: list[int], priors: list[StructurePrior],
-                             rng: np.random.Generator) -> np.ndarray:
-        """Laplace draws corrected towards the exact posterior by sampling-importance-resampling.
-
-        The Laplace Gaussian is the proposal; each draw is weighted by exact posterior / proposal
-        (:func:`~theratwin.twin.model.log_posterior_draws`) and the draws are resampled by these weights
-        (systematic resampling; Rubin DB, J Am Stat Assoc 1987;82:543, "SIR"). This removes what the Gaussian
-        misses where the model is curved (e.g. one late scan fixing amplitude × washout along a curved ridge).
-        A structure whose weights degenerate (effective sample size below 10 %) keeps its Laplace draws.
-        """
-        if self._post_data is None:
-            return x
-        data = self._post_data
-        sub = FitData(data.time_h[idx], data.log_activity[idx], data.sd_log[idx], data.cycle_index[idx],
-                      data.administered_MBq[idx], data.ligand_nmol[idx], data.mask[idx], data.n_cycles,
-                      None if data.correlated_sd is None else data.correlated_sd[idx])
-        log_p = log_posterior_draws(self.model, [self._post_structures[i] for i in idx], priors, sub,
-                                    self._lambda_phys, x)
-        log_w = log_p + 0.5 * np.sum(z * z, axis=-1)  # − log q up to a constant
-        log_w -= np.max(log_w, axis=1, keepdims=True)
-        w = np.exp(log_w)
-        w /= np.sum(w, axis=1, keepdims=True)
-        n = x.shape[1]
-        ess = 1.0 / np.sum(w * w, axis=1)
-        out = x.copy()
-        for i in range(x.shape[0]):
-            if not np.isfinite(ess[i]) or ess[i] < 0.1 * n:
-                continue
-            cdf = np.cumsum(w[i])
-            cdf[-1] = 1.0
-            pick = np.searchsorted(cdf, (rng.random() + np.arange(n)) / n)
-            out[i] = x[i, rng.permutation(pick)]
-        return out
-
+    # ------------------------------------------------------------------ dose constants
     def _dose_per_tia(self, structure: str) -> tuple[float, str]:
         """Gy per MBq·h: the patient's own dosimetry pooled over cycles, else S-value with the observed mass.
 
@@ -424,22 +369,14 @@ class PatientTwin:
             return value, method + ":reference_mass"
         return dose_per_tia_Gy_per_MBq_h(structure, self.nuclide, mass)
 
-    def _cycle_quantities(self, eta: np.ndarray, administered_MBq: float, ligand_nmol: float,
-                          dpt: np.ndarray, ab: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
-        coef, rate = self.model.exponentials(eta, np.asarray(administered_MBq, float), np.asarray(ligand_nmol, float),
-                                             self._post_structures, self._lambda_phys)
-        tia = tia_from_exponentials(coef, rate)
-        g = lea_catcheside_g(coef, rate, mu[:, None])
-        dose = tia * dpt[:, None]
-        bed = dose + g * dose * dose / ab[:, None]
-        return {"tia": tia, "dose": dose, "bed": bed, "g": g}
-
-    def _structure_constants(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        dpt = np.array([self._dose_per_tia(s)[0] for s in self._post_structures])
-        tp = [tissue_parameters(s, self.tissues) for s in self._post_structures]
+    def structure_constants(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per fitted structure: dose per TIA (Gy/(MBq·h)), α/β (Gy) and repair rate (1/h)."""
+        structures = self.fitted().structures
+        dpt = np.array([self._dose_per_tia(s)[0] for s in structures])
+        tp = [tissue_parameters(s, self.tissues) for s in structures]
         return dpt, np.array([x.alpha_beta_Gy for x in tp]), np.array([x.repair_rate_per_h for x in tp])
 
-    def _schedule(self, cycle: int, administered_MBq: float | None, ligand_nmol: float | None
+    def schedule(self, cycle: int, administered_MBq: float | None, ligand_nmol: float | None
                   ) -> dict[int, tuple[float, float]]:
         """Administrations of cycles 1..cycle: observed, planned, else the requested one (documented rule)."""
         sched: dict[int, tuple[float, float]] = {}
@@ -447,13 +384,13 @@ class PatientTwin:
             known = self._administration(c)
             if c == cycle and administered_MBq is not None and c not in self.observed_cycles:
                 known = (float(administered_MBq),
-                         ligand_nmol if ligand_nmol is not None else self._default_ligand(administered_MBq))
+                         ligand_nmol if ligand_nmol is not None else self.default_ligand_nmol(administered_MBq))
             if known is None:
                 if administered_MBq is None:
                     raise InvalidInputError(
                         f"Cycle {c} has no observation or plan; give administered_MBq or call twin.plan({c}, ...).")
                 known = (float(administered_MBq),
-                         ligand_nmol if ligand_nmol is not None else self._default_ligand(administered_MBq))
+                         ligand_nmol if ligand_nmol is not None else self.default_ligand_nmol(administered_MBq))
             sched[c] = known
         return sched
 
@@ -464,17 +401,17 @@ class PatientTwin:
         For an observed cycle this is the posterior given all data (its own points, earlier cycles, prior);
         for an unobserved cycle it is the predictive distribution (administration from ``plan``).
         """
-        self.posterior()
-        if structure not in self._post_structures:
-            raise InvalidInputError(f"No data for structure '{structure}'; observed: {self._post_structures}.")
+        fit = self.fitted()
+        if structure not in fit.structures:
+            raise InvalidInputError(f"No data for structure '{structure}'; observed: {fit.structures}.")
         adm = self._administration(cycle)
         if adm is None:
             raise InvalidInputError(
                 f"Cycle {cycle} has no observation or plan; call twin.plan({cycle}, administered_MBq) first.")
         a, lig = adm
         rng = np.random.default_rng(self.seed + 7919 * cycle)
-        i = self._post_structures.index(structure)
-        eta = self._draw_eta([cycle], n_draws, rng, rows=[i])[cycle]
+        i = fit.structures.index(structure)
+        eta = fit.draw_eta([cycle], n_draws, rng, rows=[i])[cycle]
         coef, rate = self.model.exponentials(eta, np.asarray(a), np.asarray(lig), [structure], self._lambda_phys)
         draws = tia_from_exponentials(coef, rate)[0]
         iv = Interval.from_draws(draws, level)
@@ -511,27 +448,27 @@ class PatientTwin:
         """
         if n_draws < 10:
             raise InvalidInputError(f"n_draws must be at least 10, got {n_draws}.")
-        self.posterior()
-        sched = self._schedule(cycle, administered_MBq, ligand_nmol)
+        fit = self.fitted()
+        sched = self.schedule(cycle, administered_MBq, ligand_nmol)
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        etas = self._draw_eta(sorted(sched), n_draws, rng)
-        dpt, ab, mu = self._structure_constants()
-        cum_dose = np.zeros((len(self._post_structures), n_draws))
+        etas = fit.draw_eta(sorted(sched), n_draws, rng)
+        dpt, ab, mu = self.structure_constants()
+        cum_dose = np.zeros((len(fit.structures), n_draws))
         cum_bed = np.zeros_like(cum_dose)
         cum_eqd2 = np.zeros_like(cum_dose)
         q: dict[str, np.ndarray] = {}
         trajectory: dict[int, dict[str, dict[str, Interval]]] = {}
         for c in sorted(sched):
             a, lig = sched[c]
-            q = self._cycle_quantities(etas[c], a, lig, dpt, ab, mu)
+            q = fit.cycle_quantities(etas[c], a, lig, dpt, ab, mu)
             cum_dose += q["dose"]
             cum_bed += q["bed"]
             cum_eqd2 += q["bed"] / (1.0 + 2.0 / ab[:, None])  # EQD2 = BED / (1 + d/(α/β)), d = 2 Gy
             trajectory[c] = {s: {"cumulative_dose_Gy": Interval.from_draws(cum_dose[i], level),
                                  "cumulative_bed_Gy": Interval.from_draws(cum_bed[i], level)}
-                             for i, s in enumerate(self._post_structures)}
+                             for i, s in enumerate(fit.structures)}
         out: dict[str, StructurePrediction] = {}
-        for i, s in enumerate(self._post_structures):
+        for i, s in enumerate(fit.structures):
             tp = tissue_parameters(s, self.tissues)
             out[s] = StructurePrediction(
                 s, Interval.from_draws(q["tia"][i], level), Interval.from_draws(q["dose"][i], level),
@@ -640,10 +577,10 @@ class PatientTwin:
 
     def summary(self) -> dict[str, Any]:
         """Model, prior and measurement-model information for reports."""
-        self.posterior()
+        fit = self.fitted()
         structures: dict[str, Any] = {}
-        for s, pr in zip(self._post_structures, self._post_priors, strict=True):
-            meas = self._measurement(s)
+        for s, pr in zip(fit.structures, fit.priors, strict=True):
+            meas = self.measurement_spec(s)
             structures[s] = {
                 "prior_key": prior_key(s), "prior_source": pr.source or f"model {self.model_name}",
                 "prior_mass_g": pr.mass_g,
