@@ -16,6 +16,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import theratwin as tt
 from theratwin.study.model import SourceRef
+from theratwin.twin import TwinResults
 
 CT_SHAPE = (12, 20, 24)
 CT_SPACING = (2.4, 2.4, 2.5)
@@ -178,10 +179,11 @@ def make_results(study: tt.Study) -> tt.Results:
     res.record_method("radiobiology", "linear-quadratic BED", {"alpha_beta_kidney_Gy": 2.6}, ["Dale 1985"])
     res.record_method("twin", "hierarchical Bayesian twin", {"draws": 10000}, ["TheraTwin TWIN.md"])
     nxt = max(res.cycles) + 1
-    res.twin = {"predictions": [{"cycle": nxt, "administered_MBq": 7400.0, "structures": {
+    # a partial prediction (quantities left out are read as not computed), in the twin stage's layout
+    res.twin = TwinResults.from_dict({"prediction": {"cycle": nxt, "administered_MBq": 7400.0, "structures": {
         "kidneys": {"tia_MBq_h": {"mean": 16000.0, "sd": 1500.0, "low": 13600.0, "high": 18500.0},
                     "dose_Gy": {"mean": 3.4, "sd": 0.4, "low": 2.8, "high": 4.1},
                     "bed_Gy": {"mean": 4.2, "low": 3.4, "high": 5.1}},
         "lesion_bone_1": {"dose_Gy": {"mean": 12.0, "low": 8.0, "high": 16.5}},
-    }}]}
+    }}})
     return res

@@ -132,35 +132,18 @@ def build_rich_results() -> tuple[tt.Results, dict[str, np.ndarray]]:
         dose_maps[n] = dose
     res.maps["cumulative/dose"] = tt.ImageVolume.from_geometry(dose_maps[1] + dose_maps[2], geom, "Gy")
     res.maps["cycle2/tia"] = tt.ImageVolume.from_geometry(dose_maps[2] * 95.0, geom, "Bq.h/mL")
-    res.twin = {
-        "model": "nlme-laplace",
-        "prediction": {
-            "cycle": 3,
-            "administered_MBq": 7400.0,
-            "structures": {
-                "kidneys": {"mean_dose_Gy": 3.1234, "low_Gy": 2.51, "high_Gy": 3.987, "cumulative_bed_Gy": 11.76},
-                "lesion_1": {"mean_dose_Gy": 17.42, "low_Gy": 12.9, "high_Gy": 23.0},
-            },
-        },
-        "recommendation": {"cycle": 3, "standard_activity_MBq": 7400.0, "recommended_activity_MBq": 8123.4567,
-                           "confidence": 0.9, "limiting_structure": "kidneys",
-                           "predicted_cumulative": {"kidneys": {"mean": 15.76, "sd": 1.59, "low": 13.4, "high": 18.5}},
-                           "lesion_dose_Gy": {"lesion_1": {"mean": 35.0, "low": 21.7, "high": 52.6}}},
-        "forecasts": [
-            {"kind": "response", "structure": "lesion_1", "probability": 0.6734, "low": 0.41, "high": 0.85},
-            {"kind": "toxicity", "structure": "kidneys", "probability": 0.0123, "low": 0.002, "high": 0.051},
-        ],
-        "draws": list(np.linspace(0, 1, 50)),
-    }
-    # the first page shows the twin's plan: made by a real twin on the synthetic curves
+    # the twin's output, made by a real twin on the synthetic curves and stored as the twin stage stores it
     twin = tt.twin.PatientTwin("Lu-177", "PSMA-617", seed=5)
     for n, cr in res.cycles.items():
         for s, sr in cr.structures.items():
             if sr.time_h:
                 twin.observe(n, s, sr.time_h, sr.activity_MBq, cr.administered_MBq, mass_g=sr.volume_mL)
-    res.twin["plan"] = twin.plan_treatment(3, limits={"liver": {"quantity": "dose", "value_Gy": 30.0}},
-                                           n_draws=2000).to_dict()
-    res.twin["conflicts"] = [c.to_dict() for c in twin.conflicts]
+    limits = {"liver": {"quantity": "dose", "value_Gy": 30.0}}
+    res.twin = tt.twin.TwinResults(
+        prediction=twin.predict(3, 7400.0, n_draws=2000), model=twin.summary(), conflicts=twin.conflicts,
+        plan=twin.plan_treatment(3, limits=limits, n_draws=2000),
+        recommendation=twin.recommend_activity(3, limits, n_draws=2000),
+        forecast=twin.forecast(3, 7400.0, n_draws=2000))
     res.warn("kinetics", "lesion_1: bi-exponential fit has R² 0.81; trapezoidal model kept for comparison.",
              structure="lesion_1", cycle=1)
     res.warn("registration", "Residual misalignment 6.2 mm at time point 4 exceeds 4.8 mm.", cycle=1)
@@ -363,9 +346,9 @@ class TestNumbersMatchResultsJson:
                     assert ("cycles", cyc, "structures", s, *f) in paths, (cyc, s, f)
             assert ("cycles", cyc, "administered_MBq") in paths
             assert ("cycles", cyc, "structures", "kidneys", "limit", "value_Gy") in paths
-        assert ("twin", "recommendation", "recommended_activity_MBq") in paths
-        assert ("twin", "prediction", "structures", "kidneys", "low_Gy") in paths
-        assert ("twin", "forecasts", 1, "probability") in paths
+        assert ("twin", "recommendation", "administered_MBq") in paths
+        assert ("twin", "prediction", "structures", "kidneys", "dose_Gy", "mean") in paths
+        assert ("twin", "forecast", "toxicity", "kidneys", "probability", "mean") in paths
         assert ("cycles", "1", "structures", "liver", "model_weights", "mono_exp") in paths
         assert ("cycles", "1", "structures", "liver", "fit_quality", "r_squared") in paths
 

@@ -191,14 +191,22 @@ class StructurePrediction:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StructurePrediction:
-        """The prediction from its :meth:`to_dict` form."""
-        iv = {k: Interval.from_dict(d[k]) for k in PREDICTED_QUANTITIES}
-        return cls(structure=str(d["structure"]), tia_MBq_h=iv["tia_MBq_h"], dose_Gy=iv["dose_Gy"],
+    def from_dict(cls, d: Mapping[str, Any], structure: str | None = None) -> StructurePrediction:
+        """The prediction from its :meth:`to_dict` form (``structure``: its name when ``d`` does not say it).
+
+        Reading is tolerant: a quantity that is missing (e.g. not finite when written, so dropped from JSON) is an
+        all-NaN :class:`Interval`, which every export skips as "not computed".
+        """
+        iv = {k: Interval.from_dict(d[k]) if isinstance(d.get(k), Mapping) else _NAN_INTERVAL
+              for k in PREDICTED_QUANTITIES}
+        return cls(structure=str(d.get("structure", structure)), tia_MBq_h=iv["tia_MBq_h"], dose_Gy=iv["dose_Gy"],
                    bed_Gy=iv["bed_Gy"], cumulative_dose_Gy=iv["cumulative_dose_Gy"],
                    cumulative_bed_Gy=iv["cumulative_bed_Gy"], cumulative_eqd2_Gy=iv["cumulative_eqd2_Gy"],
                    dose_per_tia_Gy_per_MBq_h=_number(d, "dose_per_tia_Gy_per_MBq_h"),
                    alpha_beta_Gy=_number(d, "alpha_beta_Gy"), repair_half_time_h=_number(d, "repair_half_time_h"))
+
+
+_NAN_INTERVAL = Interval(math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
 @dataclass
@@ -242,8 +250,8 @@ class Prediction:
         return cls(
             cycle=int(d["cycle"]), administered_MBq=float(d["administered_MBq"]),
             ligand_nmol=None if d.get("ligand_nmol") is None else float(d["ligand_nmol"]),
-            n_draws=int(d["n_draws"]), level=float(d.get("interval_level", 0.9)),
-            structures={str(k): StructurePrediction.from_dict(v) for k, v in d["structures"].items()},
+            n_draws=int(d.get("n_draws", 0)), level=float(d.get("interval_level", 0.9)),
+            structures={str(k): StructurePrediction.from_dict(v, str(k)) for k, v in d["structures"].items()},
             schedule_MBq={int(k): float(v) for k, v in (d.get("schedule_MBq") or {}).items()},
             cumulative_by_cycle=None if cum is None else {
                 int(c): {str(s): _intervals(q) for s, q in per.items()} for c, per in cum.items()},
