@@ -71,7 +71,7 @@ class TwinStageConfig:
         Upper end of the single-cycle recommendation's activity search (default: the protocol's maximum;
         status ``"upper_bound"`` when no limit is reached below it).
     horizon_cycle
-        Last cycle of the cumulative trajectory (``results.twin["trajectory"]``: cumulative dose and BED per
+        Last cycle of the cumulative trajectory (``TwinResults.trajectory``: cumulative dose and BED per
         structure after each cycle, every future cycle at ``administered_MBq``; default: the protocol's last
         cycle, 6 for 177Lu-PSMA-617 as in VISION).
     priors
