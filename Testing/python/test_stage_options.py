@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytest
+from test_outputs_durable import _study  # one cycle, four time points, one structure: all stages in seconds
 
 import theratwin as tt
 from theratwin.options import parse_options, suggest
@@ -25,20 +25,6 @@ from theratwin.pipeline.runs import demo_config
 
 load_builtin_stages()
 BUILTIN = [name for name in DEFAULT_STAGES if name in STAGES]
-
-
-def _study(patient_id: str = "TT-OPTIONS-1") -> tt.Study:
-    """One cycle, four time points, one structure, in memory: every stage runs on it in seconds."""
-    g = tt.Geometry(shape=(8, 10, 12), spacing_mm=(4.8, 4.8, 4.8), origin_mm=(-28.8, -24.0, -19.2))
-    start = datetime(2026, 3, 2, 9, 0, 0)
-    adm = tt.Administration("PSMA-617", "Lu-177", 7400.0, start)
-    tps = [tt.TimePoint(tt.ImageVolume.from_geometry(np.full(g.shape, 1000.0 * np.exp(-0.01 * h), np.float32), g,
-                                                     "Bq/mL"), start + timedelta(hours=h), 1800.0)
-           for h in (4.0, 24.0, 48.0, 96.0)]
-    mask = np.zeros(g.shape, bool)
-    mask[2:6, 3:7, 4:8] = True
-    seg = tt.Segmentation(g, [tt.Structure("kidneys", 1)], {"kidneys": mask})
-    return tt.Study(tt.Patient(patient_id), [tt.Cycle(1, adm, tps)], seg)
 
 
 def _options(name: str) -> Any:
