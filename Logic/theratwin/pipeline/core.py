@@ -2,8 +2,8 @@
 
 A stage is any object with a ``name``, a tuple ``requires`` of stage names whose output it needs, optionally an
 ``Options`` dataclass (its options, parsed from ``stage_options[name]`` by :func:`theratwin.options.parse_options`,
-which refuses unknown keys), and a ``run(context)`` method that reads ``context.study`` / ``context.state`` and writes into ``context.results``
-(and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
+which refuses unknown keys), and a ``run(context)`` method that reads ``context.study`` / ``context.state`` and
+writes into ``context.results`` (and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
 group ``theratwin.stages``; the built-in stages register themselves from ``theratwin.<concern>.stage`` modules.
 """
 
