@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from .errors import ConfigurationError
+from .options import unknown_keys_message
 
 __all__ = ["checked_fields"]
 
@@ -13,14 +14,18 @@ __all__ = ["checked_fields"]
 def checked_fields(cls: type, d: dict[str, Any] | None, what: str) -> dict[str, Any]:
     """A copy of ``d`` after checking that every key is a field of the dataclass ``cls``.
 
+    The stages' options go through :func:`theratwin.options.parse_options`, which also checks the values; this
+    checks the keys of settings that convert their values themselves (``ReadOptions``, ``PlausibilityConfig``),
+    with the same message.
+
     Raises
     ------
     ConfigurationError
-        Naming the unknown keys, ``what`` they were given for, and the known ones.
+        Naming the unknown keys, ``what`` they were given for, the known ones and the nearest.
     """
     d = dict(d or {})
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise ConfigurationError(f"Unknown {what} {sorted(unknown)}; known: {sorted(known)}.")
+        raise ConfigurationError(unknown_keys_message(what, unknown, known))
     return d

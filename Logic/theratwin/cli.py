@@ -65,7 +65,9 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     cfg.read_options()  # settings are checked here, before any reading
     from .pipeline import Pipeline
 
-    Pipeline(cfg).check_stages()  # --stages naming a stage that cannot run fails before any work
+    pipeline = Pipeline(cfg)
+    pipeline.check_stages()  # --stages naming a stage that cannot run fails before any work
+    pipeline.check_options()  # so does a misspelt stage option in the config file
     return cfg
 
 

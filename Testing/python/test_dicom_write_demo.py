@@ -47,13 +47,39 @@ def test_demo_exports_every_map_structure_and_report(demo_run) -> None:
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None or shutil.which("dsrdump") is None, reason="validators missing")
 def test_demo_objects_pass_dciodvfy_and_dsrdump(demo_run) -> None:
-    for f in [*_files(demo_run, "rtdose"), *_files(demo_run, "seg"), *_files(demo_run, "sr")]:
+    report = demo_run.out_dir / demo_run.results.outputs["report_dicom"]
+    for f in [*_files(demo_run, "rtdose"), *_files(demo_run, "seg"), *_files(demo_run, "sr"), report]:
         p = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=300)
         errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, f"{f.name}: {errors[:5]}"
     for f in _files(demo_run, "sr"):
         p = subprocess.run(["dsrdump", str(f)], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0 and not [ln for ln in p.stderr.splitlines() if ln.startswith(("E:", "F:"))]
+
+
+def test_demo_objects_share_patient_study_and_equipment_with_the_report(demo_run) -> None:
+    """Every writer (RT Dose, SEG, SR, Encapsulated PDF) files its object under the reference CT's patient and study
+    with the same equipment and creation offset; the dose and SEG share the CT's frame of reference; the read
+    reference CT is the source, not the writers' own code."""
+    res = demo_run.results
+    report = demo_run.out_dir / res.outputs["report_dicom"]
+    objects = [pydicom.dcmread(f, stop_before_pixels=True)
+               for f in [*_files(demo_run, "rtdose"), *_files(demo_run, "seg"), *_files(demo_run, "sr"), report]]
+    ct = pydicom.dcmread(res.study.reference_ct_source.files[0], stop_before_pixels=True)
+    shared = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+              "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
+    for ds in objects:
+        assert all(ds.get(kw) == ct.get(kw) for kw in shared), ds.SOPClassUID.name
+        assert (ds.Manufacturer, ds.SoftwareVersions) == (objects[0].Manufacturer, objects[0].SoftwareVersions)
+        assert ds.get("TimezoneOffsetFromUTC") == objects[0].get("TimezoneOffsetFromUTC")
+    assert {str(ds.SOPClassUID) for ds in objects} >= {pydicom.uid.RTDoseStorage, pydicom.uid.SegmentationStorage,
+                                                       pydicom.uid.EncapsulatedPDFStorage}
+    assert len({ds.SOPInstanceUID for ds in objects}) == len(objects)
+    frames = {ds.FrameOfReferenceUID for ds in objects if str(ds.SOPClassUID) in (pydicom.uid.RTDoseStorage,
+                                                                                   pydicom.uid.SegmentationStorage)}
+    assert frames == {ct.FrameOfReferenceUID}
+    pdf = objects[-1]
+    assert pdf.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in objects[:-1]} and pdf.SeriesNumber == 9901
 
 
 @pytest.mark.skipif(not all(p.exists() for p in PIXELMED_JARS) or shutil.which("java") is None,

@@ -1,5 +1,8 @@
 """What all objects of one DICOM export share: patient and study identity, frame of reference, numbering.
 
+Every DICOM writer of TheraTwin builds on it: RT Dose (:mod:`.rtdose`), SEG (:mod:`.seg`), SR (:mod:`.sr`) and the
+report's Encapsulated PDF (:mod:`theratwin.report.dicom`).
+
 Results are written into the study of the *reference CT* (``Study.reference_ct_source``) and its frame of
 reference, so that a viewer shows the RT Dose, SEG and SR with the images they were computed from. When the
 reference CT's DICOM files are available, patient and study attributes are copied from them verbatim (a PACS
@@ -84,7 +87,8 @@ class ExportContext:
         return str(self.patient_study.StudyInstanceUID)
 
     @classmethod
-    def for_study(cls, study: Study, *, existing_files: Sequence[str | Path] = ()) -> ExportContext:
+    def for_study(cls, study: Study, *, existing_files: Sequence[str | Path] = (),
+                  created: datetime | None = None) -> ExportContext:
         """Build the context of an export of results of ``study``.
 
         Parameters
@@ -93,6 +97,13 @@ class ExportContext:
             The study the results were computed from.
         existing_files
             DICOM files already in the output folder; their series numbers are avoided.
+        created
+            Content date/time of the objects (timezone-aware; default: now), written in the data's offset.
+
+        Raises
+        ------
+        InvalidInputError
+            When the reference CT's PatientID is not the study's (results are never filed under another patient).
         """
         warnings: list[str] = []
         src = study.reference_ct_source
@@ -150,7 +161,8 @@ class ExportContext:
         used = max_series_number([*src.files, *existing_files,
                                   *(f for c in study.cycles for tp in c.time_points for f in tp.source.files)])
         start = study.cycles[0].administration.start
-        created = datetime.now(timezone.utc).replace(microsecond=0).astimezone(start.tzinfo)
+        when = created if created is not None else datetime.now(timezone.utc)
+        created = when.replace(microsecond=0).astimezone(start.tzinfo)
         offset = "" if zone_assumed(start) else offset_text(start.utcoffset())
         return cls(ps, for_uid, ct_headers, images, SeriesNumbering.above(used), created=created, warnings=warnings,
                    timezone_offset=offset)

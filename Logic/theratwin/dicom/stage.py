@@ -1,9 +1,7 @@
 """Pipeline stage ``dicom_export``: write RT Dose, SEG and SR into ``OUT/dicom`` and push them if asked.
 
-Options (``PipelineConfig.stage_options["dicom_export"]``):
-
-``seg_algorithm_type``
-    SegmentAlgorithmType of the input segmentation written into the SEG (default ``"MANUAL"``).
+Options (``PipelineConfig.stage_options["dicom_export"]``): the fields of :class:`DicomExportOptions`. With
+``PipelineConfig.write_outputs`` off nothing is written (and nothing pushed).
 
 When ``PipelineConfig.pacs_url`` is set, every DICOM file of ``OUT/dicom`` (including the report's
 Encapsulated PDF) is pushed; a failed push leaves the files in ``OUT/outbox`` and adds a warning, and
@@ -12,13 +10,36 @@ Encapsulated PDF) is pushed; a failed push leaves the files in ``OUT/outbox`` an
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from ..errors import PushError
+from ..errors import ConfigurationError, PushError
+from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
 from .export import export_dicom
 
-__all__ = ["DicomExportStage"]
+__all__ = ["DicomExportOptions", "DicomExportStage"]
+
+#: Segment Algorithm Type (0062,0008) defined terms (PS3.3 C.8.20.2).
+_SEG_ALGORITHM_TYPES = ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC")
+
+
+@dataclass(frozen=True)
+class DicomExportOptions:
+    """Options of the ``dicom_export`` stage (``DicomExportStage.Options``).
+
+    Attributes
+    ----------
+    seg_algorithm_type
+        Segment Algorithm Type (0062,0008) of the input segmentation written into the SEG: ``"MANUAL"`` (default),
+        ``"SEMIAUTOMATIC"`` or ``"AUTOMATIC"`` (any case).
+    """
+
+    seg_algorithm_type: str = "MANUAL"
+
+    def __post_init__(self) -> None:
+        if self.seg_algorithm_type.upper() not in _SEG_ALGORITHM_TYPES:
+            raise ConfigurationError(f"seg_algorithm_type must be one of {', '.join(_SEG_ALGORITHM_TYPES)} "
+                                     f"(PS3.3 C.8.20.2); got {self.seg_algorithm_type!r}.")
 
 #: How long the pipeline's push waits for a push of the same folder started by someone else.
 _PUSH_WAIT_S = 120.0
@@ -29,14 +50,16 @@ class DicomExportStage:
 
     name = "dicom_export"
     requires: tuple[str, ...] = ()
+    Options = DicomExportOptions
 
     def run(self, context: PipelineContext) -> None:
         res = context.results
-        if context.out_dir is None:
-            res.warn(self.name, "No output folder: DICOM objects were not written.", severity="info")
+        opts = parse_options(self.Options, context.config.options(self.name), stage=self.name)
+        if context.out_dir is None or not context.config.write_outputs:
+            why = "No output folder" if context.out_dir is None else "Writing outputs is off (write_outputs)"
+            res.warn(self.name, f"{why}: DICOM objects were not written.", severity="info")
             return
-        opts: dict[str, Any] = context.config.options(self.name)
-        rep = export_dicom(res, context.out_dir, seg_algorithm_type=str(opts.get("seg_algorithm_type", "MANUAL")),
+        rep = export_dicom(res, context.out_dir, seg_algorithm_type=opts.seg_algorithm_type,
                            progress=context.stage_progress)
         for w in rep.warnings:
             res.warn(self.name, w)

@@ -19,12 +19,13 @@ Options (``PipelineConfig.stage_options["dosimetry"]``, see :class:`DosimetryOpt
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigurationError, InvalidInputError
+from ..options import parse_options, suggest
 from ..pipeline.core import STAGES, PipelineContext
 from ..progress import scaled
 from ..study import Geometry, ImageVolume
@@ -38,9 +39,9 @@ from .svalues import organ_self_s_value, sphere_s_value
 __all__ = ["DosimetryOptions", "DosimetryStage", "structure_masks", "density_on_grid", "structure_mass_weights"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DosimetryOptions:
-    """Settings of the dosimetry stage.
+    """Settings of the dosimetry stage (``DosimetryStage.Options``, parsed by :func:`~theratwin.options.parse_options`).
 
     Attributes
     ----------
@@ -70,27 +71,27 @@ class DosimetryOptions:
     dvh_bin_width_Gy: float | None = None
     dvh_max_bins: int = 2000
     vx_Gy: tuple[float, ...] = DEFAULT_VX_GY
-    partial_volume: str = "local_model"
+    partial_volume: Literal["local_model", "none"] = "local_model"
     too_small_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vx_Gy", tuple(float(v) for v in self.vx_Gy))
+        if self.partial_volume not in ("local_model", "none"):
+            raise ConfigurationError(
+                f"dosimetry option 'partial_volume' must be 'local_model' or 'none'; got {self.partial_volume!r}.")
+        if not self.too_small_factor > 0:
+            raise ConfigurationError(f"dosimetry option 'too_small_factor' must be > 0; got {self.too_small_factor!r}.")
+        if self.method not in DOSE_ENGINES:
+            hint = suggest(self.method, DOSE_ENGINES.names()) if isinstance(self.method, str) else None
+            raise ConfigurationError(
+                f"Unknown dose engine '{self.method}' (dosimetry option 'method')"
+                + (f" (did you mean '{hint}'?)" if hint else "") + f"; available: {DOSE_ENGINES.names()}."
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DosimetryOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigurationError(f"Unknown dosimetry option(s) {sorted(unknown)}; known: {sorted(known)}.")
-        opts = cls(**d)
-        opts.vx_Gy = tuple(float(v) for v in opts.vx_Gy)
-        if opts.partial_volume not in ("local_model", "none"):
-            raise ConfigurationError(
-                f"dosimetry option 'partial_volume' must be 'local_model' or 'none'; got {opts.partial_volume!r}.")
-        if not opts.too_small_factor > 0:
-            raise ConfigurationError(f"dosimetry option 'too_small_factor' must be > 0; got {opts.too_small_factor!r}.")
-        if opts.method not in DOSE_ENGINES:
-            raise ConfigurationError(
-                f"Unknown dose engine '{opts.method}' (dosimetry option 'method'); available: {DOSE_ENGINES.names()}."
-            )
-        return opts
+        """The options from a plain mapping (:func:`~theratwin.options.parse_options` with ``stage="dosimetry"``)."""
+        return parse_options(cls, d, stage="dosimetry")
 
 
 def _reference_grid(ctx: PipelineContext) -> Geometry | None:
@@ -175,9 +176,10 @@ class DosimetryStage:
 
     name = "dosimetry"
     requires: tuple[str, ...] = ("kinetics",)
+    Options = DosimetryOptions
 
     def run(self, ctx: PipelineContext) -> None:
-        opts = DosimetryOptions.from_dict(ctx.config.options("dosimetry"))
+        opts = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         res = ctx.results
         grid = _reference_grid(ctx)
         if grid is None:

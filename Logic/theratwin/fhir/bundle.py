@@ -45,6 +45,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import ConfigurationError, InvalidInputError
+from ..options import parse_options
 from ..results import Results
 from ._common import ANALYSIS_TAG_SYSTEM, Analysis, Builder
 from ._imaging import add_imaging_studies
@@ -59,9 +60,10 @@ __all__ = ["BundleOptions", "build_bundle", "bundle_to_json", "validate_resource
            "analysis_key", "patient_identifier_system"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class BundleOptions:
-    """Settings of the FHIR export (stage options of ``fhir_export``).
+    """Settings of the FHIR bundle (stage options of ``fhir_export``, with the push settings of
+    :class:`~theratwin.fhir.stage.FhirExportOptions`).
 
     Attributes
     ----------
@@ -81,8 +83,6 @@ class BundleOptions:
         Largest report file embedded (raw bytes). Servers limit string sizes (Medplum: 1 MB per string, and
         base64 inflates by 4/3), so a larger report is not embedded; the DiagnosticReport then says so and
         points to the DICOM Encapsulated PDF listed in the ImagingStudy.
-
-    The stage also reads ``push_retries`` and ``push_backoff_s`` for the push (see :class:`FhirClient`).
     """
 
     timezone: str | None = None
@@ -93,11 +93,8 @@ class BundleOptions:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BundleOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known - {"push_retries", "push_backoff_s"}
-        if unknown:
-            raise ConfigurationError(f"Unknown fhir_export options {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The options from a plain mapping (:func:`~theratwin.options.parse_options`, ``stage="fhir_export"``)."""
+        return parse_options(cls, d, stage="fhir_export")
 
 
 # ------------------------------------------------------------------------------------------ helpers

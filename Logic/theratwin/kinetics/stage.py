@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigurationError, FitError, InvalidInputError
+from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from .fit import SELECTIONS, TacFit, describe_method, fit_tac
@@ -57,9 +58,9 @@ REFERENCES = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class KineticsConfig:
-    """Options of the kinetics stage.
+    """Options of the kinetics stage (``KineticsStage.Options``, parsed by :func:`~theratwin.options.parse_options`).
 
     Attributes
     ----------
@@ -103,21 +104,21 @@ class KineticsConfig:
 
     model: str = "auto"
     candidates: list[str] | None = None
-    selection: str = "evidence"
+    selection: Literal["evidence", "aicc"] = "evidence"
     priors: dict[str, Any] | None = None
     voxel_fits: bool = True
-    voxel_model: str = "hybrid"
-    voxel_noise_model: str = "poisson"
+    voxel_model: Literal["hybrid", "auto", "mono_exp", "trapezoid"] = "hybrid"
+    voxel_noise_model: Literal["poisson", "constant", "none"] = "poisson"
     calibration_rel_sd: float = 0.05
     segmentation_rel_sd: float = 0.03
     random_rel_sd: float = 0.03
     counting: bool = True
     counts_per_MBq_s: float | None = None
-    pvc_method: str = "gtm"
+    pvc_method: Literal["gtm", "mask", "sphere", "none"] = "gtm"
     system_fwhm_mm: float | None = None
     pvc_max_volume_mL: float | None = None
-    pvc_image: str = "none"
-    stp_method: str = "prior"
+    pvc_image: Literal["none", "rbv"] = "none"
+    stp_method: Literal["prior", "hanscheid"] = "prior"
     inter_cycle_variability: float = 0.10
 
     def __post_init__(self) -> None:
@@ -130,13 +131,6 @@ class KineticsConfig:
             raise ConfigurationError(f"pvc_image must be 'none' or 'rbv'; got {self.pvc_image!r}.")
 
 
-def _config(ctx: PipelineContext) -> KineticsConfig:
-    opts = ctx.config.options("kinetics")
-    known = {f.name for f in dataclasses.fields(KineticsConfig)}
-    unknown = set(opts) - known
-    if unknown:
-        raise ConfigurationError(f"Unknown kinetics options {sorted(unknown)}; known: {sorted(known)}.")
-    return KineticsConfig(**opts)
 
 
 _VOXEL_METHODS = {
@@ -274,9 +268,10 @@ class KineticsStage:
 
     name = "kinetics"
     requires: tuple[str, ...] = ("registration",)
+    Options = KineticsConfig
 
     def run(self, ctx: PipelineContext) -> None:
-        cfg = _config(ctx)
+        cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         study, res, state = ctx.study, ctx.results, ctx.state
         for key in ("aligned_spect", "masks", "reference_grid"):
             if key not in state:

@@ -1,8 +1,9 @@
 """Pipeline object, stage protocol and stage registry.
 
-A stage is any object with a ``name``, a tuple ``requires`` of stage names whose output it needs, and a
-``run(context)`` method that reads ``context.study`` / ``context.state`` and writes into ``context.results``
-(and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
+A stage is any object with a ``name``, a tuple ``requires`` of stage names whose output it needs, optionally an
+``Options`` dataclass (its options, parsed from ``stage_options[name]`` by :func:`theratwin.options.parse_options`,
+which refuses unknown keys), and a ``run(context)`` method that reads ``context.study`` / ``context.state`` and
+writes into ``context.results`` (and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
 group ``theratwin.stages``; the built-in stages register themselves from ``theratwin.<concern>.stage`` modules.
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._files import make_dir
 from ..errors import ConfigurationError, DicomReadError, FitError, ImplausibleResultError, InvalidInputError
+from ..options import parse_options, unknown_keys_message
 from ..plausibility import PlausibilityConfig, check_results
 from ..progress import ProgressCallback, report, scaled
 from ..registry import Registry
@@ -90,13 +92,15 @@ class PipelineConfig:
     stages
         Names of the stages to run, in order.
     stage_options
-        ``{stage name: {option: value}}``; each stage documents its options in its own config dataclass.
+        ``{stage name: {option: value}}``; each stage documents its options in its ``Options`` dataclass (e.g.
+        ``theratwin.dosimetry.stage.DosimetryOptions``); unknown options are refused before any work.
     pacs_url, fhir_url
         Where to push results (None: do not push). Credentials never go here: they come from the
         environment (see ``theratwin.dicom.pacs`` and ``theratwin.fhir.client``).
     write_outputs
-        Write ``results.json`` and the run manifest into the output folder (see
-        :mod:`theratwin.pipeline.manifest`).
+        Write files into the output folder: ``results.json`` and the run manifest (see
+        :mod:`theratwin.pipeline.manifest`) and every stage's files (report, DICOM, FHIR bundle, twin state).
+        False: the run keeps its results in memory and writes nothing.
     replace_outputs
         An output folder holding another patient's results is refused unless this is true; then those results
         are removed whole when the run starts (never while their outbox holds undelivered items).
@@ -214,6 +218,26 @@ class Pipeline:
                                          f"in order, e.g. --stages {','.join([*missing, name])}.")
             available.add(name)
 
+    def check_options(self) -> None:
+        """Parse every stage's options (``PipelineConfig.stage_options``) with the stage's ``Options`` dataclass
+        (:func:`theratwin.options.parse_options`), before any work: a misspelt option of the last stage fails at
+        once, not after the computation. Options for a stage that is neither installed nor in the stage list are
+        refused too (a misspelt stage name); a plug-in stage without ``Options`` checks its own.
+
+        Raises
+        ------
+        ConfigurationError
+            Naming the stage, the unknown option or stage name, the known ones and the nearest.
+        """
+        for name, given in self.config.stage_options.items():
+            if name not in STAGES:
+                if name in self.config.stages:
+                    continue  # a stage that is not installed is skipped (and reported) when the run gets there
+                raise ConfigurationError(unknown_keys_message("stage in stage_options", [name], STAGES.names()))
+            options_cls = getattr(STAGES.get(name), "Options", None)
+            if options_cls is not None:
+                parse_options(options_cls, given, stage=name)
+
     def run(self, study: Study, *, out_dir: str | Path | None = None, progress: ProgressCallback | None = None,
             state: dict[str, Any] | None = None) -> Results:
         """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
@@ -235,6 +259,7 @@ class Pipeline:
         ctx.config = self.config
         results, out, progress = ctx.results, ctx.out_dir, ctx.progress
         names = [s for s in stages if s not in ctx.completed]
+        self.check_options()
         if tuple(stages) != DEFAULT_STAGES:
             self.check_stages(names, ctx.completed)  # a stage list that cannot run fails before any work
         if self.config.pacs_url or self.config.fhir_url:

@@ -8,28 +8,60 @@ BEDs add because repair is complete between cycles weeks apart) and ``limit``. M
 BED with the voxel effective half-life map ``cycle{n}/effective_half_life`` when the kinetics stage made one,
 else the structure's), ``cumulative/dose`` and ``cumulative/bed``.
 
-Options (``stage_options["radiobiology"]``): ``tissues`` (overrides, see ``tissue_parameters``),
-``indication`` (tumour a/b and repair half-time: ``"auto"``, default, from each cycle's radiopharmaceutical, e.g.
-PSMA ligands -> ``"prostate_cancer"``; or a key of ``TUMOUR_INDICATIONS``), ``risk_factors`` (True, or a list of
-structure names, for the lower kidney limit), ``geud_a`` (default -10), ``voxel_maps`` (default True).
+Options (``stage_options["radiobiology"]``): the fields of :class:`RadiobiologyOptions`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..options import parse_options, suggest
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from ..study.codes import structure_kind
 from .bed import bed, bed_multiexponential, eqd2, geud
 from .tissues import REFERENCES, TUMOUR_INDICATIONS, indication_for, tissue_parameters
 
-__all__ = ["RadiobiologyStage"]
+__all__ = ["RadiobiologyOptions", "RadiobiologyStage"]
 
-_KNOWN_OPTIONS = {"tissues", "risk_factors", "geud_a", "voxel_maps", "indication"}
+
+@dataclass(frozen=True)
+class RadiobiologyOptions:
+    """Options of the radiobiology stage (``RadiobiologyStage.Options``).
+
+    Attributes
+    ----------
+    tissues
+        Overrides of the tissue table, ``{tissue: {parameter: value}}`` (see
+        :func:`~theratwin.radiobiology.tissues.tissue_parameters`, e.g. ``{"kidney": {"alpha_beta_Gy": 2.6}}``).
+    indication
+        Tumour alpha/beta and repair half-time: ``"auto"`` (default: from each cycle's radiopharmaceutical, e.g.
+        PSMA ligands -> ``"prostate_cancer"``) or a key of ``TUMOUR_INDICATIONS``.
+    risk_factors
+        True, or a list of structure names, for the lower kidney limit (patients with risk factors).
+    geud_a
+        Volume parameter ``a`` of the lesions' gEUD (default -10, a tumour's).
+    voxel_maps
+        Write the voxel BED maps (``cycle{n}/bed``, ``cumulative/bed``).
+    """
+
+    tissues: dict[str, dict[str, Any]] | None = None
+    indication: str = "auto"
+    risk_factors: bool | list[str] = False
+    geud_a: float = -10.0
+    voxel_maps: bool = True
+
+    def __post_init__(self) -> None:
+        if self.indication != "auto" and self.indication not in TUMOUR_INDICATIONS:
+            hint = suggest(self.indication, ["auto", *TUMOUR_INDICATIONS])
+            raise ConfigurationError(f"Unknown radiobiology indication {self.indication!r}"
+                                     + (f" (did you mean '{hint}'?)" if hint else "")
+                                     + f"; known: 'auto', {sorted(TUMOUR_INDICATIONS)}.")
+
 _LN2 = float(np.log(2.0))
 
 
@@ -61,20 +93,15 @@ class RadiobiologyStage:
 
     name = "radiobiology"
     requires: tuple[str, ...] = ("dosimetry",)
+    Options = RadiobiologyOptions
 
     def run(self, ctx: PipelineContext) -> None:
-        opts = ctx.config.options("radiobiology")
-        unknown = set(opts) - _KNOWN_OPTIONS
-        if unknown:
-            raise ConfigurationError(f"Unknown radiobiology option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}.")
-        overrides: dict[str, dict[str, Any]] = opts.get("tissues") or {}
-        risk = opts.get("risk_factors", False)
-        geud_a = float(opts.get("geud_a", -10.0))
-        voxel_maps = bool(opts.get("voxel_maps", True))
-        indication_opt = str(opts.get("indication", "auto"))
-        if indication_opt != "auto" and indication_opt not in TUMOUR_INDICATIONS:
-            raise ConfigurationError(f"Unknown radiobiology indication {indication_opt!r}; known: 'auto', "
-                                     f"{sorted(TUMOUR_INDICATIONS)}.")
+        opts = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
+        overrides: dict[str, dict[str, Any]] = dict(opts.tissues or {})
+        risk = opts.risk_factors
+        geud_a = opts.geud_a
+        voxel_maps = opts.voxel_maps
+        indication_opt = opts.indication
         res = ctx.results
         seg = ctx.study.segmentation
         masks: dict[str, np.ndarray] = ctx.state.get("dose_masks") or ctx.state.get("masks") or {}

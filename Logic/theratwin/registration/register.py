@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,9 +36,10 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegistrationConfig:
-    """Settings of the registration stage (plain data; pipeline option ``stage_options["registration"]``).
+    """Settings of the registration stage (plain data; pipeline option ``stage_options["registration"]``,
+    ``RegistrationStage.Options``).
 
     Attributes
     ----------
@@ -61,9 +62,11 @@ class RegistrationConfig:
         Residual misalignment above which a warning is issued.
     spect_to_spect
         Register SPECT to the reference SPECT when a time point has no CT (otherwise identity).
+    seed
+        Seed of the metric's random voxel sampling (a fixed seed makes a run reproducible).
     """
 
-    metric: str = "mattes"
+    metric: Literal["mattes", "correlation"] = "mattes"
     deformable: bool = False
     bspline_mesh_mm: float = 80.0
     pyramid_voxel_mm: tuple[float, ...] = (24.0, 12.0, 8.0)
@@ -82,8 +85,8 @@ class RegistrationConfig:
             raise ConfigurationError("pyramid_voxel_mm and smoothing_sigmas_vox need the same number of levels.")
         if not 0 < self.sampling_fraction <= 1:
             raise ConfigurationError(f"sampling_fraction must be in (0, 1]; got {self.sampling_fraction}.")
-        self.pyramid_voxel_mm = tuple(float(s) for s in self.pyramid_voxel_mm)
-        self.smoothing_sigmas_vox = tuple(float(s) for s in self.smoothing_sigmas_vox)
+        object.__setattr__(self, "pyramid_voxel_mm", tuple(float(s) for s in self.pyramid_voxel_mm))
+        object.__setattr__(self, "smoothing_sigmas_vox", tuple(float(s) for s in self.smoothing_sigmas_vox))
 
 
 @dataclass

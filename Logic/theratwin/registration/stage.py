@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError, InvalidInputError
+from ..errors import InvalidInputError
+from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from .register import (
@@ -46,25 +47,17 @@ _REFERENCES = [
 ]
 
 
-def _config(ctx: PipelineContext) -> RegistrationConfig:
-    opts = ctx.config.options("registration")
-    known = {f.name for f in dataclasses.fields(RegistrationConfig)}
-    unknown = set(opts) - known
-    if unknown:
-        raise ConfigurationError(f"Unknown registration options {sorted(unknown)}; known: {sorted(known)}.")
-    return RegistrationConfig(**opts)
-
-
 class RegistrationStage:
     """Registers all time points to the reference (see the module docstring)."""
 
     name = "registration"
     requires: tuple[str, ...] = ()
+    Options = RegistrationConfig
 
     def run(self, ctx: PipelineContext) -> None:
         import SimpleITK as sitk
 
-        cfg = _config(ctx)
+        cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         study = ctx.study
         res = ctx.results
         first_cycle = study.cycles[0]

@@ -1,28 +1,23 @@
 """The report PDF as a DICOM Encapsulated PDF instance (PS3.3 A.45.1, Encapsulated PDF IOD).
 
-The instance joins the patient's study (the reference CT's Study Instance UID and patient/study attributes,
-copied from the reference CT file when it is available) in a new series of modality DOC, so that a PACS
-shows the report next to the images and the RT Dose/SR/SEG series.
+The instance joins the patient's study in a new series of modality DOC, so that a PACS shows the report next to
+the images and the RT Dose/SR/SEG series: its patient, study and equipment attributes, UIDs and dates come from the
+same :class:`~theratwin.dicom.exportcontext.ExportContext` as theirs (copied from the reference CT file when it is
+available).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    EncapsulatedPDFStorage,
-    ExplicitVRLittleEndian,
-    generate_uid,
-)
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
 from .._files import atomic_path
-from .._time import aware, offset_text, zone_assumed
-from .._version import __version__
+from .._time import aware
+from ..dicom.exportcontext import ExportContext
+from ..dicom.uids import new_uid
 from ..errors import InvalidInputError
 from ..results import Results
 from ..study import SourceRef, Study
@@ -35,30 +30,6 @@ REPORT_SERIES_NUMBER = 9901
 #: Document title code: LOINC 49118-3 "Nuclear Medicine Report", as listed in PS3.16 CID 7000
 #: "Diagnostic Imaging Report Document Titles" (looked up in pydicom's code dictionary, not typed in).
 REPORT_DOCUMENT_CODE = codes.LN.NuclearMedicineReport
-
-# Patient and General Study module attributes copied from the reference CT so the report joins its study.
-_COPIED = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "StudyDescription",
-)
-
-
-def _source_header(study: Study | None) -> Dataset | None:
-    """Header of the first readable reference-CT (else first time-point) file, without pixel data."""
-    if study is None:
-        return None
-    refs: list[SourceRef] = [study.reference_ct_source]
-    for c in study.cycles:
-        for tp in c.time_points:
-            refs += [tp.ct_source, tp.source]
-    for ref in refs:
-        for f in ref.files[:1]:
-            try:
-                return pydicom.dcmread(f, stop_before_pixels=True)
-            except (OSError, pydicom.errors.InvalidDicomError):
-                continue
-    return None
 
 
 def _source_instances(study: Study | None) -> list[Dataset]:
@@ -84,13 +55,9 @@ def _source_instances(study: Study | None) -> list[Dataset]:
     return out
 
 
-def _dicom_date_time(dt: datetime) -> tuple[str, str]:
-    return dt.strftime("%Y%m%d"), dt.strftime("%H%M%S")
-
-
 def encapsulated_pdf_dataset(pdf: bytes, results: Results, *, title: str = "TheraTwin dosimetry report",
                              series_uid: str | None = None, sop_instance_uid: str | None = None,
-                             study: Study | None = None) -> Dataset:
+                             study: Study | None = None, context: ExportContext | None = None) -> Dataset:
     """Build an Encapsulated PDF Storage instance holding ``pdf``.
 
     Parameters
@@ -105,6 +72,9 @@ def encapsulated_pdf_dataset(pdf: bytes, results: Results, *, title: str = "Ther
         UIDs to use (new ones by default, so that a re-export never collides with an earlier one).
     study
         The study (default ``results.study``): patient and study identity.
+    context
+        The export's shared identity (:class:`~theratwin.dicom.exportcontext.ExportContext`, as the RT Dose, SEG
+        and SR use); default: one made for ``study`` with the results' creation time.
 
     Returns
     -------
@@ -114,64 +84,34 @@ def encapsulated_pdf_dataset(pdf: bytes, results: Results, *, title: str = "Ther
     if not pdf.startswith(b"%PDF-"):
         raise InvalidInputError("Encapsulated PDF: the document does not start with '%PDF-'; pass a PDF file's bytes.")
     study = study if study is not None else results.study
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    # DA/TM in the data's offset, stated by TimezoneOffsetFromUTC when the data gave it (PS3.3 C.12.1.1.8)
-    created = aware(results.created)
-    start = study.cycles[0].administration.start if study is not None and study.cycles else None
-    if start is not None:
-        created = created.astimezone(start.tzinfo)
-        if not zone_assumed(start):
-            ds.TimezoneOffsetFromUTC = offset_text(start.utcoffset())
-    else:
-        created = created.astimezone()
-    cdate, ctime = _dicom_date_time(created)
-    ds.InstanceCreationDate, ds.InstanceCreationTime = cdate, ctime
-    ds.SOPClassUID = EncapsulatedPDFStorage
-    ds.SOPInstanceUID = sop_instance_uid or generate_uid()
-
-    # Patient and General Study modules: from the reference CT file when available, else the study model.
-    header = _source_header(study)
-    for kw in _COPIED:
-        if header is not None and kw in header:
-            setattr(ds, kw, header[kw].value)
-    if "PatientID" not in ds or not ds.PatientID:
+    if context is None:
         if study is None:
             raise InvalidInputError("Encapsulated PDF: the results have no study, so no PatientID to file it under.")
-        ds.PatientID = study.patient.patient_id
-    if "PatientName" not in ds and study is not None:
-        ds.PatientName = study.patient.name
-    if "PatientBirthDate" not in ds:
-        bd = study.patient.birth_date if study is not None else None
-        ds.PatientBirthDate = bd.strftime("%Y%m%d") if bd else ""
-    if "PatientSex" not in ds:
-        ds.PatientSex = study.patient.sex if study is not None else ""
-    if study is not None and study.patient.issuer and "IssuerOfPatientID" not in ds:
-        ds.IssuerOfPatientID = study.patient.issuer
-    if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
-        uid = (study.study_uid or study.reference_ct_source.study_uid) if study is not None else ""
-        ds.StudyInstanceUID = uid or generate_uid()
-    for kw in ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        if kw not in ds:
-            setattr(ds, kw, "")
+        context = ExportContext.for_study(study, created=aware(results.created))
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.SOPInstanceUID = sop_instance_uid or new_uid()
+    # Patient and General Study modules: the export's (copied from the reference CT file when available)
+    context.copy_patient_study(ds)
     if study is not None and study.description and "StudyDescription" not in ds:
         ds.StudyDescription = study.description[:64]
+    # General Equipment, SOP Common and content date/time (one instant, in the data's offset, with
+    # TimezoneOffsetFromUTC when the data gave their zone, PS3.3 C.12.1.1.8)
+    context.equipment(ds)
+    created = context.created
 
     # Encapsulated Document Series module (PS3.3 C.24.1)
     ds.Modality = "DOC"
-    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or new_uid()
     ds.SeriesNumber = REPORT_SERIES_NUMBER
     ds.SeriesDescription = "TheraTwin dosimetry report (research use)"
-    ds.SeriesDate, ds.SeriesTime = cdate, ctime
 
-    # General Equipment and SC Equipment modules
-    ds.Manufacturer = "TheraTwin"
-    ds.SoftwareVersions = __version__
+    # SC Equipment module
     ds.ConversionType = "WSD"  # workstation: the document was made by software, not scanned
 
     # Encapsulated Document module (PS3.3 C.24.2)
     ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = cdate, ctime
     ds.AcquisitionDateTime = created.strftime("%Y%m%d%H%M%S")
     # the PDF shows the patient's name and ID in its text: identifying information is burned in
     ds.BurnedInAnnotation = "YES"

@@ -32,9 +32,9 @@ from .format import esc
 __all__ = ["ReportConfig", "render_html", "results_json_data", "limit_status"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
-    """Settings of the report (plain data, JSON-serialisable).
+    """Settings of the report (plain data, JSON-serialisable; the report stage's ``ReportStage.Options``).
 
     Attributes
     ----------

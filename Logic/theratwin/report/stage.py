@@ -7,9 +7,7 @@ fields of :class:`~theratwin.report.ReportConfig`.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..errors import ConfigurationError
+from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
 from ..study import ImageVolume
 from .html import ReportConfig
@@ -34,16 +32,10 @@ class ReportStage:
 
     name = "report"
     requires: tuple[str, ...] = ()
+    Options = ReportConfig
 
     def run(self, ctx: PipelineContext) -> None:
-        opts: dict[str, Any] = ctx.config.options(self.name)
-        try:
-            cfg = ReportConfig(**opts)
-        except TypeError as exc:
-            raise ConfigurationError(
-                f"Unknown report option in stage_options['report']: {exc}; known: "
-                f"{sorted(ReportConfig.__dataclass_fields__)}."
-            ) from exc
+        cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         if ctx.out_dir is None or not ctx.config.write_outputs:
             return  # nothing to write to; the report is a file
         masks = ctx.state.get("masks")

@@ -20,12 +20,13 @@ tissue table) and says so in a warning.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .._files import atomic_write
 from ..errors import ConfigurationError, FitError, InvalidInputError
+from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
 from .output import TwinEstimate, TwinResults, TwinTrajectory
 from .protocol import TreatmentProtocol, default_protocol
@@ -43,9 +44,9 @@ _REFERENCES = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TwinStageConfig:
-    """Options of the ``twin`` stage (``PipelineConfig.stage_options["twin"]``).
+    """Options of the ``twin`` stage (``PipelineConfig.stage_options["twin"]``, ``TwinStage.Options``).
 
     Attributes
     ----------
@@ -101,16 +102,13 @@ class TwinStageConfig:
     priors: str | None = None
     protocol: dict[str, Any] | None = None
     conflict_sd: float = 3.0
-    conflict_handling: str = "widen"
+    conflict_handling: Literal["widen", "none"] = "widen"
     plan_shape: str | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TwinStageConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(options) - known
-        if unknown:
-            raise ConfigurationError(f"Unknown twin stage options {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**options)
+        """The options from a plain mapping (:func:`~theratwin.options.parse_options` with ``stage="twin"``)."""
+        return parse_options(cls, options, stage="twin")
 
 
 #: Molar masses (g/mol) to convert DICOM/administration ligand amounts (µg) to nmol: PSMA-617
@@ -194,9 +192,10 @@ class TwinStage:
 
     name = "twin"
     requires: tuple[str, ...] = ("kinetics",)
+    Options = TwinStageConfig
 
     def run(self, ctx: PipelineContext) -> None:
-        cfg = TwinStageConfig.from_options(ctx.config.options("twin"))
+        cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         res = ctx.results
         if not res.cycles:
             res.warn("twin", "No cycles in the results; the twin was not built.")
@@ -295,7 +294,7 @@ class TwinStage:
         out.forecast = twin.forecast(cycle, activity, n_draws=cfg.n_draws)
         res.twin = out
         ctx.state["twin"] = twin
-        if ctx.out_dir is not None:
+        if ctx.out_dir is not None and ctx.config.write_outputs:
             atomic_write(ctx.out_dir / "twin-state.json", twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
             out.state_file = "twin-state.json"
