@@ -11,7 +11,9 @@ echo "== mypy (core and TheraTwinLib)"
 echo "== documentation examples (the >>> examples of the core's docstrings and of docs/*.md)"
 .venv/bin/python -m pytest --doctest-modules Logic/theratwin --doctest-glob='*.md' docs -q -p no:cacheprovider || status=1
 echo "== core and integration tests (pytest)"
-.venv/bin/python -m pytest Testing/python -q -p no:cacheprovider "$@" || status=1
+# one pytest worker per core (pytest-xdist); each test file stays on one worker, so a file's servers start once
+workers=${THERATWIN_TEST_WORKERS:-auto}
+.venv/bin/python -m pytest Testing/python -q -p no:cacheprovider -n "$workers" --dist loadfile "$@" || status=1
 if [ -d Testing/slicer ] && [ -x .venv-slicer/bin/python ]; then
   echo "== TheraTwinLib tests on slicer-core"
   .venv-slicer/bin/python -m pytest Testing/slicer -q -p no:cacheprovider || status=1
