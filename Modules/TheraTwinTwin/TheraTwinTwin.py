@@ -267,7 +267,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
                                               stageOptions=options, progress=progress)
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
-        twin = run.state.get("twin")
+        twin = run.state.twin
         if twin is None or not run.results.twin:
             messages = "; ".join(w.message for w in run.results.warnings if w.stage in ("twin", "pipeline"))
             raise RuntimeError(_("The twin could not be built: {reason}").format(reason=messages or "no data"))

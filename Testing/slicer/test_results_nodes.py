@@ -213,14 +213,15 @@ def test_forget_stages_reruns_from_a_stage_keeping_the_earlier_ones(scene, study
     run = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages, stageOptions=options)
     kidneys = run.results.cycles[1].structures["kidneys"]
     tia, dose_dvk = kidneys.tia_MBq_h, kidneys.mean_dose_Gy
-    registration_state = {k: v for k, v in run.context.state.items() if "regist" in k}
+    registration_state = {k: getattr(run.state, k) for k in ("reference_grid", "aligned_spect", "registration", "masks")}
+    assert run.state is run.context.state and all(v is not None for v in registration_state.values())
     assert L.forgetStages(run, "nothing-ran") == []
     assert L.forgetStages(run, "dosimetry") == ["dosimetry"]
     assert run.completedStages == ["registration", "kinetics"]
     again = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages,
                                  stageOptions={**options, "dosimetry": {"method": "led"}})
     assert again is run and run.completedStages == list(stages)
-    assert all(run.context.state[k] is v for k, v in registration_state.items())
+    assert all(getattr(run.context.state, k) is v for k, v in registration_state.items())
     kidneys = run.results.cycles[1].structures["kidneys"]
     assert kidneys.tia_MBq_h == tia and "led" in (kidneys.dose_method or "").lower()
     assert kidneys.mean_dose_Gy != dose_dvk

@@ -42,7 +42,7 @@ class FhirExportStage:
         )
         context.stage_progress(0.0, "building FHIR bundle")
         bundle = build_bundle(context.results, out_dir=context.out_dir, options=opts)
-        context.state["fhir_bundle"] = bundle
+        context.state.fhir_bundle = bundle
         if context.out_dir is None or not context.config.write_outputs:
             return
         atomic_write(context.out_dir / BUNDLE_FILENAME, bundle_to_json(bundle))
