@@ -196,11 +196,11 @@ class PipelineContext:
         values = {f.name: copy.deepcopy(getattr(res, f.name), memo) for f in fields(res)}
         self.checkpoints[stage] = _Checkpoint(values, self.state.snapshot(), frozenset(self.plausibility_seen))
 
-    def _rewind(self, stage: str, undone: list[str]) -> None:
+    def _rewind(self, stage: str) -> None:
         cp = self.checkpoints[stage]
         for name, value in cp.results.items():  # in place: front ends hold this Results object
             setattr(self.results, name, value)
-        self.state.restore(cp.state, undone)
+        self.state.restore(cp.state)
         self.plausibility_seen = set(cp.plausibility_seen)
 
 
@@ -287,7 +287,7 @@ class Pipeline:
         if from_stage not in ctx.checkpoints:  # a context whose ``completed`` was written by hand
             raise ConfigurationError(f"Stage '{from_stage}' was not run by the pipeline on this context (no "
                                      "checkpoint before it); start a new run instead.")
-        ctx._rewind(from_stage, undone)
+        ctx._rewind(from_stage)
         del ctx.completed[len(ctx.completed) - len(undone):]
         for name in undone:
             ctx.checkpoints.pop(name, None)
@@ -353,8 +353,13 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 stage.run(ctx)
-            except (InvalidInputError, FitError) as exc:
-                raise _located(exc, ctx.study, name) from exc
+            except BaseException as exc:
+                # a failed or cancelled stage leaves nothing half-written in a context that may be continued
+                ctx._rewind(name)
+                del ctx.checkpoints[name]
+                if isinstance(exc, (InvalidInputError, FitError)):
+                    raise _located(exc, ctx.study, name) from exc
+                raise
             ctx.completed.append(name)
             seconds = round(time.perf_counter() - t0, 3)
             results.extras.setdefault("stage_seconds", {})[name] = seconds

@@ -13,7 +13,6 @@ Plug-in stages keep their own in-memory objects on their stage object or write t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -127,9 +126,10 @@ class PipelineState:
         they do not change the ones an earlier stage put there)."""
         return PipelineState(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
-    def restore(self, snapshot: PipelineState, stages: Collection[str]) -> None:
-        """Set the attributes the given ``stages`` fill back to the ``snapshot``'s, in place (front ends holding
-        this object see the change); the other attributes keep their objects."""
+    def restore(self, snapshot: PipelineState) -> None:
+        """Set the attributes stages fill back to the ``snapshot``'s, in place (front ends holding this object see
+        the change); what the caller gave (``output_files``) stays. An attribute no stage changed since the
+        snapshot keeps its object."""
         for f in dataclasses.fields(self):
-            if f.metadata.get("stage") in stages:
+            if f.metadata.get("stage") is not None:
                 setattr(self, f.name, getattr(snapshot, f.name))
