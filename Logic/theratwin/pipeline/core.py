@@ -182,6 +182,11 @@ class PipelineContext:
     plausibility_seen: set[str] = field(default_factory=set, repr=False)
     checkpoints: dict[str, _Checkpoint] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        state: Any = self.state
+        if isinstance(state, dict):  # the form before PipelineState (contexts built by hand); unknown keys refused
+            self.state = PipelineState.from_dict(state)
+
     def stage_progress(self, fraction: float, message: str) -> None:
         """Report progress within the running stage (mapped onto the whole run by the pipeline)."""
         if self.running_stage_progress is not None:
@@ -256,11 +261,9 @@ class Pipeline:
         """
         results = Results.for_study(study)
         out = Path(out_dir) if out_dir is not None else None
-        if state is None:
-            state = PipelineState()
-        elif isinstance(state, dict):
+        if isinstance(state, dict):
             state = PipelineState.from_dict(state)
-        ctx = PipelineContext(study, results, self.config, out, progress, state)
+        ctx = PipelineContext(study, results, self.config, out, progress, state or PipelineState())
         self.last_context = ctx
         return self.continue_run(ctx, self.config.stages)
 
