@@ -53,7 +53,8 @@ def _context(study: tt.Study, options: dict | None = None) -> PipelineContext:
             sr.tia_sd_MBq_h = 0.1 * sr.tia_MBq_h
             sr.effective_half_life_h = TEFF_H[name]
         res.maps[f"cycle{c.number}/tia"] = tt.ImageVolume.from_geometry(tia, GEO, "Bq.h/mL")
-    return PipelineContext(study, res, PipelineConfig(stage_options=options or {}), state=PipelineState(reference_grid=GEO))
+    return PipelineContext(study, res, PipelineConfig(stage_options=options or {}),
+                           state=PipelineState(reference_grid=GEO))
 
 
 def test_dosimetry_and_radiobiology_stages() -> None:

@@ -298,8 +298,8 @@ class KineticsStage:
             res.warn("kinetics", f"pvc_image='{cfg.pvc_image}' needs system_fwhm_mm; no image correction applied.")
         # what the dosimetry stage must know: the resolution still in the voxel TIA maps, and how TACs were recovered
         state.partial_volume = {"system_fwhm_mm": cfg.system_fwhm_mm, "structure_method": rec.method,
-                                   "image_method": cfg.pvc_image if image_pvc else "none",
-                                   "voxel_map_fwhm_mm": 0.0 if image_pvc else cfg.system_fwhm_mm}
+                                "image_method": cfg.pvc_image if image_pvc else "none",
+                                "voxel_map_fwhm_mm": 0.0 if image_pvc else cfg.system_fwhm_mm}
         tacs_all: dict[int, dict[str, StructureTac]] = {}
         fits_all: dict[int, dict[str, TacFit | StpEstimate]] = {}
         voxel_all: dict[int, VoxelFit] = {}
@@ -476,8 +476,8 @@ class KineticsStage:
             if unknown.any():
                 tia_sd = np.where(unknown, 0.0, tia_sd).astype(np.float32)
                 res.warn("kinetics", f"Cycle {n}: the TIA SD of {int(unknown.sum())} voxels cannot be estimated "
-                         f"from {times.size} time points; set to 0 in the map '{map_name(n, 'tia_sd')}' (unknown, not "
-                         "zero).", cycle=n)
+                         f"from {times.size} time points; set to 0 in the map '{map_name(n, 'tia_sd')}' "
+                         "(unknown, not zero).", cycle=n)
             thalf = np.nan_to_num(vf.effective_half_life_h, nan=0.0).astype(np.float32)
             res.maps[map_name(n, "effective_half_life")] = ImageVolume.from_geometry(thalf, grid, "h")
             summary = vf.summary()

@@ -159,8 +159,8 @@ class RadiobiologyStage:
                 cum_dose_map = dose_vol.array.astype(np.float32) if cum_dose_map is None else cum_dose_map + dose_vol.array
                 cum_bed_map = bed_map if cum_bed_map is None else cum_bed_map + bed_map
         if grid is not None and cum_dose_map is not None and cum_bed_map is not None:
-            res.maps[map_name(CUMULATIVE, "dose")] = ImageVolume.from_geometry(cum_dose_map.astype(np.float32), grid, "Gy")
-            res.maps[map_name(CUMULATIVE, "bed")] = ImageVolume.from_geometry(cum_bed_map.astype(np.float32), grid, "Gy")
+            for kind, total in (("dose", cum_dose_map), ("bed", cum_bed_map)):
+                res.maps[map_name(CUMULATIVE, kind)] = ImageVolume.from_geometry(total.astype(np.float32), grid, "Gy")
         res.record_method(
             "radiobiology",
             "BED by Dale's linear-quadratic formalism for exponentially varying dose rates; EQD2; gEUD; tumour "
