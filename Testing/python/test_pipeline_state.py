@@ -281,3 +281,33 @@ class TestInvalidate:
             assert [w.message for w in ctx.results.warnings if w.stage == HalfWriting.name] == ["started"]
         finally:
             STAGES.unregister(HalfWriting.name)
+
+    def test_undoing_output_stages_keeps_the_outputs_of_earlier_stages(self, tmp_path) -> None:
+        """The files an earlier stage recorded (the twin's ``twin_state``) stay listed when only the output
+        stages run again (the Slicer adapter used to clear ``results.outputs`` whole)."""
+        from theratwin.pipeline import STAGES
+
+        class Writes:
+            requires = ()
+
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def run(self, ctx) -> None:
+                (ctx.out_dir / f"{self.name}.txt").write_text(self.name)
+                ctx.results.outputs[self.name] = f"{self.name}.txt"
+
+        names = ("twin_like_test", "export_like_test")
+        for name in names:
+            STAGES.register(name, Writes(name))
+        try:
+            p = Pipeline(PipelineConfig(stages=names, write_outputs=False))
+            res = p.run(_study(), out_dir=tmp_path)
+            assert set(res.outputs) == set(names)
+            assert Pipeline.invalidate(p.last_context, "export_like_test") == ["export_like_test"]
+            assert res.outputs == {"twin_like_test": "twin_like_test.txt"}
+            p.continue_run(p.last_context, names)
+            assert set(res.outputs) == set(names)
+        finally:
+            for name in names:
+                STAGES.unregister(name)
