@@ -44,7 +44,7 @@ class PipelineRun:
 
     study: Any
     results: Any
-    state: Any = None
+    state: Any = None  # theratwin.pipeline.PipelineState
     key: str = ""
     context: Any = None
     settings: dict[str, Any] = field(default_factory=dict)  # per stage: what its outcome depends on
