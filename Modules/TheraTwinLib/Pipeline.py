@@ -118,11 +118,13 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
                        outputFiles: dict[str, str] | None = None) -> PipelineRun:
     """Build a study from the nodes and run the pipeline stages on it.
 
-    The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same modification times) whose stages extend the kept
-    run's stages with the same options continues that run instead of starting again (the Kinetics, Dosimetry,
-    Twin and Export modules ask for ever longer stage lists, and registration dominates the time); a request
-    the kept run already covers returns it; a request that differs only in its output stages (another folder
-    or endpoint) writes the outputs again from the same results.
+    The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same
+    modification times) whose stages extend the kept run's stages with the same options continues that run
+    instead of starting again (the Kinetics, Dosimetry, Twin and Export modules ask for ever longer stage lists,
+    and registration dominates the time); a request the kept run already covers returns it; a request that differs
+    from a later stage on (another dose engine, twin option, output folder or endpoint) runs that stage and the
+    ones after it again on the kept results of the earlier ones (``theratwin.pipeline.Pipeline.invalidate``); one
+    that differs from the first stage on starts a new run.
 
     Parameters
     ----------
@@ -164,9 +166,9 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
             shared += 1
         if shared == len(stages):
             return kept
-        if shared < len(done) and all(s in OUTPUT_STAGES for s in done[shared:]):
-            # only the outputs differ (another folder or endpoint): write them again from the same results (the
-            # files already written stay where they were)
+        if shared < len(done) and (shared > 0 or all(s in OUTPUT_STAGES for s in done)):
+            # run again from the first stage whose options, folder or endpoints differ, on the kept results of the
+            # stages before it (files already written stay where they were until the run seals its folder)
             forgetStages(kept, done[shared])
             done = kept.completedStages
         if shared == len(done):

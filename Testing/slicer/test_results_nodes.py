@@ -228,6 +228,35 @@ def test_forget_stages_reruns_from_a_stage_keeping_the_earlier_ones(scene, study
     assert sum(m.stage == "dosimetry" for m in run.results.methods) == 1
 
 
+def test_another_dose_engine_reruns_from_dosimetry_on_the_kept_run(scene, study) -> None:
+    """A request that differs from a later stage on (here the dose engine) runs again from that stage on the kept
+    run: registration and kinetics are neither repeated nor changed, and the doses are the new engine's."""
+    from theratwin.pipeline.core import STAGES, load_builtin_stages
+
+    load_builtin_stages()
+    stages = ("registration", "kinetics", "dosimetry")
+    if not set(stages) <= set(STAGES):
+        pytest.skip("pipeline stages not installed yet")
+    L.clearPipelineCache()
+    nodes = L.addStudyToScene(scene, study)
+    tps, seg = nodes.allTimePoints(), nodes.segmentation
+    options = {"registration": {"spect_to_spect": False}, "dosimetry": {"method": "dvk"}}
+    run = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages, stageOptions=options)
+    kept = (run.state.aligned_spect, run.state.tac_fits, run.results.maps["cycle1/tia"])
+    seconds = dict(run.results.extras["stage_seconds"])
+    dose_dvk = run.results.cycles[1].structures["kidneys"].mean_dose_Gy
+    again = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages,
+                                 stageOptions={**options, "dosimetry": {"method": "led"}})
+    assert again is run and run.completedStages == list(stages)
+    assert all(a is b for a, b in zip((run.state.aligned_spect, run.state.tac_fits, run.results.maps["cycle1/tia"]),
+                                      kept, strict=True))
+    assert {k: run.results.extras["stage_seconds"][k] for k in ("registration", "kinetics")} == \
+        {k: seconds[k] for k in ("registration", "kinetics")}
+    kidneys = run.results.cycles[1].structures["kidneys"]
+    assert "led" in (kidneys.dose_method or "").lower() and kidneys.mean_dose_Gy != dose_dvk
+    assert sum(m.stage == "dosimetry" for m in run.results.methods) == 1
+
+
 def test_color_legend_titles_the_dose_in_gray(scene, results) -> None:
     node = L.showMap(scene, results, "cycle1/dose")
     legend = L.showColorLegend(node, title="Dose (Gy)")
