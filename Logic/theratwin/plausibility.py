@@ -35,6 +35,7 @@ import numpy as np
 
 from ._config import checked_fields
 from .errors import ConfigurationError
+from .results import parse_map_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import Results
@@ -148,12 +149,13 @@ def check_results(results: Results, config: PlausibilityConfig | None = None, *,
     cfg = config or PlausibilityConfig()
     out: list[Finding] = []
     for name, vol in results.maps.items():
-        kind = name.rsplit("/", 1)[-1]
+        parsed = parse_map_name(name)
+        kind = parsed.kind if parsed is not None else name.rsplit("/", 1)[-1]
         if kind not in ("tia", "dose"):
             continue
         arr = np.asarray(vol.array)
         finite = np.isfinite(arr)
-        cycle = _cycle_of(name)
+        cycle = parsed.cycle if parsed is not None else None
         what = "time-integrated activity" if kind == "tia" else "absorbed dose"
         if not finite.all():
             out.append(Finding("map_values", f"the {what} map '{name}' holds {int((~finite).sum())} NaN or "
@@ -196,10 +198,3 @@ def check_results(results: Results, config: PlausibilityConfig | None = None, *,
         if tias and all(math.isfinite(t) and t == 0 for t in tias):
             out.append(Finding("structure_tia", f"cycle {cr.cycle}: every structure has a TIA of zero.", cr.cycle))
     return out
-
-
-def _cycle_of(map_name: str) -> int | None:
-    head = map_name.split("/", 1)[0]
-    if head.startswith("cycle") and head[5:].isdigit():
-        return int(head[5:])
-    return None

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,10 @@ from .study import ImageVolume, Study
 
 __all__ = [
     "RESEARCH_USE_NOTICE",
+    "CUMULATIVE",
+    "MapName",
+    "map_name",
+    "parse_map_name",
     "RunWarning",
     "MethodRecord",
     "StructureResult",
@@ -35,6 +39,54 @@ RESEARCH_USE_NOTICE = (
     "RESEARCH USE ONLY. Not validated for clinical decisions. Computed by TheraTwin "
     f"{__version__}; verify against an independent dosimetry before use."
 )
+
+#: The "cycle" part of the names of maps summed over every cycle (``cumulative/dose``, ``cumulative/bed``).
+CUMULATIVE: Final = "cumulative"
+
+
+class MapName(NamedTuple):
+    """The parts of a map name (:func:`parse_map_name`): the cycle number (None for a cumulative map) and the kind
+    (``tia``, ``tia_sd``, ``effective_half_life``, ``dose``, ``dose_as_imaged``, ``bed`` ...)."""
+
+    cycle: int | None
+    kind: str
+
+    @property
+    def cumulative(self) -> bool:
+        return self.cycle is None
+
+
+def map_name(cycle: int | Literal["cumulative"], kind: str) -> str:
+    """The key of a map in :attr:`Results.maps`: ``map_name(1, "dose")`` is ``"cycle1/dose"``,
+    ``map_name(CUMULATIVE, "bed")`` is ``"cumulative/bed"``.
+
+    The same names are the maps' names in ``results.json``, their RT Dose file names and their Slicer node names,
+    so they are built here only.
+    """
+    if cycle == CUMULATIVE:
+        return f"{CUMULATIVE}/{kind}"
+    if isinstance(cycle, bool) or not isinstance(cycle, (int, np.integer)):
+        raise TypeError(f"map_name: cycle must be a cycle number or {CUMULATIVE!r}, not {cycle!r}")
+    return f"cycle{int(cycle)}/{kind}"
+
+
+def parse_map_name(name: str) -> MapName | None:
+    """The cycle and kind of a map name made by :func:`map_name` (None for any other name).
+
+    >>> parse_map_name("cycle2/dose")
+    MapName(cycle=2, kind='dose')
+    >>> parse_map_name("cumulative/bed").cumulative
+    True
+    """
+    head, sep, kind = name.partition("/")
+    if not sep or not kind or "/" in kind:
+        return None
+    if head == CUMULATIVE:
+        return MapName(None, kind)
+    number = head[len("cycle"):]
+    if head.startswith("cycle") and number.isascii() and number.isdigit():
+        return MapName(int(number), kind)
+    return None
 
 
 def to_jsonable(obj: Any) -> Any:

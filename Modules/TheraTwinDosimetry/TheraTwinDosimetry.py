@@ -246,9 +246,12 @@ class TheraTwinDosimetryLogic(ScriptedLoadableModuleLogic):
         # the dose maps go under the patient's study, where SlicerRT looks for their unit
         shown = TheraTwinLib.showDosimetry(segmentationNode.GetScene(), run.results, cycle,
                                            referenceNode=next(iter(timePointNodes), None))
+        from theratwin.results import CUMULATIVE, map_name
+
         maps = shown["maps"]
-        return {"run": run, "doseVolume": maps.get(f"cycle{cycle}/dose"), "bedVolume": maps.get(f"cycle{cycle}/bed"),
-                "cumulativeDoseVolume": maps.get("cumulative/dose"), "dvhChart": shown["dvhChart"],
+        return {"run": run, "doseVolume": maps.get(map_name(cycle, "dose")),
+                "bedVolume": maps.get(map_name(cycle, "bed")),
+                "cumulativeDoseVolume": maps.get(map_name(CUMULATIVE, "dose")), "dvhChart": shown["dvhChart"],
                 "dvhTable": shown["dvhTable"], "table": shown["table"], "maps": maps}
 
 

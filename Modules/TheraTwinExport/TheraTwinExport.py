@@ -320,7 +320,7 @@ class TheraTwinExportLogic(ScriptedLoadableModuleLogic):
                                               progress=progress)
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
-        twin = run.state.get("twin")
+        twin = run.state.twin
         if twin is not None and "twin_state" not in run.results.outputs:
             # the twin ran earlier without an output folder (another module): write its state here as well
             TheraTwinLib.writeTextFile(outputDirectory / "twin-state.json", twin.to_json())

@@ -298,7 +298,9 @@ class TheraTwinKineticsLogic(ScriptedLoadableModuleLogic):
         if cycle not in run.results.cycles:
             raise ValueError(_("The study has no cycle {cycle}.").format(cycle=cycle))
         shown = TheraTwinLib.showKinetics(scene, run.results, cycle, run.state)
-        tiaKey = f"cycle{cycle}/tia"
+        from theratwin.results import map_name
+
+        tiaKey = map_name(cycle, "tia")
         for warning in run.results.warnings:
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
         return {"run": run, "tiaVolume": shown["maps"].get(tiaKey), "chart": shown["chart"],

@@ -39,11 +39,12 @@ DOSE_MAP_KINDS = ("dose", "bed", "eqd2")
 
 @dataclass
 class PipelineRun:
-    """What one run produced: the study built from the nodes, the results and the pipeline's shared state."""
+    """What one run produced: the study built from the nodes, the results and the pipeline's shared state
+    (``theratwin.pipeline.PipelineState``, the run context's own: a continued run updates it in place)."""
 
     study: Any
     results: Any
-    state: dict[str, Any] = field(default_factory=dict)
+    state: Any = None  # theratwin.pipeline.PipelineState
     key: str = ""
     context: Any = None
     settings: dict[str, Any] = field(default_factory=dict)  # per stage: what its outcome depends on
@@ -94,35 +95,20 @@ def _continueRun(run: PipelineRun, stages: Sequence[str], config: Any, outDir: P
     context.out_dir = outDir
     context.progress = progress
     Pipeline(config).continue_run(context, list(stages))
-    run.state = {k: v for k, v in context.state.items() if not k.startswith("_")}
 
 
 def forgetStages(run: PipelineRun, fromStage: str) -> list[str]:
-    """Undo the record of ``fromStage`` and every stage completed after it on a kept run, so that the next
+    """Undo ``fromStage`` and every stage completed after it on a kept run, so that the next
     :func:`runPipelineOnNodes` on the same nodes runs them again on the earlier stages' results (e.g. dosimetry
-    with another method, without registering again). Their warnings and method records go; the values they
-    wrote are overwritten by the new run. Returns the forgotten stages (empty when ``fromStage`` did not run)."""
-    done = run.completedStages
-    if fromStage not in done:
-        return []
-    stages = done[done.index(fromStage):]
-    _forget(run, stages)
-    run.results.methods[:] = [m for m in run.results.methods if m.stage not in stages]
-    return stages
+    with another method, without registering again). The results and state go back to what they were before
+    ``fromStage`` ran (``theratwin.pipeline.Pipeline.invalidate``). Returns the forgotten stages (empty when
+    ``fromStage`` did not run)."""
+    from theratwin.pipeline import Pipeline
 
-
-def _forget(run: PipelineRun, stages: Sequence[str]) -> None:
-    results = run.results
-    run.context.completed[:] = [s for s in run.context.completed if s not in stages]
-    results.warnings[:] = [w for w in results.warnings if w.stage not in stages]
+    stages = Pipeline.invalidate(run.context, fromStage)
     for name in stages:
         run.settings.pop(name, None)
-
-
-def _forgetOutputs(run: PipelineRun, stages: Sequence[str]) -> None:
-    """Undo the record of output stages on a kept run, so they run again (their files stay where they were)."""
-    _forget(run, stages)
-    run.results.outputs.clear()
+    return stages
 
 
 def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any = None, referenceCtNode: Any = None,
@@ -132,11 +118,13 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
                        outputFiles: dict[str, str] | None = None) -> PipelineRun:
     """Build a study from the nodes and run the pipeline stages on it.
 
-    The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same modification times) whose stages extend the kept
-    run's stages with the same options continues that run instead of starting again (the Kinetics, Dosimetry,
-    Twin and Export modules ask for ever longer stage lists, and registration dominates the time); a request
-    the kept run already covers returns it; a request that differs only in its output stages (another folder
-    or endpoint) writes the outputs again from the same results.
+    The last runs are kept (:data:`KEPT_RUNS`, one per set of input nodes): a request on the same nodes (same
+    modification times) whose stages extend the kept run's stages with the same options continues that run
+    instead of starting again (the Kinetics, Dosimetry, Twin and Export modules ask for ever longer stage lists,
+    and registration dominates the time); a request the kept run already covers returns it; a request that differs
+    from a later stage on (another dose engine, twin option, output folder or endpoint) runs that stage and the
+    ones after it again on the kept results of the earlier ones (``theratwin.pipeline.Pipeline.invalidate``); one
+    that differs from the first stage on starts a new run.
 
     Parameters
     ----------
@@ -160,8 +148,7 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
         (e.g. the demo patient's ``demo-truth.json``); a file put there beforehand would be removed as an
         earlier run's leftover when the run seals the folder.
     """
-    from theratwin.pipeline import DEFAULT_STAGES, Pipeline, PipelineConfig
-    from theratwin.pipeline.manifest import OUTPUT_FILES
+    from theratwin.pipeline import DEFAULT_STAGES, Pipeline, PipelineConfig, PipelineState
 
     stages = tuple(stages or DEFAULT_STAGES)
     options = dict(stageOptions or {})
@@ -179,25 +166,25 @@ def runPipelineOnNodes(timePointNodes: Sequence[Any], *, segmentationNode: Any =
             shared += 1
         if shared == len(stages):
             return kept
-        if shared < len(done) and all(s in OUTPUT_STAGES for s in done[shared:]):
-            # only the outputs differ (another folder or endpoint): write them again from the same results
-            _forgetOutputs(kept, done[shared:])
+        if shared < len(done) and (shared > 0 or all(s in OUTPUT_STAGES for s in done)):
+            # run again from the first stage whose options, folder or endpoints differ, on the kept results of the
+            # stages before it (files already written stay where they were until the run seals its folder)
+            forgetStages(kept, done[shared])
             done = kept.completedStages
         if shared == len(done):
             if outPath is not None:
                 outPath.mkdir(parents=True, exist_ok=True)
             if outputFiles is not None:
-                kept.context.state[OUTPUT_FILES] = dict(outputFiles)
+                kept.context.state.output_files = dict(outputFiles)
             _continueRun(kept, stages, config, outPath, progress)
             kept.settings.update(settings)
             return kept
     study = studyFromNodes(timePointNodes, segmentationNode=segmentationNode, referenceCtNode=referenceCtNode)
     pipeline = Pipeline(config)
     results = pipeline.run(study, out_dir=outPath, progress=progress,
-                           state={OUTPUT_FILES: dict(outputFiles)} if outputFiles else None)
-    context = getattr(pipeline, "last_context", None)
-    state = {k: v for k, v in (context.state if context is not None else {}).items() if not k.startswith("_")}
-    run = PipelineRun(study, results, state, inputsKey, context, settings)
+                           state=PipelineState(output_files=dict(outputFiles or {})))
+    context = pipeline.last_context
+    run = PipelineRun(study, results, context.state, inputsKey, context, settings)
     _cache.pop(inputsKey, None)
     _cache[inputsKey] = run
     while len(_cache) > KEPT_RUNS:  # oldest first (dicts keep insertion order)
@@ -223,7 +210,7 @@ def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None, refer
         updateVolumeNodeFromImage(node, image)
     node.SetAttribute("TheraTwin.Role", "Map")
     node.SetAttribute("TheraTwin.MapKey", key)
-    if key.split("/")[-1] in DOSE_MAP_KINDS:
+    if _mapKind(key) in DOSE_MAP_KINDS:
         markAsDoseVolume(node, unit=image.unit, referenceNode=referenceNode)
     else:
         node.SetAttribute(UNIT_ATTRIBUTE, image.unit)
@@ -233,13 +220,22 @@ def showMap(scene: Any, results: Any, key: str, *, volumeNode: Any = None, refer
 def showMaps(scene: Any, results: Any, kinds: Sequence[str], *, referenceNode: Any = None) -> dict[str, Any]:
     """:func:`showMap` for every map whose kind (``tia``, ``dose``, ``bed`` ...) is in ``kinds``."""
     return {key: showMap(scene, results, key, referenceNode=referenceNode) for key in results.maps
-            if key.split("/")[-1] in kinds}
+            if _mapKind(key) in kinds}
 
 
-def fittedCurves(results: Any, cycle: int, state: dict[str, Any] | None = None) -> dict[str, Callable[[Any], Any]]:
-    """Fitted time-activity curves of ``cycle``: the kinetics stage's own fits (``state["tac_fits"]``) when
-    given, else refitted with the model it chose (``theratwin.kinetics.fit_tac``); empty without kinetics."""
-    stageFits = (state or {}).get("tac_fits", {}).get(cycle, {})
+def _mapKind(key: str) -> str:
+    """The kind of a results map (``dose`` of ``cycle1/dose``; the whole key when it is not a map name)."""
+    from theratwin.results import parse_map_name
+
+    name = parse_map_name(key)
+    return name.kind if name is not None else key
+
+
+def fittedCurves(results: Any, cycle: int, state: Any = None) -> dict[str, Callable[[Any], Any]]:
+    """Fitted time-activity curves of ``cycle``: the kinetics stage's own fits (``state.tac_fits`` of the run's
+    ``theratwin.pipeline.PipelineState``) when given, else refitted with the model it chose
+    (``theratwin.kinetics.fit_tac``); empty without kinetics."""
+    stageFits = ((state.tac_fits if state is not None else None) or {}).get(cycle, {})
     if stageFits:
         return {name: fit.predict for name, fit in stageFits.items() if hasattr(fit, "predict")}
     try:
@@ -267,7 +263,7 @@ def fittedCurves(results: Any, cycle: int, state: dict[str, Any] | None = None) 
     return curves
 
 
-def showKinetics(scene: Any, results: Any, cycle: int, state: dict[str, Any] | None = None) -> dict[str, Any]:
+def showKinetics(scene: Any, results: Any, cycle: int, state: Any = None) -> dict[str, Any]:
     """TAC chart (with fits), results table and TIA map of ``cycle``."""
     return {
         "chart": timeActivityChartNode(scene, results, cycle, fittedCurves=fittedCurves(results, cycle, state)),

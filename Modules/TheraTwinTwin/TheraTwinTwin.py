@@ -270,7 +270,7 @@ class TheraTwinTwinLogic(ScriptedLoadableModuleLogic):
             logging.warning(f"TheraTwin {warning.stage}: {warning.message}")
         from theratwin.twin import TwinResults
 
-        twin = run.state.get("twin")
+        twin = run.state.twin
         twinResults = TwinResults.from_results(run.results)
         if twin is None or twinResults is None:
             messages = "; ".join(w.message for w in run.results.warnings if w.stage in ("twin", "pipeline"))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import theratwin as tt
-from theratwin.pipeline import PipelineConfig, PipelineContext
+from theratwin.pipeline import PipelineConfig, PipelineContext, PipelineState
 
 demo = pytest.importorskip("theratwin.demo")
 
@@ -71,8 +71,8 @@ def _run_stage(demo_case, dosimetry_options: dict) -> tuple:
     options = {"hu_density_points": calibration, **dosimetry_options}
     # what the kinetics stage records: an ideal camera (no blur left in the TIA maps)
     ctx = PipelineContext(study, res, PipelineConfig(stage_options={"dosimetry": options}),
-                          state={"reference_grid": grid,
-                                 "partial_volume": {"system_fwhm_mm": 0.0, "voxel_map_fwhm_mm": 0.0}})
+                          state=PipelineState(reference_grid=grid,
+                                              partial_volume={"system_fwhm_mm": 0.0, "voxel_map_fwhm_mm": 0.0}))
     DosimetryStage().run(ctx)
     return sim, res
 

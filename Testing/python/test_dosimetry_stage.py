@@ -10,7 +10,7 @@ import pytest
 import theratwin as tt
 from theratwin.dosimetry import DOSE_ENGINES, dose_map, organ_self_s_value
 from theratwin.dosimetry.stage import DosimetryStage
-from theratwin.pipeline import PipelineConfig, PipelineContext
+from theratwin.pipeline import PipelineConfig, PipelineContext, PipelineState
 from theratwin.radiobiology import bed, eqd2
 from theratwin.radiobiology.stage import RadiobiologyStage
 
@@ -53,7 +53,8 @@ def _context(study: tt.Study, options: dict | None = None) -> PipelineContext:
             sr.tia_sd_MBq_h = 0.1 * sr.tia_MBq_h
             sr.effective_half_life_h = TEFF_H[name]
         res.maps[f"cycle{c.number}/tia"] = tt.ImageVolume.from_geometry(tia, GEO, "Bq.h/mL")
-    return PipelineContext(study, res, PipelineConfig(stage_options=options or {}), state={"reference_grid": GEO})
+    return PipelineContext(study, res, PipelineConfig(stage_options=options or {}),
+                           state=PipelineState(reference_grid=GEO))
 
 
 def test_dosimetry_and_radiobiology_stages() -> None:

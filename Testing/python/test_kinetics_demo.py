@@ -73,7 +73,7 @@ def test_kidneys_within_two_sd_and_method_reported(demo_run) -> None:
 def test_registration_recovers_demo_motion(demo_run) -> None:
     demo, _, _, ctx = demo_run
     tps = next(c for c in demo.truth["cycles"] if c["cycle"] == 1)["time_points"]
-    regs = ctx.state["registration"][1]
+    regs = ctx.state.registration[1]
     for tp, rr in zip(tps[1:], regs[1:], strict=True):
         rot = np.asarray(tp["misalignment"]["rotation_matrix"])
         trans = np.asarray(tp["misalignment"]["translation_mm"])
@@ -88,7 +88,7 @@ def test_registration_recovers_demo_motion(demo_run) -> None:
 def test_voxel_tia_map_total_matches_body_truth(demo_run) -> None:
     demo, study, res, ctx = demo_run
     tia = res.maps["cycle1/tia"]
-    body = ctx.state["masks"]["body"]
+    body = ctx.state.masks["body"]
     total_MBq_h = float((tia.array * body).sum()) * tia.voxel_volume_mL / 1e6
     truth = _truth(demo, 1)["body"]["tia_MBq_h"]
     # no partial-volume correction in the voxel map: a few % of the body's counts blur out of it
@@ -104,7 +104,7 @@ def test_recorded_methods_match_what_was_done(demo_run) -> None:
     counts: dict[str, int] = {}
     for n, cres in res.cycles.items():
         for name, sr in cres.structures.items():
-            est = ctx.state["tac_fits"][n][name]
+            est = ctx.state.tac_fits[n][name]
             if isinstance(est, TacFit):
                 assert sr.tia_method == est.method and sr.kinetic_model == est.model, (n, name)
                 assert est.selection == "evidence" and est.method in ("evidence_average", f"evidence:{est.model}")

@@ -64,7 +64,7 @@ def test_structure_fields_and_exact_tia_on_noise_free_images(run) -> None:
     truth = CONC_K * vol_k / 1e6 / LAM_K  # MBq h
     # the mono-exponential candidate is exact; the reported TIA is the posterior model average, in which the
     # uptake-washout model (uptake half-time prior, first scan at 4 h, 3 % SDs) keeps some weight: < 1 %
-    fit = ctx.state["tac_fits"][1]["kidneys"]
+    fit = ctx.state.tac_fits[1]["kidneys"]
     assert fit.candidates["mono_exp"].tia_MBq_h == pytest.approx(truth, rel=1e-3)
     assert sr.tia_MBq_h == pytest.approx(truth, rel=0.01)
     assert sr.tia_method == "evidence_average" and sr.kinetic_model == "mono_exp"
@@ -100,11 +100,11 @@ def test_voxel_maps_and_state(run) -> None:
     np.testing.assert_allclose(res.maps["cycle1/tia"].array[k], CONC_K / LAM_K, rtol=1e-3)
     # cycle 2 voxels from one scan with the cycle-1 voxel decay constants: exact for repeated kinetics
     np.testing.assert_allclose(res.maps["cycle2/tia"].array[k], 1.2 * CONC_K / LAM_K, rtol=1e-3)
-    assert 1 in ctx.state["voxel_fits"] and "kidneys" in ctx.state["tac_fits"][1]
+    assert 1 in ctx.state.voxel_fits and "kidneys" in ctx.state.tac_fits[1]
     # voxel and structure TIAs agree (uniform organ, no blur): the voxel sum with the structure's mono-exponential
     # candidate exactly, with its model average within 1 %
     voxel_sum = float(res.maps["cycle1/tia"].array[k].sum()) * GEOM.voxel_volume_mL / 1e6
-    fit = ctx.state["tac_fits"][1]["kidneys"]
+    fit = ctx.state.tac_fits[1]["kidneys"]
     assert voxel_sum == pytest.approx(fit.candidates["mono_exp"].tia_MBq_h, rel=2e-3)
     assert voxel_sum == pytest.approx(res.cycles[1].structures["kidneys"].tia_MBq_h, rel=0.01)
 

@@ -123,23 +123,23 @@ def test_stage_fills_state_and_aligns_spect() -> None:
     p = Pipeline(PipelineConfig(stages=("registration",)))
     res = p.run(study)
     st = p.last_context.state
-    assert st["reference_grid"] == GEOM
-    aligned = st["aligned_spect"][1]
+    assert st.reference_grid == GEOM
+    aligned = st.aligned_spect[1]
     assert len(aligned) == 2 and all(a.geometry.same_grid(GEOM) for a in aligned)
-    regs = st["registration"][1]
+    regs = st.registration[1]
     assert regs[0].method == "reference" and regs[1].method == "rigid_ct"
     assert regs[1].residual_mm < 2.0
     from scipy import ndimage
 
     # a VOI one voxel larger than the kidney, so interpolation blur at the edge stays inside it
-    m = ndimage.binary_dilation(st["masks"]["kidneys"] > 0.5)
+    m = ndimage.binary_dilation(st.masks["kidneys"] > 0.5)
     a1 = float((m * aligned[0].array).sum())
     a2 = float((m * aligned[1].array).sum())
     unregistered = float((m * study.cycles[0].time_points[1].image.array).sum())
     # after alignment the moved kidney falls back into the reference VOI: ratio 0.7 as simulated
     assert a2 / a1 == pytest.approx(0.7, rel=0.02)
     assert unregistered / a1 < 0.67
-    assert st["body_mask"] is not None and st["body_mask"].shape == GEOM.shape
+    assert st.body_mask is not None and st.body_mask.shape == GEOM.shape
     assert any(mr.stage == "registration" for mr in res.methods)
 
 
@@ -149,12 +149,12 @@ def test_stage_without_ct_registers_spect_to_spect_and_warns() -> None:
     study = _study(with_ct_second=False)
     p = Pipeline(PipelineConfig(stages=("registration",)))
     res = p.run(study)
-    regs = p.last_context.state["registration"][1]
+    regs = p.last_context.state.registration[1]
     assert regs[1].method == "rigid_spect"
     assert any("no CT" in w.message for w in res.warnings)
     p2 = Pipeline(PipelineConfig(stages=("registration",), stage_options={"registration": {"spect_to_spect": False}}))
     res2 = p2.run(study)
-    assert p2.last_context.state["registration"][1][1].method == "identity"
+    assert p2.last_context.state.registration[1][1].method == "identity"
     assert any("identity" in w.message for w in res2.warnings)
 
 

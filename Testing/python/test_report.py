@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 import theratwin as tt
-from theratwin.pipeline.core import PipelineConfig, PipelineContext
+from theratwin.pipeline.core import PipelineConfig, PipelineContext, PipelineState
 from theratwin.report import ReportConfig, format_number, write_report
 from theratwin.report.figures import model_curve
 from theratwin.report.format import NumberStyle
@@ -606,7 +606,7 @@ class TestStage:
 
         res, masks = build_rich_results()
         ctx = PipelineContext(res.study, res, PipelineConfig(stages=("report",)), tmp_path, None,
-                              {"masks": masks})
+                              PipelineState(masks=masks))
         ReportStage().run(ctx)
         assert res.outputs["report_html"] == "report.html"
         assert res.outputs["report_pdf"] == "report.pdf"

@@ -307,7 +307,7 @@ class TestPlugins:
         finally:
             TWIN_MODELS.unregister("monoexp_test")
         assert res.twin is not None and res.twin["model"]["model"] == "monoexp_test"
-        assert ctx.state["twin"].model_name == "monoexp_test"
+        assert ctx.state.twin.model_name == "monoexp_test"
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -328,14 +328,16 @@ def _two_cycle_study() -> tt.Study:
 
 
 class _FakeKinetics:
-    """Stands in for the kinetics stage: writes a virtual patient's TACs into the results."""
+    """Stands in for the kinetics stage: writes a virtual patient's TACs into the results (the patient, with its
+    truth, is kept in ``truth``)."""
 
     name = "kinetics"
     requires = ()
+    truth = None
 
     def run(self, ctx) -> None:
         p = make_cohort(1, structures=("kidneys", "lesion_1"), seed=21).patients[0]
-        ctx.state["truth"] = p
+        type(self).truth = p
         for c, d in p.measurements.items():
             for s, (t, y) in d.items():
                 sr = ctx.results.cycles[c].structure(s)
@@ -370,13 +372,13 @@ class TestStage:
         from theratwin.twin import PSMAPBPKParameters
 
         population = PSMAPBPKParameters().receptor_nmol["kidneys"]
-        assert ctx.state["twin"].model.pbpk.p.receptor_nmol["kidneys"] == pytest.approx(
+        assert ctx.state.twin.model.pbpk.p.receptor_nmol["kidneys"] == pytest.approx(
             population * fit["scales"]["kidneys"]["receptor"])
 
 
     def test_pipeline_writes_estimates_prediction_state(self, tmp_path) -> None:
         res, ctx = _run_twin_pipeline(tmp_path)
-        p = ctx.state["truth"]
+        p = _FakeKinetics.truth
         tw = res.twin
         assert tw is not None and "RESEARCH USE" in tw["notice"]
         est = res.cycles[2].structures["kidneys"].estimated_by_twin
@@ -393,7 +395,7 @@ class TestStage:
         assert res.outputs["twin_state"] == "twin-state.json"
         back = PatientTwin.from_json(state)
         assert back.tia(2, "kidneys").mean_MBq_h == pytest.approx(est["tia_MBq_h"], rel=1e-12)
-        assert isinstance(ctx.state["twin"], PatientTwin)
+        assert isinstance(ctx.state.twin, PatientTwin)
         data = json.loads((tmp_path / "results.json").read_text())
         assert data["twin"]["prediction"]["structures"]["kidneys"]["cumulative_bed_Gy"]["high"] > 0
         assert any(m["stage"] == "twin" for m in data["methods"])

@@ -197,9 +197,11 @@ def test_kept_run_is_continued_and_outputs_rewritten(scene, study, tmp_path) -> 
     assert changed is not other and changed.study.cycles[0].time_points[0].acquisition_duration_s == 1000.0
 
 
-def test_forget_stages_reruns_from_a_stage_keeping_the_earlier_ones(scene, study, tmp_path) -> None:
-    """Re-running dosimetry with another engine keeps registration and kinetics (the same objects, not
-    recomputed), replaces the dose fields and records the dosimetry method once."""
+@pytest.mark.parametrize("forget", [True, False], ids=["forgetStages", "other-options"])
+def test_rerun_from_dosimetry_keeps_the_earlier_stages(scene, study, forget) -> None:
+    """Re-running dosimetry with another engine, asked for with ``forgetStages`` (the web app's re-run) or by a
+    request with other dosimetry options (the Dosimetry module), keeps registration and kinetics (the same
+    objects, not recomputed), replaces the dose fields and records the dosimetry method once."""
     from theratwin.pipeline.core import STAGES, load_builtin_stages
 
     load_builtin_stages()
@@ -213,14 +215,21 @@ def test_forget_stages_reruns_from_a_stage_keeping_the_earlier_ones(scene, study
     run = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages, stageOptions=options)
     kidneys = run.results.cycles[1].structures["kidneys"]
     tia, dose_dvk = kidneys.tia_MBq_h, kidneys.mean_dose_Gy
-    registration_state = {k: v for k, v in run.context.state.items() if "regist" in k}
-    assert L.forgetStages(run, "nothing-ran") == []
-    assert L.forgetStages(run, "dosimetry") == ["dosimetry"]
-    assert run.completedStages == ["registration", "kinetics"]
+    earlier = {k: getattr(run.state, k) for k in ("reference_grid", "aligned_spect", "registration", "masks",
+                                                  "tac_fits")}
+    assert run.state is run.context.state and all(v is not None for v in earlier.values())
+    tiaMap, seconds = run.results.maps["cycle1/tia"], dict(run.results.extras["stage_seconds"])
+    if forget:
+        assert L.forgetStages(run, "nothing-ran") == []
+        assert L.forgetStages(run, "dosimetry") == ["dosimetry"]
+        assert run.completedStages == ["registration", "kinetics"]
     again = L.runPipelineOnNodes(tps, segmentationNode=seg, stages=stages,
                                  stageOptions={**options, "dosimetry": {"method": "led"}})
     assert again is run and run.completedStages == list(stages)
-    assert all(run.context.state[k] is v for k, v in registration_state.items())
+    assert all(getattr(run.context.state, k) is v for k, v in earlier.items())
+    assert run.results.maps["cycle1/tia"] is tiaMap
+    assert {k: run.results.extras["stage_seconds"][k] for k in ("registration", "kinetics")} == \
+        {k: seconds[k] for k in ("registration", "kinetics")}
     kidneys = run.results.cycles[1].structures["kidneys"]
     assert kidneys.tia_MBq_h == tia and "led" in (kidneys.dose_method or "").lower()
     assert kidneys.mean_dose_Gy != dose_dvk

@@ -22,6 +22,7 @@ from typing import Any
 
 import TheraTwinLib as L
 from theratwin.errors import InvalidInputError
+from theratwin.results import CUMULATIVE, parse_map_name
 
 from .plan import twin_plan
 
@@ -346,10 +347,11 @@ class WorkflowSession:
             for _cycle, nodes in sorted(self.nodes.timePoints.items()):
                 items += [{"title": f"Activity: {n.GetName()}", "value": n.GetID()} for n in nodes]
         for key, node in self.map_nodes.items():
-            where, kind = key.split("/", 1) if "/" in key else ("", key)
+            name = parse_map_name(key)
+            kind = name.kind if name is not None else key
+            where = "" if name is None else CUMULATIVE if name.cumulative else f"cycle {name.cycle}"
             title = _MAP_TITLES.get(kind, kind)
-            items.append({"title": f"{title.split(' (')[0]} {where.replace('cycle', 'cycle ')}".strip(),
-                          "value": node.GetID()})
+            items.append({"title": f"{title.split(' (')[0]} {where}".strip(), "value": node.GetID()})
         return items
 
     @staticmethod
@@ -357,7 +359,9 @@ class WorkflowSession:
         """Colour-bar title of an overlay node, with its unit."""
         key = node.GetAttribute("TheraTwin.MapKey")
         if key:
-            return _MAP_TITLES.get(key.split("/")[-1], f"{key} ({node.GetAttribute(L.UNIT_ATTRIBUTE)})")
+            name = parse_map_name(key)
+            return _MAP_TITLES.get(name.kind if name is not None else key,
+                                   f"{key} ({node.GetAttribute(L.UNIT_ATTRIBUTE)})")
         return f"Activity ({node.GetAttribute(L.UNIT_ATTRIBUTE) or 'Bq/mL'})"
 
     # -- export and push (worker thread) ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from .._files import atomic_path, make_dir
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
-from ..results import Results
+from ..results import Results, parse_map_name
 from .exportcontext import ExportContext
 from .rtdose import DoseKind, DoseMapSpec, build_rtdose
 from .seg import build_seg
@@ -30,7 +30,6 @@ __all__ = ["ExportReport", "dose_map_specs", "export_dicom", "DICOM_SUBDIR", "wr
 
 DICOM_SUBDIR = "dicom"
 _OWN_FILES = re.compile(r"^(rtdose_.*|seg_structures|sr_.*)\.dcm$")
-_MAP_KEY = re.compile(r"^(?:cycle(?P<cycle>\d+)|(?P<cum>cumulative))/(?P<what>dose|bed)$")
 
 
 @dataclass
@@ -49,16 +48,16 @@ def dose_map_specs(results: Results) -> list[DoseMapSpec]:
     specs: list[DoseMapSpec] = []
     last_cycle = max(results.cycles) if results.cycles else None
     for key, img in results.maps.items():
-        m = _MAP_KEY.match(key)
-        if m is None:
+        name = parse_map_name(key)
+        if name is None or name.kind not in ("dose", "bed"):
             continue
-        bed = m.group("what") == "bed"
-        if m.group("cum"):
+        bed = name.kind == "bed"
+        if name.cycle is None:
             kind = DoseKind.CUMULATIVE_BED if bed else DoseKind.CUMULATIVE_DOSE
             specs.append(DoseMapSpec(key, img, kind, last_cycle))
         else:
             kind = DoseKind.CYCLE_BED if bed else DoseKind.CYCLE_DOSE
-            specs.append(DoseMapSpec(key, img, kind, int(m.group("cycle"))))
+            specs.append(DoseMapSpec(key, img, kind, name.cycle))
     specs.sort(key=lambda s: (s.kind in (DoseKind.CUMULATIVE_DOSE, DoseKind.CUMULATIVE_BED), s.cycle or 0,
                               s.kind.dose_type == "EFFECTIVE"))
     return specs

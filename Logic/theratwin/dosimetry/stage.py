@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, InvalidInputError
 from ..options import parse_options, suggest
 from ..pipeline.core import STAGES, PipelineContext
 from ..progress import scaled
+from ..results import map_name
 from ..study import Geometry, ImageVolume
 from ._physics import DEFAULT_HU_DENSITY_POINTS, hu_to_density
 from .dose import DOSE_ENGINES, dose_map
@@ -95,11 +96,11 @@ class DosimetryOptions:
 
 
 def _reference_grid(ctx: PipelineContext) -> Geometry | None:
-    grid = ctx.state.get("reference_grid")
+    grid = ctx.state.reference_grid
     if grid is not None:
         return grid
     for c in ctx.study.cycles:
-        vol = ctx.results.maps.get(f"cycle{c.number}/tia")
+        vol = ctx.results.maps.get(map_name(c.number, "tia"))
         if vol is not None:
             return vol.geometry
     return None
@@ -108,10 +109,10 @@ def _reference_grid(ctx: PipelineContext) -> Geometry | None:
 def structure_masks(ctx: PipelineContext, grid: Geometry) -> dict[str, np.ndarray]:
     """Fractional (0..1, float32) masks of the study's structures on ``grid``.
 
-    Uses ``ctx.state["masks"]`` (from registration) when present, else the covered fraction of each dose voxel
+    Uses ``ctx.state.masks`` (from registration) when present, else the covered fraction of each dose voxel
     computed from the segmentation (:func:`covered_fractions`).
     """
-    masks = ctx.state.get("masks")
+    masks = ctx.state.masks
     if masks:
         return {k: np.asarray(v, dtype=np.float32) for k, v in masks.items()}
     seg = ctx.study.segmentation
@@ -193,22 +194,22 @@ class DosimetryStage:
                          severity="info")
         masks = structure_masks(ctx, grid)
         mass_weights = structure_mass_weights(ctx, grid, masks, density, opts.hu_density_points)
-        ctx.state["dose_masks"] = masks
-        ctx.state["density_g_per_mL"] = density
+        ctx.state.dose_masks = masks
+        ctx.state.density_g_per_mL = density
         seg = ctx.study.segmentation
         entry = DOSE_ENGINES.get(opts.method)
         engine_desc = getattr(entry, "description", opts.method)
         voxel_mL = grid.voxel_volume_mL
         pv = self._pv_setup(ctx, opts, grid, masks)
         flags: dict[str, dict[str, Any]] = {}
-        cycles = [c for c in ctx.study.cycles if f"cycle{c.number}/tia" in res.maps]
+        cycles = [c for c in ctx.study.cycles if map_name(c.number, "tia") in res.maps]
         for c in ctx.study.cycles:
-            if f"cycle{c.number}/tia" not in res.maps:
+            if map_name(c.number, "tia") not in res.maps:
                 res.warn("dosimetry", f"No TIA map for cycle {c.number}; no dose computed.", cycle=c.number)
         for i, c in enumerate(cycles):
             n = c.number
             nuclide = c.administration.nuclide
-            tia_vol = res.maps[f"cycle{n}/tia"]
+            tia_vol = res.maps[map_name(n, "tia")]
             if not tia_vol.geometry.same_grid(grid):
                 tia_vol = tia_vol.resample_to(grid, order=1)
             prog = scaled(ctx.stage_progress, i / len(cycles), (i + 1) / len(cycles))
@@ -239,10 +240,10 @@ class DosimetryStage:
                     sel = (f != 1.0) & (present[name] > best)
                     factor[sel] = f[sel]
                     best[sel] = present[name][sel]
-                res.maps[f"cycle{n}/dose_as_imaged"] = ImageVolume.from_geometry(dose, grid, "Gy")
+                res.maps[map_name(n, "dose_as_imaged")] = ImageVolume.from_geometry(dose, grid, "Gy")
                 dose = (dose * factor).astype(np.float32)
-            res.maps[f"cycle{n}/dose"] = ImageVolume.from_geometry(dose, grid, "Gy")
-            as_imaged_map = res.maps.get(f"cycle{n}/dose_as_imaged") if records else None
+            res.maps[map_name(n, "dose")] = ImageVolume.from_geometry(dose, grid, "Gy")
+            as_imaged_map = res.maps.get(map_name(n, "dose_as_imaged")) if records else None
             for name, m in present.items():
                 sr = cyc.structure(name)
                 mw = mass_weights[name]
@@ -333,7 +334,7 @@ class DosimetryStage:
             return None
         from ..kinetics.tac import GeometricTransferMatrix, fwhm_to_sigma_voxels
 
-        record = ctx.state.get("partial_volume") or {}
+        record = ctx.state.partial_volume or {}
         fwhm = record.get("system_fwhm_mm", ctx.config.options("kinetics").get("system_fwhm_mm"))
         # 0 is a known resolution (an ideal camera): only the voxel averaging is then corrected
         if fwhm is None:

@@ -4,7 +4,7 @@ Options (``PipelineConfig.stage_options["fhir_export"]``): the fields of :class:
 :class:`~theratwin.fhir.bundle.BundleOptions` (``timezone``, ``patient_identifier_system``, ``include_reports`` ...)
 and the push's retries. A failed push does not stop the run: the bundle waits in ``<out_dir>/outbox/fhir``, a
 warning says so, and ``theratwin push`` completes it. With ``PipelineConfig.write_outputs`` off the bundle is built
-(``state["fhir_bundle"]``) but neither written nor pushed.
+(``state.fhir_bundle``) but neither written nor pushed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class FhirExportStage:
         )
         context.stage_progress(0.0, "building FHIR bundle")
         bundle = build_bundle(context.results, out_dir=context.out_dir, options=opts)
-        context.state["fhir_bundle"] = bundle
+        context.state.fhir_bundle = bundle
         if context.out_dir is None or not context.config.write_outputs:
             return
         atomic_write(context.out_dir / BUNDLE_FILENAME, bundle_to_json(bundle))

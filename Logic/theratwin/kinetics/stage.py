@@ -1,13 +1,14 @@
 """Pipeline stage ``"kinetics"``: time-activity curves, TIA per structure and voxel, per cycle.
 
-Needs the registration stage's ``state["aligned_spect"]``, ``state["masks"]`` and ``state["reference_grid"]``.
+Needs the registration stage's ``state.aligned_spect``, ``state.masks`` and ``state.reference_grid``
+(:class:`theratwin.pipeline.PipelineState`).
 For every cycle and structure it fills the TAC and TIA fields of
 :class:`~theratwin.results.StructureResult`; cycles imaged at a single time point get the prior-informed
 single-time-point estimate from the same patient's earliest multi-time-point cycle (Hänscheid as the
 fallback), and say so in ``tia_method`` and a warning. Voxel TIA maps go to
 ``results.maps["cycle{n}/tia"]`` (Bq.h/mL), ``"cycle{n}/tia_sd"`` and ``"cycle{n}/effective_half_life"``
-(h, 0 where no exponential was fitted); the voxel fits to ``state["voxel_fits"][n]``; the curve fits to
-``state["tac_fits"][n][structure]`` and the curves to ``state["tacs"][n][structure]``.
+(h, 0 where no exponential was fitted); the voxel fits to ``state.voxel_fits[n]``; the curve fits to
+``state.tac_fits[n][structure]`` and the curves to ``state.tacs[n][structure]``.
 
 Options (``PipelineConfig.stage_options["kinetics"]``) are the fields of :class:`KineticsConfig`.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import ConfigurationError, FitError, InvalidInputError
 from ..options import parse_options
 from ..pipeline.core import STAGES, PipelineContext
+from ..results import map_name
 from ..study import ImageVolume
 from .fit import SELECTIONS, TacFit, describe_method, fit_tac
 from .priors import KineticPriors
@@ -273,11 +275,12 @@ class KineticsStage:
     def run(self, ctx: PipelineContext) -> None:
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         study, res, state = ctx.study, ctx.results, ctx.state
-        for key in ("aligned_spect", "masks", "reference_grid"):
-            if key not in state:
-                raise InvalidInputError(f"The kinetics stage needs state['{key}'] from the registration stage.")
-        grid = state["reference_grid"]
-        masks: dict[str, np.ndarray] = state["masks"]
+        grid, masks, aligned = state.reference_grid, state.masks, state.aligned_spect
+        if grid is None or masks is None or aligned is None:
+            missing = [k for k, v in (("aligned_spect", aligned), ("masks", masks), ("reference_grid", grid))
+                       if v is None]
+            raise InvalidInputError(f"The kinetics stage needs the registration stage's {', '.join(missing)} "
+                                    "(PipelineState); run the registration stage before it.")
         unc = ActivityUncertaintyModel(cfg.calibration_rel_sd, cfg.segmentation_rel_sd, cfg.random_rel_sd,
                                        cfg.counting)
         rec = RecoveryModel(cfg.pvc_method if cfg.system_fwhm_mm else "none", cfg.system_fwhm_mm,
@@ -289,18 +292,20 @@ class KineticsStage:
         if cfg.pvc_image != "none" and not image_pvc:
             res.warn("kinetics", f"pvc_image='{cfg.pvc_image}' needs system_fwhm_mm; no image correction applied.")
         # what the dosimetry stage must know: the resolution still in the voxel TIA maps, and how TACs were recovered
-        state["partial_volume"] = {"system_fwhm_mm": cfg.system_fwhm_mm, "structure_method": rec.method,
-                                   "image_method": cfg.pvc_image if image_pvc else "none",
-                                   "voxel_map_fwhm_mm": 0.0 if image_pvc else cfg.system_fwhm_mm}
+        state.partial_volume = {"system_fwhm_mm": cfg.system_fwhm_mm, "structure_method": rec.method,
+                                "image_method": cfg.pvc_image if image_pvc else "none",
+                                "voxel_map_fwhm_mm": 0.0 if image_pvc else cfg.system_fwhm_mm}
         tacs_all: dict[int, dict[str, StructureTac]] = {}
         fits_all: dict[int, dict[str, TacFit | StpEstimate]] = {}
-        voxel_all: dict[int, VoxelFit] = state.setdefault("voxel_fits", {})
+        voxel_all: dict[int, VoxelFit] = {}
+        pvc_all: dict[int, list[ImageVolume]] = {}
+        state.voxel_fits, state.aligned_spect_pvc = voxel_all, pvc_all
         prior_cycle: int | None = None
         n_cyc = len(study.cycles)
         for ci, cycle in enumerate(study.cycles):
             n = cycle.number
             ctx.stage_progress(ci / n_cyc, f"kinetics of cycle {n}")
-            images = state["aligned_spect"][n]
+            images = aligned[n]
             if not images:
                 res.warn("kinetics", f"Cycle {n} has no imaging; no TIA computed.", cycle=n)
                 continue
@@ -343,10 +348,10 @@ class KineticsStage:
                                                          body=body_name if body_name in masks else None)
                     images = [ImageVolume.from_geometry(rbv_correct(im.array, gtm), im.geometry, im.unit)
                               for im in images]
-                    state.setdefault("aligned_spect_pvc", {})[n] = images
+                    pvc_all[n] = images
                 self._voxels(ctx, cfg, n, times, images, grid, adm.nuclide, voxel_all, prior_cycle)
-        state["tacs"] = tacs_all
-        state["tac_fits"] = fits_all
+        state.tacs = tacs_all
+        state.tac_fits = fits_all
         text, descriptions = _method_record(res)
         res.record_method("kinetics", text, {**dataclasses.asdict(cfg), "method_descriptions": descriptions},
                           REFERENCES)
@@ -455,7 +460,7 @@ class KineticsStage:
                 images: list[ImageVolume], grid: Any, nuclide: str, voxel_all: dict[int, VoxelFit],
                 prior_cycle: int | None) -> None:
         res = ctx.results
-        body = ctx.state.get("body_mask")
+        body = ctx.state.body_mask
         if times.size >= 2:
             series = np.stack([np.asarray(im.array, dtype=np.float32) for im in images])
             vf = fit_voxels(times, series, nuclide=nuclide, model=cfg.voxel_model, mask=body,
@@ -466,10 +471,10 @@ class KineticsStage:
             if unknown.any():
                 tia_sd = np.where(unknown, 0.0, tia_sd).astype(np.float32)
                 res.warn("kinetics", f"Cycle {n}: the TIA SD of {int(unknown.sum())} voxels cannot be estimated "
-                         f"from {times.size} time points; set to 0 in the map 'cycle{n}/tia_sd' (unknown, not "
-                         "zero).", cycle=n)
+                         f"from {times.size} time points; set to 0 in the map '{map_name(n, 'tia_sd')}' "
+                         "(unknown, not zero).", cycle=n)
             thalf = np.nan_to_num(vf.effective_half_life_h, nan=0.0).astype(np.float32)
-            res.maps[f"cycle{n}/effective_half_life"] = ImageVolume.from_geometry(thalf, grid, "h")
+            res.maps[map_name(n, "effective_half_life")] = ImageVolume.from_geometry(thalf, grid, "h")
             summary = vf.summary()
             res.extras.setdefault("voxel_fits", {})[str(n)] = summary
         else:
@@ -480,9 +485,10 @@ class KineticsStage:
             prior_series = prior_times = None
             if prior is not None and prior_cycle is not None:
                 prior_times = prior.time_h
+                aligned = ctx.state.aligned_spect or {}
+                pvc = ctx.state.aligned_spect_pvc or {}
                 prior_series = np.stack([np.asarray(im.array, dtype=np.float32)
-                                         for im in ctx.state.get("aligned_spect_pvc", ctx.state["aligned_spect"])
-                                         .get(prior_cycle, ctx.state["aligned_spect"][prior_cycle])])
+                                         for im in pvc.get(prior_cycle, aligned[prior_cycle])])
             tia, tia_sd, method = voxel_single_time_point(float(times[0]), c, prior,
                                                           inter_cycle_variability=cfg.inter_cycle_variability,
                                                           prior_time_h=prior_times,
@@ -490,8 +496,8 @@ class KineticsStage:
             res.extras.setdefault("voxel_fits", {})[str(n)] = {
                 "method": "single_time_point", "prior_cycle": prior_cycle,
                 "voxels_prior": int((method == 1).sum()), "voxels_hanscheid": int((method == 2).sum())}
-        res.maps[f"cycle{n}/tia"] = ImageVolume.from_geometry(np.asarray(tia, np.float32), grid, "Bq.h/mL")
-        res.maps[f"cycle{n}/tia_sd"] = ImageVolume.from_geometry(np.asarray(tia_sd, np.float32), grid, "Bq.h/mL")
+        res.maps[map_name(n, "tia")] = ImageVolume.from_geometry(np.asarray(tia, np.float32), grid, "Bq.h/mL")
+        res.maps[map_name(n, "tia_sd")] = ImageVolume.from_geometry(np.asarray(tia_sd, np.float32), grid, "Bq.h/mL")
 
 
 STAGES.register("kinetics", KineticsStage, replace=True)

@@ -16,12 +16,13 @@ from .core import (
     Pipeline,
     PipelineConfig,
     PipelineContext,
+    PipelineState,
     Stage,
     run_pipeline,
 )
 
-__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "Stage", "STAGES", "DEFAULT_STAGES", "run_pipeline",
-           "RunOutput", "run_demo", "run_folder", "demo_config"]
+__all__ = ["Pipeline", "PipelineConfig", "PipelineContext", "PipelineState", "Stage", "STAGES", "DEFAULT_STAGES",
+           "run_pipeline", "RunOutput", "run_demo", "run_folder", "demo_config"]
 
 _RUNS = ("RunOutput", "demo_config", "run_demo", "run_folder")
 

@@ -2,17 +2,19 @@
 
 A stage is any object with a ``name``, a tuple ``requires`` of stage names whose output it needs, optionally an
 ``Options`` dataclass (its options, parsed from ``stage_options[name]`` by :func:`theratwin.options.parse_options`,
-which refuses unknown keys), and a ``run(context)`` method that reads ``context.study`` / ``context.state`` and
-writes into ``context.results`` (and files into ``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
+which refuses unknown keys), and a ``run(context)`` method that reads ``context.study`` / ``context.state`` (a typed
+:class:`~theratwin.pipeline.state.PipelineState`) and writes into ``context.results`` (and files into
+``context.out_dir``). Stages are looked up in :data:`STAGES`, which also reads the entry-point
 group ``theratwin.stages``; the built-in stages register themselves from ``theratwin.<concern>.stage`` modules.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -24,11 +26,13 @@ from ..progress import ProgressCallback, report, scaled
 from ..registry import Registry
 from ..results import Results
 from ..study import Study
+from .state import PipelineState
 
 if TYPE_CHECKING:
     from .manifest import RunRecorder
 
-__all__ = ["Stage", "STAGES", "DEFAULT_STAGES", "PipelineConfig", "PipelineContext", "Pipeline", "run_pipeline"]
+__all__ = ["Stage", "STAGES", "DEFAULT_STAGES", "PipelineConfig", "PipelineContext", "PipelineState", "Pipeline",
+           "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +156,23 @@ class PipelineConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What a run held just before a stage ran: :meth:`Pipeline.invalidate` goes back to it."""
+
+    results: dict[str, Any]  # the fields of Results (the study and the map volumes shared, the rest copied)
+    state: PipelineState
+    plausibility_seen: frozenset[str]
+
+
 @dataclass
 class PipelineContext:
     """What stages share during a run.
 
     ``state`` carries in-memory objects between stages (registration transforms, voxel fits, the twin
-    object ...); only ``results`` is written out.
+    object ...; :class:`~theratwin.pipeline.state.PipelineState`); only ``results`` is written out. The other
+    attributes are the run's bookkeeping, kept by the pipeline: the stages completed, the progress callback of
+    the running stage, the plausibility findings already reported and a checkpoint before each completed stage.
     """
 
     study: Study
@@ -165,14 +180,37 @@ class PipelineContext:
     config: PipelineConfig
     out_dir: Path | None = None
     progress: ProgressCallback | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    state: PipelineState = field(default_factory=PipelineState)
     completed: list[str] = field(default_factory=list)
+    running_stage_progress: ProgressCallback | None = field(default=None, repr=False)
+    plausibility_seen: set[str] = field(default_factory=set, repr=False)
+    checkpoints: dict[str, _Checkpoint] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        state: Any = self.state
+        if isinstance(state, dict):  # the form before PipelineState (contexts built by hand); unknown keys refused
+            self.state = PipelineState.from_dict(state)
 
     def stage_progress(self, fraction: float, message: str) -> None:
         """Report progress within the running stage (mapped onto the whole run by the pipeline)."""
-        cb = self.state.get("_stage_progress")
-        if cb is not None:
-            cb(fraction, message)
+        if self.running_stage_progress is not None:
+            self.running_stage_progress(fraction, message)
+
+    def _checkpoint(self, stage: str) -> None:
+        """Remember the results, the state and the findings reported as they are before ``stage`` runs."""
+        res = self.results
+        # the study and the map volumes are never changed in place (a stage puts a new volume under a name), so
+        # they are shared; the rest is small (per-structure numbers, DVHs, the twin's summary) and copied
+        memo: dict[int, Any] = {id(res.study): res.study, **{id(v): v for v in res.maps.values()}}
+        values = {f.name: copy.deepcopy(getattr(res, f.name), memo) for f in fields(res)}
+        self.checkpoints[stage] = _Checkpoint(values, self.state.snapshot(), frozenset(self.plausibility_seen))
+
+    def _rewind(self, stage: str) -> None:
+        cp = self.checkpoints[stage]
+        for name, value in cp.results.items():  # in place: front ends hold this Results object
+            setattr(self.results, name, value)
+        self.state.restore(cp.state)
+        self.plausibility_seen = set(cp.plausibility_seen)
 
 
 class Pipeline:
@@ -239,13 +277,49 @@ class Pipeline:
                 parse_options(options_cls, given, stage=name)
 
     def run(self, study: Study, *, out_dir: str | Path | None = None, progress: ProgressCallback | None = None,
-            state: dict[str, Any] | None = None) -> Results:
-        """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given."""
+            state: PipelineState | dict[str, Any] | None = None) -> Results:
+        """Run the configured stages on ``study``; write ``results.json`` into ``out_dir`` if given.
+
+        ``state`` gives the run objects the caller already has (e.g. ``PipelineState(output_files=...)``); a dict
+        is read with :meth:`PipelineState.from_dict`, which refuses unknown keys.
+        """
         results = Results.for_study(study)
         out = Path(out_dir) if out_dir is not None else None
-        ctx = PipelineContext(study, results, self.config, out, progress, dict(state or {}))
+        if isinstance(state, dict):
+            state = PipelineState.from_dict(state)
+        ctx = PipelineContext(study, results, self.config, out, progress, state or PipelineState())
         self.last_context = ctx
         return self.continue_run(ctx, self.config.stages)
+
+    @staticmethod
+    def invalidate(ctx: PipelineContext, from_stage: str) -> list[str]:
+        """Undo ``from_stage`` and every stage completed after it on ``ctx``, so that :meth:`continue_run` runs them
+        again (e.g. dosimetry with another method, without registering the time points again).
+
+        The results, the state and the plausibility record go back to what they were just before ``from_stage``
+        ran: what the undone stages wrote (values, maps, the twin's output, warnings, method records, the files
+        listed in ``results.outputs``, their ``PipelineState`` attributes) is gone, what the earlier stages
+        produced is kept as it was. A stage runs only after the stages it requires, so every stage depending on
+        ``from_stage`` is among those undone. Files already written stay on disk until the next run into the same
+        folder replaces them or, as an earlier run's leftovers, removes them.
+
+        Returns
+        -------
+        list of str
+            The stages undone, in the order they ran (empty when ``from_stage`` has not run).
+        """
+        if from_stage not in ctx.completed:
+            return []
+        undone = ctx.completed[ctx.completed.index(from_stage):]
+        if from_stage not in ctx.checkpoints:  # a context whose ``completed`` was written by hand
+            raise ConfigurationError(f"Stage '{from_stage}' was not run by the pipeline on this context (no "
+                                     "checkpoint before it); start a new run instead.")
+        ctx._rewind(from_stage)
+        del ctx.completed[len(ctx.completed) - len(undone):]
+        for name in undone:
+            ctx.checkpoints.pop(name, None)
+        ctx.results.extras["completed_stages"] = list(ctx.completed)
+        return undone
 
     def continue_run(self, ctx: PipelineContext, stages: tuple[str, ...] | list[str]) -> Results:
         """Run the given stages that ``ctx`` has not completed yet, in order, then write ``results.json``.
@@ -299,22 +373,28 @@ class Pipeline:
                 if recorder is not None:
                     recorder.stage(name, "skipped", reason=f"needs {missing}")
                 continue
-            ctx.state["_stage_progress"] = scaled(progress, i / len(names), (i + 1) / len(names))
+            ctx._checkpoint(name)
+            ctx.running_stage_progress = scaled(progress, i / len(names), (i + 1) / len(names))
             report(progress, i / len(names), f"{name}")
             if recorder is not None:
                 recorder.stage(name, "running")
             t0 = time.perf_counter()
             try:
                 stage.run(ctx)
-            except (InvalidInputError, FitError) as exc:
-                raise _located(exc, ctx.study, name) from exc
+            except BaseException as exc:
+                # a failed or cancelled stage leaves nothing half-written in a context that may be continued
+                ctx._rewind(name)
+                del ctx.checkpoints[name]
+                if isinstance(exc, (InvalidInputError, FitError)):
+                    raise _located(exc, ctx.study, name) from exc
+                raise
             ctx.completed.append(name)
             seconds = round(time.perf_counter() - t0, 3)
             results.extras.setdefault("stage_seconds", {})[name] = seconds
             if recorder is not None:
                 recorder.stage(name, "done", seconds=seconds)
             _plausibility(ctx, plausibility, name)
-        ctx.state.pop("_stage_progress", None)
+        ctx.running_stage_progress = None
         results.extras["completed_stages"] = list(ctx.completed)
 
 
@@ -335,7 +415,7 @@ def _located(exc: Exception, study: Study, stage: str) -> Exception:
 
 def _plausibility(ctx: PipelineContext, config: PlausibilityConfig, stage: str) -> None:
     """Check the results after a stage; stop before anything is written, or warn (``plausibility.action``)."""
-    seen: set[str] = ctx.state.setdefault("_plausibility_seen", set())
+    seen = ctx.plausibility_seen
     for finding in check_results(ctx.results, config, stage=stage):
         if finding.message in seen:
             continue

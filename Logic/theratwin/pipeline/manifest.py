@@ -8,7 +8,7 @@ A run marks its folder before it changes anything there, and seals it last:
    run id;
 2. each stage's status (``running``, ``done``, ``skipped``) is recorded as the stage starts and ends;
 3. ``finish``: files of an earlier run that this run did not write again are removed, files the caller adds
-   (:data:`OUTPUT_FILES`, the demo's truth) and then ``results.json`` are written, then the manifest with
+   (``PipelineState.output_files``, the demo's truth) and then ``results.json`` are written, then the manifest with
    ``status: "complete"`` and the SHA-256 of every file of the run.
 
 Every file is written atomically (:mod:`theratwin._files`), so a run killed (SIGINT, SIGKILL, power loss) or
@@ -44,6 +44,7 @@ from ..progress import Cancelled
 if TYPE_CHECKING:
     from ..results import Results
     from ..study import Study
+    from .state import PipelineState
 
 
 
@@ -54,7 +55,7 @@ class RunContext(Protocol):
     study: Study
     results: Results
     config: Any
-    state: dict[str, Any]
+    state: PipelineState
     completed: list[str]
 
 
@@ -70,9 +71,10 @@ DICOM_DIR = "dicom"
 OUTBOX_DIR = "outbox"
 #: Held by a run from ``begin`` to ``finish`` (one run per folder at a time).
 RUN_LOCK = ".theratwin-run.lock"
-#: ``PipelineContext.state`` key of ``{relative path: text}`` a caller adds to the run (e.g. the demo's truth);
-#: they are written when the run is sealed, just before ``results.json``.
-OUTPUT_FILES = "_output_files"
+#: Name of the :class:`~theratwin.pipeline.PipelineState` attribute ``output_files``: ``{relative path: text}`` a
+#: caller adds to the run (e.g. the demo's truth), written when the run is sealed, just before ``results.json``
+#: (kept for callers that passed ``state={OUTPUT_FILES: ...}``; give ``PipelineState(output_files=...)``).
+OUTPUT_FILES = "output_files"
 
 
 def _now() -> str:
@@ -336,7 +338,7 @@ class RunRecorder:
                 with contextlib.suppress(FileNotFoundError):
                     if _signature(p) == sig:  # not written again by this run
                         p.unlink()
-            for rel, text in dict(self.ctx.state.get(OUTPUT_FILES) or {}).items():
+            for rel, text in dict(self.ctx.state.output_files).items():
                 atomic_write(self.out / rel, text)
                 results.outputs.setdefault(Path(rel).stem.replace("-", "_"), rel)
             results.outputs["results_json"] = "results.json"

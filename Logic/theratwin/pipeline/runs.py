@@ -13,8 +13,7 @@ from typing import Any
 
 from ..progress import ProgressCallback, scaled
 from ..results import Results
-from .core import Pipeline, PipelineConfig, PipelineContext
-from .manifest import OUTPUT_FILES
+from .core import Pipeline, PipelineConfig, PipelineContext, PipelineState
 
 __all__ = ["RunOutput", "run_demo", "run_folder", "demo_config"]
 
@@ -49,7 +48,7 @@ def run_demo(out_dir: str | Path, *, config: PipelineConfig | None = None, cache
     # the truth file is one of the run's files: written (and listed in the manifest) when the run is sealed
     extra = {"demo-truth.json": json.dumps(demo.truth, indent=2)}
     results = pipe.run(study, out_dir=out, progress=scaled(progress, 0.1, 1.0) if demo_progress is None else progress,
-                       state={OUTPUT_FILES: extra})
+                       state=PipelineState(output_files=extra))
     return RunOutput(results, pipe.last_context, out, demo.truth)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ConfigurationError
 from ..options import parse_options, suggest
 from ..pipeline.core import STAGES, PipelineContext
+from ..results import CUMULATIVE, map_name
 from ..study import ImageVolume
 from ..study.codes import structure_kind
 from .bed import bed, bed_multiexponential, eqd2, geud
@@ -104,7 +105,7 @@ class RadiobiologyStage:
         indication_opt = opts.indication
         res = ctx.results
         seg = ctx.study.segmentation
-        masks: dict[str, np.ndarray] = ctx.state.get("dose_masks") or ctx.state.get("masks") or {}
+        masks: dict[str, np.ndarray] = ctx.state.dose_masks or ctx.state.masks or {}
 
         def tissue_of(name: str) -> str:
             return seg.structure(name).tissue if (seg is not None and name in seg.names) else structure_kind(name).tissue
@@ -121,7 +122,7 @@ class RadiobiologyStage:
         indications: dict[int, str] = {}
         for c in ctx.study.cycles:
             n = c.number
-            dose_vol = res.maps.get(f"cycle{n}/dose")
+            dose_vol = res.maps.get(map_name(n, "dose"))
             if dose_vol is None:
                 continue
             indication = indication_for(c.administration.radiopharmaceutical) if indication_opt == "auto" \
@@ -181,12 +182,12 @@ class RadiobiologyStage:
                         sr.geud_Gy = geud(dose_vol.array[sel], m[sel], a=geud_a)
             if voxel_maps:
                 bed_map = self._voxel_bed(ctx, n, dose_vol.array, masks, tissue_of, overrides, phys_t_h, indication)
-                res.maps[f"cycle{n}/bed"] = ImageVolume.from_geometry(bed_map, grid, "Gy")
+                res.maps[map_name(n, "bed")] = ImageVolume.from_geometry(bed_map, grid, "Gy")
                 cum_dose_map = dose_vol.array.astype(np.float32) if cum_dose_map is None else cum_dose_map + dose_vol.array
                 cum_bed_map = bed_map if cum_bed_map is None else cum_bed_map + bed_map
         if grid is not None and cum_dose_map is not None and cum_bed_map is not None:
-            res.maps["cumulative/dose"] = ImageVolume.from_geometry(cum_dose_map.astype(np.float32), grid, "Gy")
-            res.maps["cumulative/bed"] = ImageVolume.from_geometry(cum_bed_map.astype(np.float32), grid, "Gy")
+            for kind, total in (("dose", cum_dose_map), ("bed", cum_bed_map)):
+                res.maps[map_name(CUMULATIVE, kind)] = ImageVolume.from_geometry(total.astype(np.float32), grid, "Gy")
         res.record_method(
             "radiobiology",
             "BED by Dale's linear-quadratic formalism for exponentially varying dose rates; EQD2; gEUD; tumour "
@@ -258,7 +259,7 @@ class RadiobiologyStage:
             ab = np.where(covered, ab_lut[best], ab)
             trep = np.where(covered, tr_lut[best], trep)
             teff = np.where(covered, te_lut[best], teff)
-        t_map = res.maps.get(f"cycle{n}/effective_half_life")
+        t_map = res.maps.get(map_name(n, "effective_half_life"))
         if t_map is not None and t_map.shape == shape:
             tv = np.asarray(t_map.array, dtype=np.float32)
             ok = np.isfinite(tv) & (tv > 0)

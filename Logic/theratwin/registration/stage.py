@@ -1,12 +1,12 @@
 """Pipeline stage ``"registration"``: align every time point to the reference and propagate the segmentation.
 
-Fills (see the pipeline conventions in ``theratwin.pipeline``):
+Fills (see :class:`theratwin.pipeline.PipelineState`):
 
-- ``state["reference_grid"]``: the SPECT grid of cycle 1's first time point;
-- ``state["aligned_spect"]``: ``{cycle: [ImageVolume Bq/mL on the reference grid, per time point]}``;
-- ``state["registration"]``: ``{cycle: [RegistrationResult per time point]}``;
-- ``state["masks"]``: ``{structure: float32 fractional mask on the reference grid}``;
-- ``state["body_mask"]``: bool body mask on the reference grid (from the reference CT; None without CT).
+- ``state.reference_grid``: the SPECT grid of cycle 1's first time point;
+- ``state.aligned_spect``: ``{cycle: [ImageVolume Bq/mL on the reference grid, per time point]}``;
+- ``state.registration``: ``{cycle: [RegistrationResult per time point]}``;
+- ``state.masks``: ``{structure: float32 fractional mask on the reference grid}``;
+- ``state.body_mask``: bool body mask on the reference grid (from the reference CT; None without CT).
 
 Each time point's CT is registered rigidly (optionally + B-spline) to the reference CT; the same transform
 maps its SPECT (same frame of reference as its CT) onto the reference grid. Time points without CT are
@@ -133,11 +133,11 @@ class RegistrationStage:
             small = shrink_volume(ref_ct, min(grid.spacing_mm))
             bm = body_mask(small, cfg.body_threshold_HU).astype(np.float32)
             body = ImageVolume.from_geometry(bm, small.geometry, "1").resample_to(grid, order=1).array >= 0.5
-        ctx.state["reference_grid"] = grid
-        ctx.state["aligned_spect"] = aligned
-        ctx.state["registration"] = regs
-        ctx.state["masks"] = masks
-        ctx.state["body_mask"] = body
+        ctx.state.reference_grid = grid
+        ctx.state.aligned_spect = aligned
+        ctx.state.registration = regs
+        ctx.state.masks = masks
+        ctx.state.body_mask = body
         res.extras.setdefault("registration", {})
         res.extras["registration"] = {
             str(c): [r.to_dict() for r in rs] for c, rs in regs.items()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..results import Results
+from ..results import CUMULATIVE, Results, map_name
 from ..study import ImageVolume
 from ._dosimetry import field_path, latest_cycle_key
 from ._generic import is_number
@@ -85,12 +85,13 @@ def section_images(results: Results, data: dict[str, Any], masks: dict[str, np.n
     panels: list[tuple[str, ImageVolume]] = []
     if activity is not None:
         panels.append(("Activity (first scan)", activity))
-    elif key is not None and f"cycle{key}/tia" in results.maps:
-        panels.append((f"TIA cycle {key}", results.maps[f"cycle{key}/tia"]))
-    if key is not None and f"cycle{key}/dose" in results.maps:
-        panels.append((f"Dose cycle {key}", results.maps[f"cycle{key}/dose"]))
-    if len(results.cycles) > 1 and "cumulative/dose" in results.maps:
-        panels.append(("Cumulative dose", results.maps["cumulative/dose"]))
+    tia, dose = (map_name(int(key), "tia"), map_name(int(key), "dose")) if key is not None else ("", "")
+    if activity is None and tia in results.maps:
+        panels.append((f"TIA cycle {key}", results.maps[tia]))
+    if dose in results.maps:
+        panels.append((f"Dose cycle {key}", results.maps[dose]))
+    if len(results.cycles) > 1 and map_name(CUMULATIVE, "dose") in results.maps:
+        panels.append(("Cumulative dose", results.maps[map_name(CUMULATIVE, "dose")]))
     if not panels:
         return ""
     shape = panels[0][1].shape

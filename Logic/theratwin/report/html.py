@@ -120,7 +120,7 @@ def render_html(results: Results, *, masks: dict[str, np.ndarray] | None = None,
     results
         The run's results (numbers are taken from their JSON form, as in ``results.json``).
     masks
-        ``{structure: mask (z, y, x)}`` on the grid of the maps (e.g. ``ctx.state["masks"]``); by default the
+        ``{structure: mask (z, y, x)}`` on the grid of the maps (e.g. ``ctx.state.masks``); by default the
         study's segmentation resampled to that grid.
     activity
         Activity-concentration volume (Bq/mL) on the grid of the maps for the projections; by default the

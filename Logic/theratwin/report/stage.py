@@ -18,7 +18,7 @@ __all__ = ["ReportStage"]
 
 def _activity_volume(ctx: PipelineContext) -> ImageVolume | None:
     """Activity concentration (Bq/mL) of the first time point of cycle 1 on the reference grid."""
-    aligned = ctx.state.get("aligned_spect") or {}
+    aligned = ctx.state.aligned_spect or {}
     if aligned:
         first = aligned[min(aligned)]
         if first:
@@ -38,9 +38,9 @@ class ReportStage:
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         if ctx.out_dir is None or not ctx.config.write_outputs:
             return  # nothing to write to; the report is a file
-        masks = ctx.state.get("masks")
+        masks = ctx.state.masks
         activity = _activity_volume(ctx)
-        ref = ctx.state.get("reference_grid")
+        ref = ctx.state.reference_grid
         if activity is not None and ref is not None and not activity.geometry.same_grid(ref):
             activity = activity.resample_to(ref)
         files = write_report(ctx.results, ctx.out_dir, masks=masks, activity=activity, config=cfg,

@@ -11,7 +11,7 @@ random part and the correlated ``fit_quality["systematic_rel_sd"]``, ``mass_g`` 
   information, research notice;
 * ``StructureResult.estimated_by_twin`` for structures of sparsely imaged cycles (≤ ``sparse_max_points``);
 * ``twin-state.json`` in ``ctx.out_dir`` (``results.outputs["twin_state"]``);
-* ``ctx.state["twin"]`` — the :class:`~theratwin.twin.PatientTwin`.
+* ``ctx.state.twin`` — the :class:`~theratwin.twin.PatientTwin`.
 
 It needs the kinetics stage; without radiobiology it still runs (the twin computes BED itself with its
 tissue table) and says so in a warning.
@@ -293,7 +293,7 @@ class TwinStage:
             res.warn("twin", f"No activity recommendation: {exc}", severity="info")
         out.forecast = twin.forecast(cycle, activity, n_draws=cfg.n_draws)
         res.twin = out
-        ctx.state["twin"] = twin
+        ctx.state.twin = twin
         if ctx.out_dir is not None and ctx.config.write_outputs:
             atomic_write(ctx.out_dir / "twin-state.json", twin.to_json())
             res.outputs["twin_state"] = "twin-state.json"
