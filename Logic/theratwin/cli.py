@@ -188,16 +188,41 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from . import nuclides
+def _plugin_registries() -> list[Any]:
+    """Every extension-point registry, in the order ``info`` lists them."""
+    from .dosimetry.dose import DOSE_ENGINES
+    from .kinetics.models import KINETIC_MODELS
     from .pipeline import STAGES, Pipeline
+    from .twin.model import TWIN_MODELS
+    from .twin.outcome import OUTCOME_MODELS
 
-    Pipeline()
+    Pipeline()  # registers the built-in stages
+    return [STAGES, KINETIC_MODELS, DOSE_ENGINES, TWIN_MODELS, OUTCOME_MODELS]
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import warnings
+
+    from . import nuclides
+    from .registry import PluginWarning
+
     print(f"TheraTwin {__version__}")
-    print("stages: " + ", ".join(STAGES.names()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)  # listed below under "failed", not repeated as warnings
+        registries = _plugin_registries()
+        for registry in registries:
+            registry.names()
+    for registry in registries:
+        print(f"{registry.kind}s (entry-point group {registry.group}):")
+        width = max((len(n) for n in [*registry.names(), *registry.failed]), default=0)
+        for name in registry.names():
+            print(f"  {name:<{width}}  {registry.origin(name)}")
+        for name, reason in sorted(registry.failed.items()):
+            print(f"  {name:<{width}}  FAILED to load, {registry.origin(name)}: {reason}")
+    print("nuclides:")
     for name in nuclides.available():
         n = nuclides.get(name)
-        print(f"{n.name}: T1/2 = {n.half_life_h:.3f} h, electrons {n.electron_energy_MeV:.4f} MeV, "
+        print(f"  {n.name}: T1/2 = {n.half_life_h:.3f} h, electrons {n.electron_energy_MeV:.4f} MeV, "
               f"photons {n.photon_energy_MeV:.4f} MeV, alphas {n.alpha_energy_MeV:.3f} MeV per decay")
     return 0
 
@@ -291,7 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--nuclide", default="Lu-177", help="therapy nuclide (default Lu-177)")
     pr.set_defaults(func=_cmd_priors)
 
-    i = sub.add_parser("info", help="show version, installed stages and nuclide data")
+    i = sub.add_parser("info", help="show the version, every plug-in point's entries (built in or from which package; "
+                       "plug-ins that failed to load, with the reason) and the nuclide data")
     i.set_defaults(func=_cmd_info)
 
     from .cohort._cli import add_cohort_commands

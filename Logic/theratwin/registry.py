@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigurationError, one_line
@@ -70,6 +70,19 @@ def missing_members(obj: object, protocol: type) -> list[str]:
     return missing
 
 
+def _registered_by(obj: object) -> str:
+    """``"built in"`` for an object defined in TheraTwin, else the module that defines it."""
+    module = getattr(obj if isinstance(obj, type) else type(obj), "__module__", "") or "?"
+    return "built in" if module.split(".")[0] == "theratwin" else f"registered by {module}"
+
+
+def _entry_point_origin(ep: EntryPoint) -> str:
+    """``plug-in <distribution> <version> (<module:object>)`` for an entry point (its distribution if known)."""
+    dist = getattr(ep, "dist", None)  # set by importlib.metadata.entry_points() (Python >= 3.10)
+    package = f"{dist.name} {dist.version}" if dist is not None else ep.value.split(":")[0].split(".")[0]
+    return f"plug-in {package} ({ep.value})"
+
+
 class Registry(Generic[T]):
     """A named collection of plug-ins, filled by ``register`` and by the entry-point group ``group``.
 
@@ -111,6 +124,8 @@ class Registry(Generic[T]):
         self._loaded_entry_points = False
         #: Entry points that could not be used: name -> one-line reason.
         self.failed: dict[str, str] = {}
+        # name -> where the entry (or the failed entry point) comes from, see ``origin``
+        self._origins: dict[str, str] = {}
 
     def check(self, name: str, obj: object) -> None:
         """Raise :class:`~theratwin.errors.ConfigurationError` when ``obj`` does not implement the protocol."""
@@ -148,6 +163,7 @@ class Registry(Generic[T]):
                 )
             self.check(name, item)
             self._entries[key] = item
+            self._origins[key] = _registered_by(item)
             return item
 
         if obj is None:
@@ -157,6 +173,7 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove an entry (used by tests that register temporary plug-ins)."""
         self._entries.pop(name.lower(), None)
+        self._origins.pop(name.lower(), None)
 
     def _load_entry_points(self) -> None:
         if self._loaded_entry_points:
@@ -165,6 +182,7 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.group):
             if ep.name.lower() in self._entries:
                 continue
+            self._origins[ep.name.lower()] = _entry_point_origin(ep)
             try:
                 obj = ep.load()
                 self.check(ep.name, obj)
@@ -192,6 +210,26 @@ class Registry(Generic[T]):
             raise ConfigurationError(
                 f"Unknown {self.kind} '{name}'. Available: {', '.join(sorted(self._entries)) or 'none'}."
             ) from None
+
+    def origin(self, name: str) -> str:
+        """Where the entry (or the plug-in that failed to load) called ``name`` comes from.
+
+        Returns
+        -------
+        str
+            ``"built in"`` for TheraTwin's own entries; ``"plug-in <distribution> <version> (<module:object>)"``
+            for an entry point; ``"registered by <module>"`` for an entry registered at run time by other code.
+
+        Raises
+        ------
+        ConfigurationError
+            No entry and no failed plug-in has this name.
+        """
+        self._load_entry_points()
+        try:
+            return self._origins[name.lower()]
+        except KeyError:
+            raise ConfigurationError(f"Unknown {self.kind} '{name}'.") from None
 
     def names(self) -> list[str]:
         """Names of all entries, built-in and plug-in."""

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "Testing" / "plugins"))
 from install import BROKEN, EXAMPLE, install  # noqa: E402
 
 from theratwin.errors import ConfigurationError  # noqa: E402
-from theratwin.registry import PluginWarning, Registry  # noqa: E402
+from theratwin.registry import PluginWarning, Registry, missing_members  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +134,75 @@ def test_registration_checks_the_protocol() -> None:
     reg.register("annotated", Annotated)
     assert reg.get("annotated") is Annotated
     assert issubclass(PluginWarning, UserWarning)
+
+
+def test_info_lists_every_plugin_point_with_its_origin_and_the_broken_plugins(plugin_path: str) -> None:
+    env = {**os.environ, "PYTHONPATH": plugin_path}
+    proc = subprocess.run([sys.executable, "-m", "theratwin", "info"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sections: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        if not line.startswith(" ") and line.endswith(":"):
+            sections[line] = current = []
+        elif line.startswith("  ") and sections:
+            current.append(line.strip())
+    heads = {h.split(" (")[0]: h for h in sections}
+    assert {"pipeline stages", "kinetic models", "dose engines", "twin models", "outcome models"} <= set(heads)
+    rows = {h.split(" (")[0]: {r.split()[0]: r.split(None, 1)[1] for r in sections[h]} for h in sections}
+    assert rows["pipeline stages"]["dosimetry"] == "built in"
+    assert rows["twin models"]["pbpk_psma"] == "built in"
+    assert rows["outcome models"]["lkb_kidney_burman1991"] == "built in"
+    assert rows["kinetic models"]["biexp"] == "built in"
+    # the valid plug-in, named by its distribution, version and object
+    assert rows["kinetic models"]["example_monoexp"] == (
+        "plug-in theratwin-example-plugin 0.1.0 (theratwin_example_plugin.kinetics:ExampleMonoExponential)")
+    assert rows["dose engines"]["example_electrons"].startswith("plug-in theratwin-example-plugin 0.1.0 (")
+    # the broken ones, with the distribution and the registry's one-line reason
+    missing = rows["kinetic models"]["aaa_needs_missing_library"]
+    assert missing.startswith("FAILED to load, plug-in theratwin-broken-plugin 0.1.0 "
+                              "(theratwin_broken_plugin.missing:Model): ModuleNotFoundError")
+    assert "theratwin_library_that_is_not_installed" in missing
+    incomplete = rows["dose engines"]["aaa_without_compute"]
+    assert incomplete.startswith("FAILED to load, plug-in theratwin-broken-plugin 0.1.0")
+    assert incomplete.endswith("it lacks compute()")
+    assert "PluginWarning" not in proc.stderr  # reported once, in the listing
+
+
+def test_twin_and_outcome_registries_refuse_objects_without_their_protocol() -> None:
+    from theratwin.twin.model import TWIN_MODELS, TwinModel
+    from theratwin.twin.outcome import OUTCOME_MODELS, OutcomeModel
+
+    class NoExponentials:
+        name = "no_exponentials"
+        n_params = 2
+
+        def prior(self, structure, radiopharmaceutical, nuclide, overrides):
+            return None
+
+    with pytest.raises(ConfigurationError, match=(
+            r"^The twin model 'no_exponentials' \(test_plugins.NoExponentials\) does not implement the twin model "
+            r"protocol \(theratwin.twin.model.TwinModel\): it lacks exponentials\(\)\.$")):
+        TWIN_MODELS.register("no_exponentials", NoExponentials)
+    assert "no_exponentials" not in TWIN_MODELS
+
+    class ProbabilityOnly:
+        name = "probability_only"
+        kind = "toxicity"
+
+        def probability(self, value_Gy):
+            return value_Gy * 0.0
+
+    with pytest.raises(ConfigurationError, match=(
+            r"outcome model 'probability_only' .* it lacks quantity, reference, to_dict\(\)\.$")):
+        OUTCOME_MODELS.register("probability_only", ProbabilityOnly())
+    assert "probability_only" not in OUTCOME_MODELS
+    # every built-in conforms (they were checked when registered; checked again here against the protocol)
+    for name in TWIN_MODELS.names():
+        assert missing_members(TWIN_MODELS.get(name), TwinModel) == [], name
+    for name in OUTCOME_MODELS.names():
+        model = OUTCOME_MODELS.get(name)
+        assert missing_members(model, OutcomeModel) == [], name
+        assert isinstance(model, OutcomeModel)
+        assert model.quantity in ("dose", "bed", "eqd2") and model.kind in ("response", "toxicity")
+    assert set(TWIN_MODELS.names()) >= {"biexp", "pbpk_psma"}

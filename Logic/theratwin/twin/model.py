@@ -67,20 +67,34 @@ __all__ = [
 
 @runtime_checkable
 class TwinModel(Protocol):
-    """Protocol of a twin kinetic model (see the module docstring)."""
+    """Protocol of a twin kinetic model: what :class:`~theratwin.twin.PatientTwin` and the fit call on it.
+
+    :data:`TWIN_MODELS` refuses an entry that lacks one of these members. A model may also offer, and the twin
+    then uses: ``log_activity(eta, time_h, administered_MBq, ligand_nmol, structures, lambda_phys_per_h)`` and
+    ``log_activity_jacobian(...)`` (analytic ln A and its Jacobian, instead of numerical differences of
+    ``exponentials``); ``uses_population_priors = True`` (η[0] is ln U and the twin scales the population
+    priors to each structure's mass); ``to_dict()`` with a class method ``from_dict(d)`` (its settings in the
+    twin state).
+    """
 
     name: str
     n_params: int
 
     def prior(self, structure: str, radiopharmaceutical: str, nuclide: str,
-              overrides: dict[str, KineticPriorSpec] | None) -> StructurePrior: ...
+              overrides: dict[str, KineticPriorSpec] | None) -> StructurePrior:
+        """Prior of η for ``structure`` (a structure name) under ``radiopharmaceutical`` (a prior key) and
+        ``nuclide``, with the caller's ``overrides`` (structure kind key -> spec) applied."""
+        ...
 
     def exponentials(self, eta: np.ndarray, administered_MBq: np.ndarray, ligand_nmol: np.ndarray,
-                     structures: list[str], lambda_phys_per_h: float) -> tuple[np.ndarray, np.ndarray]: ...
+                     structures: list[str], lambda_phys_per_h: float) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients (MBq) and rates (1/h) of ``A(t) = Σ_m c_m exp(−k_m t)``, shape ``eta.shape[:-1] + (M,)``."""
+        ...
 
 
-#: Registry of twin models (entry-point group ``theratwin.twin_models``); entries are classes or instances.
-TWIN_MODELS: Registry[Any] = Registry("theratwin.twin_models", "twin model")
+#: Registry of twin models (entry-point group ``theratwin.twin_models``); entries are classes or instances,
+#: checked against :class:`TwinModel` when registered.
+TWIN_MODELS: Registry[Any] = Registry("theratwin.twin_models", "twin model", protocol=TwinModel)
 
 
 def activity_from_exponentials(coef_MBq: np.ndarray, rate_per_h: np.ndarray, time_h: np.ndarray) -> np.ndarray:

@@ -51,16 +51,24 @@ __all__ = [
 
 @runtime_checkable
 class OutcomeModel(Protocol):
-    """Protocol of an outcome (TCP/NTCP, dose–response) model; see the module docstring."""
+    """Protocol of an outcome (TCP/NTCP, dose–response) model: what the twin's forecast and planning call on it.
+
+    :data:`OUTCOME_MODELS` refuses an entry that lacks one of these members (see the module docstring for
+    their meaning).
+    """
 
     name: str
     kind: str
     quantity: str
     reference: str
 
-    def probability(self, value_Gy: np.ndarray) -> np.ndarray: ...
+    def probability(self, value_Gy: np.ndarray) -> np.ndarray:
+        """Probability of the outcome (in [0, 1], same shape) for each value of ``quantity`` in Gy."""
+        ...
 
-    def to_dict(self) -> dict[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]:
+        """The model's name and parameters (JSON-ready), recorded with every forecast."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,9 @@ class LogisticDoseResponse:
         return {"type": "logistic", **asdict(self)}
 
 
-#: Registry of outcome models (entry-point group ``theratwin.outcome_models``); entries are instances.
-OUTCOME_MODELS: Registry[Any] = Registry("theratwin.outcome_models", "outcome model")
+#: Registry of outcome models (entry-point group ``theratwin.outcome_models``); entries are instances, checked
+#: against :class:`OutcomeModel` when registered.
+OUTCOME_MODELS: Registry[Any] = Registry("theratwin.outcome_models", "outcome model", protocol=OutcomeModel)
 
 OUTCOME_MODELS.register("lkb_kidney_burman1991", LKBModel(
     "lkb_kidney_burman1991", 28.0, 0.1, "eqd2", "Burman 1991 IJROBP 21:123 (EBRT, whole kidney, nephritis)"))
