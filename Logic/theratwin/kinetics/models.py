@@ -82,15 +82,38 @@ class KineticModel(Protocol):
     selectable: bool
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
-                        lambda_phys_per_h: float) -> list[np.ndarray]: ...
+                        lambda_phys_per_h: float) -> list[np.ndarray]:
+        """Starting points for the least-squares fit; the fit keeps the best optimum over all of them.
 
-    def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray: ...
+        Parameters
+        ----------
+        time_h, activity_MBq
+            The samples (h after administration, MBq).
+        lambda_phys_per_h
+            Physical decay constant of the nuclide (1/h).
 
-    def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float: ...
+        Returns
+        -------
+        list of numpy.ndarray
+            Parameter vectors ``theta``, each ``len(param_names)`` long.
+        """
+        ...
 
-    def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]: ...
+    def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """Activity ``A(t; theta)`` in MBq at each of ``time_h`` (h), vectorised over the times."""
+        ...
 
-    def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float: ...
+    def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """Time-integrated activity ``∫_0^∞ A(t; theta) dt`` in MBq·h."""
+        ...
+
+    def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]:
+        """Readable parameters of ``theta`` by name with units (e.g. ``A0_MBq``, ``lambda_eff_per_h``)."""
+        ...
+
+    def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """Effective half-life ``ln 2 / lambda_eff`` of the slowest clearance phase in h."""
+        ...
 
 
 @runtime_checkable
@@ -102,7 +125,19 @@ class DirectKineticModel(Protocol):
     selectable: bool
 
     def fit_direct(self, time_h: np.ndarray, activity_MBq: np.ndarray, activity_sd_MBq: np.ndarray | None,
-                   lambda_phys_per_h: float) -> DirectFit: ...
+                   lambda_phys_per_h: float) -> DirectFit:
+        """Fit without an optimiser (e.g. integrate the samples) and return the TIA with its standard deviation.
+
+        Parameters
+        ----------
+        time_h, activity_MBq
+            The samples (h after administration, MBq).
+        activity_sd_MBq
+            Standard deviation of each sample (MBq), or None (then the TIA's SD is NaN).
+        lambda_phys_per_h
+            Physical decay constant of the nuclide (1/h).
+        """
+        ...
 
 
 @dataclass
@@ -211,6 +246,8 @@ class MonoExponential:
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
+        """Starts from the log-linear line through the clearance phase, each segment's slope and slow/fast
+        biological clearance guesses."""
         a0, lam = _loglinear(*_tail_points(time_h, activity_MBq))
         a_max = float(np.max(activity_MBq)) + 1e-12
         starts = [(a0, lam), (a_max, 0.1 * lambda_phys_per_h + lambda_phys_per_h),
@@ -222,25 +259,31 @@ class MonoExponential:
         return guesses
 
     def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``A(t) = A0 exp(-(lambda_phys + exp(phi)) t)`` in MBq."""
         lam = lambda_phys_per_h + _rate(theta[1])
         return _amp(theta[0]) * np.exp(-lam * np.asarray(time_h, float))
 
     def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``∂A/∂theta`` at each time, shape ``(len(time_h), 2)`` (zero where a parameter is clamped)."""
         t = np.asarray(time_h, float)
         e = np.exp(-(lambda_phys_per_h + _rate(theta[1])) * t)
         return np.column_stack([_damp(theta[0]) * e, -_amp(theta[0]) * t * e * _drate(theta[1])])
 
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``TIA = A0 / (lambda_phys + exp(phi))`` in MBq·h."""
         return _amp(theta[0]) / (lambda_phys_per_h + _rate(theta[1]))
 
     def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]:
+        """``A0_MBq``, ``lambda_eff_per_h`` and ``lambda_bio_per_h`` of ``theta``."""
         lb = _rate(theta[1])
         return {"A0_MBq": _amp(theta[0]), "lambda_eff_per_h": lambda_phys_per_h + lb, "lambda_bio_per_h": lb}
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``ln 2 / (lambda_phys + exp(phi))`` in h."""
         return math.log(2.0) / (lambda_phys_per_h + _rate(theta[1]))
 
     def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        """Log-normal prior on the biological clearance half-time (``phi``)."""
         return [rate_prior_term("clearance biological half-time", 1, 2, priors.clearance_biological_half_time_h)]
 
 
@@ -263,6 +306,8 @@ class BiExponentialUptake:
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
+        """Starts from the clearance slope of the tail (and of each segment) combined with uptake rates
+        from complete before the first sample to still rising at the peak."""
         out = []
         t_first = float(max(time_h[0], 1e-3))
         # clearance: the log-linear line through the tail, then each segment's slope (see _segment_rates)
@@ -279,11 +324,13 @@ class BiExponentialUptake:
         return out
 
     def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``A(t) = A0 [exp(-lambda_c t) - exp(-lambda_u t)]`` in MBq."""
         lc, lu = self._rates(theta, lambda_phys_per_h)
         t = np.asarray(time_h, float)
         return _amp(theta[0]) * (np.exp(-lc * t) - np.exp(-lu * t))
 
     def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``∂A/∂theta`` at each time, shape ``(len(time_h), 3)`` (zero where a parameter is clamped)."""
         lc, lu = self._rates(theta, lambda_phys_per_h)
         t = np.asarray(time_h, float)
         ec, eu = np.exp(-lc * t), np.exp(-lu * t)
@@ -293,18 +340,22 @@ class BiExponentialUptake:
                                 a0 * t * eu * _drate(theta[2])])
 
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``TIA = A0 (1/lambda_c - 1/lambda_u)`` in MBq·h."""
         lc, lu = self._rates(theta, lambda_phys_per_h)
         return _amp(theta[0]) * (1.0 / lc - 1.0 / lu)
 
     def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]:
+        """``A0_MBq``, ``lambda_eff_per_h`` (= lambda_c), ``lambda_bio_per_h`` and ``lambda_uptake_per_h``."""
         lc, lu = self._rates(theta, lambda_phys_per_h)
         return {"A0_MBq": _amp(theta[0]), "lambda_eff_per_h": lc, "lambda_bio_per_h": lc - lambda_phys_per_h,
                 "lambda_uptake_per_h": lu}
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``ln 2 / lambda_c`` (clearance phase) in h."""
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
 
     def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        """Log-normal priors on the clearance biological half-time and the uptake half-time."""
         # phi_uptake = ln(lambda_u - lambda_c): log-normal prior on the uptake half-time
         return [rate_prior_term("clearance biological half-time", 1, 3, priors.clearance_biological_half_time_h),
                 rate_prior_term("uptake half-time", 2, 3, priors.uptake_half_time_h)]
@@ -328,6 +379,8 @@ class BiExponential:
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
+        """Starts from a log-linear line through the later half (slow phase) and through the residual of
+        the earlier half (fast phase)."""
         n = time_h.size
         half = max(n // 2, 2)
         a_slow, l_slow = _loglinear(time_h[-half:], activity_MBq[-half:])
@@ -342,11 +395,13 @@ class BiExponential:
         return out
 
     def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``A(t) = A1 exp(-lambda_1 t) + A2 exp(-lambda_2 t)`` in MBq."""
         l1, l2 = self._rates(theta, lambda_phys_per_h)
         t = np.asarray(time_h, float)
         return _amp(theta[0]) * np.exp(-l1 * t) + _amp(theta[1]) * np.exp(-l2 * t)
 
     def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``∂A/∂theta`` at each time, shape ``(len(time_h), 4)`` (zero where a parameter is clamped)."""
         l1, l2 = self._rates(theta, lambda_phys_per_h)
         t = np.asarray(time_h, float)
         e1, e2 = np.exp(-l1 * t), np.exp(-l2 * t)
@@ -356,18 +411,24 @@ class BiExponential:
                                 -t * (a1 * e1 + a2 * e2) * _drate(theta[2]), -t * a2 * e2 * _drate(theta[3])])
 
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``TIA = A1/lambda_1 + A2/lambda_2`` in MBq·h."""
         l1, l2 = self._rates(theta, lambda_phys_per_h)
         return _amp(theta[0]) / l1 + _amp(theta[1]) / l2
 
     def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]:
+        """``A1_MBq``, ``A2_MBq``, ``lambda_eff_per_h`` (= lambda_1, slow), ``lambda_bio_per_h`` and
+        ``lambda_fast_per_h``."""
         l1, l2 = self._rates(theta, lambda_phys_per_h)
         return {"A1_MBq": _amp(theta[0]), "A2_MBq": _amp(theta[1]), "lambda_eff_per_h": l1,
                 "lambda_bio_per_h": l1 - lambda_phys_per_h, "lambda_fast_per_h": l2}
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``ln 2 / lambda_1`` (slow phase) in h."""
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
 
     def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        """Priors on the fast fraction (logit, ``ln(A2/A1)``), the clearance biological half-time and the
+        fast phase's excess half-time."""
         # ln(A2/A1) = logit of the fast fraction; phi_2 = ln(lambda_2 - lambda_1)
         p = priors.fast_fraction_logit
         return [PriorTerm("fast fraction (logit)", (-1.0, 1.0, 0.0, 0.0), p.mean, p.sd),
@@ -395,6 +456,8 @@ class TriExponential:
 
     def initial_guesses(self, time_h: np.ndarray, activity_MBq: np.ndarray,
                         lambda_phys_per_h: float) -> list[np.ndarray]:
+        """Starts from the log-linear slope of the last three samples (slow phase) with three assumed
+        fast-phase and uptake rates."""
         a_slow, l_slow = _loglinear(time_h[-3:], activity_MBq[-3:])
         lb = max(l_slow - lambda_phys_per_h, 1e-3 * lambda_phys_per_h)
         l1 = lambda_phys_per_h + lb
@@ -408,12 +471,14 @@ class TriExponential:
         return out
 
     def evaluate(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``A(t) = A1 exp(-lambda_1 t) + A2 exp(-lambda_2 t) - (A1 + A2) exp(-lambda_3 t)`` in MBq."""
         l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
         a1, a2 = _amp(theta[0]), _amp(theta[1])
         t = np.asarray(time_h, float)
         return a1 * np.exp(-l1 * t) + a2 * np.exp(-l2 * t) - (a1 + a2) * np.exp(-l3 * t)
 
     def jacobian(self, theta: np.ndarray, time_h: np.ndarray, lambda_phys_per_h: float) -> np.ndarray:
+        """``∂A/∂theta`` at each time, shape ``(len(time_h), 5)`` (zero where a parameter is clamped)."""
         l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
         t = np.asarray(time_h, float)
         e1, e2, e3 = np.exp(-l1 * t), np.exp(-l2 * t), np.exp(-l3 * t)
@@ -426,19 +491,25 @@ class TriExponential:
                                 d2 * _drate(theta[3]), d3 * _drate(theta[4])])
 
     def tia(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``TIA = A1/lambda_1 + A2/lambda_2 - (A1 + A2)/lambda_3`` in MBq·h."""
         l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
         a1, a2 = _amp(theta[0]), _amp(theta[1])
         return a1 / l1 + a2 / l2 - (a1 + a2) / l3
 
     def physical_params(self, theta: np.ndarray, lambda_phys_per_h: float) -> dict[str, float]:
+        """``A1_MBq``, ``A2_MBq``, ``lambda_eff_per_h`` (= lambda_1, slow), ``lambda_bio_per_h``,
+        ``lambda_fast_per_h`` and ``lambda_uptake_per_h``."""
         l1, l2, l3 = self._rates(theta, lambda_phys_per_h)
         return {"A1_MBq": _amp(theta[0]), "A2_MBq": _amp(theta[1]), "lambda_eff_per_h": l1,
                 "lambda_bio_per_h": l1 - lambda_phys_per_h, "lambda_fast_per_h": l2, "lambda_uptake_per_h": l3}
 
     def effective_half_life_h(self, theta: np.ndarray, lambda_phys_per_h: float) -> float:
+        """``ln 2 / lambda_1`` (slow phase) in h."""
         return math.log(2.0) / self._rates(theta, lambda_phys_per_h)[0]
 
     def prior_terms(self, priors: KineticPriors) -> list[PriorTerm]:
+        """Priors on the fast fraction (logit), the clearance biological half-time, the fast phase's excess
+        half-time and the uptake half-time."""
         p = priors.fast_fraction_logit
         return [PriorTerm("fast fraction (logit)", (-1.0, 1.0, 0.0, 0.0, 0.0), p.mean, p.sd),
                 rate_prior_term("clearance biological half-time", 2, 5, priors.clearance_biological_half_time_h),
@@ -486,6 +557,8 @@ class Trapezoidal:
 
     def fit_direct(self, time_h: np.ndarray, activity_MBq: np.ndarray, activity_sd_MBq: np.ndarray | None,
                    lambda_phys_per_h: float) -> DirectFit:
+        """Trapezoidal area plus the tail ``A_n / lambda``; the SD from the sample SDs by the delta method
+        (exact for the physical tail)."""
         t = np.asarray(time_h, float)
         a = np.asarray(activity_MBq, float)
         tia, lam = self._tia(t, a, lambda_phys_per_h)
