@@ -53,6 +53,7 @@ class MapName(NamedTuple):
 
     @property
     def cumulative(self) -> bool:
+        """True for a map summed over every cycle (``cumulative/...``), which has no cycle number."""
         return self.cycle is None
 
 
@@ -190,6 +191,8 @@ class StructureResult:
     estimated_by_twin: dict[str, float] | None = None  # {"tia_MBq_h", "sd", "low", "high"} for sparse cycles
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``results.json``): the fields that are set, numpy values and non-finite floats
+        made JSON-safe (NaN -> null)."""
         return {k: to_jsonable(v) for k, v in asdict(self).items() if v is not None}
 
 
@@ -206,11 +209,15 @@ class CycleResult:
     structures: dict[str, StructureResult] = field(default_factory=dict)
 
     def structure(self, name: str) -> StructureResult:
+        """The :class:`StructureResult` of structure ``name`` in this cycle, created empty the first time
+        it is asked for."""
         if name not in self.structures:
             self.structures[name] = StructureResult(structure=name, cycle=self.cycle)
         return self.structures[name]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: administration (MBq, ISO 8601 start, radiopharmaceutical, nuclide), imaging times
+        (h) and structures."""
         return {
             "cycle": self.cycle,
             "administered_MBq": self.administered_MBq,
@@ -281,13 +288,41 @@ class Results:
 
     def warn(self, stage: str, message: str, *, structure: str | None = None, cycle: int | None = None,
              severity: str = "warning") -> None:
+        """Record something the user must know about a result (shown by the CLI, the report, the SR and FHIR).
+
+        Parameters
+        ----------
+        stage
+            The stage that warns (``"kinetics"``, ``"dosimetry"`` ...).
+        message
+            One line naming the structure, cycle or value and what it means for the result.
+        structure, cycle
+            What the warning is about, when it concerns one structure or one cycle.
+        severity
+            ``"info"``, ``"warning"`` or ``"error"`` (an implausible result).
+        """
         self.warnings.append(RunWarning(stage, message, structure, cycle, severity))
 
     def record_method(self, stage: str, method: str, parameters: dict[str, Any] | None = None,
                       references: list[str] | None = None) -> None:
+        """Record how a stage computed its results (method, parameters, literature), for the SR, FHIR Provenance and the report.
+
+        Parameters
+        ----------
+        stage
+            The stage (``"kinetics"``, ``"dosimetry"`` ...).
+        method
+            The method as a reader should see it, e.g. ``"voxel S-value convolution (DVK)"``.
+        parameters
+            The settings that determine the numbers (copied).
+        references
+            Literature of the method (copied).
+        """
         self.methods.append(MethodRecord(stage, method, dict(parameters or {}), list(references or [])))
 
     def structure_names(self) -> list[str]:
+        """Names of every structure with a result in any cycle, in the order they first appear (cycle by
+        cycle)."""
         names: list[str] = []
         for c in self.cycles.values():
             for n in c.structures:
@@ -296,6 +331,9 @@ class Results:
         return names
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``theratwin-results/1`` JSON form written as ``results.json``: notice, software version,
+        study summary, cycles, map geometries (not their voxels), twin results, warnings, methods and
+        outputs."""
         return {
             "schema": "theratwin-results/1",
             "notice": RESEARCH_USE_NOTICE,
@@ -312,6 +350,13 @@ class Results:
         }
 
     def to_json(self, indent: int = 2) -> str:
+        """:meth:`to_dict` as JSON text (non-finite numbers are written as null).
+
+        Raises
+        ------
+        ValueError
+            A value is still not JSON-compliant (a bug in a ``to_dict``; nothing is written half).
+        """
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def write_json(self, path: str | Path) -> Path:

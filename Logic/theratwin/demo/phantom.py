@@ -38,22 +38,27 @@ class Shape:
     """Base class: a solid in body coordinates (mm)."""
 
     def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        """Axis-aligned bounding box of the solid: (lower corner, upper corner) as (x, y, z) in mm."""
         raise NotImplementedError
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Boolean mask of the points ``(x, y, z)`` (mm, broadcastable arrays) that lie inside the solid."""
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class Ellipsoid(Shape):
+    """Ellipsoid with semi-axes ``radii`` (mm) along x, y and z around ``center`` (mm)."""
     center: tuple[float, float, float]
     radii: tuple[float, float, float]
 
     def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """``center ± radii`` (mm)."""
         c, r = np.asarray(self.center), np.asarray(self.radii)
         return c - r, c + r
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``((x-cx)/a)² + ((y-cy)/b)² + ((z-cz)/c)² <= 1``."""
         cx, cy, cz = self.center
         a, b, c = self.radii
         return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2 <= 1.0
@@ -68,11 +73,13 @@ class EllipticCylinder(Shape):
     z_range: tuple[float, float]
 
     def bounds_mm(self) -> tuple[np.ndarray, np.ndarray]:
+        """``center_xy ± radii_xy`` in x and y, ``z_range`` in z (mm)."""
         cx, cy = self.center_xy
         a, b = self.radii_xy
         return np.array([cx - a, cy - b, self.z_range[0]]), np.array([cx + a, cy + b, self.z_range[1]])
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``((x-cx)/a)² + ((y-cy)/b)² <= 1`` and ``z`` within ``z_range`` (ends included)."""
         cx, cy = self.center_xy
         a, b = self.radii_xy
         return (((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0) & (z >= self.z_range[0]) & (z <= self.z_range[1])

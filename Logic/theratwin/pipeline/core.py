@@ -44,7 +44,10 @@ class Stage(Protocol):
     name: str
     requires: tuple[str, ...]
 
-    def run(self, context: PipelineContext) -> None: ...
+    def run(self, context: PipelineContext) -> None:
+        """Run the stage: read ``context.study`` and ``context.state`` (earlier stages' typed outputs) and
+        its options, write into ``context.results`` (and files into ``context.out_dir``)."""
+        ...
 
 
 #: Registry of pipeline stages (entry-point group ``theratwin.stages``).
@@ -134,18 +137,30 @@ class PipelineConfig:
         return ReadOptions.from_dict(d)
 
     def plausibility_config(self) -> PlausibilityConfig:
+        """The plausibility thresholds and action (:class:`theratwin.plausibility.PlausibilityConfig`) from
+        :attr:`plausibility`."""
         return PlausibilityConfig.from_dict(self.plausibility)
 
     def options(self, stage: str) -> dict[str, Any]:
+        """A copy of the options given for stage ``stage`` (empty when none were given); the stage parses
+        and checks them."""
         return dict(self.stage_options.get(stage, {}))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``--config`` file, run manifest); :meth:`from_dict` reads it back."""
         d = asdict(self)
         d["stages"] = list(self.stages)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        """The settings from their JSON form (:meth:`to_dict`, or a user's ``--config`` file).
+
+        Raises
+        ------
+        ConfigurationError
+            A key is not a setting (the message lists the known ones).
+        """
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -227,6 +242,7 @@ class Pipeline:
         load_builtin_stages()
 
     def available_stages(self) -> list[str]:
+        """The configured stages that are installed (in :data:`STAGES`), in run order."""
         return [s for s in self.config.stages if s in STAGES]
 
     def check_stages(self, stages: tuple[str, ...] | list[str] | None = None, completed: Any = ()) -> None:

@@ -199,21 +199,27 @@ class Structure:
 
     @property
     def role(self) -> StructureRole:
+        """What the structure is for the dosimetry (body, organ at risk, organ, lesion), from its kind."""
         return self.kind.role
 
     @property
     def is_lesion(self) -> bool:
+        """True for a tumour lesion (response is forecast for lesions, toxicity for organs at risk)."""
         return self.kind.role is StructureRole.LESION
 
     @property
     def property_type(self) -> CodedConcept:
+        """Its DICOM SEG Segmented Property Type code (CID 7151), e.g. SCT 64033007 Kidney."""
         return self.kind.type
 
     @property
     def tissue(self) -> str:
+        """The key of its tissue parameters (α/β, repair half-time, dose limit) in
+        :mod:`theratwin.radiobiology.tissues`."""
         return self.kind.tissue
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: name, label value, kind key, display colour (sRGB 0-255), role, tissue and codes."""
         return {
             "name": self.name,
             "label": self.label,
@@ -261,6 +267,13 @@ class Segmentation:
             self.masks[s.name] = m.astype(bool, copy=False)
 
     def structure(self, name: str) -> Structure:
+        """The structure called ``name``.
+
+        Raises
+        ------
+        InvalidInputError
+            No structure has that name (the message lists the names there are).
+        """
         for s in self.structures:
             if s.name == name:
                 return s
@@ -268,6 +281,7 @@ class Segmentation:
 
     @property
     def names(self) -> list[str]:
+        """Names of the structures, in label order as stored."""
         return [s.name for s in self.structures]
 
     def volume_mL(self, name: str) -> float:
@@ -325,6 +339,13 @@ class Study:
                 self.reference_ct_source = first.ct_source
 
     def cycle(self, number: int) -> Cycle:
+        """The cycle numbered ``number`` (1 = first administration).
+
+        Raises
+        ------
+        InvalidInputError
+            The study has no such cycle (the message lists the cycles it has).
+        """
         for c in self.cycles:
             if c.number == number:
                 return c
@@ -332,6 +353,8 @@ class Study:
 
     @property
     def nuclide(self) -> str:
+        """The radionuclide of the first cycle's administration, e.g. ``"Lu-177"`` (a name
+        :func:`theratwin.nuclides.get` knows)."""
         return self.cycles[0].administration.nuclide
 
     def summary(self) -> dict[str, Any]:

@@ -87,10 +87,13 @@ class LKBModel:
             raise ConfigurationError(f"LKB model '{self.name}': TD50 and m must be positive.")
 
     def probability(self, value_Gy: np.ndarray) -> np.ndarray:
+        """NTCP ``Φ((D − TD50) / (m·TD50))`` (Φ: standard normal CDF) for each dose ``D`` in Gy of
+        :attr:`quantity`."""
         d = np.asarray(value_Gy, dtype=float)
         return ndtr((d - self.td50_Gy) / (self.m * self.td50_Gy))
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters with ``"type": "lkb"``: name, TD50 (Gy), m, quantity, reference and kind."""
         return {"type": "lkb", **asdict(self)}
 
 
@@ -110,10 +113,12 @@ class LogisticDoseResponse:
             raise ConfigurationError(f"Logistic model '{self.name}': D50 and gamma50 must be positive.")
 
     def probability(self, value_Gy: np.ndarray) -> np.ndarray:
+        """``P = 1 / (1 + (D50/D)^(4 γ50))`` for each dose ``D`` in Gy (``D`` <= 0 gives 0)."""
         d = np.maximum(np.asarray(value_Gy, dtype=float), 1e-12)
         return 1.0 / (1.0 + np.power(self.d50_Gy / d, 4.0 * self.gamma50))
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters with ``"type": "logistic"``: name, D50 (Gy), γ50, quantity, reference and kind."""
         return {"type": "logistic", **asdict(self)}
 
 

@@ -99,6 +99,8 @@ class Observation:
     correlated_rel_sd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the observation (times in h, activities in MBq); fields that are None are left
+        out."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -115,10 +117,20 @@ class Interval:
 
     @classmethod
     def from_draws(cls, draws: np.ndarray, level: float = 0.9) -> Interval:
+        """Summarise Monte Carlo draws: mean, SD (``ddof=1``), median and the central ``level`` interval (quantiles).
+
+        Parameters
+        ----------
+        draws
+            Samples of the quantity (any unit; the interval keeps it).
+        level
+            Probability content of the central interval, e.g. 0.9 for the 5th-95th percentiles.
+        """
         q = np.quantile(draws, [0.5, (1 - level) / 2, (1 + level) / 2])
         return cls(float(np.mean(draws)), float(np.std(draws, ddof=1)), float(q[0]), float(q[1]), float(q[2]), level)
 
     def to_dict(self) -> dict[str, float]:
+        """``{mean, sd, median, low, high, level}`` (the quantity's unit; :meth:`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod
@@ -154,6 +166,8 @@ class TIAEstimate:
     method: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the estimate's mean, SD, median and interval in MBq·h with its level, points and
+        method."""
         return asdict(self)
 
 
@@ -183,6 +197,8 @@ class StructurePrediction:
         return {k: getattr(self, k) for k in PREDICTED_QUANTITIES}
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: each predicted quantity's :class:`Interval` (MBq·h, Gy) and the dose factor, α/β
+        (Gy) and repair half-time (h) used."""
         d: dict[str, Any] = {"structure": self.structure}
         for k, iv in self.intervals().items():
             d[k] = iv.to_dict()
@@ -232,6 +248,7 @@ class Prediction:
         return self.structures[structure]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the raw ``draws`` are left out); :meth:`from_dict` reads it back."""
         return {
             "cycle": self.cycle, "administered_MBq": self.administered_MBq, "ligand_nmol": self.ligand_nmol,
             "n_draws": self.n_draws, "interval_level": self.level,
@@ -284,6 +301,7 @@ class Recommendation:
     within_protocol: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with the research-use notice; :meth:`from_dict` reads it back."""
         return {
             "cycle": self.cycle, "administered_MBq": self.administered_MBq, "confidence": self.confidence,
             "probability_within_limits": self.probability_within_limits, "within_protocol": self.within_protocol,
@@ -385,6 +403,7 @@ class TreatmentPlan:
 
     @property
     def n_cycles_planned(self) -> int:
+        """Number of further cycles in the plan (0: no further cycle)."""
         return len(self.activities_MBq)
 
     def headline(self) -> str:
@@ -403,6 +422,8 @@ class TreatmentPlan:
                 f"{self.binding_constraint}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with ``headline`` and ``n_cycles_planned`` added for readers of the file;
+        :meth:`from_dict` reads it back."""
         return {
             "next_cycle": self.next_cycle,
             "cycles_given": {str(k): v for k, v in self.cycles_given.items()},
