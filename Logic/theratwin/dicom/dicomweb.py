@@ -69,6 +69,7 @@ class DicomWebConnection:
         self.client.set_http_retry_params(retry=False)
 
     def close(self) -> None:
+        """Close the HTTP session (its pooled connections)."""
         self._session.close()
 
     def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
@@ -119,6 +120,8 @@ class DicomWebConnection:
         return PermanentFailure(msg + ".")
 
     def store(self, path: Path) -> None:
+        """STOW-RS the file at ``path``; a ``FailedSOPSequence`` entry for it is a ``PermanentFailure``, an
+        unreachable server or refused credentials ``StopDelivery``."""
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError) as exc:
@@ -144,6 +147,8 @@ class DicomWebConnection:
         return list(self._call(what, fn, **kwargs))
 
     def find_studies(self, *, patient_id: str | None, study_uid: str | None) -> Iterator[dict[str, str]]:
+        """QIDO-RS study search by ``PatientID`` and/or ``StudyInstanceUID``; yields ``{StudyInstanceUID,
+        PatientID, StudyDate, StudyDescription}``."""
         filters = {}
         if patient_id:
             filters["PatientID"] = patient_id
@@ -154,11 +159,14 @@ class DicomWebConnection:
                    "StudyDate": _value(a, "00080020"), "StudyDescription": _value(a, "00081030")}
 
     def instance_uids(self, study_uid: str) -> Iterator[str]:
+        """QIDO-RS instance search in study ``study_uid``; yields the SOP Instance UIDs."""
         for a in self._search(self.client.search_for_instances, "QIDO-RS instance search",
                               study_instance_uid=study_uid):
             yield _value(a, "00080018")
 
     def fetch_study(self, study_uid: str, dest: Path) -> Iterator[Path]:
+        """WADO-RS retrieve of study ``study_uid``; writes each instance to ``dest/<SOPInstanceUID>.dcm``
+        (atomically) and yields its path."""
         datasets = self._call(f"WADO-RS of study {study_uid}", self.client.retrieve_study, study_instance_uid=study_uid)
         for ds in datasets:
             path = dest / f"{ds.SOPInstanceUID}.dcm"

@@ -131,12 +131,18 @@ class DimseConnection:
         return timer
 
     def close(self) -> None:
+        """Release the association if one is established."""
         if self._assoc is not None and self._assoc.is_established:
             self._assoc.release()
         self._assoc = None
 
     # -- C-STORE -----------------------------------------------------------------------------------------------
     def store(self, path: Path) -> None:
+        """C-STORE the file at ``path``, confirmed by a C-FIND on the same association.
+
+        A failure status (or an unreadable file) raises ``PermanentFailure``; no association, a lost connection
+        or the total time limit raises ``StopDelivery``.
+        """
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError) as exc:
@@ -209,6 +215,8 @@ class DimseConnection:
         return found
 
     def find_studies(self, *, patient_id: str | None, study_uid: str | None) -> Iterator[dict[str, str]]:
+        """C-FIND at STUDY level by ``PatientID`` and/or ``StudyInstanceUID``; yields ``{StudyInstanceUID,
+        PatientID, StudyDate, StudyDescription}``."""
         q = Dataset()
         q.QueryRetrieveLevel = "STUDY"
         q.StudyInstanceUID = study_uid or ""
@@ -219,6 +227,7 @@ class DimseConnection:
             yield {k: str(ident.get(k, "")) for k in ("StudyInstanceUID", "PatientID", "StudyDate", "StudyDescription")}
 
     def instance_uids(self, study_uid: str) -> Iterator[str]:
+        """C-FIND at IMAGE level in study ``study_uid``; yields the SOP Instance UIDs."""
         q = Dataset()
         q.QueryRetrieveLevel = "IMAGE"
         q.StudyInstanceUID = study_uid
@@ -229,6 +238,8 @@ class DimseConnection:
 
     # -- C-GET -------------------------------------------------------------------------------------------------
     def fetch_study(self, study_uid: str, dest: Path) -> Iterator[Path]:
+        """C-GET of study ``study_uid``; each instance received is written to ``dest/<SOPInstanceUID>.dcm``
+        (atomically) and its path yielded."""
         written: list[Path] = []
 
         def on_store(event: Any) -> int:

@@ -84,6 +84,7 @@ class ExportContext:
 
     @property
     def study_uid(self) -> str:
+        """Study Instance UID of ``patient_study``, which every object of this export is written into."""
         return str(self.patient_study.StudyInstanceUID)
 
     @classmethod

@@ -68,15 +68,21 @@ class CameraCalibration:
             raise ConfigurationError(f"Camera calibration: {exc}") from None
 
     def specificity(self) -> int:
+        """How many camera fields (manufacturer, model, serial number, station) the calibration names; the
+        reader prefers the most specific match."""
         return sum(bool(v) for v in (self.manufacturer, self.model, self.serial_number, self.station))
 
     def matches(self, *, nuclide: str, manufacturer: str, model: str, serial_number: str, station: str) -> bool:
+        """True when the calibration is for ``nuclide`` and every camera field it names equals the series'
+        (case and surrounding spaces ignored)."""
         pairs = ((self.manufacturer, manufacturer), (self.model, model), (self.serial_number, serial_number),
                  (self.station, station))
         return self.nuclide == nuclide and all(not want or want.strip().lower() == got.strip().lower()
                                                for want, got in pairs)
 
     def describe(self) -> str:
+        """One line for the methods record, e.g. ``"12.3 cps/MBq for Lu-177 on Siemens Symbia SN 1234
+        (NM1), phantom 2026-01"``."""
         camera = " ".join(v for v in (self.manufacturer, self.model) if v) or "any camera"
         if self.serial_number:
             camera += f" SN {self.serial_number}"
@@ -157,12 +163,21 @@ class ReadOptions:
         return parse_zone(self.timezone) if self.timezone else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the ``read`` section of a pipeline configuration); :meth:`from_dict` reads it
+        back."""
         d = asdict(self)
         d["plausibility"] = self.plausibility.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ReadOptions:
+        """The reader settings from their JSON form (None or empty: the defaults).
+
+        Raises
+        ------
+        ConfigurationError
+            A key is not a read setting, or a value is invalid (the message names it).
+        """
         return cls(**checked_fields(cls, d, "read settings"))
 
 

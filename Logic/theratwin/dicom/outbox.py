@@ -90,6 +90,7 @@ class DeliveryReport:
 
     @property
     def ok(self) -> bool:
+        """True when nothing is pending: no item failed or was left untried in this delivery."""
         return self.pending == 0
 
 

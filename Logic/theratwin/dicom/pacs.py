@@ -64,6 +64,7 @@ class PacsClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection (also done on leaving a ``with`` block)."""
         self._impl.close()
 
     def store(self, path: str | Path) -> None:

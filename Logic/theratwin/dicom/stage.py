@@ -53,6 +53,8 @@ class DicomExportStage:
     Options = DicomExportOptions
 
     def run(self, context: PipelineContext) -> None:
+        """Write RT Dose, SR (TID 1500) and SEG of the results into ``out_dir/dicom`` (nothing, with an
+        info warning, without an output folder or with ``write_outputs`` off)."""
         res = context.results
         opts = parse_options(self.Options, context.config.options(self.name), stage=self.name)
         if context.out_dir is None or not context.config.write_outputs:
