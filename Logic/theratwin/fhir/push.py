@@ -69,6 +69,8 @@ class TransactionSummary:
 
     @classmethod
     def from_response(cls, response: Mapping[str, Any]) -> TransactionSummary:
+        """Count the entries of a transaction-response Bundle by resource type: ``201`` as created, any
+        other status as already existing (conditional create matched)."""
         s = cls()
         for e in response.get("entry", []) or []:
             r = e.get("response", {}) or {}
@@ -82,10 +84,12 @@ class TransactionSummary:
 
     @property
     def n_created(self) -> int:
+        """Number of resources the server created."""
         return sum(self.created.values())
 
     @property
     def n_existing(self) -> int:
+        """Number of entries the server matched to a resource it already held (not created again)."""
         return sum(self.existing.values())
 
 
@@ -102,9 +106,12 @@ class FhirPushReport:
 
     @property
     def ok(self) -> bool:
+        """True when every bundle was stored or had been before, and the outbox is empty."""
         return not self.failed and not self.not_tried and self.outbox_left == 0
 
     def describe(self) -> str:
+        """One line per bundle (created / already present / kept in the outbox and why) and what is left in
+        the outbox, for the CLI and the log."""
         where = destination_key(self.fhir_url).removeprefix("fhir:")
         lines = [f"FHIR {where}: {name} stored ({s.n_created} created, {s.n_existing} already present)."
                  for name, s in self.sent]

@@ -101,6 +101,7 @@ class RunManifest:
 
     @property
     def complete(self) -> bool:
+        """True when the run finished every stage (status ``complete``)."""
         return self.status == "complete"
 
     def describe(self) -> str:
@@ -114,10 +115,12 @@ class RunManifest:
         return text + f", {self.status}"
 
     def to_json(self) -> str:
+        """The manifest file's text (with its schema name)."""
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunManifest:
+        """The manifest from a parsed manifest file (keys this version does not know are ignored)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -264,6 +267,14 @@ class RunRecorder:
 
     # -- start --------------------------------------------------------------------------------------------------
     def begin(self) -> None:
+        """Claim the output folder before the first stage: refuse another patient's folder (unless replacing), take the run lock,
+        remove temporary files of a killed run and write the manifest as ``running``.
+
+        Raises
+        ------
+        OutputError
+            The folder holds another patient's results (without ``replace_outputs``), or another run holds its lock.
+        """
         study = self.ctx.study
         pid, issuer = study.patient.patient_id, study.patient.issuer
         replace = bool(getattr(self.ctx.config, "replace_outputs", False))

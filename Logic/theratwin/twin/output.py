@@ -54,6 +54,8 @@ class TwinEstimate:
     difference_z: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The TIA estimate's JSON form (MBq·h), with the kinetics stage's TIA, SD and the z-difference
+        when there are."""
         d = self.tia.to_dict()
         if self.kinetics_tia_MBq_h is not None:
             d.update(kinetics_tia_MBq_h=self.kinetics_tia_MBq_h, kinetics_sd_MBq_h=self.kinetics_sd_MBq_h,
@@ -62,6 +64,7 @@ class TwinEstimate:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TwinEstimate:
+        """The estimate from its :meth:`to_dict` form (a missing number is NaN)."""
         names = [f for f in TIAEstimate.__dataclass_fields__]
         tia = TIAEstimate(**{k: d.get(k, math.nan) for k in names})
         opt = {k: (None if d.get(k) is None else float(d[k]))
@@ -78,6 +81,7 @@ class TwinTrajectory:
     cumulative_by_cycle: dict[int, dict[str, dict[str, Interval]]]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (cycle numbers as strings, each quantity's :class:`Interval` as a dict)."""
         return {"administered_MBq_per_future_cycle": self.administered_MBq_per_future_cycle,
                 "cumulative_by_cycle": {str(c): {s: {q: iv.to_dict() for q, iv in per.items()}
                                                  for s, per in by_s.items()}
@@ -85,10 +89,12 @@ class TwinTrajectory:
 
     @classmethod
     def from_prediction(cls, prediction: Prediction) -> TwinTrajectory:
+        """The trajectory of a prediction made with ``cumulative_by_cycle`` (empty without it)."""
         return cls(prediction.administered_MBq, dict(prediction.cumulative_by_cycle or {}))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TwinTrajectory:
+        """The trajectory from its :meth:`to_dict` form."""
         return cls(float(d["administered_MBq_per_future_cycle"]),
                    {int(c): {str(s): {str(q): Interval.from_dict(iv) for q, iv in per.items()}
                              for s, per in by_s.items()}

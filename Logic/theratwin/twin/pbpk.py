@@ -71,6 +71,7 @@ class PSMAPBPKParameters:
         "rest": 0.05})
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters by field name (``PSMAPBPKParameters(**d)`` rebuilds them)."""
         return asdict(self)
 
 
@@ -88,6 +89,8 @@ class PBPKResult:
     administered_MBq: float
 
     def total_nmol(self) -> np.ndarray:
+        """Ligand in plasma, every tissue and excreted (nmol) at each time; constant when the solution
+        conserves mass."""
         return self.plasma_nmol + sum(self.tissue_nmol.values()) + self.excreted_nmol
 
     def activity_at(self, tissue: str, time_h: np.ndarray) -> np.ndarray:
@@ -222,6 +225,7 @@ class PBPKSaturationModel(BiexponentialModel):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PBPKSaturationModel:
+        """The model from its :meth:`to_dict` form (as stored in a twin state)."""
         return cls(PSMAPBPKParameters(**d["parameters"]), float(d.get("reference_ligand_nmol", 100.0)))
 
     def _tabulate(self) -> None:
@@ -241,6 +245,8 @@ class PBPKSaturationModel(BiexponentialModel):
         return np.interp(lg, self._grid_log, self._table[tissue])
 
     def log_amplitude_offset(self, ligand_nmol: np.ndarray, structures: list[str], shape: tuple[int, ...]) -> np.ndarray:
+        """``ln U`` offset of each structure from the ligand amount: ``ln TIA_PBPK(ligand) − ln
+        TIA_PBPK(reference ligand)`` per MBq (0 for a structure without a PBPK tissue)."""
         lig = np.broadcast_to(np.asarray(ligand_nmol, float), shape)
         out = np.zeros(shape)
         for i, s in enumerate(structures):

@@ -174,11 +174,20 @@ class MeasurementSpec:
     additive_sd_MBq: float = 0.05
 
     def to_dict(self) -> dict[str, float]:
+        """The ``measurement`` object of a priors file."""
         return {"random_rel_sd": self.random_rel_sd, "correlated_rel_sd": self.correlated_rel_sd,
                 "additive_sd_MBq": self.additive_sd_MBq}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> MeasurementSpec:
+        """The spec from the ``measurement`` object of a priors file.
+
+        Raises
+        ------
+        InvalidInputError
+            ``d`` is not an object, has an unknown field, or a SD is negative or not a number (named with ``where``,
+            the file and structure).
+        """
         if not isinstance(d, Mapping):
             raise _fail(where, "'measurement' must be an object with random_rel_sd, correlated_rel_sd, additive_sd_MBq.")
         unknown = set(d) - {"random_rel_sd", "correlated_rel_sd", "additive_sd_MBq"}
@@ -227,6 +236,7 @@ class PopulationPrior:
                               source=source, measurement=self.measurement)
 
     def to_dict(self) -> dict[str, Any]:
+        """The structure's entry of a priors file (lists of numbers; the optional fields only when set)."""
         d: dict[str, Any] = {
             "mean": [float(v) for v in self.mean],
             "iiv_cov": np.asarray(self.iiv_cov, float).tolist(),
@@ -243,6 +253,14 @@ class PopulationPrior:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> PopulationPrior:
+        """The prior from a structure's entry of a priors file.
+
+        Raises
+        ------
+        InvalidInputError
+            A field is missing, unknown or invalid (the covariances must be symmetric positive definite matrices of the
+            model's size); the message starts with ``where`` (file and structure).
+        """
         if not isinstance(d, Mapping):
             raise _fail(where, "a structure's prior must be an object with mean, iiv_cov, iov_cov, reference_mass_g.")
         known = {"mean", "iiv_cov", "iov_cov", "mass_exponent", "reference_mass_g", "measurement", "n_patients",
@@ -364,6 +382,7 @@ class PopulationPriors:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The priors file's text (``theratwin-priors/1`` JSON); non-finite numbers raise ``ValueError``."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
