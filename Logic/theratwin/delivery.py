@@ -50,13 +50,18 @@ class PacsPushResult:
 
     @property
     def pending(self) -> int:
+        """Number of files not delivered: failed ones plus those not tried after the PACS became
+        unreachable."""
         return len(self.failed) + len(self.not_tried)
 
     @property
     def ok(self) -> bool:
+        """True when there was no error and no file is pending."""
         return not self.error and self.pending == 0
 
     def describe(self) -> str:
+        """One line for the CLI: sent, already there, and what was not sent and where it is kept (with the
+        first reason)."""
         head = f"PACS {self.destination}: "
         if self.error and not self.queued:
             return head + f"FAILED: {self.error}"

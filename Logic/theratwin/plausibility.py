@@ -65,10 +65,18 @@ class PlausibilityConfig:
                 raise ConfigurationError(f"plausibility.{name} must be a positive number; got {v!r}.")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the ``plausibility`` section of a pipeline configuration)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PlausibilityConfig:
+        """The settings from their JSON form (None or empty: the defaults).
+
+        Raises
+        ------
+        ConfigurationError
+            A key is not a plausibility setting (the message lists the known ones).
+        """
         return cls(**checked_fields(cls, d, "plausibility settings"))
 
 

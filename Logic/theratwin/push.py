@@ -55,9 +55,11 @@ class PushReport:
 
     @property
     def ok(self) -> bool:
+        """True when at least one destination was pushed to and every push is complete."""
         return bool(self.parts) and all(bool(p.ok) for p in self.parts)
 
     def describe(self) -> str:
+        """One line per destination (see each part's ``describe``), or ``nothing pushed``."""
         return "\n".join(p.describe() for p in self.parts) or "nothing pushed"
 
 

@@ -57,6 +57,8 @@ class StructurePopulation:
             raise InvalidInputError("Population SDs must be >= 0.")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: mean, IIV SD and IOV SD of θ = (ln U − β ln m, φ, ψ), reference mass (g) and mass
+        exponent β."""
         return {"mean": list(self.mean), "iiv_sd": list(self.iiv_sd), "iov_sd": list(self.iov_sd),
                 "reference_mass_g": self.reference_mass_g, "mass_exponent": self.mass_exponent}
 
@@ -86,6 +88,8 @@ class Population:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (recorded with a synthetic cohort), with the parametrisation spelled out
+        so that the file explains itself."""
         return {
             "radiopharmaceutical": self.radiopharmaceutical,
             "nuclide": self.nuclide,

@@ -116,6 +116,8 @@ class StructureFit:
     min_effective_samples: float = float("nan")  # smallest importance-sampling ESS over the individuals
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of one structure kind's fit: means, IIV and IOV SDs with their standard errors,
+        measurement SDs and the fit's diagnostics."""
         return {
             "kind": self.kind, "parameters": list(PARAMETERS),
             "mean": self.mean.tolist(), "mean_se": _se_list(self.mean_se),
@@ -498,6 +500,8 @@ class PriorsFit:
         return p
 
     def describe(self) -> str:
+        """A few lines for the CLI: per structure kind the number of patients, the mean ± SE of (ln U per
+        g, φ, ψ), IIV and IOV SDs."""
         lines = [f"population priors for {self.radiopharmaceutical} ({self.nuclide}) from {self.cohort} "
                  "(research use); mean ± SE of (ln U per g, phi, psi), IIV SD, IOV SD:"]
         for k, f in sorted(self.fits.items()):

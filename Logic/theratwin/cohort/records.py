@@ -33,13 +33,17 @@ class CohortRun:
 
     @property
     def done(self) -> list[str]:
+        """Keys of the patients whose run finished, sorted."""
         return sorted(k for k, r in self.records.items() if r.get("status") == "done")
 
     @property
     def failed(self) -> list[str]:
+        """Keys of the patients whose run failed (or did not finish), sorted."""
         return sorted(k for k, r in self.records.items() if r.get("status") != "done")
 
     def describe(self) -> str:
+        """A summary for the CLI: patients done and failed (with each failure's error), and where the table
+        and the report are."""
         lines = [f"TheraTwin {__version__} cohort — research use only",
                  f"{len(self.records)} patients: {len(self.done)} done, {len(self.failed)} failed "
                  f"({len(self.computed)} run now, {len(self.skipped)} already done or failed before)"]

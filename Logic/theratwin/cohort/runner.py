@@ -99,6 +99,8 @@ class PatientSource:
         return h.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``key``, ``folder``, ``pacs_url``, ``patient_id``, ``study_uids``) recorded in
+        the cohort's records."""
         return {"key": self.key, "folder": None if self.folder is None else str(self.folder),
                 "pacs_url": self.pacs_url, "patient_id": self.patient_id, "study_uids": list(self.study_uids)}
 

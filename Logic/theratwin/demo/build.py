@@ -90,6 +90,7 @@ class DemoOptions:
 
     @property
     def spect_voxel_mm(self) -> float:
+        """SPECT voxel size of the demo in mm: 4.8, or 9.6 with ``fast``."""
         return 9.6 if self.fast else 4.8
 
     @property
@@ -116,6 +117,8 @@ class SimulatedTimePoint:
 
 @dataclass
 class SimulatedCycle:
+    """One simulated cycle of the demo patient: its administration (start, MBq), the true kinetics per
+    compartment and the imaged time points."""
     number: int
     administration_start: datetime
     administered_MBq: float

@@ -63,6 +63,7 @@ class Component:
 
     @property
     def decay_constant_per_h(self) -> float:
+        """``ln 2 / effective_half_life_h`` (1/h)."""
         return math.log(2.0) / self.effective_half_life_h
 
 
@@ -76,6 +77,7 @@ class Kinetics:
 
     @property
     def uptake_rate_per_h(self) -> float:
+        """``ln 2 / uptake_half_life_h`` (1/h)."""
         return math.log(2.0) / self.uptake_half_life_h
 
     def activity_MBq(self, time_h: np.ndarray | float, administered_MBq: float) -> np.ndarray:
@@ -101,6 +103,8 @@ class Kinetics:
         return max(c.effective_half_life_h for c in self.components)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (ground truth of the demo): the formula, the components' fractions and effective
+        half-lives (h), the uptake half-life (h) and the source."""
         return {
             "model": "sum_i f_i*(exp(-ln2/T_eff_i*t) - exp(-(ln2/T_eff_i + ln2/T_up)*t))",
             "components": [

@@ -50,7 +50,28 @@ class DoseEngine(Protocol):
 
     def compute(self, tia_Bq_h_per_mL: np.ndarray, voxel_mm: tuple[float, float, float], nuclide: str, *,
                 density_g_per_mL: np.ndarray | None = None,
-                progress: ProgressCallback | None = None) -> np.ndarray: ...
+                progress: ProgressCallback | None = None) -> np.ndarray:
+        """Absorbed dose map in Gy from a TIA map.
+
+        Parameters
+        ----------
+        tia_Bq_h_per_mL
+            Time-integrated activity concentration (Bq·h/mL), a 3-D array (z, y, x).
+        voxel_mm
+            Voxel size (z, y, x) in mm.
+        nuclide
+            Nuclide name known to :mod:`theratwin.nuclides`, e.g. ``"Lu-177"``.
+        density_g_per_mL
+            Mass density per voxel (g/mL) from the CT, same shape; None: water (1 g/mL).
+        progress
+            Optional callback ``(fraction, message)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Dose in Gy, same shape as ``tia_Bq_h_per_mL``.
+        """
+        ...
 
 
 #: Registry of dose engines (entry-point group ``theratwin.dose_engines``).
@@ -272,6 +293,8 @@ class DVKEngine:
     def compute(self, tia_Bq_h_per_mL: np.ndarray, voxel_mm: tuple[float, float, float], nuclide: str, *,
                 density_g_per_mL: np.ndarray | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
+        """Dose (Gy) = TIA map ⊗ the nuclide's water voxel kernel (FFT convolution), divided by the density
+        where given."""
         tia, vox, rho = _check_inputs(tia_Bq_h_per_mL, voxel_mm, density_g_per_mL, check_finite=False)
         report(progress, 0.0, "building the voxel kernel")
         # the kernel always reaches as far as the electrons go (small voxels, high-energy beta emitters)
@@ -361,6 +384,8 @@ class LEDEngine:
     def compute(self, tia_Bq_h_per_mL: np.ndarray, voxel_mm: tuple[float, float, float], nuclide: str, *,
                 density_g_per_mL: np.ndarray | None = None,
                 progress: ProgressCallback | None = None) -> np.ndarray:
+        """``D [Gy] = TIA [Bq·h/mL] × 3600 s/h × E [J] / (ρ [g/mL] × 1e-3 kg/g)``, with ``E`` the electron and alpha
+        energy per decay (plus the photons' with ``include_photons``) and ρ = 1 g/mL without a density map."""
         tia, _, rho = _check_inputs(tia_Bq_h_per_mL, voxel_mm, density_g_per_mL)
         spec = emission_spectrum(nuclide)
         e_MeV = spec.electron_total_MeV + spec.local_MeV + (spec.photon_total_MeV if self.include_photons else 0.0)

@@ -42,6 +42,8 @@ class DVH:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the cumulative DVH: dose (Gy) and volume-fraction points (rounded to 1e-6), bin
+        width (Gy) and volume (mL)."""
         return {
             "dose_Gy": [round(float(d), 6) for d in self.dose_Gy],
             "volume_fraction": [round(float(v), 6) for v in self.volume_fraction],

@@ -180,6 +180,8 @@ class DosimetryStage:
     Options = DosimetryOptions
 
     def run(self, ctx: PipelineContext) -> None:
+        """Compute each cycle's dose map (Gy) with the chosen engine and the per-structure mean dose, DVH
+        and S-value comparison (see the module docstring)."""
         opts = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         res = ctx.results
         grid = _reference_grid(ctx)

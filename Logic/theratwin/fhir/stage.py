@@ -50,6 +50,8 @@ class FhirExportStage:
     Options = FhirExportOptions
 
     def run(self, context: PipelineContext) -> None:
+        """Build the run's FHIR R4 transaction bundle, write it to the output folder and push it when
+        ``config.fhir_url`` is set."""
         opts = parse_options(self.Options, context.config.options(self.name), stage=self.name)
         pacs = context.config.pacs_url or ""
         if opts.dicomweb_url is None and pacs.startswith(("http://", "https://")):

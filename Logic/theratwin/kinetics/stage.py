@@ -273,6 +273,13 @@ class KineticsStage:
     Options = KineticsConfig
 
     def run(self, ctx: PipelineContext) -> None:
+        """Fit each structure's TAC and each voxel's kinetics per cycle (see the module docstring).
+
+        Raises
+        ------
+        InvalidInputError
+            The registration stage's aligned SPECT, masks or reference grid are missing.
+        """
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         study, res, state = ctx.study, ctx.results, ctx.state
         grid, masks, aligned = state.reference_grid, state.masks, state.aligned_spect

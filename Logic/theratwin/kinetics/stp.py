@@ -50,6 +50,8 @@ class StpEstimate:
     rescale_time_h: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: TIA and SD (MBq·h), method, the time (h) and activity (MBq) used, effective
+        half-life (h), notes and any rescaling."""
         return {"tia_MBq_h": self.tia_MBq_h, "tia_sd_MBq_h": self.tia_sd_MBq_h, "method": self.method,
                 "time_h": self.time_h, "activity_MBq": self.activity_MBq,
                 "effective_half_life_h": self.effective_half_life_h, "notes": list(self.notes),

@@ -150,6 +150,7 @@ class RecoveryModel:
 
     @property
     def active(self) -> bool:
+        """True when recovery correction is asked for and the system resolution (FWHM) is known."""
         return self.method != "none" and self.system_fwhm_mm is not None
 
 

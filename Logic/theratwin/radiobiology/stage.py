@@ -97,6 +97,8 @@ class RadiobiologyStage:
     Options = RadiobiologyOptions
 
     def run(self, ctx: PipelineContext) -> None:
+        """Compute BED and EQD2 per structure and cycle, the cumulative values against each organ's limit,
+        and the voxel BED maps (see the module docstring)."""
         opts = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         overrides: dict[str, dict[str, Any]] = dict(opts.tissues or {})
         risk = opts.risk_factors

@@ -135,6 +135,7 @@ class TissueParameters:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with each reference key expanded to its full citation."""
         d = asdict(self)
         d["references"] = [REFERENCES.get(r, r) for r in self.references]
         return d

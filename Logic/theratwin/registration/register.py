@@ -118,6 +118,8 @@ class RegistrationResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: method, residual (mm), rotation (degrees), translation (mm), metric value,
+        activity-conservation scale and notes."""
         return {"method": self.method, "residual_mm": self.residual_mm, "rotation_deg": list(self.rotation_deg),
                 "translation_mm": list(self.translation_mm), "metric_value": self.metric_value,
                 "conservation_factor": self.conservation_factor, "notes": list(self.notes)}

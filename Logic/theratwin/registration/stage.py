@@ -55,6 +55,8 @@ class RegistrationStage:
     Options = RegistrationConfig
 
     def run(self, ctx: PipelineContext) -> None:
+        """Register every time point's CT to the reference CT, resample its SPECT onto the reference grid
+        and build the structure masks (see the module docstring)."""
         import SimpleITK as sitk
 
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)

@@ -35,6 +35,8 @@ class ReportStage:
     Options = ReportConfig
 
     def run(self, ctx: PipelineContext) -> None:
+        """Write report.html, report.pdf and the Encapsulated PDF (``dicom/report-pdf.dcm``); nothing
+        without an output folder or with ``write_outputs`` off."""
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         if ctx.out_dir is None or not ctx.config.write_outputs:
             return  # nothing to write to; the report is a file

@@ -25,14 +25,18 @@ class CodedConcept:
 
     @classmethod
     def sct(cls, keyword: str, meaning: str | None = None) -> CodedConcept:
+        """A SNOMED CT concept from pydicom's ``codes.SCT`` by its keyword (e.g. ``"Kidney"``), optionally
+        with another meaning."""
         code = getattr(codes.SCT, keyword)
         return cls(code.value, code.scheme_designator, meaning or code.meaning)
 
     def to_dict(self) -> dict[str, str]:
+        """``{value, scheme, meaning}``."""
         return {"value": self.value, "scheme": self.scheme, "meaning": self.meaning}
 
     @classmethod
     def from_dict(cls, d: dict[str, str]) -> CodedConcept:
+        """The concept from ``{value, scheme, meaning}`` (:meth:`to_dict`)."""
         return cls(d["value"], d["scheme"], d["meaning"])
 
 

@@ -83,6 +83,7 @@ class Geometry:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: shape (z, y, x), spacing (mm), origin (mm) and direction cosines."""
         return {
             "shape_zyx": list(self.shape),
             "spacing_mm": list(self.spacing_mm),
@@ -144,10 +145,12 @@ class ImageVolume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
         return self.geometry.shape
 
     @property
     def voxel_volume_mL(self) -> float:
+        """Volume of one voxel in mL."""
         return self.geometry.voxel_volume_mL
 
     def with_array(self, array: np.ndarray, unit: str | None = None) -> ImageVolume:

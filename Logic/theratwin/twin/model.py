@@ -152,6 +152,8 @@ class BiexponentialModel:
 
     def exponentials(self, eta: np.ndarray, administered_MBq: np.ndarray, ligand_nmol: np.ndarray,
                      structures: list[str], lambda_phys_per_h: float) -> tuple[np.ndarray, np.ndarray]:
+        """``c = A_adm·U·(1, −1)``, ``k = (λw, λu)``: the two exponentials of ``A(t) = A_adm·U·(e^{−λw t} −
+        e^{−λu t})``."""
         log_u = eta[..., 0] + self.log_amplitude_offset(ligand_nmol, structures, eta.shape[:-1])
         amp = np.asarray(administered_MBq, dtype=float) * np.exp(log_u)
         lam_w = lambda_phys_per_h + np.exp(eta[..., 1])

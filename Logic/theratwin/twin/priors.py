@@ -166,12 +166,15 @@ class KineticPriorSpec:
     sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (:meth:`from_dict` reads it back)."""
         d = asdict(self)
         d["iov_sd"] = list(self.iov_sd)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KineticPriorSpec:
+        """The spec from its :meth:`to_dict` form (``iov_sd`` defaults to (0.10, 0.10, 0.20) for (ln U, φ,
+        ψ))."""
         d = dict(d)
         d["iov_sd"] = tuple(d.get("iov_sd", (0.10, 0.10, 0.20)))
         return cls(**d)
@@ -281,6 +284,8 @@ class StructurePrior:
     measurement: Any = None
 
     def with_scale(self, *, iiv: float = 1.0, iov: float = 1.0) -> StructurePrior:
+        """The prior with its IIV and IOV SDs multiplied by ``iiv`` and ``iov`` (covariances by their
+        squares)."""
         return replace(self, iiv_cov=self.iiv_cov * iiv**2, iov_cov=self.iov_cov * iov**2)
 
 

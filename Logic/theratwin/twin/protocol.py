@@ -91,6 +91,7 @@ class TreatmentProtocol:
                    interval_weeks, max_cycles, plan_shape, reference)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (:meth:`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod

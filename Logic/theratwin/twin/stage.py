@@ -195,6 +195,8 @@ class TwinStage:
     Options = TwinStageConfig
 
     def run(self, ctx: PipelineContext) -> None:
+        """Build the patient twin from the kinetics (and dosimetry) results and store its estimates,
+        prediction, plan, conflicts and forecasts in ``results.twin`` (see the module docstring)."""
         cfg = parse_options(self.Options, ctx.config.options(self.name), stage=self.name)
         res = ctx.results
         if not res.cycles:

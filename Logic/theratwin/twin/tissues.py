@@ -65,6 +65,7 @@ class TissueParameters:
 
     @property
     def repair_rate_per_h(self) -> float:
+        """Repair rate ``μ = ln 2 / repair_half_time_h`` (1/h)."""
         return float(np.log(2.0) / self.repair_half_time_h)
 
 
@@ -153,6 +154,7 @@ class OrganLimit:
             raise ConfigurationError(f"Limit value {self.value_Gy} Gy must be positive.")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: quantity, limit (Gy) and reference."""
         return asdict(self)
 
 

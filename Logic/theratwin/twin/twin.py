@@ -237,6 +237,7 @@ class PatientTwin:
 
     @property
     def observed_cycles(self) -> list[int]:
+        """Cycles with at least one observation, ascending."""
         return sorted({c for (c, _) in self.observations})
 
     def _administration(self, cycle: int) -> tuple[float, float] | None:
