@@ -1,13 +1,15 @@
 """Plug-ins installed from outside the package (Testing/plugins/, the worked example of docs/extending.md).
 
-A package whose entry points are broken (one fails to import, one lacks a protocol method) is installed *before*
-a valid one on the path: TheraTwin warns about each broken entry, names it when asked for, and still offers the
-built-ins and the later, valid plug-ins, which compute what their closed forms say.
+A package whose entry points are broken (one fails to import, a dose engine and a twin model each lack a protocol
+method) is installed *before* a valid one on the path: TheraTwin warns about each broken entry, names it when asked
+for, lists it with the reason in ``theratwin info``, and still offers the built-ins and the later, valid plug-ins,
+which compute what their closed forms say.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -166,7 +168,44 @@ def test_info_lists_every_plugin_point_with_its_origin_and_the_broken_plugins(pl
     incomplete = rows["dose engines"]["aaa_without_compute"]
     assert incomplete.startswith("FAILED to load, plug-in theratwin-broken-plugin 0.1.0")
     assert incomplete.endswith("it lacks compute()")
+    # a twin model without exponentials() is refused by the twin-model registry's protocol when it loads
+    twin = rows["twin models"]["aaa_twin_without_exponentials"]
+    assert twin.startswith("FAILED to load, plug-in theratwin-broken-plugin 0.1.0")
+    assert "theratwin.twin.model.TwinModel" in twin and twin.endswith("it lacks exponentials()")
+    assert rows["outcome models"]["example_poisson_tcp"] == (
+        "plug-in theratwin-example-plugin 0.1.0 (theratwin_example_plugin.outcome:EXAMPLE_TCP)")
     assert "PluginWarning" not in proc.stderr  # reported once, in the listing
+
+
+def test_outcome_model_plugin_computes_its_closed_form_and_the_broken_twin_model_is_refused(plugin_path: str) -> None:
+    out = _run("""
+        import json, math, warnings
+        import numpy as np
+        import theratwin as tt
+        from theratwin.twin import OUTCOME_MODELS, TWIN_MODELS
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            twins, outcomes = TWIN_MODELS.names(), OUTCOME_MODELS.names()
+        tcp = OUTCOME_MODELS.get("example_poisson_tcp")
+        try:
+            TWIN_MODELS.get("aaa_twin_without_exponentials")
+            error = ""
+        except tt.ConfigurationError as exc:
+            error = str(exc)
+        print(json.dumps({"twins": twins, "outcomes": outcomes, "error": error,
+                          "p": tcp.probability(np.array([0.0, 30.0, 60.0])).tolist(), "model": tcp.to_dict(),
+                          "warnings": [str(w.message) for w in caught]}))
+    """, plugin_path)
+    assert "example_poisson_tcp" in out["outcomes"] and "lkb_kidney_burman1991" in out["outcomes"]
+    assert {"biexp", "pbpk_psma"} <= set(out["twins"]) and "aaa_twin_without_exponentials" not in out["twins"]
+    assert len(out["warnings"]) == 1 and "'aaa_twin_without_exponentials'" in out["warnings"][0]
+    assert "installed but could not be used" in out["error"] and "lacks exponentials()" in out["error"]
+    # Poisson TCP exp(-N0 exp(-alpha D)) with N0 = 1e6, alpha = 0.35 /Gy, evaluated here independently
+    n0, alpha = out["model"]["clonogens"], out["model"]["alpha_per_Gy"]
+    assert (n0, alpha) == (1e6, 0.35)
+    expected = [math.exp(-n0 * math.exp(-alpha * d)) for d in (0.0, 30.0, 60.0)]
+    assert out["p"] == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    assert out["p"][0] == 0.0 and 0.9 < out["p"][2] < 1.0  # no control without dose; near 1 at 60 Gy
 
 
 def test_twin_and_outcome_registries_refuse_objects_without_their_protocol() -> None:
