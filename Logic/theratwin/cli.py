@@ -207,11 +207,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .registry import PluginWarning
 
     print(f"TheraTwin {__version__}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)  # listed below under "failed", not repeated as warnings
-        registries = _plugin_registries()
-        for registry in registries:
-            registry.names()
+    # a plug-in that failed is listed below with its reason, not repeated as a warning and a log line
+    registry_log = logging.getLogger("theratwin.registry")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PluginWarning)
+            registries = _plugin_registries()
+            for registry in registries:
+                registry.names()
+    finally:
+        registry_log.setLevel(level)
     for registry in registries:
         print(f"{registry.kind}s (entry-point group {registry.group}):")
         width = max((len(n) for n in [*registry.names(), *registry.failed]), default=0)
