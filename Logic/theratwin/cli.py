@@ -323,8 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--nuclide", default="Lu-177", help="therapy nuclide (default Lu-177)")
     pr.set_defaults(func=_cmd_priors)
 
-    i = sub.add_parser("info", help="show the version, every plug-in point's entries (built in or from which package; "
-                       "plug-ins that failed to load, with the reason) and the nuclide data")
+    i = sub.add_parser("info", help="show the version, each plug-in point's entries (built in, or which package "
+                       "provides them; plug-ins that failed to load, with the reason) and the nuclide data")
     i.set_defaults(func=_cmd_info)
 
     from .cohort._cli import add_cohort_commands

@@ -305,7 +305,7 @@ class Results:
 
     def record_method(self, stage: str, method: str, parameters: dict[str, Any] | None = None,
                       references: list[str] | None = None) -> None:
-        """Record how a stage computed its results (method, parameters, literature), for the SR, FHIR Provenance and the report.
+        """Record how a stage computed its results, for the SR, the FHIR Provenance and the report.
 
         Parameters
         ----------
@@ -355,7 +355,7 @@ class Results:
         Raises
         ------
         ValueError
-            A value is still not JSON-compliant (a bug in a ``to_dict``; nothing is written half).
+            A value is still not JSON-compliant (a bug in a ``to_dict``).
         """
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 

@@ -267,13 +267,16 @@ class RunRecorder:
 
     # -- start --------------------------------------------------------------------------------------------------
     def begin(self) -> None:
-        """Claim the output folder before the first stage: refuse another patient's folder (unless replacing), take the run lock,
-        remove temporary files of a killed run and write the manifest as ``running``.
+        """Claim the output folder before the first stage.
+
+        Refuse another patient's folder (unless replacing), take the run lock, remove temporary files of a killed
+        run and write the manifest as ``running``.
 
         Raises
         ------
         OutputError
-            The folder holds another patient's results (without ``replace_outputs``), or another run holds its lock.
+            The folder holds another patient's results (without ``replace_outputs``), or another run holds
+            its lock.
         """
         study = self.ctx.study
         pid, issuer = study.patient.patient_id, study.patient.issuer

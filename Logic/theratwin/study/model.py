@@ -219,7 +219,8 @@ class Structure:
         return self.kind.tissue
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: name, label value, kind key, display colour (sRGB 0-255), role, tissue and codes."""
+        """The JSON form: name, label value, kind key, display colour (sRGB 0-255), role, tissue and its category,
+        type and anatomic-region codes."""
         return {
             "name": self.name,
             "label": self.label,
@@ -281,7 +282,7 @@ class Segmentation:
 
     @property
     def names(self) -> list[str]:
-        """Names of the structures, in label order as stored."""
+        """Names of the structures, in the order of :attr:`structures`."""
         return [s.name for s in self.structures]
 
     def volume_mL(self, name: str) -> float:

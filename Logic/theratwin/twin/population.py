@@ -185,8 +185,8 @@ class MeasurementSpec:
         Raises
         ------
         InvalidInputError
-            ``d`` is not an object, has an unknown field, or a SD is negative or not a number (named with ``where``,
-            the file and structure).
+            ``d`` is not an object, lacks a relative SD or has an unknown field, or a SD is negative, not a
+            number or (relative) not below 1; the message starts with ``where`` (file and structure).
         """
         if not isinstance(d, Mapping):
             raise _fail(where, "'measurement' must be an object with random_rel_sd, correlated_rel_sd, additive_sd_MBq.")
@@ -258,8 +258,8 @@ class PopulationPrior:
         Raises
         ------
         InvalidInputError
-            A field is missing, unknown or invalid (the covariances must be symmetric positive definite matrices of the
-            model's size); the message starts with ``where`` (file and structure).
+            A field is missing, unknown or invalid (the covariances must be symmetric positive-definite
+            matrices of the model's size); the message starts with ``where`` (file and structure).
         """
         if not isinstance(d, Mapping):
             raise _fail(where, "a structure's prior must be an object with mean, iiv_cov, iov_cov, reference_mass_g.")

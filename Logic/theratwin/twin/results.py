@@ -117,7 +117,7 @@ class Interval:
 
     @classmethod
     def from_draws(cls, draws: np.ndarray, level: float = 0.9) -> Interval:
-        """Summarise Monte Carlo draws: mean, SD (``ddof=1``), median and the central ``level`` interval (quantiles).
+        """Summarise Monte Carlo draws: mean, SD (``ddof=1``), median and the central ``level`` interval.
 
         Parameters
         ----------
@@ -197,8 +197,8 @@ class StructurePrediction:
         return {k: getattr(self, k) for k in PREDICTED_QUANTITIES}
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: each predicted quantity's :class:`Interval` (MBq·h, Gy) and the dose factor, α/β
-        (Gy) and repair half-time (h) used."""
+        """The JSON form: each predicted quantity's :class:`Interval` (MBq·h, Gy) and the dose per TIA
+        (Gy per MBq·h), α/β (Gy) and repair half-time (h) used."""
         d: dict[str, Any] = {"structure": self.structure}
         for k, iv in self.intervals().items():
             d[k] = iv.to_dict()
