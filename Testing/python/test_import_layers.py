@@ -3,9 +3,11 @@
 The layers (docs/architecture.md), lowest first; a module may import its own layer and the layers below it:
 
 1. ``foundation`` -- errors, the study and results data model, nuclide data, registries, progress, private helpers;
-2. ``sources``    -- the built-in demo patient (its ground truth must not be computed by the science it checks);
-3. ``science``    -- registration, kinetics, dosimetry, radiobiology, twin;
-4. ``formats``    -- DICOM (read, RT Dose/SEG/SR, PACS), FHIR, the report;
+2. ``science``    -- registration, kinetics, dosimetry, radiobiology, twin;
+3. ``formats``    -- DICOM (read, RT Dose/SEG/SR, PACS), FHIR, the report;
+4. ``sources``    -- the built-in demo patient: simulated from its phantom and kinetics, its true doses evaluated
+   with the dose physics on a finer grid (checked against closed-form S-values), written as DICOM; only the
+   pipeline's runs and the application build it;
 5. ``pipeline``   -- the pipeline and every subpackage's ``stage`` module (the stages adapt a science or format
    package to the pipeline, so they sit above both);
 6. ``application`` -- the command line, ``push`` of saved output folders and ``pipeline.runs`` (what a user runs).
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "Logic" / "theratwin"
 
-LAYERS = ("foundation", "sources", "science", "formats", "pipeline", "application")
+LAYERS = ("foundation", "science", "formats", "sources", "pipeline", "application")
 _LAYER_OF_PART = {
     "demo": "sources",
     "registration": "science",
@@ -49,20 +51,11 @@ _LAYER_OF_PART = {
 _APPLICATION_MODULES = {"theratwin.pipeline.runs"}
 FORBIDDEN_TOP_LEVEL = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "TheraTwinLib", "theratwin_web"}
 
-# Known violations, tracked in issue 20: each is in a part another branch is rewriting (twin/, demo/), so it is
-# listed here instead of being fixed now. The test fails on any violation not listed AND on a listed one that
-# has gone (so the list only shrinks).
+# Known violations: the test fails on any violation not listed AND on a listed one that has gone (so the lists only
+# shrink). Both are empty: issue 20 removed the last cycle (the twin's planner now works on a posterior object) and
+# the last upward imports (the demo sits above the science and formats it uses, see the module docstring).
 KNOWN_CYCLES: set[frozenset[str]] = set()
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # the demo's truth (mean doses) is computed with theratwin.dosimetry, i.e. by the code the demo checks
-    ("theratwin.demo.build", "theratwin.dosimetry"),
-    # the demo's dose truth (issue 14) evaluates the same kernel physics on a 1.2 mm subdivision of the labels
-    # (a finer grid, checked against closed-form sphere S-values) and uses the bounding-box helper
-    ("theratwin.demo.truth", "theratwin.dosimetry"),
-    ("theratwin.demo.truth", "theratwin.kinetics.tac"),
-    # the demo's SEG colours come from the SEG writer
-    ("theratwin.demo._dicom", "theratwin.dicom.seg"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 # Compatibility aliases, not violations to fix: names published in a lower layer before their code moved up stay
 # importable there, loaded lazily by the package's __getattr__ (never at import time).
@@ -235,8 +228,8 @@ def test_the_checker_sees_what_it_must() -> None:
     edges = graph()
     assert "theratwin.errors" in edges["theratwin.registry"]  # `from .errors import ...`
     assert "theratwin.dosimetry" in edges["theratwin.demo.build"]  # inside a function
-    assert "theratwin.results" not in edges["theratwin.plausibility"]  # only under TYPE_CHECKING ...
-    assert "theratwin.results" in graph(typing_only=True)["theratwin.plausibility"]  # ... which cycles see
+    assert "theratwin.kinetics.fit" not in edges["theratwin.pipeline.state"]  # only under TYPE_CHECKING ...
+    assert "theratwin.kinetics.fit" in graph(typing_only=True)["theratwin.pipeline.state"]  # ... which cycles see
     assert "theratwin.pipeline.runs" in edges["theratwin.pipeline"]  # importlib.import_module(".runs", __name__)
     assert layer("theratwin.kinetics.stage") == "pipeline" and layer("theratwin.kinetics.fit") == "science"
     assert layer("theratwin.pipeline.runs") == "application" and layer("theratwin.errors") == "foundation"
