@@ -127,3 +127,19 @@ def test_cycle2_body_tia_within_10_percent(demo_run) -> None:
     sr = res.cycles[2].structures["body"]
     assert sr.tia_MBq_h == pytest.approx(_truth(demo, 2)["body"]["tia_MBq_h"], rel=0.10)
     assert res.cycles[1].structures["body"].fit_quality["chi2_reduced"] < 3.0
+
+
+@pytest.mark.parametrize(("cycle", "rel"), [(1, 0.05), (2, 0.08)])
+def test_spill_in_dominated_structures_match_truth(demo_run, cycle: int, rel: float) -> None:
+    """Red marrow (L1-L5 spongiosa inside a cortex rim, cooler than the soft tissue around it) and spleen (next to
+    the left kidney) take much of their measured counts from their neighbours. The shell GTM removes that spill-in:
+    measured cycle 1 -0.7 % and +0.2 %, cycle 2 +3.9 % and +0.3 % of the generator's TIA. The spill-out-only
+    ``"mask"`` recovery (the default before the shell GTM) gives +82 % and +30 % on the same images (the "+74 %
+    marrow, +31 % spleen" of earlier notes); no correction +12 % and +7 %."""
+    demo, _, res, _ = demo_run
+    truth = _truth(demo, cycle)
+    for name in ("red_marrow", "spleen"):
+        sr = res.cycles[cycle].structures[name]
+        assert sr.tia_MBq_h == pytest.approx(truth[name]["tia_MBq_h"], rel=rel), (name, sr.tia_MBq_h)
+        # the spill-in was subtracted: the corrected activity is below the measured one (RC reported > 1)
+        assert sr.fit_quality["recovery_coefficient"] > 1.0, name
