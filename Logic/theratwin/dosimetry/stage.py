@@ -3,7 +3,9 @@
 Reads ``results.maps["cycle{n}/tia"]`` (Bq·h/mL on the reference grid, from the kinetics stage), the
 reference CT (density correction) and the structure masks; writes ``results.maps["cycle{n}/dose"]`` (Gy) and,
 per cycle and structure, ``mean_dose_Gy``, ``mean_dose_sd_Gy``, ``dose_per_activity_Gy_per_GBq``,
-``dose_method``, ``dvh``, ``dvh_metrics``, ``organ_s_value_dose_Gy``, ``volume_mL`` and ``mass_g``.
+``dose_method``, ``dvh``, ``dvh_metrics``, ``organ_s_value_dose_Gy``, ``volume_mL`` and ``mass_g``. With the CT
+density correction, ``mass_g`` is the segmentation x the calibrated density (``hu_density_points``), replacing the
+kinetics stage's ``1 + HU/1000`` estimate (6 % high for spongiosa); the organ S-value dose and the twin use it.
 
 Partial-volume correction (option ``partial_volume="local_model"``, on whenever the kinetics stage knows the
 system resolution, see :mod:`~theratwin.dosimetry.partial_volume`): each structure's mean dose becomes the dose of
@@ -259,7 +261,9 @@ class DosimetryStage:
                 mass_g = float(np.sum(mw, dtype=np.float64) * voxel_mL)
                 if sr.volume_mL is None:
                     sr.volume_mL = h.volume_mL
-                if sr.mass_g is None:
+                if sr.mass_g is None or density is not None:
+                    # the CT's calibrated density (mask x density on the segmentation's grid) replaces the kinetics
+                    # stage's estimate (its linear 1 + HU/1000 line: +6 % for spongiosa at 250 HU)
                     sr.mass_g = mass_g
                 sr.mean_dose_Gy = float(corrected[name]) if name in records else h.metrics["Dmean_Gy"]
                 sr.mean_dose_as_imaged_Gy = float(as_imaged[name])
