@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._config import checked_fields
 from .._files import make_dir
 from ..errors import ConfigurationError, DicomReadError, FitError, ImplausibleResultError, InvalidInputError
 from ..options import parse_options, unknown_keys_message
@@ -159,13 +160,9 @@ class PipelineConfig:
         Raises
         ------
         ConfigurationError
-            A key is not a setting (the message lists the known ones).
+            A key is not a setting (the message lists the known ones and the nearest, as for stage options).
         """
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigurationError(f"Unknown pipeline settings {sorted(unknown)}; known: {sorted(known)}.")
-        d = dict(d)
+        d = checked_fields(cls, d, "pipeline settings")
         if "stages" in d:
             d["stages"] = tuple(d["stages"])
         return cls(**d)
